@@ -1,0 +1,95 @@
+// Command metalfleet is Metalfleet's one binary for operators and daemons:
+// `metalfleet coordinator` and `metalfleet dev` run servers, every other
+// subcommand is the operator CLI over the coordinator's HTTP API.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/metalfleet/metalfleet/coordinator/apiclient"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRoot(os.Stdout, os.Stderr).ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "error:", errorLine(err))
+		os.Exit(1)
+	}
+}
+
+// errorLine renders an error as one clear line.
+func errorLine(err error) string {
+	var ae *apiclient.Error
+	if errors.As(err, &ae) {
+		return fmt.Sprintf("%s (HTTP %d %s)", ae.Message, ae.Status, ae.Code)
+	}
+	return err.Error()
+}
+
+// globals are the flags every CLI command shares.
+type globals struct {
+	addr   string
+	token  string
+	output string
+	stdout io.Writer
+	stderr io.Writer
+}
+
+func (g *globals) client() (*apiclient.Client, error) {
+	if g.addr == "" {
+		return nil, errors.New("no coordinator address: set METALFLEET_ADDR or --addr")
+	}
+	return apiclient.New(g.addr, g.token), nil
+}
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	g := &globals{stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:           "metalfleet",
+		Short:         "Metalfleet: a bare-metal fleet manager",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.addr, "addr", envOr("METALFLEET_ADDR", "127.0.0.1:7480"), "coordinator API address (env METALFLEET_ADDR)")
+	pf.StringVar(&g.token, "token", os.Getenv("METALFLEET_TOKEN"), "API token (env METALFLEET_TOKEN)")
+	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
+
+	root.AddCommand(
+		newCoordinatorCmd(g),
+		newDevCmd(g),
+	)
+	addCLICommands(root, g)
+	return root
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+// newLogger returns a slog logger: text on a terminal, JSON otherwise
+// (under systemd or in a pipe).
+func newLogger(w io.Writer, level slog.Level) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}

@@ -1,0 +1,184 @@
+// Package apiclient is the Go client of the coordinator's /v1 API, used by
+// the CLI, the rack agents and tests.
+package apiclient
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/metalfleet/metalfleet/proto"
+)
+
+// Client talks to one coordinator address; the coordinator forwards to
+// its leader as needed.
+type Client struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+// New returns a client for addr ("host:port" or a URL) with a bearer token.
+func New(addr, token string) *Client {
+	if !strings.Contains(addr, "://") {
+		addr = "http://" + addr
+	}
+	return &Client{base: strings.TrimRight(addr, "/"), token: token, http: &http.Client{Timeout: 6 * time.Minute}}
+}
+
+// Error is an API error with its HTTP status.
+type Error struct {
+	Status  int
+	Code    proto.Code
+	Message string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.Message, e.Status) }
+
+// Do sends a request with an optional JSON body and decodes a JSON answer
+// into out (if not nil). It returns the answer's X-Metalfleet-Index.
+func (c *Client) Do(ctx context.Context, method, path string, in, out any) (uint64, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return 0, err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return 0, err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	idx, _ := strconv.ParseUint(resp.Header.Get(proto.IndexHeader), 10, 64)
+	if resp.StatusCode >= 300 {
+		var eb proto.ErrorBody
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(raw, &eb) == nil && eb.Error != nil {
+			return idx, &Error{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
+		}
+		return idx, &Error{Status: resp.StatusCode, Code: proto.CodeInternal, Message: strings.TrimSpace(resp.Status + " " + string(raw))}
+	}
+	if out != nil && resp.StatusCode != http.StatusNoContent {
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			return idx, fmt.Errorf("decoding answer to %s %s: %w", method, path, err)
+		}
+	}
+	return idx, nil
+}
+
+// Query holds list filters and blocking-query parameters.
+type Query struct {
+	url.Values
+	// Index and Wait make a blocking read: it returns when the state
+	// passes Index or Wait ends.
+	Index uint64
+	Wait  time.Duration
+	// Stale allows the answer from a follower's local copy.
+	Stale bool
+}
+
+func (q *Query) encode() string {
+	v := url.Values{}
+	if q != nil {
+		for k, vs := range q.Values {
+			v[k] = vs
+		}
+		if q.Index > 0 {
+			v.Set("index", strconv.FormatUint(q.Index, 10))
+		}
+		if q.Wait > 0 {
+			v.Set("wait", q.Wait.String())
+		}
+		if q.Stale {
+			v.Set("stale", "")
+		}
+	}
+	if len(v) == 0 {
+		return ""
+	}
+	return "?" + v.Encode()
+}
+
+func esc(s string) string { return url.PathEscape(s) }
+
+// Nodes lists nodes with filters (provision_state, rack, enrolled,
+// maintenance, instance).
+func (c *Client) Nodes(ctx context.Context, q *Query) ([]*proto.Node, uint64, error) {
+	var out []*proto.Node
+	idx, err := c.Do(ctx, "GET", "/v1/nodes"+q.encode(), nil, &out)
+	return out, idx, err
+}
+
+// Node gets a node by uuid, name or MAC.
+func (c *Client) Node(ctx context.Context, id string) (*proto.Node, error) {
+	var out proto.Node
+	_, err := c.Do(ctx, "GET", "/v1/nodes/"+esc(id), nil, &out)
+	return &out, err
+}
+
+// CreateNode creates a node.
+func (c *Client) CreateNode(ctx context.Context, req proto.NodeCreate) (*proto.Node, error) {
+	var out proto.Node
+	_, err := c.Do(ctx, "POST", "/v1/nodes", req, &out)
+	return &out, err
+}
+
+// UpdateNode patches a node.
+func (c *Client) UpdateNode(ctx context.Context, id string, p proto.NodePatch) (*proto.Node, error) {
+	var out proto.Node
+	_, err := c.Do(ctx, "PATCH", "/v1/nodes/"+esc(id), p, &out)
+	return &out, err
+}
+
+// DeleteNode deletes a node.
+func (c *Client) DeleteNode(ctx context.Context, id string) error {
+	_, err := c.Do(ctx, "DELETE", "/v1/nodes/"+esc(id), nil, nil)
+	return err
+}
+
+// SetEnrolled enrolls or unenrolls a node.
+func (c *Client) SetEnrolled(ctx context.Context, id string, enrolled bool) (*proto.Node, error) {
+	var out proto.Node
+	_, err := c.Do(ctx, "PUT", "/v1/nodes/"+esc(id)+"/enrolled", proto.EnrolledRequest{Enrolled: enrolled}, &out)
+	return &out, err
+}
+
+// SetMaintenance sets or clears a node's maintenance flag.
+func (c *Client) SetMaintenance(ctx context.Context, id string, on bool, reason string) (*proto.Node, error) {
+	var out proto.Node
+	_, err := c.Do(ctx, "PUT", "/v1/nodes/"+esc(id)+"/maintenance", proto.MaintenanceRequest{Maintenance: on, Reason: reason}, &out)
+	return &out, err
+}
+
+// Provision asks for a state transition.
+func (c *Client) Provision(ctx context.Context, id string, target proto.Event) (*proto.Node, error) {
+	var out proto.Node
+	_, err := c.Do(ctx, "POST", "/v1/nodes/"+esc(id)+"/provision", proto.ProvisionRequest{Target: target}, &out)
+	return &out, err
+}
+
+// Status returns the server's and cluster's status.
+func (c *Client) Status(ctx context.Context) (*proto.Status, error) {
+	var out proto.Status
+	_, err := c.Do(ctx, "GET", "/v1/status", nil, &out)
+	return &out, err
+}

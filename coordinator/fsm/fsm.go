@@ -1,0 +1,658 @@
+// Package fsm is the coordinator's Raft finite-state machine: a table of
+// commands, each with one apply function that checks its preconditions
+// against the state store and then changes it. Apply is deterministic: it
+// reads no clock and draws no random number; everything it needs travels
+// in the command.
+package fsm
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"slices"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/metalfleet/metalfleet/coordinator/state"
+	"github.com/metalfleet/metalfleet/proto"
+)
+
+// Result is what Apply returns for every entry: the Raft index, the
+// command's value (the object it wrote, for example) or its error.
+type Result struct {
+	Index uint64
+	Value any
+	Err   error
+}
+
+// FSM implements raft.FSM over a state.Store.
+type FSM struct {
+	store *state.Store
+	log   *slog.Logger
+}
+
+// New returns an FSM that applies to store.
+func New(store *state.Store, log *slog.Logger) *FSM {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &FSM{store: store, log: log}
+}
+
+// Store is the store the FSM writes.
+func (f *FSM) Store() *state.Store { return f.store }
+
+type applyFunc func(tx *state.Tx, body []byte) (any, error)
+
+// handlers is the command table: one apply function per type.
+var handlers = map[Type]applyFunc{
+	TypeNodeCreate:         decode(applyNodeCreate),
+	TypeNodeUpdate:         decode(applyNodeUpdate),
+	TypeNodeDelete:         decode(applyNodeDelete),
+	TypeNodeSetEnrolled:    decode(applyNodeSetEnrolled),
+	TypeNodeSetMaintenance: decode(applyNodeSetMaintenance),
+	TypeNodeProvision:      decode(applyNodeProvision),
+	TypeRackPut:            decode(applyRackPut),
+	TypeRackDelete:         decode(applyRackDelete),
+	TypeFlavorPut:          decode(applyFlavorPut),
+	TypeFlavorDelete:       decode(applyFlavorDelete),
+	TypeImagePut:           decode(applyImagePut),
+	TypeImageDelete:        decode(applyImageDelete),
+	TypeInstanceCreate:     decode(applyInstanceCreate),
+	TypeInstanceDelete:     decode(applyInstanceDelete),
+	TypeSettingsUpdate:     decode(applySettingsUpdate),
+	TypeTokenCreate:        decode(applyTokenCreate),
+	TypeTokenRevoke:        decode(applyTokenRevoke),
+	TypeServerPut:          decode(applyServerPut),
+	TypeServerRemove:       decode(applyServerRemove),
+	TypeReport:             decode(applyReport),
+	TypeNoop:               decode(func(*state.Tx, *Noop) (any, error) { return nil, nil }),
+}
+
+func decode[C any](fn func(tx *state.Tx, c *C) (any, error)) applyFunc {
+	return func(tx *state.Tx, body []byte) (any, error) {
+		c := new(C)
+		if err := json.Unmarshal(body, c); err != nil {
+			return nil, proto.Errorf(proto.CodeInternal, "decode %T: %v", c, err)
+		}
+		return fn(tx, c)
+	}
+}
+
+// Apply applies one committed log entry.
+func (f *FSM) Apply(l *raft.Log) any {
+	if l.Type != raft.LogCommand {
+		return &Result{Index: l.Index}
+	}
+	return f.ApplyBytes(l.Index, l.Data)
+}
+
+// ApplyBytes applies an encoded command at index. It is Apply without
+// Raft, for tests and tools.
+func (f *FSM) ApplyBytes(index uint64, data []byte) *Result {
+	res := &Result{Index: index}
+	if len(data) == 0 {
+		res.Err = proto.Errorf(proto.CodeInternal, "empty log entry at index %d", index)
+		return res
+	}
+	h, ok := handlers[Type(data[0])]
+	if !ok {
+		// A newer server wrote a command this build does not know. Refuse
+		// it visibly rather than guess.
+		f.log.Error("unknown command type in log", "type", data[0], "index", index)
+		res.Err = proto.Errorf(proto.CodeInternal, "unknown command type %d", data[0])
+		return res
+	}
+	res.Err = f.store.Write(index, func(tx *state.Tx) error {
+		v, err := h(tx, data[1:])
+		res.Value = v
+		return err
+	})
+	if res.Err != nil {
+		res.Value = nil
+	}
+	return res
+}
+
+// Snapshot returns a point-in-time view; Persist writes it while Apply
+// goes on.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	return &snapshot{sn: f.store.Snapshot()}, nil
+}
+
+// Restore replaces the whole state with a snapshot's.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	return f.store.Restore(rc)
+}
+
+type snapshot struct{ sn *state.Snapshot }
+
+func (s *snapshot) Persist(sink raft.SnapshotSink) error {
+	if _, err := s.sn.WriteTo(sink); err != nil {
+		sink.Cancel()
+		return err
+	}
+	return sink.Close()
+}
+
+func (s *snapshot) Release() {}
+
+// --- nodes ---
+
+func applyNodeCreate(tx *state.Tx, c *NodeCreate) (any, error) {
+	n := c.Node.Clone()
+	if !proto.IsUUID(n.UUID) {
+		return nil, proto.Errorf(proto.CodeInternal, "node create without a uuid")
+	}
+	if tx.Node(n.UUID) != nil {
+		return nil, proto.Errorf(proto.CodeConflict, "node %s exists", n.UUID)
+	}
+	if n.ProvisionState != proto.StateDiscovered && n.ProvisionState != proto.StateEnrolled {
+		return nil, proto.Errorf(proto.CodeInvalid, "a new node is discovered or enrolled, not %s", n.ProvisionState)
+	}
+	n.Enrolled = n.ProvisionState != proto.StateDiscovered
+	if n.PowerState == "" {
+		n.PowerState = proto.PowerUnknown
+	}
+	if err := checkNodeFields(tx, n, ""); err != nil {
+		return nil, err
+	}
+	tx.PutNode(n)
+	return n.Clone(), nil
+}
+
+// checkNodeFields checks a node's name, MACs, rack and BMC against the
+// store; self is the node's own uuid when it is being updated.
+func checkNodeFields(tx *state.Tx, n *proto.Node, self string) error {
+	if n.Name != "" {
+		if err := proto.CheckName("name", n.Name); err != nil {
+			return err
+		}
+		if id, ok := tx.NodeByName(n.Name); ok && id != self {
+			return proto.Errorf(proto.CodeConflict, "node name %q is taken by node %s", n.Name, id)
+		}
+	}
+	macs, err := proto.NormalizeMACs(n.MACs)
+	if err != nil {
+		return err
+	}
+	n.MACs = macs
+	for _, m := range macs {
+		if id, ok := tx.NodeByMAC(m); ok && id != n.UUID {
+			return proto.Errorf(proto.CodeConflict, "MAC %s belongs to node %s", m, id)
+		}
+	}
+	if n.Rack != "" && tx.Rack(n.Rack) == nil {
+		return proto.Errorf(proto.CodeInvalid, "rack %q does not exist", n.Rack)
+	}
+	return n.BMC.Check()
+}
+
+func findNode(tx *state.Tx, ref string) (*proto.Node, error) {
+	n := tx.Node(ref)
+	if n == nil {
+		return nil, proto.Errorf(proto.CodeNotFound, "node %q not found", ref)
+	}
+	return n.Clone(), nil
+}
+
+func applyNodeUpdate(tx *state.Tx, c *NodeUpdate) (any, error) {
+	n, err := findNode(tx, c.Ref)
+	if err != nil {
+		return nil, err
+	}
+	p := c.Patch
+	if p.Name != nil {
+		n.Name = *p.Name
+	}
+	if p.MACs != nil || p.Rack != nil {
+		if n.ProvisionState.InUse() {
+			return nil, proto.Errorf(proto.CodeWrongState, "cannot change the MACs or rack of node %s while it is %s", nodeRef(n), n.ProvisionState)
+		}
+		if p.MACs != nil {
+			n.MACs = *p.MACs
+		}
+		if p.Rack != nil {
+			n.Rack = *p.Rack
+		}
+	}
+	if b := p.BMC; b != nil {
+		setIf(&n.BMC.Driver, b.Driver)
+		setIf(&n.BMC.Address, b.Address)
+		setIf(&n.BMC.Port, b.Port)
+		setIf(&n.BMC.Username, b.Username)
+		setIf(&n.BMC.Password, b.Password)
+	}
+	if p.Properties != nil {
+		n.Properties = *p.Properties
+	}
+	if err := checkNodeFields(tx, n, n.UUID); err != nil {
+		return nil, err
+	}
+	n.UpdatedAt = c.Now
+	tx.PutNode(n)
+	return n.Clone(), nil
+}
+
+func setIf[T any](dst *T, v *T) {
+	if v != nil {
+		*dst = *v
+	}
+}
+
+func nodeRef(n *proto.Node) string {
+	if n.Name != "" {
+		return n.Name
+	}
+	return n.UUID
+}
+
+func applyNodeDelete(tx *state.Tx, c *NodeDelete) (any, error) {
+	n, err := findNode(tx, c.Ref)
+	if err != nil {
+		return nil, err
+	}
+	if n.ProvisionState.InUse() || n.InstanceUUID != "" {
+		return nil, proto.Errorf(proto.CodeWrongState, "cannot delete node %s: it is %s%s", nodeRef(n), n.ProvisionState,
+			ifStr(n.InstanceUUID != "", " and holds instance "+n.InstanceUUID))
+	}
+	tx.DeleteNode(n.UUID)
+	return nil, nil
+}
+
+func ifStr(b bool, s string) string {
+	if b {
+		return s
+	}
+	return ""
+}
+
+func applyNodeSetEnrolled(tx *state.Tx, c *NodeSetEnrolled) (any, error) {
+	n, err := findNode(tx, c.Ref)
+	if err != nil {
+		return nil, err
+	}
+	if n.Enrolled == c.Enrolled {
+		return n, nil // already so: a repeat is not an error
+	}
+	ev := proto.Event("enroll")
+	if !c.Enrolled {
+		ev = "unenroll"
+		if n.InstanceUUID != "" {
+			return nil, proto.Errorf(proto.CodeWrongState, "cannot unenroll node %s: it holds instance %s", nodeRef(n), n.InstanceUUID)
+		}
+	}
+	to, err := proto.CheckTransition(nodeRef(n), n.ProvisionState, ev)
+	if err != nil {
+		return nil, err
+	}
+	n.ProvisionState, n.Enrolled, n.UpdatedAt = to, c.Enrolled, c.Now
+	tx.PutNode(n)
+	return n.Clone(), nil
+}
+
+func applyNodeSetMaintenance(tx *state.Tx, c *NodeSetMaintenance) (any, error) {
+	n, err := findNode(tx, c.Ref)
+	if err != nil {
+		return nil, err
+	}
+	n.Maintenance = c.Maintenance
+	n.MaintenanceReason = ""
+	if c.Maintenance {
+		n.MaintenanceReason = c.Reason
+	}
+	n.UpdatedAt = c.Now
+	tx.PutNode(n)
+	return n.Clone(), nil
+}
+
+func applyNodeProvision(tx *state.Tx, c *NodeProvision) (any, error) {
+	n, err := findNode(tx, c.Ref)
+	if err != nil {
+		return nil, err
+	}
+	t, ok := proto.LookupTransition(c.Event)
+	if !ok {
+		return nil, proto.Errorf(proto.CodeInvalid, "unknown transition %q", c.Event)
+	}
+	if t.Actor != c.Actor {
+		return nil, proto.Errorf(proto.CodeInvalid, "%s is not a transition this caller may ask for", c.Event)
+	}
+	to, err := proto.CheckTransition(nodeRef(n), n.ProvisionState, c.Event)
+	if err != nil {
+		return nil, err
+	}
+	n.ProvisionState, n.UpdatedAt = to, c.Now
+	switch {
+	case to == proto.StateFailed:
+		n.LastError = c.LastError
+	case c.Event == "manage" || c.Event == "provide":
+		n.LastError = ""
+	}
+	tx.PutNode(n)
+	return n.Clone(), nil
+}
+
+// --- racks, flavors, images ---
+
+func applyRackPut(tx *state.Tx, c *RackPut) (any, error) {
+	r := c.Rack
+	r.DNS = slices.Clone(r.DNS)
+	if err := r.Check(); err != nil {
+		return nil, err
+	}
+	if err := checkPut("rack", r.Name, c.Create, tx.Rack(r.Name) != nil); err != nil {
+		return nil, err
+	}
+	tx.PutRack(&r)
+	c2 := r
+	return &c2, nil
+}
+
+// checkPut refuses a create of an existing object and a replace of a
+// missing one.
+func checkPut(kind, name string, create, exists bool) error {
+	if create && exists {
+		return proto.Errorf(proto.CodeConflict, "%s %q exists", kind, name)
+	}
+	if !create && !exists {
+		return proto.Errorf(proto.CodeNotFound, "%s %q not found", kind, name)
+	}
+	return nil
+}
+
+func applyRackDelete(tx *state.Tx, c *RackDelete) (any, error) {
+	if tx.Rack(c.Name) == nil {
+		return nil, proto.Errorf(proto.CodeNotFound, "rack %q not found", c.Name)
+	}
+	if k := tx.CountNodes(func(n *proto.Node) bool { return n.Rack == c.Name }); k > 0 {
+		return nil, proto.Errorf(proto.CodeConflict, "rack %q is in use by %d node(s)", c.Name, k)
+	}
+	var users []string
+	tx.EachFlavor(func(f *proto.Flavor) {
+		if f.Rack == c.Name {
+			users = append(users, f.Name)
+		}
+	})
+	if len(users) > 0 {
+		slices.Sort(users)
+		return nil, proto.Errorf(proto.CodeConflict, "rack %q is in use by flavor(s) %v", c.Name, users)
+	}
+	tx.DeleteRack(c.Name)
+	return nil, nil
+}
+
+func applyFlavorPut(tx *state.Tx, c *FlavorPut) (any, error) {
+	f := c.Flavor
+	f.RequiredTraits = slices.Clone(f.RequiredTraits)
+	if err := f.Check(); err != nil {
+		return nil, err
+	}
+	if f.Rack != "" && tx.Rack(f.Rack) == nil {
+		return nil, proto.Errorf(proto.CodeInvalid, "rack %q does not exist", f.Rack)
+	}
+	if f.RescueImage != "" && tx.Image(f.RescueImage) == nil {
+		return nil, proto.Errorf(proto.CodeInvalid, "rescue_image %q does not exist", f.RescueImage)
+	}
+	if err := checkPut("flavor", f.Name, c.Create, tx.Flavor(f.Name) != nil); err != nil {
+		return nil, err
+	}
+	tx.PutFlavor(&f)
+	c2 := f
+	return &c2, nil
+}
+
+func applyFlavorDelete(tx *state.Tx, c *FlavorDelete) (any, error) {
+	if tx.Flavor(c.Name) == nil {
+		return nil, proto.Errorf(proto.CodeNotFound, "flavor %q not found", c.Name)
+	}
+	var users []string
+	tx.EachInstance(func(in *proto.Instance) {
+		if in.Flavor == c.Name {
+			users = append(users, in.Name)
+		}
+	})
+	if len(users) > 0 {
+		slices.Sort(users)
+		return nil, proto.Errorf(proto.CodeConflict, "flavor %q is in use by instance(s) %v", c.Name, users)
+	}
+	tx.DeleteFlavor(c.Name)
+	return nil, nil
+}
+
+func applyImagePut(tx *state.Tx, c *ImagePut) (any, error) {
+	im := c.Image
+	if err := im.Check(); err != nil {
+		return nil, err
+	}
+	old := tx.Image(im.Name)
+	if err := checkPut("image", im.Name, c.Create, old != nil); err != nil {
+		return nil, err
+	}
+	if old != nil && old.Kind != im.Kind {
+		if users := imageUsers(tx, im.Name); len(users) > 0 {
+			return nil, proto.Errorf(proto.CodeConflict, "cannot change the kind of image %q: it is used by %v", im.Name, users)
+		}
+	}
+	tx.PutImage(&im)
+	c2 := im
+	return &c2, nil
+}
+
+// imageUsers names everything that refers to the image, sorted.
+func imageUsers(tx *state.Tx, name string) []string {
+	var users []string
+	s := tx.Settings()
+	if s.DiscoveryKernel == name {
+		users = append(users, "settings.discovery_kernel")
+	}
+	if s.DiscoveryRamdisk == name {
+		users = append(users, "settings.discovery_ramdisk")
+	}
+	tx.EachFlavor(func(f *proto.Flavor) {
+		if f.RescueImage == name {
+			users = append(users, "flavor "+f.Name)
+		}
+	})
+	tx.EachInstance(func(in *proto.Instance) {
+		if in.Image == name || in.RescueImage == name {
+			users = append(users, "instance "+in.Name)
+		}
+	})
+	slices.Sort(users)
+	return users
+}
+
+func applyImageDelete(tx *state.Tx, c *ImageDelete) (any, error) {
+	if tx.Image(c.Name) == nil {
+		return nil, proto.Errorf(proto.CodeNotFound, "image %q not found", c.Name)
+	}
+	if users := imageUsers(tx, c.Name); len(users) > 0 {
+		return nil, proto.Errorf(proto.CodeConflict, "image %q is in use by %v", c.Name, users)
+	}
+	tx.DeleteImage(c.Name)
+	return nil, nil
+}
+
+// --- instances ---
+
+func applyInstanceCreate(tx *state.Tx, c *InstanceCreate) (any, error) {
+	in := c.Instance
+	if !proto.IsUUID(in.UUID) {
+		return nil, proto.Errorf(proto.CodeInternal, "instance create without a uuid")
+	}
+	if err := proto.CheckName("name", in.Name); err != nil {
+		return nil, err
+	}
+	if tx.Instance(in.UUID) != nil || tx.Instance(in.Name) != nil {
+		return nil, proto.Errorf(proto.CodeConflict, "instance %q exists", in.Name)
+	}
+	if tx.Flavor(in.Flavor) == nil {
+		return nil, proto.Errorf(proto.CodeInvalid, "flavor %q does not exist", in.Flavor)
+	}
+	if tx.Image(in.Image) == nil {
+		return nil, proto.Errorf(proto.CodeInvalid, "image %q does not exist", in.Image)
+	}
+	if in.RescueImage != "" && tx.Image(in.RescueImage) == nil {
+		return nil, proto.Errorf(proto.CodeInvalid, "rescue_image %q does not exist", in.RescueImage)
+	}
+	if in.State == "" {
+		in.State = proto.InstanceBuilding
+	}
+	var node *proto.Node
+	if in.Node != "" {
+		n, err := findNode(tx, in.Node)
+		if err != nil {
+			return nil, err
+		}
+		if n.InstanceUUID != "" {
+			return nil, proto.Errorf(proto.CodeConflict, "node %s already holds instance %s", nodeRef(n), n.InstanceUUID)
+		}
+		in.Node = n.UUID
+		n.InstanceUUID = in.UUID
+		n.UpdatedAt = in.CreatedAt
+		node = n
+	}
+	if node != nil {
+		tx.PutNode(node)
+	}
+	tx.PutInstance(&in)
+	c2 := in
+	return &c2, nil
+}
+
+func applyInstanceDelete(tx *state.Tx, c *InstanceDelete) (any, error) {
+	in := tx.Instance(c.Ref)
+	if in == nil {
+		return nil, proto.Errorf(proto.CodeNotFound, "instance %q not found", c.Ref)
+	}
+	if in.Node != "" {
+		if n := tx.Node(in.Node); n != nil && n.InstanceUUID == in.UUID {
+			n = n.Clone()
+			n.InstanceUUID = ""
+			tx.PutNode(n)
+		}
+	}
+	tx.DeleteInstance(in.UUID)
+	return nil, nil
+}
+
+// --- settings, tokens, servers ---
+
+func applySettingsUpdate(tx *state.Tx, c *SettingsUpdate) (any, error) {
+	s := tx.Settings()
+	p := c.Patch
+	setIf(&s.AutoEnroll, p.AutoEnroll)
+	setIf(&s.DiscoveryEnabled, p.DiscoveryEnabled)
+	setIf(&s.DiscoveryKernel, p.DiscoveryKernel)
+	setIf(&s.DiscoveryRamdisk, p.DiscoveryRamdisk)
+	for _, ref := range []struct {
+		field, name string
+		kind        proto.ImageKind
+	}{{"discovery_kernel", s.DiscoveryKernel, proto.ImageKernel}, {"discovery_ramdisk", s.DiscoveryRamdisk, proto.ImageRamdisk}} {
+		if ref.name == "" {
+			continue
+		}
+		im := tx.Image(ref.name)
+		if im == nil {
+			return nil, proto.Errorf(proto.CodeInvalid, "%s: image %q does not exist", ref.field, ref.name)
+		}
+		if im.Kind != ref.kind {
+			return nil, proto.Errorf(proto.CodeInvalid, "%s: image %q is a %s, want a %s", ref.field, ref.name, im.Kind, ref.kind)
+		}
+	}
+	tx.PutSettings(s)
+	return tx.Settings(), nil
+}
+
+func applyTokenCreate(tx *state.Tx, c *TokenCreate) (any, error) {
+	t := c.Token
+	t.SecretHash = c.SecretHash
+	if old := tx.Token(t.ID); old != nil {
+		if c.IfAbsent && old.SecretHash == c.SecretHash {
+			cp := *old
+			return &cp, nil
+		}
+		return nil, proto.Errorf(proto.CodeConflict, "token %s exists", t.ID)
+	}
+	if t.ID == "" || len(c.SecretHash) != 64 {
+		return nil, proto.Errorf(proto.CodeInternal, "token create without id or secret hash")
+	}
+	if _, ok := tx.TokenByHash(c.SecretHash); ok {
+		return nil, proto.Errorf(proto.CodeConflict, "token secret reused")
+	}
+	if !t.Role.Valid() {
+		return nil, proto.Errorf(proto.CodeInvalid, "role %q: want admin, operator, reader or agent", t.Role)
+	}
+	if t.Role == proto.RoleAgent {
+		if t.Rack == "" {
+			return nil, proto.Errorf(proto.CodeInvalid, "rack: an agent token is bound to one rack")
+		}
+		if tx.Rack(t.Rack) == nil {
+			return nil, proto.Errorf(proto.CodeInvalid, "rack %q does not exist", t.Rack)
+		}
+	} else if t.Rack != "" {
+		return nil, proto.Errorf(proto.CodeInvalid, "rack: only agent tokens are bound to a rack")
+	}
+	tx.PutToken(&t)
+	cp := t
+	return &cp, nil
+}
+
+func applyTokenRevoke(tx *state.Tx, c *TokenRevoke) (any, error) {
+	if tx.Token(c.ID) == nil {
+		return nil, proto.Errorf(proto.CodeNotFound, "token %q not found", c.ID)
+	}
+	tx.DeleteToken(c.ID)
+	return nil, nil
+}
+
+func applyServerPut(tx *state.Tx, c *ServerPut) (any, error) {
+	sv := c.Server
+	if sv.ID == "" || sv.RaftAddr == "" {
+		return nil, proto.Errorf(proto.CodeInvalid, "a server needs an id and a raft address")
+	}
+	if old := tx.Server(sv.ID); old != nil && old.RaftAddr == sv.RaftAddr && old.HTTPAddr == sv.HTTPAddr {
+		cp := *old
+		return &cp, nil // unchanged: no write, no wake-up
+	}
+	tx.PutServer(&sv)
+	cp := sv
+	return &cp, nil
+}
+
+func applyServerRemove(tx *state.Tx, c *ServerRemove) (any, error) {
+	if tx.Server(c.ID) != nil {
+		tx.DeleteServer(c.ID)
+	}
+	return nil, nil
+}
+
+// --- reports ---
+
+func applyReport(tx *state.Tx, c *Report) (any, error) {
+	if c.ID == "" {
+		return nil, proto.Errorf(proto.CodeInvalid, "report without an id")
+	}
+	if tx.ReportSeen(c.ID) {
+		return &ReportResult{Duplicate: true}, nil
+	}
+	n, err := findNode(tx, c.Node)
+	if err != nil {
+		return nil, err
+	}
+	switch c.Kind {
+	case "power":
+		if !c.PowerState.Valid() {
+			return nil, proto.Errorf(proto.CodeInvalid, "power_state %q: want on, off or unknown", c.PowerState)
+		}
+		n.PowerState = c.PowerState
+	default:
+		return nil, proto.Errorf(proto.CodeInvalid, "report kind %q: want power", c.Kind)
+	}
+	n.UpdatedAt = c.Now
+	tx.PutNode(n)
+	tx.MarkReport(c.ID)
+	return &ReportResult{}, nil
+}

@@ -1,0 +1,228 @@
+package state
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+
+	"github.com/metalfleet/metalfleet/proto"
+)
+
+// snapshotVersion is written in the first record of every snapshot.
+const snapshotVersion = 1
+
+// Snapshot is a point-in-time view of the store that can be written out
+// while the FSM keeps applying. Stored objects are never changed in place
+// (the FSM copies before it changes), so copying the maps is enough.
+type Snapshot struct{ d *data }
+
+// Snapshot takes a point-in-time view. It is cheap: it copies map entries,
+// not objects.
+func (s *Store) Snapshot() *Snapshot {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	d := *s.d
+	d.nodes = maps.Clone(s.d.nodes)
+	d.racks = maps.Clone(s.d.racks)
+	d.flavors = maps.Clone(s.d.flavors)
+	d.images = maps.Clone(s.d.images)
+	d.instances = maps.Clone(s.d.instances)
+	d.tokens = maps.Clone(s.d.tokens)
+	d.servers = maps.Clone(s.d.servers)
+	d.reportOrder = append([]string(nil), s.d.reportOrder...)
+	d.reports = maps.Clone(s.d.reports)
+	return &Snapshot{d: &d}
+}
+
+// record is one line of a snapshot: a type tag and one object.
+type record struct {
+	T string          `json:"t"`
+	V json.RawMessage `json:"v"`
+}
+
+type header struct {
+	Version int    `json:"version"`
+	Index   uint64 `json:"index"`
+}
+
+// tokenRecord carries the secret hash that proto.Token keeps out of JSON.
+type tokenRecord struct {
+	proto.Token
+	SecretHash string `json:"secret_hash"`
+}
+
+type reportRecord struct {
+	ID    string `json:"id"`
+	Index uint64 `json:"index"`
+}
+
+// WriteTo writes the snapshot as JSON lines, one typed record at a time.
+func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
+	bw := bufio.NewWriterSize(w, 1<<16)
+	cw := &countWriter{w: bw}
+	enc := json.NewEncoder(cw)
+	put := func(t string, v any) error {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("snapshot %s: %w", t, err)
+		}
+		return enc.Encode(record{T: t, V: b})
+	}
+	d := sn.d
+	if err := put("header", header{Version: snapshotVersion, Index: d.index}); err != nil {
+		return cw.n, err
+	}
+	if err := put("settings", d.settings); err != nil {
+		return cw.n, err
+	}
+	for _, k := range sortedKeys(d.racks) {
+		if err := put("rack", d.racks[k]); err != nil {
+			return cw.n, err
+		}
+	}
+	for _, k := range sortedKeys(d.images) {
+		if err := put("image", d.images[k]); err != nil {
+			return cw.n, err
+		}
+	}
+	for _, k := range sortedKeys(d.flavors) {
+		if err := put("flavor", d.flavors[k]); err != nil {
+			return cw.n, err
+		}
+	}
+	for _, k := range sortedKeys(d.nodes) {
+		if err := put("node", d.nodes[k]); err != nil {
+			return cw.n, err
+		}
+	}
+	for _, k := range sortedKeys(d.instances) {
+		if err := put("instance", d.instances[k]); err != nil {
+			return cw.n, err
+		}
+	}
+	for _, k := range sortedKeys(d.tokens) {
+		t := d.tokens[k]
+		if err := put("token", tokenRecord{Token: *t, SecretHash: t.SecretHash}); err != nil {
+			return cw.n, err
+		}
+	}
+	for _, k := range sortedKeys(d.servers) {
+		if err := put("server", d.servers[k]); err != nil {
+			return cw.n, err
+		}
+	}
+	for _, id := range d.reportOrder {
+		if err := put("report", reportRecord{ID: id, Index: d.reports[id]}); err != nil {
+			return cw.n, err
+		}
+	}
+	if err := put("end", struct{}{}); err != nil {
+		return cw.n, err
+	}
+	return cw.n, bw.Flush()
+}
+
+// Restore reads a snapshot written by WriteTo into a fresh data set and
+// swaps it in whole; on any error the store is left as it was.
+func (s *Store) Restore(r io.Reader) error {
+	d := newData()
+	dec := json.NewDecoder(bufio.NewReaderSize(r, 1<<16))
+	tx := &Tx{d: d}
+	sawHeader, sawEnd := false, false
+	for !sawEnd {
+		var rec record
+		if err := dec.Decode(&rec); err != nil {
+			if errors.Is(err, io.EOF) {
+				return errors.New("snapshot ends before its end record")
+			}
+			return fmt.Errorf("snapshot: %w", err)
+		}
+		if !sawHeader && rec.T != "header" {
+			return fmt.Errorf("snapshot starts with %q, want header", rec.T)
+		}
+		var err error
+		switch rec.T {
+		case "header":
+			var h header
+			if err = json.Unmarshal(rec.V, &h); err == nil {
+				if h.Version != snapshotVersion {
+					return fmt.Errorf("snapshot version %d, this build reads %d", h.Version, snapshotVersion)
+				}
+				d.index, sawHeader = h.Index, true
+			}
+		case "settings":
+			err = json.Unmarshal(rec.V, &d.settings)
+		case "rack":
+			v := new(proto.Rack)
+			if err = json.Unmarshal(rec.V, v); err == nil {
+				d.racks[v.Name] = v
+			}
+		case "image":
+			v := new(proto.Image)
+			if err = json.Unmarshal(rec.V, v); err == nil {
+				d.images[v.Name] = v
+			}
+		case "flavor":
+			v := new(proto.Flavor)
+			if err = json.Unmarshal(rec.V, v); err == nil {
+				d.flavors[v.Name] = v
+			}
+		case "node":
+			v := new(proto.Node)
+			if err = json.Unmarshal(rec.V, v); err == nil {
+				meta := v.Meta
+				tx.PutNode(v)
+				v.Meta = meta
+			}
+		case "instance":
+			v := new(proto.Instance)
+			if err = json.Unmarshal(rec.V, v); err == nil {
+				meta := v.Meta
+				tx.PutInstance(v)
+				v.Meta = meta
+			}
+		case "token":
+			var v tokenRecord
+			if err = json.Unmarshal(rec.V, &v); err == nil {
+				t := v.Token
+				t.SecretHash = v.SecretHash
+				d.tokens[t.ID] = &t
+				d.tokenByHash[t.SecretHash] = t.ID
+			}
+		case "server":
+			v := new(proto.Server)
+			if err = json.Unmarshal(rec.V, v); err == nil {
+				d.servers[v.ID] = v
+			}
+		case "report":
+			var v reportRecord
+			if err = json.Unmarshal(rec.V, &v); err == nil {
+				d.reports[v.ID] = v.Index
+				d.reportOrder = append(d.reportOrder, v.ID)
+			}
+		case "end":
+			sawEnd = true
+		default:
+			return fmt.Errorf("snapshot: unknown record type %q", rec.T)
+		}
+		if err != nil {
+			return fmt.Errorf("snapshot %s record: %w", rec.T, err)
+		}
+	}
+	s.replace(d)
+	return nil
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}

@@ -1,0 +1,391 @@
+// Package state is the coordinator's in-memory, indexed copy of the fleet:
+// nodes, racks, flavors, images, instances, settings, tokens, servers and
+// the ids of reports already applied. The FSM is its only writer; API
+// handlers read copies of its objects and block on its index.
+//
+// Every change is stamped with the Raft index that made it, and the store's
+// index is the index of its last change, which is what blocking queries
+// wait on.
+package state
+
+import (
+	"context"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/metalfleet/metalfleet/proto"
+)
+
+// MaxReportIDs bounds how many applied report ids the store remembers for
+// de-duplication. A rack agent retries a report for minutes, not for
+// 65536 other reports, so older ids can be forgotten safely.
+const MaxReportIDs = 65536
+
+// Store is safe for concurrent use: one writer (the FSM, through Write) and
+// any number of readers.
+type Store struct {
+	mu    sync.RWMutex
+	d     *data
+	watch chan struct{} // closed and replaced on every change
+}
+
+// data is everything a snapshot holds. It is replaced whole on restore.
+type data struct {
+	index uint64
+
+	nodes      map[string]*proto.Node // by uuid
+	nodeByName map[string]string
+	nodeByMAC  map[string]string
+
+	racks     map[string]*proto.Rack
+	flavors   map[string]*proto.Flavor
+	images    map[string]*proto.Image
+	instances map[string]*proto.Instance // by uuid
+	instByNm  map[string]string
+
+	tokens      map[string]*proto.Token // by id
+	tokenByHash map[string]string
+
+	servers  map[string]*proto.Server
+	settings proto.Settings
+
+	reports     map[string]uint64 // report id -> index applied
+	reportOrder []string          // oldest first, at most MaxReportIDs
+}
+
+func newData() *data {
+	return &data{
+		nodes: map[string]*proto.Node{}, nodeByName: map[string]string{}, nodeByMAC: map[string]string{},
+		racks: map[string]*proto.Rack{}, flavors: map[string]*proto.Flavor{}, images: map[string]*proto.Image{},
+		instances: map[string]*proto.Instance{}, instByNm: map[string]string{},
+		tokens: map[string]*proto.Token{}, tokenByHash: map[string]string{},
+		servers: map[string]*proto.Server{}, reports: map[string]uint64{},
+	}
+}
+
+// New returns an empty store.
+func New() *Store {
+	return &Store{d: newData(), watch: make(chan struct{})}
+}
+
+// Index is the Raft index of the last change.
+func (s *Store) Index() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.d.index
+}
+
+// Wait blocks until the store's index passes min or ctx ends, and returns
+// the index then.
+func (s *Store) Wait(ctx context.Context, min uint64) uint64 {
+	for {
+		s.mu.RLock()
+		idx, ch := s.d.index, s.watch
+		s.mu.RUnlock()
+		if idx > min {
+			return idx
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return s.Index()
+		}
+	}
+}
+
+// Write runs fn as one change at Raft index idx. fn must check every
+// precondition before it changes anything: if it returns an error, it must
+// have changed nothing. On success the store's index becomes idx and every
+// waiter wakes.
+func (s *Store) Write(idx uint64, fn func(tx *Tx) error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	tx := &Tx{d: s.d, index: idx}
+	if err := fn(tx); err != nil {
+		return err
+	}
+	if !tx.changed {
+		return nil
+	}
+	if idx > s.d.index {
+		s.d.index = idx
+	}
+	close(s.watch)
+	s.watch = make(chan struct{})
+	return nil
+}
+
+// replace swaps in a restored data set and wakes every waiter.
+func (s *Store) replace(d *data) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.d = d
+	close(s.watch)
+	s.watch = make(chan struct{})
+}
+
+// NodeFilter selects nodes in ListNodes. Zero fields match everything.
+type NodeFilter struct {
+	ProvisionState proto.ProvisionState
+	Rack           string
+	Enrolled       *bool
+	Maintenance    *bool
+	// Instance is an instance name or uuid: only the node it is on.
+	Instance string
+}
+
+// Node returns a copy of the node with uuid, name or MAC ref.
+func (s *Store) Node(ref string) (*proto.Node, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	n := s.d.node(ref)
+	if n == nil {
+		return nil, false
+	}
+	return n.Clone(), true
+}
+
+// Nodes returns copies of the nodes f selects, ordered by name then uuid.
+func (s *Store) Nodes(f NodeFilter) []*proto.Node {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	want := ""
+	if f.Instance != "" {
+		inst := s.d.instance(f.Instance)
+		if inst == nil || inst.Node == "" {
+			return []*proto.Node{}
+		}
+		want = inst.Node
+	}
+	out := []*proto.Node{}
+	for _, n := range s.d.nodes {
+		switch {
+		case want != "" && n.UUID != want,
+			f.ProvisionState != "" && n.ProvisionState != f.ProvisionState,
+			f.Rack != "" && n.Rack != f.Rack,
+			f.Enrolled != nil && n.Enrolled != *f.Enrolled,
+			f.Maintenance != nil && n.Maintenance != *f.Maintenance:
+			continue
+		}
+		out = append(out, n.Clone())
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Name != out[j].Name {
+			return out[i].Name < out[j].Name
+		}
+		return out[i].UUID < out[j].UUID
+	})
+	return out
+}
+
+// Rack returns a copy of the named rack.
+func (s *Store) Rack(name string) (*proto.Rack, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	r, ok := s.d.racks[name]
+	if !ok {
+		return nil, false
+	}
+	c := *r
+	c.DNS = append([]string(nil), r.DNS...)
+	return &c, true
+}
+
+// Racks returns copies of every rack, by name.
+func (s *Store) Racks() []*proto.Rack {
+	s.mu.RLock()
+	names := sortedKeys(s.d.racks)
+	s.mu.RUnlock()
+	out := make([]*proto.Rack, 0, len(names))
+	for _, n := range names {
+		if r, ok := s.Rack(n); ok {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// Flavor returns a copy of the named flavor.
+func (s *Store) Flavor(name string) (*proto.Flavor, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	f, ok := s.d.flavors[name]
+	if !ok {
+		return nil, false
+	}
+	c := *f
+	c.RequiredTraits = append([]string(nil), f.RequiredTraits...)
+	return &c, true
+}
+
+// Flavors returns copies of every flavor, by name.
+func (s *Store) Flavors() []*proto.Flavor {
+	s.mu.RLock()
+	names := sortedKeys(s.d.flavors)
+	s.mu.RUnlock()
+	out := make([]*proto.Flavor, 0, len(names))
+	for _, n := range names {
+		if f, ok := s.Flavor(n); ok {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// Image returns a copy of the named image.
+func (s *Store) Image(name string) (*proto.Image, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	im, ok := s.d.images[name]
+	if !ok {
+		return nil, false
+	}
+	c := *im
+	return &c, true
+}
+
+// Images returns copies of every image, by name.
+func (s *Store) Images() []*proto.Image {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*proto.Image, 0, len(s.d.images))
+	for _, n := range sortedKeys(s.d.images) {
+		c := *s.d.images[n]
+		out = append(out, &c)
+	}
+	return out
+}
+
+// Instance returns a copy of the instance with uuid or name ref.
+func (s *Store) Instance(ref string) (*proto.Instance, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	in := s.d.instance(ref)
+	if in == nil {
+		return nil, false
+	}
+	c := *in
+	return &c, true
+}
+
+// Instances returns copies of the instances on node (uuid, name or MAC;
+// every instance if node is empty), by name.
+func (s *Store) Instances(node string) []*proto.Instance {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	want := ""
+	if node != "" {
+		n := s.d.node(node)
+		if n == nil {
+			return []*proto.Instance{}
+		}
+		want = n.UUID
+	}
+	out := []*proto.Instance{}
+	for _, in := range s.d.instances {
+		if want != "" && in.Node != want {
+			continue
+		}
+		c := *in
+		out = append(out, &c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Settings returns the fleet settings.
+func (s *Store) Settings() proto.Settings {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.d.settings
+}
+
+// TokenByHash returns the token whose secret hashes to h.
+func (s *Store) TokenByHash(h string) (*proto.Token, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	id, ok := s.d.tokenByHash[h]
+	if !ok {
+		return nil, false
+	}
+	c := *s.d.tokens[id]
+	return &c, true
+}
+
+// Tokens returns every token (without secrets), by id.
+func (s *Store) Tokens() []*proto.Token {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*proto.Token, 0, len(s.d.tokens))
+	for _, id := range sortedKeys(s.d.tokens) {
+		c := *s.d.tokens[id]
+		out = append(out, &c)
+	}
+	return out
+}
+
+// Server returns the recorded coordinator with id.
+func (s *Store) Server(id string) (*proto.Server, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	sv, ok := s.d.servers[id]
+	if !ok {
+		return nil, false
+	}
+	c := *sv
+	return &c, true
+}
+
+// Servers returns every recorded coordinator, by id.
+func (s *Store) Servers() []*proto.Server {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*proto.Server, 0, len(s.d.servers))
+	for _, id := range sortedKeys(s.d.servers) {
+		c := *s.d.servers[id]
+		out = append(out, &c)
+	}
+	return out
+}
+
+// ReportSeen reports whether a report with id was applied (and is still
+// remembered).
+func (s *Store) ReportSeen(id string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	_, ok := s.d.reports[id]
+	return ok
+}
+
+func (d *data) node(ref string) *proto.Node {
+	if n, ok := d.nodes[ref]; ok {
+		return n
+	}
+	if id, ok := d.nodeByName[ref]; ok {
+		return d.nodes[id]
+	}
+	if id, ok := d.nodeByMAC[strings.ToLower(ref)]; ok {
+		return d.nodes[id]
+	}
+	return nil
+}
+
+func (d *data) instance(ref string) *proto.Instance {
+	if in, ok := d.instances[ref]; ok {
+		return in
+	}
+	if id, ok := d.instByNm[ref]; ok {
+		return d.instances[id]
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

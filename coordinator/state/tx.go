@@ -1,0 +1,255 @@
+package state
+
+import (
+	"strings"
+
+	"github.com/metalfleet/metalfleet/proto"
+)
+
+// Tx is the FSM's view of the store during one change. Reads return the
+// store's own objects: copy one (Clone) before changing it, then Put the
+// copy. Put stamps the object's Meta with the change's index and keeps the
+// secondary indexes (names, MACs, token hashes) right.
+type Tx struct {
+	d       *data
+	index   uint64
+	changed bool
+}
+
+// Index is the Raft index of this change.
+func (tx *Tx) Index() uint64 { return tx.index }
+
+func (tx *Tx) stamp(m *proto.Meta, isNew bool) {
+	if isNew {
+		m.CreateIndex = tx.index
+	}
+	m.ModifyIndex = tx.index
+	tx.changed = true
+}
+
+// Node returns the node with uuid, name or MAC ref, or nil.
+func (tx *Tx) Node(ref string) *proto.Node { return tx.d.node(ref) }
+
+// NodeByName returns the uuid of the node named name.
+func (tx *Tx) NodeByName(name string) (string, bool) {
+	id, ok := tx.d.nodeByName[name]
+	return id, ok
+}
+
+// NodeByMAC returns the uuid of the node that has mac.
+func (tx *Tx) NodeByMAC(mac string) (string, bool) {
+	id, ok := tx.d.nodeByMAC[strings.ToLower(mac)]
+	return id, ok
+}
+
+// PutNode inserts or replaces n (keyed by uuid).
+func (tx *Tx) PutNode(n *proto.Node) {
+	old, exists := tx.d.nodes[n.UUID]
+	if exists {
+		tx.unindexNode(old)
+		n.CreateIndex = old.CreateIndex
+	}
+	tx.stamp(&n.Meta, !exists)
+	tx.d.nodes[n.UUID] = n
+	if n.Name != "" {
+		tx.d.nodeByName[n.Name] = n.UUID
+	}
+	for _, m := range n.MACs {
+		tx.d.nodeByMAC[strings.ToLower(m)] = n.UUID
+	}
+}
+
+// DeleteNode removes the node with uuid.
+func (tx *Tx) DeleteNode(uuid string) {
+	if n, ok := tx.d.nodes[uuid]; ok {
+		tx.unindexNode(n)
+		delete(tx.d.nodes, uuid)
+		tx.changed = true
+	}
+}
+
+func (tx *Tx) unindexNode(n *proto.Node) {
+	if n.Name != "" && tx.d.nodeByName[n.Name] == n.UUID {
+		delete(tx.d.nodeByName, n.Name)
+	}
+	for _, m := range n.MACs {
+		if tx.d.nodeByMAC[strings.ToLower(m)] == n.UUID {
+			delete(tx.d.nodeByMAC, strings.ToLower(m))
+		}
+	}
+}
+
+// CountNodes returns how many nodes satisfy pred.
+func (tx *Tx) CountNodes(pred func(*proto.Node) bool) int {
+	c := 0
+	for _, n := range tx.d.nodes {
+		if pred(n) {
+			c++
+		}
+	}
+	return c
+}
+
+// Rack returns the named rack, or nil.
+func (tx *Tx) Rack(name string) *proto.Rack { return tx.d.racks[name] }
+
+// PutRack inserts or replaces r.
+func (tx *Tx) PutRack(r *proto.Rack) {
+	old, exists := tx.d.racks[r.Name]
+	if exists {
+		r.CreateIndex = old.CreateIndex
+	}
+	tx.stamp(&r.Meta, !exists)
+	tx.d.racks[r.Name] = r
+}
+
+// DeleteRack removes the named rack.
+func (tx *Tx) DeleteRack(name string) { delete(tx.d.racks, name); tx.changed = true }
+
+// Flavor returns the named flavor, or nil.
+func (tx *Tx) Flavor(name string) *proto.Flavor { return tx.d.flavors[name] }
+
+// PutFlavor inserts or replaces f.
+func (tx *Tx) PutFlavor(f *proto.Flavor) {
+	old, exists := tx.d.flavors[f.Name]
+	if exists {
+		f.CreateIndex = old.CreateIndex
+	}
+	tx.stamp(&f.Meta, !exists)
+	tx.d.flavors[f.Name] = f
+}
+
+// DeleteFlavor removes the named flavor.
+func (tx *Tx) DeleteFlavor(name string) { delete(tx.d.flavors, name); tx.changed = true }
+
+// EachFlavor calls fn for every flavor.
+func (tx *Tx) EachFlavor(fn func(*proto.Flavor)) {
+	for _, f := range tx.d.flavors {
+		fn(f)
+	}
+}
+
+// Image returns the named image, or nil.
+func (tx *Tx) Image(name string) *proto.Image { return tx.d.images[name] }
+
+// PutImage inserts or replaces im.
+func (tx *Tx) PutImage(im *proto.Image) {
+	old, exists := tx.d.images[im.Name]
+	if exists {
+		im.CreateIndex = old.CreateIndex
+	}
+	tx.stamp(&im.Meta, !exists)
+	tx.d.images[im.Name] = im
+}
+
+// DeleteImage removes the named image.
+func (tx *Tx) DeleteImage(name string) { delete(tx.d.images, name); tx.changed = true }
+
+// Instance returns the instance with uuid or name ref, or nil.
+func (tx *Tx) Instance(ref string) *proto.Instance { return tx.d.instance(ref) }
+
+// EachInstance calls fn for every instance.
+func (tx *Tx) EachInstance(fn func(*proto.Instance)) {
+	for _, in := range tx.d.instances {
+		fn(in)
+	}
+}
+
+// PutInstance inserts or replaces in (keyed by uuid).
+func (tx *Tx) PutInstance(in *proto.Instance) {
+	old, exists := tx.d.instances[in.UUID]
+	if exists {
+		in.CreateIndex = old.CreateIndex
+		if tx.d.instByNm[old.Name] == old.UUID {
+			delete(tx.d.instByNm, old.Name)
+		}
+	}
+	tx.stamp(&in.Meta, !exists)
+	tx.d.instances[in.UUID] = in
+	tx.d.instByNm[in.Name] = in.UUID
+}
+
+// DeleteInstance removes the instance with uuid.
+func (tx *Tx) DeleteInstance(uuid string) {
+	if in, ok := tx.d.instances[uuid]; ok {
+		if tx.d.instByNm[in.Name] == uuid {
+			delete(tx.d.instByNm, in.Name)
+		}
+		delete(tx.d.instances, uuid)
+		tx.changed = true
+	}
+}
+
+// Settings returns the fleet settings.
+func (tx *Tx) Settings() proto.Settings { return tx.d.settings }
+
+// PutSettings replaces the fleet settings.
+func (tx *Tx) PutSettings(s proto.Settings) {
+	tx.stamp(&s.Meta, s.CreateIndex == 0)
+	tx.d.settings = s
+}
+
+// Token returns the token with id, or nil.
+func (tx *Tx) Token(id string) *proto.Token { return tx.d.tokens[id] }
+
+// TokenByHash returns the id of the token whose secret hashes to h.
+func (tx *Tx) TokenByHash(h string) (string, bool) {
+	id, ok := tx.d.tokenByHash[h]
+	return id, ok
+}
+
+// PutToken inserts or replaces t.
+func (tx *Tx) PutToken(t *proto.Token) {
+	old, exists := tx.d.tokens[t.ID]
+	if exists {
+		t.CreateIndex = old.CreateIndex
+		delete(tx.d.tokenByHash, old.SecretHash)
+	}
+	tx.stamp(&t.Meta, !exists)
+	tx.d.tokens[t.ID] = t
+	tx.d.tokenByHash[t.SecretHash] = t.ID
+}
+
+// DeleteToken removes the token with id.
+func (tx *Tx) DeleteToken(id string) {
+	if t, ok := tx.d.tokens[id]; ok {
+		delete(tx.d.tokenByHash, t.SecretHash)
+		delete(tx.d.tokens, id)
+		tx.changed = true
+	}
+}
+
+// Server returns the recorded coordinator with id, or nil.
+func (tx *Tx) Server(id string) *proto.Server { return tx.d.servers[id] }
+
+// PutServer inserts or replaces sv.
+func (tx *Tx) PutServer(sv *proto.Server) {
+	old, exists := tx.d.servers[sv.ID]
+	if exists {
+		sv.CreateIndex = old.CreateIndex
+	}
+	tx.stamp(&sv.Meta, !exists)
+	tx.d.servers[sv.ID] = sv
+}
+
+// DeleteServer removes the recorded coordinator with id.
+func (tx *Tx) DeleteServer(id string) { delete(tx.d.servers, id); tx.changed = true }
+
+// ReportSeen reports whether a report with id was already applied.
+func (tx *Tx) ReportSeen(id string) bool {
+	_, ok := tx.d.reports[id]
+	return ok
+}
+
+// MarkReport remembers that the report with id was applied, forgetting the
+// oldest id once MaxReportIDs are remembered.
+func (tx *Tx) MarkReport(id string) {
+	tx.d.reports[id] = tx.index
+	tx.d.reportOrder = append(tx.d.reportOrder, id)
+	if len(tx.d.reportOrder) > MaxReportIDs {
+		drop := tx.d.reportOrder[0]
+		tx.d.reportOrder = tx.d.reportOrder[1:]
+		delete(tx.d.reports, drop)
+	}
+	tx.changed = true
+}

@@ -1,0 +1,239 @@
+// Package proto holds every type that crosses a process boundary in
+// Metalfleet: API bodies, stored objects as the API shows them, and the
+// node state machine's table. Coordinator, rack agent and CLI all use these
+// definitions, so the two ends of a wire can never disagree.
+package proto
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Version is the wire protocol version.
+//
+// History:
+//
+//	1: first version (coordinator API v1).
+const Version = 1
+
+// IndexHeader carries the Raft index a response reflects. Writes return the
+// index at which they were applied; reads return the store's index, which a
+// caller passes back as ?index=N to block until something changes.
+const IndexHeader = "X-Metalfleet-Index"
+
+// Meta is embedded in every stored object: the Raft indexes at which it was
+// created and last modified.
+type Meta struct {
+	CreateIndex uint64 `json:"create_index"`
+	ModifyIndex uint64 `json:"modify_index"`
+}
+
+// BMC is how a node's baseboard management controller is reached. The
+// password is write-only: the API never returns it (see Redacted).
+type BMC struct {
+	Driver   string `json:"driver,omitempty"` // "ipmi"
+	Address  string `json:"address,omitempty"`
+	Port     int    `json:"port,omitempty"`
+	Username string `json:"username,omitempty"`
+	Password string `json:"password,omitempty"`
+	// PasswordSet tells API readers whether a password is stored.
+	PasswordSet bool `json:"password_set,omitempty"`
+}
+
+// Node is one physical server.
+type Node struct {
+	UUID              string            `json:"uuid"`
+	Name              string            `json:"name,omitempty"`
+	MACs              []string          `json:"macs"`
+	Rack              string            `json:"rack,omitempty"`
+	ProvisionState    ProvisionState    `json:"provision_state"`
+	PowerState        PowerState        `json:"power_state"`
+	Maintenance       bool              `json:"maintenance"`
+	MaintenanceReason string            `json:"maintenance_reason,omitempty"`
+	Enrolled          bool              `json:"enrolled"`
+	BMC               BMC               `json:"bmc"`
+	Properties        map[string]string `json:"properties,omitempty"`
+	Inventory         json.RawMessage   `json:"inventory,omitempty"`
+	LastError         string            `json:"last_error,omitempty"`
+	InstanceUUID      string            `json:"instance_uuid,omitempty"`
+	CreatedAt         time.Time         `json:"created_at"`
+	UpdatedAt         time.Time         `json:"updated_at"`
+	Meta
+}
+
+// Clone returns a deep copy, so a caller may change it without touching
+// the store's object.
+func (n *Node) Clone() *Node {
+	c := *n
+	c.MACs = append([]string(nil), n.MACs...)
+	if n.Properties != nil {
+		c.Properties = make(map[string]string, len(n.Properties))
+		for k, v := range n.Properties {
+			c.Properties[k] = v
+		}
+	}
+	if n.Inventory != nil {
+		c.Inventory = append(json.RawMessage(nil), n.Inventory...)
+	}
+	return &c
+}
+
+// Redacted returns a copy fit for an API response: the BMC password is
+// removed and PasswordSet says whether one is stored.
+func (n *Node) Redacted() *Node {
+	c := n.Clone()
+	c.BMC.PasswordSet = n.BMC.Password != ""
+	c.BMC.Password = ""
+	return c
+}
+
+// Rack is a network segment served by one or two rack agents.
+type Rack struct {
+	Name       string   `json:"name"`
+	Subnet     string   `json:"subnet,omitempty"`      // CIDR
+	Gateway    string   `json:"gateway,omitempty"`     // IP
+	PoolStart  string   `json:"pool_start,omitempty"`  // first dynamic address
+	PoolEnd    string   `json:"pool_end,omitempty"`    // last dynamic address
+	BootServer string   `json:"boot_server,omitempty"` // IP of the rack agent nodes boot from
+	DNS        []string `json:"dns,omitempty"`
+	LeaseTime  Duration `json:"lease_time,omitempty"`
+	Meta
+}
+
+// Flavor describes what an instance needs from a node.
+type Flavor struct {
+	Name           string   `json:"name"`
+	CPUs           int      `json:"cpus"`
+	MemoryMB       int64    `json:"memory_mb"`
+	DiskGB         int64    `json:"disk_gb"`
+	RequiredTraits []string `json:"required_traits,omitempty"`
+	Rack           string   `json:"rack,omitempty"`
+	RescueImage    string   `json:"rescue_image,omitempty"`
+	Meta
+}
+
+// ImageKind is what an image is used as.
+type ImageKind string
+
+// Image kinds.
+const (
+	ImageKernel  ImageKind = "kernel"
+	ImageRamdisk ImageKind = "ramdisk"
+	ImageDisk    ImageKind = "disk"
+)
+
+// Image is a kernel, ramdisk or disk image that rack agents fetch from URL
+// and verify against SHA256.
+type Image struct {
+	Name   string    `json:"name"`
+	Kind   ImageKind `json:"kind"`
+	URL    string    `json:"url"`
+	SHA256 string    `json:"sha256"`
+	Size   int64     `json:"size,omitempty"`
+	Meta
+}
+
+// InstanceState is the life of a workload.
+type InstanceState string
+
+// Instance states.
+const (
+	InstanceBuilding InstanceState = "building"
+	InstanceRunning  InstanceState = "running"
+	InstanceRescue   InstanceState = "rescue"
+	InstanceDeleting InstanceState = "deleting"
+	InstanceError    InstanceState = "error"
+)
+
+// Instance is a workload placed on one node.
+type Instance struct {
+	UUID        string        `json:"uuid"`
+	Name        string        `json:"name"`
+	Flavor      string        `json:"flavor"`
+	Image       string        `json:"image"`
+	Node        string        `json:"node,omitempty"` // node uuid
+	State       InstanceState `json:"state"`
+	RescueImage string        `json:"rescue_image,omitempty"`
+	CreatedAt   time.Time     `json:"created_at"`
+	UpdatedAt   time.Time     `json:"updated_at"`
+	Meta
+}
+
+// Settings are fleet-wide switches.
+type Settings struct {
+	AutoEnroll       bool   `json:"auto_enroll"`
+	DiscoveryEnabled bool   `json:"discovery_enabled"`
+	DiscoveryKernel  string `json:"discovery_kernel,omitempty"`  // image name, kind kernel
+	DiscoveryRamdisk string `json:"discovery_ramdisk,omitempty"` // image name, kind ramdisk
+	Meta
+}
+
+// Role is what a token may do.
+type Role string
+
+// Roles, from most to least powerful. An agent token is bound to one rack.
+const (
+	RoleAdmin    Role = "admin"    // everything, including tokens and cluster membership
+	RoleOperator Role = "operator" // fleet objects: nodes, racks, flavors, images, settings
+	RoleReader   Role = "reader"   // reads only
+	RoleAgent    Role = "agent"    // a rack agent: its rack's boot state and reports
+)
+
+// Valid reports whether r is a known role.
+func (r Role) Valid() bool {
+	switch r {
+	case RoleAdmin, RoleOperator, RoleReader, RoleAgent:
+		return true
+	}
+	return false
+}
+
+// Token is an API credential as stored and listed. The secret itself is
+// shown once, at creation (TokenCreated); the store keeps only its SHA-256.
+type Token struct {
+	ID          string    `json:"id"`
+	Description string    `json:"description,omitempty"`
+	Role        Role      `json:"role"`
+	Rack        string    `json:"rack,omitempty"`
+	SecretHash  string    `json:"-"`
+	CreatedAt   time.Time `json:"created_at"`
+	Meta
+}
+
+// TokenCreated is the answer to a token creation: the only time the secret
+// is ever returned.
+type TokenCreated struct {
+	Token
+	Secret string `json:"secret"`
+}
+
+// Server is a coordinator that is part of the Raft configuration, as
+// recorded in the replicated state so any server can reach any other's API.
+type Server struct {
+	ID       string `json:"id"`
+	RaftAddr string `json:"raft_addr"`
+	HTTPAddr string `json:"http_addr"`
+	Meta
+}
+
+// Duration is a time.Duration that reads and writes as a string ("30s").
+type Duration time.Duration
+
+// MarshalJSON writes the duration as a Go duration string.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).String())
+}
+
+// UnmarshalJSON reads a Go duration string such as "12h".
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return Errorf(CodeInvalid, "duration must be a string such as \"12h\"")
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return Errorf(CodeInvalid, "bad duration %q: %v", s, err)
+	}
+	*d = Duration(v)
+	return nil
+}
