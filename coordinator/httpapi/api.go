@@ -4,6 +4,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -12,9 +13,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
-	"net/http/httputil"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -102,7 +102,7 @@ type API struct {
 	cfg     Config
 	log     *slog.Logger
 	mux     *http.ServeMux
-	proxy   *httputil.ReverseProxy
+	fwd     *http.Client
 	reqs    *prometheus.CounterVec
 	latency *prometheus.HistogramVec
 }
@@ -158,18 +158,15 @@ func New(b Backend, cfg Config, log *slog.Logger, reg prometheus.Registerer) *AP
 	if reg != nil {
 		reg.MustRegister(a.reqs, a.latency)
 	}
-	a.proxy = &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			target, _ := pr.In.Context().Value(forwardKey{}).(*url.URL)
-			pr.SetURL(target)
-			pr.Out.Host = pr.In.Host
-			pr.Out.Header.Set(ForwardedHeader, b.NodeID())
+	a.fwd = &http.Client{
+		// No overall timeout: a forwarded blocking read lasts as long as
+		// its ?wait=; the caller's context bounds it.
+		Transport: &http.Transport{
+			DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+			MaxIdleConnsPerHost: 64,
+			IdleConnTimeout:     90 * time.Second,
 		},
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			target, _ := r.Context().Value(forwardKey{}).(*url.URL)
-			writeError(w, proto.Errorf(proto.CodeUnavailable,
-				"forwarding to the leader at %s failed: %v; a write may or may not have been applied", target.Host, err))
-		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 	for _, rt := range a.routes() {
 		a.mux.Handle(rt.Method+" "+rt.Path, a.wrap(rt))
@@ -192,8 +189,6 @@ func Routes() []Route {
 	}
 	return rs
 }
-
-type forwardKey struct{}
 
 // statusWriter records the status code for metrics.
 type statusWriter struct {
@@ -341,25 +336,44 @@ func min64(a, b time.Duration) time.Duration {
 }
 
 // forward passes the request to the leader, waiting up to ForwardWait for
-// one to be known.
+// one to be known. A leader that cannot be dialled (it just died, and this
+// server has not noticed yet) has not seen the request, so forwarding is
+// tried again until the wait ends; any later failure leaves the outcome of
+// a write unknown and says so.
 func (a *API) forward(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.cfg.MaxBodyBytes))
+	if err != nil {
+		writeError(w, bodyError(err, a.cfg.MaxBodyBytes))
+		return
+	}
 	deadline := time.Now().Add(a.cfg.ForwardWait)
+	var lastErr error
 	for {
 		id, addr := a.b.LeaderHTTP()
-		if addr != "" && id != a.b.NodeID() {
-			u := &url.URL{Scheme: "http", Host: addr}
-			a.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), forwardKey{}, u)))
-			return
-		}
-		if id != "" && id == a.b.NodeID() && a.b.IsLeader() {
-			// We became leader while waiting: serve it ourselves by
-			// sending it through the mux again.
+		switch {
+		case id != "" && id == a.b.NodeID() && a.b.IsLeader():
+			// We became leader while waiting: serve it here.
+			r.Body = io.NopCloser(bytes.NewReader(body))
 			a.mux.ServeHTTP(w, r)
 			return
+		case addr != "" && id != a.b.NodeID():
+			err := a.forwardTo(w, r, addr, body)
+			if err == nil {
+				return
+			}
+			var op *net.OpError
+			if !errors.As(err, &op) || op.Op != "dial" {
+				writeError(w, proto.Errorf(proto.CodeUnavailable,
+					"forwarding to the leader %s at %s failed: %v; a write may or may not have been applied", id, addr, err))
+				return
+			}
+			lastErr = fmt.Errorf("leader %s at %s unreachable: %w", id, addr, err)
 		}
 		if time.Now().After(deadline) {
-			msg := fmt.Sprintf("no leader elected within %s; the cluster may have lost quorum", a.cfg.ForwardWait)
-			if id != "" {
+			msg := fmt.Sprintf("no leader reachable within %s; the cluster may have lost quorum", a.cfg.ForwardWait)
+			if lastErr != nil {
+				msg += " (last: " + lastErr.Error() + ")"
+			} else if id != "" {
 				msg = fmt.Sprintf("leader %s has no known HTTP address yet (waited %s)", id, a.cfg.ForwardWait)
 			}
 			writeError(w, proto.Errorf(proto.CodeNoLeader, "%s", msg))
@@ -368,9 +382,39 @@ func (a *API) forward(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-r.Context().Done():
 			return
-		case <-time.After(20 * time.Millisecond):
+		case <-time.After(25 * time.Millisecond):
 		}
 	}
+}
+
+// forwardTo sends one copy of the request to the leader at addr and
+// copies its answer back. It writes nothing if the request fails.
+func (a *API) forwardTo(w http.ResponseWriter, r *http.Request, addr string, body []byte) error {
+	u := *r.URL
+	u.Scheme, u.Host = "http", addr
+	req, err := http.NewRequestWithContext(r.Context(), r.Method, u.String(), bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	for _, h := range []string{"Authorization", "Content-Type", "Accept"} {
+		if v := r.Header.Get(h); v != "" {
+			req.Header.Set(h, v)
+		}
+	}
+	req.Header.Set(ForwardedHeader, a.b.NodeID())
+	resp, err := a.fwd.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	for k, vs := range resp.Header {
+		for _, v := range vs {
+			w.Header().Add(k, v)
+		}
+	}
+	w.WriteHeader(resp.StatusCode)
+	_, _ = io.Copy(w, resp.Body)
+	return nil
 }
 
 // authenticate resolves the bearer token against the replicated store.

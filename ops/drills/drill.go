@@ -1,0 +1,169 @@
+// Package drills holds failover drills that run real metalfleet
+// processes: the same steps an operator rehearses, automated. Each drill
+// is a Go test (failover_test.go) over the helpers here.
+package drills
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/metalfleet/metalfleet/coordinator/apiclient"
+)
+
+// Binary returns the metalfleet binary to drill: $METALFLEET_BIN if set,
+// else one built into a temporary directory.
+func Binary(t testing.TB) string {
+	t.Helper()
+	if b := os.Getenv("METALFLEET_BIN"); b != "" {
+		abs, err := filepath.Abs(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return abs
+	}
+	out := filepath.Join(t.TempDir(), "metalfleet")
+	cmd := exec.Command("go", "build", "-o", out, "github.com/metalfleet/metalfleet/cmd/metalfleet")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, b)
+	}
+	return out
+}
+
+// FreePort returns a loopback address with a port that was free a moment
+// ago.
+func FreePort(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// Proc is one coordinator process.
+type Proc struct {
+	ID       string
+	Args     []string
+	DataDir  string
+	HTTPAddr string
+	bin      string
+	logPath  string
+
+	mu  sync.Mutex
+	cmd *exec.Cmd
+	// exited receives the process's exit once.
+	exited chan error
+}
+
+// NewProc describes a coordinator process; Start runs it.
+func NewProc(t testing.TB, bin, id string, extra ...string) *Proc {
+	dir := t.TempDir()
+	p := &Proc{ID: id, DataDir: filepath.Join(dir, "data"), HTTPAddr: FreePort(t), bin: bin, logPath: filepath.Join(dir, id+".log")}
+	p.Args = append([]string{"coordinator", "--node-id", id, "--data-dir", p.DataDir,
+		"--http-addr", p.HTTPAddr, "--raft-addr", FreePort(t),
+		"--raft-heartbeat-timeout", "300ms", "--raft-election-timeout", "300ms", "--raft-leader-lease", "150ms",
+		"--log-level", "info"}, extra...)
+	t.Cleanup(func() {
+		p.Kill()
+		if t.Failed() {
+			b, _ := os.ReadFile(p.logPath)
+			t.Logf("--- log of %s ---\n%s", id, tail(string(b), 60))
+		}
+	})
+	return p
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Start runs the process with its arguments (again, after a kill).
+func (p *Proc) Start(t testing.TB) {
+	t.Helper()
+	logf, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(p.bin, p.Args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		t.Fatalf("start %s: %v", p.ID, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait(); logf.Close() }()
+	p.mu.Lock()
+	p.cmd, p.exited = cmd, exited
+	p.mu.Unlock()
+}
+
+// Kill sends SIGKILL to the process (if running) and reaps it.
+func (p *Proc) Kill() {
+	p.mu.Lock()
+	cmd, exited := p.cmd, p.exited
+	p.cmd = nil
+	p.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	<-exited
+}
+
+// Term sends SIGTERM and returns how long the process took to exit and
+// its exit error.
+func (p *Proc) Term(limit time.Duration) (time.Duration, error) {
+	p.mu.Lock()
+	cmd, exited := p.cmd, p.exited
+	p.cmd = nil
+	p.mu.Unlock()
+	if cmd == nil {
+		return 0, fmt.Errorf("%s is not running", p.ID)
+	}
+	start := time.Now()
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-exited:
+		return time.Since(start), err
+	case <-time.After(limit):
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		<-exited
+		return time.Since(start), fmt.Errorf("%s did not exit within %s of SIGTERM", p.ID, limit)
+	}
+}
+
+// Client returns an API client for the process.
+func (p *Proc) Client(token string) *apiclient.Client { return apiclient.New(p.HTTPAddr, token) }
+
+// WaitFor polls cond every 20 ms until it holds or d passes.
+func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Ctx returns a context that ends after d.
+func Ctx(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
