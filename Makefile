@@ -2,12 +2,17 @@
 GO       ?= go
 BIN      := bin/metalfleet
 PKGS     := ./...
+BENCHOUT ?= build/bench.txt
 
 .DEFAULT_GOAL := help
 
 .PHONY: help
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: deps
+deps: ## install the Debian packages the tests use (ops/apt-packages.txt)
+	ops/install-deps.sh
 
 .PHONY: build
 build: ## build bin/metalfleet
@@ -18,10 +23,25 @@ run: build ## run a dev coordinator on embedded defaults (state in ./.metalfleet
 	$(BIN) dev
 
 .PHONY: test
-test: build ## run all tests with -race (includes the 3-process failover test)
+test: deps build ## install test deps, vet, run every test with -race, the process failover drill included
 	$(GO) vet $(PKGS)
-	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	METALFLEET_BIN=$(CURDIR)/$(BIN) $(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+.PHONY: test-short
+test-short: ## the quick unit tests only (no process drills)
+	$(GO) test -short -count=1 $(PKGS)
+
+.PHONY: bench
+bench: build ## run the benchmarks of BENCHMARKS.md (output in build/bench.txt)
+	@mkdir -p $(dir $(BENCHOUT))
+	$(GO) test -run '^$$' -bench . -benchtime 3000x -count 3 ./coordinator/server/ | tee $(BENCHOUT)
+	METALFLEET_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench Failover -benchtime 7x ./ops/drills/ | tee -a $(BENCHOUT)
 
 .PHONY: ci
-ci: ## what CI runs (.ci/run)
+ci: ## exactly what CI runs (.ci/run)
 	bash .ci/run
+
+.PHONY: clean
+clean: ## remove build outputs
+	rm -rf bin build

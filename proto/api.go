@@ -8,7 +8,7 @@ type NodeCreate struct {
 	Name       string            `json:"name,omitempty"`
 	MACs       []string          `json:"macs"`
 	Rack       string            `json:"rack,omitempty"`
-	BMC        BMC               `json:"bmc,omitempty"`
+	BMC        BMC               `json:"bmc"`
 	Properties map[string]string `json:"properties,omitempty"`
 	Enrolled   *bool             `json:"enrolled,omitempty"`
 }

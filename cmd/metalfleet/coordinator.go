@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -79,16 +80,21 @@ func applyConfigFile(fs *pflag.FlagSet, path string) error {
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber() // 1000000 stays 1000000, not 1e+06
 	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
+	if err := dec.Decode(&m); err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
+	// Flags given on the command line win; note them before setting any.
+	onCommandLine := map[string]bool{}
+	fs.Visit(func(f *pflag.Flag) { onCommandLine[f.Name] = true })
 	for k, v := range m {
 		fl := fs.Lookup(k)
 		if fl == nil || k == "config" {
 			return fmt.Errorf("config %s: unknown setting %q", path, k)
 		}
-		if fl.Changed {
+		if onCommandLine[k] {
 			continue
 		}
 		if err := fs.Set(k, fmt.Sprint(v)); err != nil {

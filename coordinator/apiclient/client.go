@@ -182,3 +182,165 @@ func (c *Client) Status(ctx context.Context) (*proto.Status, error) {
 	_, err := c.Do(ctx, "GET", "/v1/status", nil, &out)
 	return &out, err
 }
+
+// RemovePeer removes a server from the cluster's Raft configuration.
+func (c *Client) RemovePeer(ctx context.Context, id string) error {
+	_, err := c.Do(ctx, "DELETE", "/v1/cluster/peers/"+esc(id), nil, nil)
+	return err
+}
+
+// Racks lists every rack, by name.
+func (c *Client) Racks(ctx context.Context) ([]*proto.Rack, error) {
+	var out []*proto.Rack
+	_, err := c.Do(ctx, "GET", "/v1/racks", nil, &out)
+	return out, err
+}
+
+// Rack gets a rack by name.
+func (c *Client) Rack(ctx context.Context, name string) (*proto.Rack, error) {
+	var out proto.Rack
+	_, err := c.Do(ctx, "GET", "/v1/racks/"+esc(name), nil, &out)
+	return &out, err
+}
+
+// CreateRack creates a rack; it fails if one of that name exists.
+func (c *Client) CreateRack(ctx context.Context, r proto.Rack) (*proto.Rack, error) {
+	var out proto.Rack
+	_, err := c.Do(ctx, "POST", "/v1/racks", r, &out)
+	return &out, err
+}
+
+// UpdateRack replaces the rack named r.Name; it fails if there is none.
+func (c *Client) UpdateRack(ctx context.Context, r proto.Rack) (*proto.Rack, error) {
+	var out proto.Rack
+	_, err := c.Do(ctx, "PUT", "/v1/racks/"+esc(r.Name), r, &out)
+	return &out, err
+}
+
+// DeleteRack deletes a rack no node or flavor uses.
+func (c *Client) DeleteRack(ctx context.Context, name string) error {
+	_, err := c.Do(ctx, "DELETE", "/v1/racks/"+esc(name), nil, nil)
+	return err
+}
+
+// Flavors lists every flavor, by name.
+func (c *Client) Flavors(ctx context.Context) ([]*proto.Flavor, error) {
+	var out []*proto.Flavor
+	_, err := c.Do(ctx, "GET", "/v1/flavors", nil, &out)
+	return out, err
+}
+
+// Flavor gets a flavor by name.
+func (c *Client) Flavor(ctx context.Context, name string) (*proto.Flavor, error) {
+	var out proto.Flavor
+	_, err := c.Do(ctx, "GET", "/v1/flavors/"+esc(name), nil, &out)
+	return &out, err
+}
+
+// CreateFlavor creates a flavor; it fails if one of that name exists.
+func (c *Client) CreateFlavor(ctx context.Context, f proto.Flavor) (*proto.Flavor, error) {
+	var out proto.Flavor
+	_, err := c.Do(ctx, "POST", "/v1/flavors", f, &out)
+	return &out, err
+}
+
+// UpdateFlavor replaces the flavor named f.Name; it fails if there is none.
+func (c *Client) UpdateFlavor(ctx context.Context, f proto.Flavor) (*proto.Flavor, error) {
+	var out proto.Flavor
+	_, err := c.Do(ctx, "PUT", "/v1/flavors/"+esc(f.Name), f, &out)
+	return &out, err
+}
+
+// DeleteFlavor deletes a flavor no instance uses.
+func (c *Client) DeleteFlavor(ctx context.Context, name string) error {
+	_, err := c.Do(ctx, "DELETE", "/v1/flavors/"+esc(name), nil, nil)
+	return err
+}
+
+// Images lists every image, by name.
+func (c *Client) Images(ctx context.Context) ([]*proto.Image, error) {
+	var out []*proto.Image
+	_, err := c.Do(ctx, "GET", "/v1/images", nil, &out)
+	return out, err
+}
+
+// Image gets an image by name.
+func (c *Client) Image(ctx context.Context, name string) (*proto.Image, error) {
+	var out proto.Image
+	_, err := c.Do(ctx, "GET", "/v1/images/"+esc(name), nil, &out)
+	return &out, err
+}
+
+// CreateImage creates an image; it fails if one of that name exists.
+func (c *Client) CreateImage(ctx context.Context, im proto.Image) (*proto.Image, error) {
+	var out proto.Image
+	_, err := c.Do(ctx, "POST", "/v1/images", im, &out)
+	return &out, err
+}
+
+// UpdateImage replaces the image named im.Name; it fails if there is none.
+func (c *Client) UpdateImage(ctx context.Context, im proto.Image) (*proto.Image, error) {
+	var out proto.Image
+	_, err := c.Do(ctx, "PUT", "/v1/images/"+esc(im.Name), im, &out)
+	return &out, err
+}
+
+// DeleteImage deletes an image nothing refers to.
+func (c *Client) DeleteImage(ctx context.Context, name string) error {
+	_, err := c.Do(ctx, "DELETE", "/v1/images/"+esc(name), nil, nil)
+	return err
+}
+
+// Instances lists instances, by name: those on node (uuid, name or MAC),
+// or every one if node is empty.
+func (c *Client) Instances(ctx context.Context, node string) ([]*proto.Instance, error) {
+	q := &Query{}
+	if node != "" {
+		q.Values = url.Values{"node": {node}}
+	}
+	var out []*proto.Instance
+	_, err := c.Do(ctx, "GET", "/v1/instances"+q.encode(), nil, &out)
+	return out, err
+}
+
+// Instance gets an instance by uuid or name.
+func (c *Client) Instance(ctx context.Context, id string) (*proto.Instance, error) {
+	var out proto.Instance
+	_, err := c.Do(ctx, "GET", "/v1/instances/"+esc(id), nil, &out)
+	return &out, err
+}
+
+// Settings returns the fleet settings.
+func (c *Client) Settings(ctx context.Context) (*proto.Settings, error) {
+	var out proto.Settings
+	_, err := c.Do(ctx, "GET", "/v1/settings", nil, &out)
+	return &out, err
+}
+
+// UpdateSettings changes the settings p names and returns them all.
+func (c *Client) UpdateSettings(ctx context.Context, p proto.SettingsPatch) (*proto.Settings, error) {
+	var out proto.Settings
+	_, err := c.Do(ctx, "PATCH", "/v1/settings", p, &out)
+	return &out, err
+}
+
+// Tokens lists every token, without secrets (admin only).
+func (c *Client) Tokens(ctx context.Context) ([]*proto.Token, error) {
+	var out []*proto.Token
+	_, err := c.Do(ctx, "GET", "/v1/tokens", nil, &out)
+	return out, err
+}
+
+// CreateToken creates a token; the answer holds its secret, which is never
+// returned again (admin only).
+func (c *Client) CreateToken(ctx context.Context, req proto.TokenCreate) (*proto.TokenCreated, error) {
+	var out proto.TokenCreated
+	_, err := c.Do(ctx, "POST", "/v1/tokens", req, &out)
+	return &out, err
+}
+
+// RevokeToken deletes a token (admin only).
+func (c *Client) RevokeToken(ctx context.Context, id string) error {
+	_, err := c.Do(ctx, "DELETE", "/v1/tokens/"+esc(id), nil, nil)
+	return err
+}

@@ -379,6 +379,15 @@ func applyRackDelete(tx *state.Tx, c *RackDelete) (any, error) {
 		slices.Sort(users)
 		return nil, proto.Errorf(proto.CodeConflict, "rack %q is in use by flavor(s) %v", c.Name, users)
 	}
+	tx.EachToken(func(t *proto.Token) {
+		if t.Rack == c.Name {
+			users = append(users, t.ID)
+		}
+	})
+	if len(users) > 0 {
+		slices.Sort(users)
+		return nil, proto.Errorf(proto.CodeConflict, "rack %q is in use by agent token(s) %v; revoke them first", c.Name, users)
+	}
 	tx.DeleteRack(c.Name)
 	return nil, nil
 }

@@ -180,7 +180,7 @@ func TestNodeCommands(t *testing.T) {
 	h.fails(node(uuid3, uuid2, "52:54:00:00:00:03", proto.StateEnrolled), proto.CodeInvalid, "form of a UUID")
 
 	// Lookups by uuid, name and MAC (any case).
-	for _, ref := range []string{uuid1, "n1", "52:54:00:AA:00:01"} {
+	for _, ref := range []string{uuid1, "n1", "52:54:00:AA:00:01", "52-54-00-aa-00-01", "5254.00aa.0001"} {
 		if got, ok := h.f.Store().Node(ref); !ok || got.UUID != uuid1 {
 			t.Fatalf("Node(%q) = %v, %v", ref, got, ok)
 		}

@@ -171,7 +171,22 @@ func New(b Backend, cfg Config, log *slog.Logger, reg prometheus.Registerer) *AP
 	for _, rt := range a.routes() {
 		a.mux.Handle(rt.Method+" "+rt.Path, a.wrap(rt))
 	}
+	// Requests no route takes: 405 with Allow where the path exists
+	// under other methods, else 404; both as JSON errors.
+	paths := http.NewServeMux()
+	allow := map[string][]string{}
+	for _, rt := range a.routes() {
+		if _, ok := allow[rt.Path]; !ok {
+			paths.HandleFunc(rt.Path, func(http.ResponseWriter, *http.Request) {})
+		}
+		allow[rt.Path] = append(allow[rt.Path], rt.Method)
+	}
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := paths.Handler(r); pattern != "" {
+			w.Header().Set("Allow", strings.Join(allow[pattern], ", "))
+			writeError(w, proto.Errorf(proto.CodeNotAllowed, "%s is not allowed on %s; allowed: %s", r.Method, r.URL.Path, strings.Join(allow[pattern], ", ")))
+			return
+		}
 		writeError(w, proto.Errorf(proto.CodeNotFound, "no route %s %s", r.Method, r.URL.Path))
 	})
 	return a
@@ -250,12 +265,12 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request, rt Route) {
 			return
 		}
 		if !allowed(tok, rt.Role) {
-			writeError(w, proto.Errorf(proto.CodeForbidden, "a %s token may not %s %s (needs %s)", tok.Role, r.Method, rt.Path, rt.Role))
+			writeError(w, proto.Errorf(proto.CodeForbidden, "%s token may not %s %s (needs %s)", withArticle(string(tok.Role)), r.Method, rt.Path, rt.Role))
 			return
 		}
 		c.token = tok
 	}
-	_, stale := r.URL.Query()["stale"]
+	stale := isStale(r)
 	switch {
 	case rt.kind == kindWrite && !leader, rt.kind == kindRead && !stale && !leader:
 		if forwarded {
@@ -288,6 +303,20 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request, rt Route) {
 		return
 	}
 	writeJSON(w, c.status, v)
+}
+
+// isStale reports whether the caller allows a read from this server's
+// local copy: ?stale, ?stale=true or ?stale=1.
+func isStale(r *http.Request) bool {
+	v, ok := r.URL.Query()["stale"]
+	if !ok {
+		return false
+	}
+	if len(v) == 0 || v[0] == "" {
+		return true
+	}
+	b, err := strconv.ParseBool(v[0])
+	return err == nil && b
 }
 
 // block implements ?index=N&wait=D: it waits until the store passes N or D
@@ -423,8 +452,8 @@ func (a *API) authenticate(r *http.Request) (*proto.Token, error) {
 	if h == "" {
 		return nil, proto.Errorf(proto.CodeUnauthorized, "missing Authorization: Bearer <token> header")
 	}
-	secret, ok := strings.CutPrefix(h, "Bearer ")
-	if !ok || strings.TrimSpace(secret) == "" {
+	scheme, secret, _ := strings.Cut(h, " ")
+	if !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(secret) == "" {
 		return nil, proto.Errorf(proto.CodeUnauthorized, "the Authorization header must be \"Bearer <token>\"")
 	}
 	tok, ok := a.b.Store().TokenByHash(HashSecret(strings.TrimSpace(secret)))
@@ -439,6 +468,14 @@ func (a *API) authenticate(r *http.Request) (*proto.Token, error) {
 func HashSecret(secret string) string {
 	s := sha256.Sum256([]byte(secret))
 	return hex.EncodeToString(s[:])
+}
+
+// withArticle puts "a" or "an" before a role name.
+func withArticle(word string) string {
+	if word != "" && strings.ContainsRune("aeiou", rune(word[0])) {
+		return "an " + word
+	}
+	return "a " + word
 }
 
 // allowed reports whether tok's role covers need.
@@ -508,7 +545,7 @@ func bodyError(err error, limit int64) error {
 		return proto.Errorf(proto.CodeInvalid, "body is not valid JSON at byte %d: %v", syn.Offset, syn)
 	case errors.As(err, &typ):
 		if typ.Field == "" {
-			return proto.Errorf(proto.CodeInvalid, "body: want a JSON %s, got %s", jsonKind(typ.Type.Kind().String()), typ.Value)
+			return proto.Errorf(proto.CodeInvalid, "body: want %s, got %s", jsonKind(typ.Type.Kind().String()), typ.Value)
 		}
 		return proto.Errorf(proto.CodeInvalid, "field %s: want %s, got %s", typ.Field, jsonKind(typ.Type.Kind().String()), typ.Value)
 	case errors.As(err, &pe):

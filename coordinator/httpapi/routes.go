@@ -99,9 +99,6 @@ func (a *API) join(c *call) (any, error) {
 
 func (a *API) removePeer(c *call) (any, error) {
 	id := c.r.PathValue("id")
-	if id == a.b.NodeID() {
-		return nil, proto.Errorf(proto.CodeConflict, "server %s is the leader; remove it from another server after it steps down, or stop it first", id)
-	}
 	if err := a.b.RemovePeer(c.r.Context(), id); err != nil {
 		return nil, err
 	}

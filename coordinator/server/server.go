@@ -441,25 +441,44 @@ func (b backend) RemovePeer(ctx context.Context, id string) error {
 	if err := cf.Error(); err != nil {
 		return err
 	}
-	known := false
+	member, voters := false, 0
 	for _, sv := range cf.Configuration().Servers {
-		known = known || string(sv.ID) == id
+		member = member || string(sv.ID) == id
+		if sv.Suffrage == raft.Voter {
+			voters++
+		}
 	}
-	if !known {
+	if member && voters == 1 {
+		return proto.Errorf(proto.CodeConflict, "server %s is the last voter; a cluster cannot remove its last server", id)
+	}
+	if !member {
 		if _, ok := b.s.store.Server(id); !ok {
 			return proto.Errorf(proto.CodeNotFound, "server %q is not a member", id)
 		}
-	} else if err := r.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error(); err != nil {
+		_, err := b.s.apply(ctx, fsm.ServerRemove{ID: id})
+		return err
+	}
+	self := id == b.s.cfg.NodeID
+	if self {
+		// The leader removes itself: forget its record while it can
+		// still write, then leave; Raft elects a leader among the rest.
+		if _, err := b.s.apply(ctx, fsm.ServerRemove{ID: id}); err != nil {
+			return err
+		}
+	}
+	if err := r.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) {
 			return httpapi.ErrNotLeader
 		}
 		return proto.Errorf(proto.CodeUnavailable, "removing server %s: %v", id, err)
 	}
-	_, err := b.s.apply(ctx, fsm.ServerRemove{ID: id})
-	if err == nil {
-		b.s.log.Info("server removed", "id", id)
+	if !self {
+		if _, err := b.s.apply(ctx, fsm.ServerRemove{ID: id}); err != nil {
+			return err
+		}
 	}
-	return err
+	b.s.log.Info("server removed", "id", id)
+	return nil
 }
 
 // Status describes this server and its view of the cluster.

@@ -10,8 +10,8 @@ package state
 
 import (
 	"context"
+	"net"
 	"sort"
-	"strings"
 	"sync"
 
 	"github.com/metalfleet/metalfleet/proto"
@@ -365,8 +365,10 @@ func (d *data) node(ref string) *proto.Node {
 	if id, ok := d.nodeByName[ref]; ok {
 		return d.nodes[id]
 	}
-	if id, ok := d.nodeByMAC[strings.ToLower(ref)]; ok {
-		return d.nodes[id]
+	if hw, err := net.ParseMAC(ref); err == nil {
+		if id, ok := d.nodeByMAC[hw.String()]; ok {
+			return d.nodes[id]
+		}
 	}
 	return nil
 }

@@ -192,6 +192,13 @@ func (tx *Tx) PutSettings(s proto.Settings) {
 // Token returns the token with id, or nil.
 func (tx *Tx) Token(id string) *proto.Token { return tx.d.tokens[id] }
 
+// EachToken calls fn for every token.
+func (tx *Tx) EachToken(fn func(*proto.Token)) {
+	for _, t := range tx.d.tokens {
+		fn(t)
+	}
+}
+
 // TokenByHash returns the id of the token whose secret hashes to h.
 func (tx *Tx) TokenByHash(h string) (string, bool) {
 	id, ok := tx.d.tokenByHash[h]

@@ -1,0 +1,484 @@
+package main
+
+import (
+	"fmt"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/metalfleet/metalfleet/coordinator/apiclient"
+	"github.com/metalfleet/metalfleet/proto"
+)
+
+func newNodeCmd(g *globals) *cobra.Command {
+	return group(g, "node", "Manage nodes (physical servers)",
+		newNodeListCmd(g),
+		newNodeShowCmd(g),
+		newNodeCreateCmd(g),
+		newNodeSetCmd(g),
+		newNodeDeleteCmd(g),
+		newNodeEnrollCmd(g, true),
+		newNodeEnrollCmd(g, false),
+		newNodeMaintenanceCmd(g),
+		newNodeProvisionCmd(g),
+	)
+}
+
+func newNodeListCmd(g *globals) *cobra.Command {
+	var state, rack, instance string
+	var discovered, enrolled, maintenance bool
+	cmd := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List nodes, optionally filtered",
+		Args:    args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			q := url.Values{}
+			if state != "" {
+				if !proto.ProvisionState(state).Valid() {
+					return fmt.Errorf("--state %q: want one of %s", state, joinAny(proto.AllStates))
+				}
+				q.Set("provision_state", state)
+			}
+			if rack != "" {
+				q.Set("rack", rack)
+			}
+			if instance != "" {
+				q.Set("instance", instance)
+			}
+			fl := cmd.Flags()
+			if fl.Changed("enrolled") {
+				q.Set("enrolled", strconv.FormatBool(enrolled))
+			}
+			if fl.Changed("discovered") {
+				q.Set("enrolled", strconv.FormatBool(!discovered))
+			}
+			if fl.Changed("maintenance") {
+				q.Set("maintenance", strconv.FormatBool(maintenance))
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			nodes, _, err := c.Nodes(cmd.Context(), &apiclient.Query{Values: q})
+			if err != nil {
+				return err
+			}
+			if g.json() {
+				return g.printJSON(orEmpty(nodes))
+			}
+			rows := make([][]string, 0, len(nodes))
+			for _, n := range nodes {
+				rows = append(rows, []string{n.UUID, n.Name, string(n.ProvisionState), string(n.PowerState),
+					yesNo(n.Enrolled), yesNo(n.Maintenance), n.Rack, n.InstanceUUID})
+			}
+			return g.printTable([]string{"UUID", "NAME", "STATE", "POWER", "ENROLLED", "MAINT", "RACK", "INSTANCE"}, rows)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&state, "state", "", "only nodes in this provision state")
+	f.StringVar(&rack, "rack", "", "only nodes in this rack")
+	f.BoolVar(&discovered, "discovered", false, "only discovered (not enrolled) nodes")
+	f.BoolVar(&enrolled, "enrolled", false, "only enrolled nodes (--enrolled=false: only discovered ones)")
+	f.BoolVar(&maintenance, "maintenance", false, "only nodes in maintenance (--maintenance=false: only those not)")
+	f.StringVar(&instance, "instance", "", "only the node holding this instance (name or uuid)")
+	cmd.MarkFlagsMutuallyExclusive("discovered", "enrolled")
+	return cmd
+}
+
+func newNodeShowCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "show ID",
+		Aliases: []string{"get"},
+		Short:   "Show a node (by uuid, name or MAC)",
+		Args:    args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			n, err := c.Node(cmd.Context(), a[0])
+			if err != nil {
+				return err
+			}
+			return g.showNode(n)
+		},
+	}
+}
+
+// showNode prints a node: its JSON, or key: value lines.
+func (g *globals) showNode(n *proto.Node) error {
+	if g.json() {
+		return g.printJSON(n)
+	}
+	// The API never returns the password; PasswordSet says if one exists.
+	pw := "not set"
+	if n.BMC.PasswordSet {
+		pw = "set"
+	}
+	port := ""
+	if n.BMC.Port != 0 {
+		port = strconv.Itoa(n.BMC.Port)
+	}
+	lines := []kv{
+		{"uuid", n.UUID},
+		{"name", n.Name},
+		{"macs", strings.Join(n.MACs, ", ")},
+		{"rack", n.Rack},
+		{"provision_state", string(n.ProvisionState)},
+		{"power_state", string(n.PowerState)},
+		{"enrolled", yesNo(n.Enrolled)},
+		{"maintenance", yesNo(n.Maintenance)},
+	}
+	if n.Maintenance {
+		lines = append(lines, kv{"maintenance_reason", n.MaintenanceReason})
+	}
+	lines = append(lines,
+		kv{"bmc.driver", n.BMC.Driver},
+		kv{"bmc.address", n.BMC.Address},
+		kv{"bmc.port", port},
+		kv{"bmc.username", n.BMC.Username},
+		kv{"bmc.password", pw},
+		kv{"properties", joinProps(n.Properties)},
+		kv{"instance", n.InstanceUUID},
+		kv{"last_error", n.LastError},
+	)
+	if len(n.Inventory) > 0 {
+		lines = append(lines, kv{"inventory", fmt.Sprintf("%d bytes (see -o json)", len(n.Inventory))})
+	}
+	lines = append(lines,
+		kv{"created_at", fmtTime(n.CreatedAt)},
+		kv{"updated_at", fmtTime(n.UpdatedAt)},
+	)
+	return g.printKV(cells(lines))
+}
+
+// bmcFlags are the --bmc-* flags of node create and node set.
+type bmcFlags struct {
+	driver, address, username, passwordFile string
+	port                                    int
+}
+
+func (b *bmcFlags) register(f *pflag.FlagSet) {
+	f.StringVar(&b.driver, "bmc-driver", "", "BMC driver: ipmi or fake (create: ipmi if --bmc-address is given)")
+	f.StringVar(&b.address, "bmc-address", "", "BMC host name or IP address")
+	f.IntVar(&b.port, "bmc-port", 0, "BMC port (0: the driver's default)")
+	f.StringVar(&b.username, "bmc-username", "", "BMC user name")
+	f.StringVar(&b.passwordFile, "bmc-password-file", "", "file holding the BMC password (-: standard input)")
+}
+
+// patch returns the BMC fields whose flags were given, nil if none was.
+func (b *bmcFlags) patch(cmd *cobra.Command) (*proto.BMCPatch, error) {
+	fl := cmd.Flags()
+	var p proto.BMCPatch
+	set := false
+	if fl.Changed("bmc-driver") {
+		p.Driver, set = &b.driver, true
+	}
+	if fl.Changed("bmc-address") {
+		p.Address, set = &b.address, true
+	}
+	if fl.Changed("bmc-port") {
+		p.Port, set = &b.port, true
+	}
+	if fl.Changed("bmc-username") {
+		p.Username, set = &b.username, true
+	}
+	if fl.Changed("bmc-password-file") {
+		pw, err := readSecretFile(cmd, b.passwordFile)
+		if err != nil {
+			return nil, err
+		}
+		p.Password, set = &pw, true
+	}
+	if !set {
+		return nil, nil
+	}
+	return &p, nil
+}
+
+func newNodeCreateCmd(g *globals) *cobra.Command {
+	var req proto.NodeCreate
+	var props []string
+	var discovered bool
+	var bmc bmcFlags
+	cmd := &cobra.Command{
+		Use:   "create --mac MAC [--mac MAC ...] [flags]",
+		Short: "Create a node (enrolled unless --discovered)",
+		Args:  args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var err error
+			if req.Properties, err = parseProperties(props); err != nil {
+				return err
+			}
+			bp, err := bmc.patch(cmd)
+			if err != nil {
+				return err
+			}
+			if bp != nil {
+				req.BMC = proto.BMC{Driver: bmc.driver, Address: bmc.address, Port: bmc.port, Username: bmc.username}
+				if bp.Password != nil {
+					req.BMC.Password = *bp.Password
+				}
+				if req.BMC.Driver == "" && req.BMC.Address != "" {
+					req.BMC.Driver = "ipmi"
+				}
+			}
+			if discovered {
+				f := false
+				req.Enrolled = &f
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			n, err := c.CreateNode(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			return g.showNode(n)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.Name, "name", "", "node name")
+	f.StringSliceVar(&req.MACs, "mac", nil, "MAC address (repeatable, or comma-separated)")
+	f.StringVar(&req.Rack, "rack", "", "rack the node is in")
+	f.StringArrayVar(&props, "property", nil, "property key=value (repeatable)")
+	f.BoolVar(&discovered, "discovered", false, "create the node as discovered rather than enrolled")
+	bmc.register(f)
+	_ = cmd.MarkFlagRequired("mac")
+	return cmd
+}
+
+func newNodeSetCmd(g *globals) *cobra.Command {
+	var name, rack string
+	var macs, props []string
+	var clearProps bool
+	var bmc bmcFlags
+	cmd := &cobra.Command{
+		Use:   "set ID [flags]",
+		Short: "Change a node's fields: only the flags given are changed",
+		Long: `Change a node's fields. Only the flags given are sent: --mac replaces the
+node's list of MACs, --property replaces all its properties, --rack ""
+takes it out of its rack.`,
+		Args: args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			fl := cmd.Flags()
+			var p proto.NodePatch
+			if fl.Changed("name") {
+				p.Name = &name
+			}
+			if fl.Changed("mac") {
+				p.MACs = &macs
+			}
+			if fl.Changed("rack") {
+				p.Rack = &rack
+			}
+			if fl.Changed("property") {
+				m, err := parseProperties(props)
+				if err != nil {
+					return err
+				}
+				p.Properties = &m
+			}
+			if clearProps {
+				m := map[string]string{}
+				p.Properties = &m
+			}
+			var err error
+			if p.BMC, err = bmc.patch(cmd); err != nil {
+				return err
+			}
+			if p == (proto.NodePatch{}) {
+				return fmt.Errorf("node set: nothing to change; give at least one of --name, --mac, --rack, --property, --clear-properties, --bmc-*")
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			n, err := c.UpdateNode(cmd.Context(), a[0], p)
+			if err != nil {
+				return err
+			}
+			return g.showNode(n)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&name, "name", "", "new name (\"\" removes it)")
+	f.StringSliceVar(&macs, "mac", nil, "MAC address (repeatable; replaces the list)")
+	f.StringVar(&rack, "rack", "", "rack (\"\" takes the node out of its rack)")
+	f.StringArrayVar(&props, "property", nil, "property key=value (repeatable; replaces all properties)")
+	f.BoolVar(&clearProps, "clear-properties", false, "remove all properties")
+	bmc.register(f)
+	cmd.MarkFlagsMutuallyExclusive("property", "clear-properties")
+	return cmd
+}
+
+func newNodeDeleteCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "delete ID",
+		Aliases: []string{"rm"},
+		Short:   "Delete a node that holds no workload",
+		Args:    args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			if err := c.DeleteNode(cmd.Context(), a[0]); err != nil {
+				return err
+			}
+			g.printf("deleted node %s", a[0])
+			return nil
+		},
+	}
+}
+
+func newNodeEnrollCmd(g *globals, enroll bool) *cobra.Command {
+	use, short := "enroll ID", "Take a discovered node under management"
+	if !enroll {
+		use, short = "unenroll ID", "Set an enrolled or manageable node apart again as discovered"
+	}
+	return &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			n, err := c.SetEnrolled(cmd.Context(), a[0], enroll)
+			if err != nil {
+				return err
+			}
+			return g.nodeChanged(n, fmt.Sprintf("is %s", n.ProvisionState))
+		},
+	}
+}
+
+func newNodeMaintenanceCmd(g *globals) *cobra.Command {
+	var reason string
+	cmd := &cobra.Command{
+		Use:   "maintenance ID on|off",
+		Short: "Set or clear a node's maintenance flag",
+		Args:  args(cobra.ExactArgs(2)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			var on bool
+			switch strings.ToLower(a[1]) {
+			case "on", "true":
+				on = true
+			case "off", "false":
+				if cmd.Flags().Changed("reason") {
+					return fmt.Errorf("--reason goes with on, not off")
+				}
+			default:
+				return fmt.Errorf("node maintenance: %q: want on or off", a[1])
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			n, err := c.SetMaintenance(cmd.Context(), a[0], on, reason)
+			if err != nil {
+				return err
+			}
+			msg := "maintenance off"
+			if n.Maintenance {
+				msg = "maintenance on"
+				if n.MaintenanceReason != "" {
+					msg += fmt.Sprintf(" (reason: %s)", oneLine(n.MaintenanceReason))
+				}
+			}
+			return g.nodeChanged(n, msg)
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why the node is in maintenance")
+	return cmd
+}
+
+func newNodeProvisionCmd(g *globals) *cobra.Command {
+	var targets strings.Builder
+	for _, ev := range proto.OperatorEvents() {
+		t, _ := proto.LookupTransition(ev)
+		note := ""
+		if t.Hardware {
+			note = "; needs a rack agent, not available yet"
+		}
+		fmt.Fprintf(&targets, "  %-9s %s (from %s%s)\n", ev, t.Doc, joinAny(t.From), note)
+	}
+	return &cobra.Command{
+		Use:   "provision ID TARGET",
+		Short: "Move a node through the state machine (manage, provide, ...)",
+		Long:  "Move a node through the state machine. TARGET is one of:\n\n" + targets.String(),
+		Args:  args(cobra.ExactArgs(2)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			n, err := c.Provision(cmd.Context(), a[0], proto.Event(a[1]))
+			if err != nil {
+				return err
+			}
+			return g.nodeChanged(n, fmt.Sprintf("is %s", n.ProvisionState))
+		},
+	}
+}
+
+// nodeChanged reports a node after a state change: its JSON, or one line.
+func (g *globals) nodeChanged(n *proto.Node, what string) error {
+	if g.json() {
+		return g.printJSON(n)
+	}
+	g.printf("node %s %s", nodeLabel(n), what)
+	return nil
+}
+
+func nodeLabel(n *proto.Node) string {
+	if n.Name != "" {
+		return fmt.Sprintf("%s (%s)", n.Name, n.UUID)
+	}
+	return n.UUID
+}
+
+func joinProps(m map[string]string) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + m[k]
+	}
+	return strings.Join(parts, ", ")
+}
+
+func joinAny[T ~string](vs []T) string {
+	parts := make([]string, len(vs))
+	for i, v := range vs {
+		parts[i] = string(v)
+	}
+	return strings.Join(parts, ", ")
+}
+
+func fmtTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// orEmpty makes a nil list print as [] rather than null.
+func orEmpty[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
