@@ -69,10 +69,14 @@ type Proc struct {
 func NewProc(t testing.TB, bin, id string, extra ...string) *Proc {
 	dir := t.TempDir()
 	p := &Proc{ID: id, DataDir: filepath.Join(dir, "data"), HTTPAddr: FreePort(t), bin: bin, logPath: filepath.Join(dir, id+".log")}
-	p.Args = append([]string{"coordinator", "--node-id", id, "--data-dir", p.DataDir,
-		"--http-addr", p.HTTPAddr, "--raft-addr", FreePort(t),
-		"--raft-heartbeat-timeout", "300ms", "--raft-election-timeout", "300ms", "--raft-leader-lease", "150ms",
-		"--log-level", "info"}, extra...)
+	p.Args = []string{"coordinator", "--node-id", id, "--data-dir", p.DataDir,
+		"--http-addr", p.HTTPAddr, "--raft-addr", FreePort(t), "--log-level", "info"}
+	// Faster than the defaults so drills run quickly; set
+	// METALFLEET_DRILL_DEFAULT_TIMINGS=1 to drill the production defaults.
+	if os.Getenv("METALFLEET_DRILL_DEFAULT_TIMINGS") == "" {
+		p.Args = append(p.Args, "--raft-heartbeat-timeout", "300ms", "--raft-election-timeout", "300ms", "--raft-leader-lease", "150ms")
+	}
+	p.Args = append(p.Args, extra...)
 	t.Cleanup(func() {
 		p.Kill()
 		if t.Failed() {
