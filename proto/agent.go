@@ -1,6 +1,9 @@
 package proto
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // Types shared by the coordinator and rack agents: the desired boot state
 // of a rack, and the reports an agent sends about what it sees.
@@ -89,6 +92,9 @@ const (
 	ReportLease ReportKind = "lease"
 	// ReportPower: the power state read from a node's BMC.
 	ReportPower ReportKind = "power"
+	// ReportCallback: a ramdisk's callback (inventory, a step's result),
+	// received by the agent and passed on.
+	ReportCallback ReportKind = "callback"
 )
 
 // AgentReport is one observation by a rack agent. ID makes it idempotent:
@@ -117,6 +123,10 @@ type AgentReport struct {
 	Lease      *Lease `json:"lease,omitempty"`
 
 	PowerState PowerState `json:"power_state,omitempty"`
+
+	// Callbacks: the step the ramdisk reports on and its JSON body.
+	Step string          `json:"step,omitempty"`
+	Data json.RawMessage `json:"data,omitempty"`
 }
 
 // ReportBatch is the body of POST /v1/agent/reports.
