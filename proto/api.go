@@ -8,6 +8,7 @@ type NodeCreate struct {
 	Name       string            `json:"name,omitempty"`
 	MACs       []string          `json:"macs"`
 	Rack       string            `json:"rack,omitempty"`
+	IP         string            `json:"ip,omitempty"`
 	BMC        BMC               `json:"bmc"`
 	Properties map[string]string `json:"properties,omitempty"`
 	Enrolled   *bool             `json:"enrolled,omitempty"`
@@ -20,6 +21,7 @@ type NodePatch struct {
 	Name       *string            `json:"name,omitempty"`
 	MACs       *[]string          `json:"macs,omitempty"`
 	Rack       *string            `json:"rack,omitempty"`
+	IP         *string            `json:"ip,omitempty"`
 	BMC        *BMCPatch          `json:"bmc,omitempty"`
 	Properties *map[string]string `json:"properties,omitempty"`
 }

@@ -42,10 +42,13 @@ type BMC struct {
 
 // Node is one physical server.
 type Node struct {
-	UUID              string            `json:"uuid"`
-	Name              string            `json:"name,omitempty"`
-	MACs              []string          `json:"macs"`
-	Rack              string            `json:"rack,omitempty"`
+	UUID string   `json:"uuid"`
+	Name string   `json:"name,omitempty"`
+	MACs []string `json:"macs"`
+	Rack string   `json:"rack,omitempty"`
+	// IP is the node's reserved address in its rack, allocated by the
+	// coordinator outside the rack's dynamic pool (or set by an operator).
+	IP                string            `json:"ip,omitempty"`
 	ProvisionState    ProvisionState    `json:"provision_state"`
 	PowerState        PowerState        `json:"power_state"`
 	Maintenance       bool              `json:"maintenance"`
@@ -56,8 +59,10 @@ type Node struct {
 	Inventory         json.RawMessage   `json:"inventory,omitempty"`
 	LastError         string            `json:"last_error,omitempty"`
 	InstanceUUID      string            `json:"instance_uuid,omitempty"`
-	CreatedAt         time.Time         `json:"created_at"`
-	UpdatedAt         time.Time         `json:"updated_at"`
+	// LastBoot is the last boot step a rack agent saw the node take.
+	LastBoot  *BootEvent `json:"last_boot,omitempty"`
+	CreatedAt time.Time  `json:"created_at"`
+	UpdatedAt time.Time  `json:"updated_at"`
 	Meta
 }
 
@@ -74,6 +79,10 @@ func (n *Node) Clone() *Node {
 	}
 	if n.Inventory != nil {
 		c.Inventory = append(json.RawMessage(nil), n.Inventory...)
+	}
+	if n.LastBoot != nil {
+		b := *n.LastBoot
+		c.LastBoot = &b
 	}
 	return &c
 }

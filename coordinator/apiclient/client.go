@@ -12,25 +12,65 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/metalfleet/metalfleet/proto"
 )
 
-// Client talks to one coordinator address; the coordinator forwards to
-// its leader as needed.
+// Client talks to one or more coordinator addresses (any member: a
+// follower forwards to the leader). When an address cannot be reached it
+// tries the next one, so a client given every coordinator rides out the
+// loss of any of them.
 type Client struct {
-	base  string
-	token string
-	http  *http.Client
+	mu     sync.Mutex
+	bases  []string
+	cur    int
+	token  string
+	header http.Header
+	http   *http.Client
 }
 
-// New returns a client for addr ("host:port" or a URL) with a bearer token.
+// New returns a client for addr ("host:port" or a URL; several separated
+// by commas) with a bearer token.
 func New(addr, token string) *Client {
-	if !strings.Contains(addr, "://") {
-		addr = "http://" + addr
+	c := &Client{token: token, header: http.Header{}, http: &http.Client{Timeout: 6 * time.Minute}}
+	c.SetAddrs(strings.Split(addr, ","))
+	return c
+}
+
+// SetAddrs replaces the coordinator addresses the client tries.
+func (c *Client) SetAddrs(addrs []string) {
+	var bases []string
+	for _, a := range addrs {
+		a = strings.TrimSpace(a)
+		if a == "" {
+			continue
+		}
+		if !strings.Contains(a, "://") {
+			a = "http://" + a
+		}
+		bases = append(bases, strings.TrimRight(a, "/"))
 	}
-	return &Client{base: strings.TrimRight(addr, "/"), token: token, http: &http.Client{Timeout: 6 * time.Minute}}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(bases) > 0 {
+		c.bases, c.cur = bases, 0
+	}
+}
+
+// Addrs returns the coordinator addresses the client tries, current first.
+func (c *Client) Addrs() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append(append([]string(nil), c.bases[c.cur:]...), c.bases[:c.cur]...)
+}
+
+// SetHeader sets a header sent with every request.
+func (c *Client) SetHeader(k, v string) {
+	c.mu.Lock()
+	c.header.Set(k, v)
+	c.mu.Unlock()
 }
 
 // Error is an API error with its HTTP status.
@@ -45,19 +85,55 @@ func (e *Error) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.Message, e
 // Do sends a request with an optional JSON body and decodes a JSON answer
 // into out (if not nil). It returns the answer's X-Metalfleet-Index.
 func (c *Client) Do(ctx context.Context, method, path string, in, out any) (uint64, error) {
-	var body io.Reader
+	var payload []byte
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return 0, err
 		}
-		body = bytes.NewReader(b)
+		payload = b
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	c.mu.Lock()
+	bases, start, header := c.bases, c.cur, c.header.Clone()
+	c.mu.Unlock()
+	if len(bases) == 0 {
+		return 0, fmt.Errorf("no coordinator address")
+	}
+	var lastErr error
+	for i := range bases {
+		k := (start + i) % len(bases)
+		idx, err, sent := c.do(ctx, bases[k], method, path, payload, in != nil, header, out)
+		if sent {
+			if k != start {
+				c.mu.Lock()
+				c.cur = k
+				c.mu.Unlock()
+			}
+			return idx, err
+		}
+		lastErr = err
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return 0, lastErr
+}
+
+// do sends one request to base. sent is false when no answer came (the
+// address could not be reached), so another address may be tried.
+func (c *Client) do(ctx context.Context, base, method, path string, payload []byte, hasBody bool, header http.Header, out any) (idx uint64, err error, sent bool) {
+	var body io.Reader
+	if hasBody {
+		body = bytes.NewReader(payload)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, body)
 	if err != nil {
-		return 0, err
+		return 0, err, true
 	}
-	if in != nil {
+	for k, vs := range header {
+		req.Header[k] = vs
+	}
+	if hasBody {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	if c.token != "" {
@@ -65,24 +141,58 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) (uint
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return 0, err
+		return 0, err, false
 	}
 	defer resp.Body.Close()
-	idx, _ := strconv.ParseUint(resp.Header.Get(proto.IndexHeader), 10, 64)
+	idx, _ = strconv.ParseUint(resp.Header.Get(proto.IndexHeader), 10, 64)
 	if resp.StatusCode >= 300 {
 		var eb proto.ErrorBody
 		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		if json.Unmarshal(raw, &eb) == nil && eb.Error != nil {
-			return idx, &Error{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}
+			return idx, &Error{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}, true
 		}
-		return idx, &Error{Status: resp.StatusCode, Code: proto.CodeInternal, Message: strings.TrimSpace(resp.Status + " " + string(raw))}
+		return idx, &Error{Status: resp.StatusCode, Code: proto.CodeInternal, Message: strings.TrimSpace(resp.Status + " " + string(raw))}, true
 	}
 	if out != nil && resp.StatusCode != http.StatusNoContent {
 		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-			return idx, fmt.Errorf("decoding answer to %s %s: %w", method, path, err)
+			return idx, fmt.Errorf("decoding answer to %s %s: %w", method, path, err), true
 		}
 	}
-	return idx, nil
+	return idx, nil, true
+}
+
+// BootState reads rack's boot state, blocking until it passes index (if
+// not zero) or wait ends.
+func (c *Client) BootState(ctx context.Context, rack string, index uint64, wait time.Duration) (*proto.RackBootState, error) {
+	q := &Query{Values: url.Values{"rack": {rack}}, Index: index, Wait: wait}
+	var out proto.RackBootState
+	_, err := c.Do(ctx, "GET", "/v1/agent/bootstate"+q.encode(), nil, &out)
+	return &out, err
+}
+
+// Reports sends a batch of agent reports for rack.
+func (c *Client) Reports(ctx context.Context, rack string, reports []proto.AgentReport) (proto.ReportAck, error) {
+	var out proto.ReportAck
+	_, err := c.Do(ctx, "POST", "/v1/agent/reports?rack="+url.QueryEscape(rack), proto.ReportBatch{Reports: reports}, &out)
+	return out, err
+}
+
+// Sightings lists unknown MACs seen (in rack, if not empty).
+func (c *Client) Sightings(ctx context.Context, rack string) ([]*proto.Sighting, error) {
+	var out []*proto.Sighting
+	q := ""
+	if rack != "" {
+		q = "?rack=" + url.QueryEscape(rack)
+	}
+	_, err := c.Do(ctx, "GET", "/v1/sightings"+q, nil, &out)
+	return out, err
+}
+
+// Agents lists the rack agents the coordinators know of through gossip.
+func (c *Client) Agents(ctx context.Context) ([]proto.AgentInfo, error) {
+	var out []proto.AgentInfo
+	_, err := c.Do(ctx, "GET", "/v1/agents", nil, &out)
+	return out, err
 }
 
 // Query holds list filters and blocking-query parameters.

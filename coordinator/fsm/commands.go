@@ -36,6 +36,7 @@ const (
 	TypeServerRemove       Type = 19
 	TypeReport             Type = 20
 	TypeNoop               Type = 21
+	TypeAgentReports       Type = 22
 )
 
 // Command is implemented by every command body. Time and ids are decided
@@ -176,6 +177,20 @@ type ReportResult struct {
 	Duplicate bool `json:"duplicate"`
 }
 
+// AgentReports applies a batch of rack agent reports. Each report is
+// applied at most once (by id); one that cannot be applied is rejected
+// alone, with its reason, and the rest go on.
+type AgentReports struct {
+	Rack    string              `json:"rack"`
+	Reports []proto.AgentReport `json:"reports"`
+}
+
+// AgentReportsResult says what became of each report.
+type AgentReportsResult struct {
+	Acked    []string          `json:"acked"`
+	Rejected map[string]string `json:"rejected,omitempty"`
+}
+
 // Noop changes nothing; it is used to measure the cost of the log itself.
 type Noop struct{}
 
@@ -200,6 +215,7 @@ func (ServerPut) Type() Type          { return TypeServerPut }
 func (ServerRemove) Type() Type       { return TypeServerRemove }
 func (Report) Type() Type             { return TypeReport }
 func (Noop) Type() Type               { return TypeNoop }
+func (AgentReports) Type() Type       { return TypeAgentReports }
 
 // Encode turns a command into a log entry: its type byte, then JSON.
 func Encode(c Command) ([]byte, error) {

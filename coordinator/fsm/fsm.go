@@ -6,10 +6,14 @@
 package fsm
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net/netip"
 	"slices"
+	"strings"
+	"time"
 
 	"github.com/hashicorp/raft"
 
@@ -67,6 +71,7 @@ var handlers = map[Type]applyFunc{
 	TypeServerRemove:       decode(applyServerRemove),
 	TypeReport:             decode(applyReport),
 	TypeNoop:               decode(func(*state.Tx, *Noop) (any, error) { return nil, nil }),
+	TypeAgentReports:       decode(applyAgentReports),
 }
 
 func decode[C any](fn func(tx *state.Tx, c *C) (any, error)) applyFunc {
@@ -158,6 +163,9 @@ func applyNodeCreate(tx *state.Tx, c *NodeCreate) (any, error) {
 	if err := checkNodeFields(tx, n, ""); err != nil {
 		return nil, err
 	}
+	for _, m := range n.MACs {
+		tx.DeleteSighting(m) // no longer an unknown MAC
+	}
 	tx.PutNode(n)
 	return n.Clone(), nil
 }
@@ -186,7 +194,85 @@ func checkNodeFields(tx *state.Tx, n *proto.Node, self string) error {
 	if n.Rack != "" && tx.Rack(n.Rack) == nil {
 		return proto.Errorf(proto.CodeInvalid, "rack %q does not exist", n.Rack)
 	}
+	if err := assignIP(tx, n); err != nil {
+		return err
+	}
 	return n.BMC.Check()
+}
+
+// assignIP checks a node's reserved address, or allocates the lowest free
+// one in its rack's subnet, outside the dynamic pool and the rack's own
+// addresses. Both agents of a rack read the same answer from the state, so
+// they never disagree.
+func assignIP(tx *state.Tx, n *proto.Node) error {
+	if n.Rack == "" {
+		if n.IP != "" {
+			return proto.Errorf(proto.CodeInvalid, "ip %s: a node needs a rack to have a reserved address", n.IP)
+		}
+		return nil
+	}
+	r := tx.Rack(n.Rack)
+	if r.Subnet == "" {
+		if n.IP != "" {
+			return proto.Errorf(proto.CodeInvalid, "ip %s: rack %s has no subnet", n.IP, r.Name)
+		}
+		return nil
+	}
+	prefix := netip.MustParsePrefix(r.Subnet)
+	if n.IP != "" {
+		a, err := netip.ParseAddr(n.IP)
+		if err != nil || !a.Is4() {
+			return proto.Errorf(proto.CodeInvalid, "ip %q: want an IPv4 address", n.IP)
+		}
+		if why := reservedUnusable(r, prefix, a); why != "" {
+			return proto.Errorf(proto.CodeInvalid, "ip %s: %s", a, why)
+		}
+		if id, ok := tx.NodeByIP(r.Name, a.String()); ok && id != n.UUID {
+			return proto.Errorf(proto.CodeConflict, "ip %s in rack %s belongs to node %s", a, r.Name, id)
+		}
+		n.IP = a.String()
+		return nil
+	}
+	for a := prefix.Addr().Next(); prefix.Contains(a); a = a.Next() {
+		if reservedUnusable(r, prefix, a) != "" {
+			continue
+		}
+		if _, taken := tx.NodeByIP(r.Name, a.String()); !taken {
+			n.IP = a.String()
+			return nil
+		}
+	}
+	return proto.Errorf(proto.CodeConflict, "rack %s has no free address outside its pool for node %s", r.Name, nodeRef(n))
+}
+
+// reservedUnusable says why a cannot be a node's reserved address in r,
+// or "" if it can.
+func reservedUnusable(r *proto.Rack, prefix netip.Prefix, a netip.Addr) string {
+	if !prefix.Contains(a) {
+		return "outside subnet " + r.Subnet
+	}
+	if a == prefix.Addr() {
+		return "the subnet's network address"
+	}
+	if prefix.Bits() < 31 {
+		b := prefix.Addr().As4()
+		bc := binary.BigEndian.Uint32(b[:]) | (1<<(32-prefix.Bits()) - 1)
+		if x := a.As4(); binary.BigEndian.Uint32(x[:]) == bc {
+			return "the subnet's broadcast address"
+		}
+	}
+	for _, own := range append([]string{r.Gateway, r.BootServer}, r.DNS...) {
+		if own == a.String() {
+			return "an address of the rack's own (gateway, boot server or DNS)"
+		}
+	}
+	if r.PoolStart != "" {
+		lo, hi := netip.MustParseAddr(r.PoolStart), netip.MustParseAddr(r.PoolEnd)
+		if !a.Less(lo) && !hi.Less(a) {
+			return "inside the dynamic pool " + r.PoolStart + "-" + r.PoolEnd
+		}
+	}
+	return ""
 }
 
 func findNode(tx *state.Tx, ref string) (*proto.Node, error) {
@@ -214,8 +300,17 @@ func applyNodeUpdate(tx *state.Tx, c *NodeUpdate) (any, error) {
 			n.MACs = *p.MACs
 		}
 		if p.Rack != nil {
+			if *p.Rack != n.Rack && p.IP == nil {
+				n.IP = "" // a new rack, a new address
+			}
 			n.Rack = *p.Rack
 		}
+	}
+	if p.IP != nil {
+		if n.ProvisionState.InUse() && *p.IP != n.IP {
+			return nil, proto.Errorf(proto.CodeWrongState, "cannot change the address of node %s while it is %s", nodeRef(n), n.ProvisionState)
+		}
+		n.IP = *p.IP
 	}
 	if b := p.BMC; b != nil {
 		setIf(&n.BMC.Driver, b.Driver)
@@ -344,6 +439,23 @@ func applyRackPut(tx *state.Tx, c *RackPut) (any, error) {
 	}
 	if err := checkPut("rack", r.Name, c.Create, tx.Rack(r.Name) != nil); err != nil {
 		return nil, err
+	}
+	// Nodes keep their reserved addresses: a new subnet or pool must
+	// still leave every one of them usable.
+	var bad []string
+	tx.EachNodeInRack(r.Name, func(n *proto.Node) {
+		if n.IP == "" {
+			return
+		}
+		if r.Subnet == "" {
+			bad = append(bad, nodeRef(n)+" ("+n.IP+": no subnet)")
+		} else if why := reservedUnusable(&r, netip.MustParsePrefix(r.Subnet), netip.MustParseAddr(n.IP)); why != "" {
+			bad = append(bad, nodeRef(n)+" ("+n.IP+": "+why+")")
+		}
+	})
+	if len(bad) > 0 {
+		slices.Sort(bad)
+		return nil, proto.Errorf(proto.CodeConflict, "rack %s: the change leaves node addresses unusable: %s", r.Name, strings.Join(bad, ", "))
 	}
 	tx.PutRack(&r)
 	c2 := r
@@ -664,4 +776,157 @@ func applyReport(tx *state.Tx, c *Report) (any, error) {
 	tx.PutNode(n)
 	tx.MarkReport(c.ID)
 	return &ReportResult{}, nil
+}
+
+// --- rack agent reports ---
+
+func applyAgentReports(tx *state.Tx, c *AgentReports) (any, error) {
+	if tx.Rack(c.Rack) == nil {
+		return nil, proto.Errorf(proto.CodeInvalid, "rack %q does not exist", c.Rack)
+	}
+	res := &AgentReportsResult{Acked: []string{}, Rejected: map[string]string{}}
+	for i := range c.Reports {
+		r := &c.Reports[i]
+		if r.ID == "" {
+			continue // the API refuses these before they get here
+		}
+		if tx.ReportSeen(r.ID) {
+			res.Acked = append(res.Acked, r.ID)
+			continue
+		}
+		if err := applyAgentReport(tx, c.Rack, r); err != nil {
+			res.Rejected[r.ID] = err.Error()
+			continue
+		}
+		tx.MarkReport(r.ID)
+		res.Acked = append(res.Acked, r.ID)
+	}
+	return res, nil
+}
+
+// applyAgentReport checks one report and applies it; on error it has
+// changed nothing.
+func applyAgentReport(tx *state.Tx, rack string, r *proto.AgentReport) error {
+	if r.Rack != rack {
+		return proto.Errorf(proto.CodeForbidden, "report for rack %q in a batch for rack %q", r.Rack, rack)
+	}
+	var mac string
+	if r.MAC != "" {
+		m, err := proto.NormalizeMAC(r.MAC)
+		if err != nil {
+			return err
+		}
+		mac = m
+	}
+	var node *proto.Node
+	switch {
+	case r.Node != "":
+		node = tx.Node(r.Node)
+		if node == nil {
+			return proto.Errorf(proto.CodeNotFound, "node %q not found", r.Node)
+		}
+	case mac != "":
+		node = tx.Node(mac)
+	}
+	switch r.Kind {
+	case proto.ReportMACSeen, proto.ReportBootEvent:
+		if node == nil {
+			if mac == "" {
+				return proto.Errorf(proto.CodeInvalid, "%s report without a node or MAC", r.Kind)
+			}
+			sightMAC(tx, rack, mac, r)
+			return nil
+		}
+		ev := r.Event
+		if r.Kind == proto.ReportMACSeen || ev == "" {
+			ev = "dhcp"
+		}
+		n := node.Clone()
+		n.LastBoot = &proto.BootEvent{Event: ev, Agent: r.Agent, Time: r.Time}
+		tx.PutNode(n)
+		return nil
+	case proto.ReportLease:
+		return applyLease(tx, rack, mac, r)
+	case proto.ReportPower:
+		if node == nil {
+			return proto.Errorf(proto.CodeInvalid, "power report without a known node")
+		}
+		if !r.PowerState.Valid() {
+			return proto.Errorf(proto.CodeInvalid, "power_state %q: want on, off or unknown", r.PowerState)
+		}
+		n := node.Clone()
+		n.PowerState, n.UpdatedAt = r.PowerState, r.Time
+		tx.PutNode(n)
+		return nil
+	case proto.ReportCallback:
+		return proto.Errorf(proto.CodeUnsupported, "ramdisk callbacks are not handled by this coordinator yet")
+	}
+	return proto.Errorf(proto.CodeInvalid, "report kind %q is not known", r.Kind)
+}
+
+func sightMAC(tx *state.Tx, rack, mac string, r *proto.AgentReport) {
+	count := max(r.Count, 1)
+	sg := &proto.Sighting{MAC: mac, Rack: rack, FirstSeen: r.Time, LastSeen: r.Time, Count: count}
+	if old := tx.Sighting(mac); old != nil {
+		cp := *old
+		sg = &cp
+		sg.Count += count
+		if r.Time.After(sg.LastSeen) {
+			sg.LastSeen = r.Time
+		}
+		if r.Time.Before(sg.FirstSeen) {
+			sg.FirstSeen = r.Time
+		}
+		sg.Rack = rack
+	}
+	sg.Agent = r.Agent
+	if r.Arch != "" {
+		sg.Arch = r.Arch
+	}
+	if r.Giaddr != "" {
+		sg.Giaddr = r.Giaddr
+	}
+	if r.Interface != "" {
+		sg.Interface = r.Interface
+	}
+	tx.PutSighting(sg)
+}
+
+// LeaseKeep is how long after its expiry the coordinator keeps a lease
+// nobody reported the end of (an agent that died with it).
+const LeaseKeep = time.Hour
+
+func applyLease(tx *state.Tx, rack, mac string, r *proto.AgentReport) error {
+	l := r.Lease
+	if l == nil || mac == "" {
+		return proto.Errorf(proto.CodeInvalid, "lease report without a lease or MAC")
+	}
+	ip, err := netip.ParseAddr(l.IP)
+	if err != nil || !ip.Is4() {
+		return proto.Errorf(proto.CodeInvalid, "lease ip %q: want an IPv4 address", l.IP)
+	}
+	rk := tx.Rack(rack)
+	if rk.PoolStart == "" || ip.Less(netip.MustParseAddr(rk.PoolStart)) || netip.MustParseAddr(rk.PoolEnd).Less(ip) {
+		return proto.Errorf(proto.CodeInvalid, "lease ip %s is outside rack %s's pool", ip, rack)
+	}
+	old := tx.Lease(rack, ip.String())
+	switch r.LeaseEvent {
+	case "bound":
+		if old != nil && old.MAC != mac && old.Expires.After(r.Time) {
+			return proto.Errorf(proto.CodeConflict, "lease %s for %s: the address is leased to %s until %s",
+				ip, mac, old.MAC, old.Expires.Format(time.RFC3339))
+		}
+		tx.PutLease(rack, &proto.Lease{MAC: mac, IP: ip.String(), Expires: l.Expires, Agent: r.Agent})
+	case "released", "declined", "expired":
+		if old != nil && old.MAC == mac {
+			tx.DeleteLease(rack, ip.String())
+		}
+	default:
+		return proto.Errorf(proto.CodeInvalid, "lease_event %q: want bound, released, declined or expired", r.LeaseEvent)
+	}
+	// Forget leases long expired that nobody reported the end of.
+	for _, stale := range tx.LeasesExpiredBefore(rack, r.Time.Add(-LeaseKeep)) {
+		tx.DeleteLease(rack, stale)
+	}
+	return nil
 }

@@ -402,13 +402,14 @@ func TestBadEntries(t *testing.T) {
 // snapshots (Apply is deterministic).
 func TestSnapshotRoundTrip(t *testing.T) {
 	h := newHarness(t)
-	h.must(RackPut{Rack: proto.Rack{Name: "r1", Subnet: "10.0.0.0/24", LeaseTime: proto.Duration(time.Hour)}, Create: true})
+	h.must(RackPut{Rack: proto.Rack{Name: "r1", Subnet: "10.0.0.0/24", PoolStart: "10.0.0.100", PoolEnd: "10.0.0.200", LeaseTime: proto.Duration(time.Hour)}, Create: true})
 	h.must(ImagePut{Image: proto.Image{Name: "k", Kind: proto.ImageKernel, URL: "http://x/k", SHA256: sha, Size: 5}, Create: true})
 	h.must(ImagePut{Image: proto.Image{Name: "d", Kind: proto.ImageDisk, URL: "http://x/d", SHA256: sha}, Create: true})
 	h.must(FlavorPut{Flavor: proto.Flavor{Name: "f", CPUs: 4, RequiredTraits: []string{"ssd"}}, Create: true})
 	nc := node(uuid1, "n1", "52:54:00:00:00:01", proto.StateEnrolled)
 	nc.Node.BMC = proto.BMC{Driver: "ipmi", Address: "10.0.0.5", Password: "pw"}
 	nc.Node.Properties = map[string]string{"a": "b"}
+	nc.Node.Rack = "r1"
 	nc.Node.Inventory = []byte(`{"cpus":{"count":4}}`)
 	h.must(nc)
 	h.must(node(uuid3, "", "52:54:00:00:00:03", proto.StateDiscovered))
@@ -418,6 +419,11 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	h.must(TokenCreate{Token: proto.Token{ID: "t1", Role: proto.RoleReader, CreatedAt: t0}, SecretHash: strings.Repeat("c", 64)})
 	h.must(ServerPut{Server: proto.Server{ID: "s1", RaftAddr: "a:1", HTTPAddr: "a:2"}})
 	h.must(Report{ID: "rep-1", Node: "n1", Kind: "power", PowerState: proto.PowerOn, Now: t0})
+	h.must(AgentReports{Rack: "r1", Reports: []proto.AgentReport{
+		{ID: "seen-1", Kind: proto.ReportMACSeen, Rack: "r1", Agent: "a", Time: t0, MAC: "52:54:00:77:00:01"},
+		{ID: "lease-1", Kind: proto.ReportLease, Rack: "r1", Agent: "a", Time: t0, MAC: "52:54:00:77:00:01", LeaseEvent: "bound",
+			Lease: &proto.Lease{IP: "10.0.0.100", Expires: t0.Add(time.Hour)}},
+	}})
 
 	var buf bytes.Buffer
 	if _, err := h.f.Store().Snapshot().WriteTo(&buf); err != nil {
@@ -447,6 +453,17 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	eq("settings", a.Settings(), b.Settings())
 	eq("tokens", deref(a.Tokens()), deref(b.Tokens()))
 	eq("servers", deref(a.Servers()), deref(b.Servers()))
+	eq("sightings", deref(a.Sightings("")), deref(b.Sightings("")))
+	eq("leases", deref(a.Leases("r1")), deref(b.Leases("r1")))
+	if len(b.Leases("r1")) != 1 || len(b.Sightings("")) != 1 {
+		t.Fatalf("restored leases %v, sightings %v", b.Leases("r1"), b.Sightings(""))
+	}
+	if b.BootIndex("r1") != a.Index() {
+		t.Fatalf("restored boot index %d, want the snapshot's index %d", b.BootIndex("r1"), a.Index())
+	}
+	if n, _ := b.Node("52:54:00:00:00:01"); n.IP == "" {
+		t.Fatalf("restored node lost its reserved address")
+	}
 	if n, _ := b.Node("n1"); n.BMC.Password != "pw" || n.InstanceUUID != uuid2 {
 		t.Fatalf("restored node lost its BMC password or instance: %+v", n)
 	}

@@ -105,6 +105,8 @@ type API struct {
 	fwd     *http.Client
 	reqs    *prometheus.CounterVec
 	latency *prometheus.HistogramVec
+
+	contacts contacts
 }
 
 // kind says where a route is served.
@@ -114,6 +116,9 @@ const (
 	kindLocal kind = iota // by any server from what it has (health, status)
 	kindRead              // consistent by default: by the leader; ?stale: locally
 	kindWrite             // by the leader; followers forward
+	// kindReadOwnWait is kindRead for a handler that blocks on an index of
+	// its own (a rack's boot state) through call.blockOn.
+	kindReadOwnWait
 )
 
 // Route is one API endpoint. Routes lists them all; the OpenAPI document
@@ -272,7 +277,7 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request, rt Route) {
 	}
 	stale := isStale(r)
 	switch {
-	case rt.kind == kindWrite && !leader, rt.kind == kindRead && !stale && !leader:
+	case rt.kind == kindWrite && !leader, (rt.kind == kindRead || rt.kind == kindReadOwnWait) && !stale && !leader:
 		if forwarded {
 			writeError(w, proto.Errorf(proto.CodeNoLeader, "leadership moved while the request was forwarded; try again"))
 			return
@@ -323,6 +328,11 @@ func isStale(r *http.Request) bool {
 // ends, then (for a consistent read) confirms leadership, and records the
 // index the answer reflects.
 func (c *call) block(stale bool) error {
+	return c.blockOn(stale, c.a.b.Store().Wait, c.a.b.Store().Index)
+}
+
+// blockOn is block with the index to wait on and report given.
+func (c *call) blockOn(stale bool, waitFn func(context.Context, uint64) uint64, index func() uint64) error {
 	q := c.r.URL.Query()
 	if s := q.Get("index"); s != "" {
 		min, err := strconv.ParseUint(s, 10, 64)
@@ -339,7 +349,7 @@ func (c *call) block(stale bool) error {
 		}
 		wait = min64(wait, c.a.cfg.MaxWait)
 		ctx, cancel := context.WithTimeout(c.r.Context(), wait)
-		c.a.b.Store().Wait(ctx, min)
+		waitFn(ctx, min)
 		cancel()
 		if err := c.r.Context().Err(); err != nil {
 			return proto.Errorf(proto.CodeUnavailable, "client went away")
@@ -353,7 +363,7 @@ func (c *call) block(stale bool) error {
 	// Read the index before the handler reads the data: the answer is then
 	// at least as new as the index, and a caller that waits on it never
 	// misses a change.
-	c.index = c.a.b.Store().Index()
+	c.index = index()
 	return nil
 }
 
@@ -425,7 +435,7 @@ func (a *API) forwardTo(w http.ResponseWriter, r *http.Request, addr string, bod
 	if err != nil {
 		return err
 	}
-	for _, h := range []string{"Authorization", "Content-Type", "Accept"} {
+	for _, h := range []string{"Authorization", "Content-Type", "Accept", AgentHeader} {
 		if v := r.Header.Get(h); v != "" {
 			req.Header.Set(h, v)
 		}

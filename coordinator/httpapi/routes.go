@@ -21,6 +21,7 @@ func (a *API) routes() []Route {
 		R = proto.RoleReader
 		O = proto.RoleOperator
 		A = proto.RoleAdmin
+		G = proto.RoleAgent
 	)
 	return []Route{
 		{"GET", "/v1/health", "", kindLocal, a.health},
@@ -63,6 +64,11 @@ func (a *API) routes() []Route {
 		{"GET", "/v1/tokens", A, kindRead, a.listTokens},
 		{"POST", "/v1/tokens", A, kindWrite, a.createToken},
 		{"DELETE", "/v1/tokens/{id}", A, kindWrite, a.revokeToken},
+
+		{"GET", "/v1/sightings", R, kindRead, a.sightings},
+		{"GET", "/v1/agents", R, kindRead, a.agents},
+		{"GET", "/v1/agent/bootstate", G, kindReadOwnWait, a.bootState},
+		{"POST", "/v1/agent/reports", G, kindWrite, a.agentReports},
 
 		{"POST", "/v1/cluster/join", A, kindWrite, a.join},
 		{"DELETE", "/v1/cluster/peers/{id}", A, kindWrite, a.removePeer},

@@ -34,6 +34,12 @@ func (s *Store) Snapshot() *Snapshot {
 	d.servers = maps.Clone(s.d.servers)
 	d.reportOrder = append([]string(nil), s.d.reportOrder...)
 	d.reports = maps.Clone(s.d.reports)
+	d.sightings = maps.Clone(s.d.sightings)
+	d.leases = make(map[string]map[string]*proto.Lease, len(s.d.leases))
+	for r, m := range s.d.leases {
+		d.leases[r] = maps.Clone(m)
+	}
+	d.nodeByIP, d.rackIdx = nil, nil // rebuilt on restore
 	return &Snapshot{d: &d}
 }
 
@@ -52,6 +58,11 @@ type header struct {
 type tokenRecord struct {
 	proto.Token
 	SecretHash string `json:"secret_hash"`
+}
+
+type leaseRecord struct {
+	Rack string `json:"rack"`
+	proto.Lease
 }
 
 type reportRecord struct {
@@ -112,6 +123,18 @@ func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
 	for _, k := range sortedKeys(d.servers) {
 		if err := put("server", d.servers[k]); err != nil {
 			return cw.n, err
+		}
+	}
+	for _, k := range sortedKeys(d.sightings) {
+		if err := put("sighting", d.sightings[k]); err != nil {
+			return cw.n, err
+		}
+	}
+	for _, r := range sortedKeys(d.leases) {
+		for _, ip := range sortedKeys(d.leases[r]) {
+			if err := put("lease", leaseRecord{Rack: r, Lease: *d.leases[r][ip]}); err != nil {
+				return cw.n, err
+			}
 		}
 	}
 	for _, id := range d.reportOrder {
@@ -197,6 +220,20 @@ func (s *Store) Restore(r io.Reader) error {
 			if err = json.Unmarshal(rec.V, v); err == nil {
 				d.servers[v.ID] = v
 			}
+		case "sighting":
+			v := new(proto.Sighting)
+			if err = json.Unmarshal(rec.V, v); err == nil {
+				d.sightings[v.MAC] = v
+			}
+		case "lease":
+			var v leaseRecord
+			if err = json.Unmarshal(rec.V, &v); err == nil {
+				if d.leases[v.Rack] == nil {
+					d.leases[v.Rack] = map[string]*proto.Lease{}
+				}
+				l := v.Lease
+				d.leases[v.Rack][l.IP] = &l
+			}
 		case "report":
 			var v reportRecord
 			if err = json.Unmarshal(rec.V, &v); err == nil {
@@ -212,6 +249,11 @@ func (s *Store) Restore(r io.Reader) error {
 			return fmt.Errorf("snapshot %s record: %w", rec.T, err)
 		}
 	}
+	// Whatever rack agents wait on may have changed: wake them all.
+	for r := range d.racks {
+		d.rackIdx[r] = d.index
+	}
+	d.bootIdx = d.index
 	s.replace(d)
 	return nil
 }

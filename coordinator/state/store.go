@@ -52,6 +52,17 @@ type data struct {
 
 	reports     map[string]uint64 // report id -> index applied
 	reportOrder []string          // oldest first, at most MaxReportIDs
+
+	nodeByIP  map[string]string                  // rack+"/"+ip -> node uuid
+	sightings map[string]*proto.Sighting         // by MAC
+	leases    map[string]map[string]*proto.Lease // rack -> ip -> lease
+
+	// rackIdx is the index of the last change to what a rack's agents
+	// boot from (the rack, its nodes, its leases); bootIdx the same for
+	// what every rack shares (settings, images). Not in snapshots: a
+	// restore sets them to the snapshot's index.
+	rackIdx map[string]uint64
+	bootIdx uint64
 }
 
 func newData() *data {
@@ -61,6 +72,8 @@ func newData() *data {
 		instances: map[string]*proto.Instance{}, instByNm: map[string]string{},
 		tokens: map[string]*proto.Token{}, tokenByHash: map[string]string{},
 		servers: map[string]*proto.Server{}, reports: map[string]uint64{},
+		nodeByIP: map[string]string{}, sightings: map[string]*proto.Sighting{},
+		leases: map[string]map[string]*proto.Lease{}, rackIdx: map[string]uint64{},
 	}
 }
 
@@ -347,6 +360,82 @@ func (s *Store) Servers() []*proto.Server {
 		out = append(out, &c)
 	}
 	return out
+}
+
+// Sightings returns the unknown MACs seen (in rack, if not empty), by MAC.
+func (s *Store) Sightings(rack string) []*proto.Sighting {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := []*proto.Sighting{}
+	for _, mac := range sortedKeys(s.d.sightings) {
+		sg := s.d.sightings[mac]
+		if rack != "" && sg.Rack != rack {
+			continue
+		}
+		c := *sg
+		out = append(out, &c)
+	}
+	return out
+}
+
+// Leases returns the dynamic leases recorded for rack, by IP.
+func (s *Store) Leases(rack string) []*proto.Lease {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	m := s.d.leases[rack]
+	out := make([]*proto.Lease, 0, len(m))
+	for _, ip := range sortedKeys(m) {
+		c := *m[ip]
+		out = append(out, &c)
+	}
+	return out
+}
+
+// BootIndex is the index of the last change to what rack's agents boot
+// their nodes from; a rack agent blocks on it.
+func (s *Store) BootIndex(rack string) uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return max(s.d.rackIdx[rack], s.d.bootIdx)
+}
+
+// ReadRack calls fn with the rack, its nodes and leases and the settings
+// and images, all read under one lock so they are consistent with each
+// other and with the returned BootIndex. fn must not keep or change them.
+func (s *Store) ReadRack(rack string, fn func(r *proto.Rack, nodes []*proto.Node, leases []*proto.Lease, settings proto.Settings, images map[string]*proto.Image)) uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var nodes []*proto.Node
+	for _, n := range s.d.nodes {
+		if n.Rack == rack {
+			nodes = append(nodes, n)
+		}
+	}
+	sort.Slice(nodes, func(i, j int) bool { return nodes[i].UUID < nodes[j].UUID })
+	var leases []*proto.Lease
+	for _, ip := range sortedKeys(s.d.leases[rack]) {
+		leases = append(leases, s.d.leases[rack][ip])
+	}
+	fn(s.d.racks[rack], nodes, leases, s.d.settings, s.d.images)
+	return max(s.d.rackIdx[rack], s.d.bootIdx)
+}
+
+// WaitBoot blocks until rack's boot index passes min or ctx ends, and
+// returns it.
+func (s *Store) WaitBoot(ctx context.Context, rack string, min uint64) uint64 {
+	for {
+		s.mu.RLock()
+		idx, ch := max(s.d.rackIdx[rack], s.d.bootIdx), s.watch
+		s.mu.RUnlock()
+		if idx > min {
+			return idx
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return s.BootIndex(rack)
+		}
+	}
 }
 
 // ReportSeen reports whether a report with id was applied (and is still

@@ -1,7 +1,9 @@
 package state
 
 import (
+	"sort"
 	"strings"
+	"time"
 
 	"github.com/metalfleet/metalfleet/proto"
 )
@@ -42,12 +44,30 @@ func (tx *Tx) NodeByMAC(mac string) (string, bool) {
 	return id, ok
 }
 
+// NodeByIP returns the uuid of the node reserved ip in rack.
+func (tx *Tx) NodeByIP(rack, ip string) (string, bool) {
+	id, ok := tx.d.nodeByIP[rack+"/"+ip]
+	return id, ok
+}
+
+// bumpRack records a change to what rack's agents boot from.
+func (tx *Tx) bumpRack(rack string) {
+	if rack != "" {
+		tx.d.rackIdx[rack] = tx.index
+	}
+}
+
 // PutNode inserts or replaces n (keyed by uuid).
 func (tx *Tx) PutNode(n *proto.Node) {
 	old, exists := tx.d.nodes[n.UUID]
 	if exists {
 		tx.unindexNode(old)
 		n.CreateIndex = old.CreateIndex
+		tx.bumpRack(old.Rack)
+	}
+	tx.bumpRack(n.Rack)
+	if n.IP != "" {
+		tx.d.nodeByIP[n.Rack+"/"+n.IP] = n.UUID
 	}
 	tx.stamp(&n.Meta, !exists)
 	tx.d.nodes[n.UUID] = n
@@ -64,11 +84,15 @@ func (tx *Tx) DeleteNode(uuid string) {
 	if n, ok := tx.d.nodes[uuid]; ok {
 		tx.unindexNode(n)
 		delete(tx.d.nodes, uuid)
+		tx.bumpRack(n.Rack)
 		tx.changed = true
 	}
 }
 
 func (tx *Tx) unindexNode(n *proto.Node) {
+	if n.IP != "" && tx.d.nodeByIP[n.Rack+"/"+n.IP] == n.UUID {
+		delete(tx.d.nodeByIP, n.Rack+"/"+n.IP)
+	}
 	if n.Name != "" && tx.d.nodeByName[n.Name] == n.UUID {
 		delete(tx.d.nodeByName, n.Name)
 	}
@@ -101,10 +125,25 @@ func (tx *Tx) PutRack(r *proto.Rack) {
 	}
 	tx.stamp(&r.Meta, !exists)
 	tx.d.racks[r.Name] = r
+	tx.bumpRack(r.Name)
 }
 
-// DeleteRack removes the named rack.
-func (tx *Tx) DeleteRack(name string) { delete(tx.d.racks, name); tx.changed = true }
+// DeleteRack removes the named rack and its leases.
+func (tx *Tx) DeleteRack(name string) {
+	delete(tx.d.racks, name)
+	delete(tx.d.leases, name)
+	tx.bumpRack(name)
+	tx.changed = true
+}
+
+// EachNodeInRack calls fn for every node in rack.
+func (tx *Tx) EachNodeInRack(rack string, fn func(*proto.Node)) {
+	for _, n := range tx.d.nodes {
+		if n.Rack == rack {
+			fn(n)
+		}
+	}
+}
 
 // Flavor returns the named flavor, or nil.
 func (tx *Tx) Flavor(name string) *proto.Flavor { return tx.d.flavors[name] }
@@ -140,10 +179,15 @@ func (tx *Tx) PutImage(im *proto.Image) {
 	}
 	tx.stamp(&im.Meta, !exists)
 	tx.d.images[im.Name] = im
+	tx.d.bootIdx = tx.index
 }
 
 // DeleteImage removes the named image.
-func (tx *Tx) DeleteImage(name string) { delete(tx.d.images, name); tx.changed = true }
+func (tx *Tx) DeleteImage(name string) {
+	delete(tx.d.images, name)
+	tx.d.bootIdx = tx.index
+	tx.changed = true
+}
 
 // Instance returns the instance with uuid or name ref, or nil.
 func (tx *Tx) Instance(ref string) *proto.Instance { return tx.d.instance(ref) }
@@ -187,6 +231,65 @@ func (tx *Tx) Settings() proto.Settings { return tx.d.settings }
 func (tx *Tx) PutSettings(s proto.Settings) {
 	tx.stamp(&s.Meta, s.CreateIndex == 0)
 	tx.d.settings = s
+	tx.d.bootIdx = tx.index
+}
+
+// MaxSightings bounds the unknown MACs remembered; past it the one seen
+// longest ago is forgotten.
+const MaxSightings = 10000
+
+// Sighting returns the sighting of mac, or nil.
+func (tx *Tx) Sighting(mac string) *proto.Sighting { return tx.d.sightings[mac] }
+
+// PutSighting inserts or replaces a sighting, forgetting the stalest one
+// when MaxSightings would be passed.
+func (tx *Tx) PutSighting(sg *proto.Sighting) {
+	old, exists := tx.d.sightings[sg.MAC]
+	if exists {
+		sg.CreateIndex = old.CreateIndex
+	} else if len(tx.d.sightings) >= MaxSightings {
+		var stalest *proto.Sighting
+		for _, o := range tx.d.sightings {
+			if stalest == nil || o.LastSeen.Before(stalest.LastSeen) || o.LastSeen.Equal(stalest.LastSeen) && o.MAC < stalest.MAC {
+				stalest = o
+			}
+		}
+		delete(tx.d.sightings, stalest.MAC)
+	}
+	tx.stamp(&sg.Meta, !exists)
+	tx.d.sightings[sg.MAC] = sg
+}
+
+// DeleteSighting forgets mac's sighting.
+func (tx *Tx) DeleteSighting(mac string) {
+	if _, ok := tx.d.sightings[mac]; ok {
+		delete(tx.d.sightings, mac)
+		tx.changed = true
+	}
+}
+
+// Lease returns the lease of ip in rack, or nil.
+func (tx *Tx) Lease(rack, ip string) *proto.Lease { return tx.d.leases[rack][ip] }
+
+// PutLease records a dynamic lease in rack.
+func (tx *Tx) PutLease(rack string, l *proto.Lease) {
+	m := tx.d.leases[rack]
+	if m == nil {
+		m = map[string]*proto.Lease{}
+		tx.d.leases[rack] = m
+	}
+	m[l.IP] = l
+	tx.bumpRack(rack)
+	tx.changed = true
+}
+
+// DeleteLease forgets the lease of ip in rack.
+func (tx *Tx) DeleteLease(rack, ip string) {
+	if _, ok := tx.d.leases[rack][ip]; ok {
+		delete(tx.d.leases[rack], ip)
+		tx.bumpRack(rack)
+		tx.changed = true
+	}
 }
 
 // Token returns the token with id, or nil.
@@ -259,4 +362,17 @@ func (tx *Tx) MarkReport(id string) {
 		delete(tx.d.reports, drop)
 	}
 	tx.changed = true
+}
+
+// LeasesExpiredBefore returns the IPs of rack's leases that expired
+// before t, sorted.
+func (tx *Tx) LeasesExpiredBefore(rack string, t time.Time) []string {
+	var ips []string
+	for ip, l := range tx.d.leases[rack] {
+		if l.Expires.Before(t) {
+			ips = append(ips, ip)
+		}
+	}
+	sort.Strings(ips)
+	return ips
 }

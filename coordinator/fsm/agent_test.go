@@ -1,0 +1,151 @@
+package fsm
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/metalfleet/metalfleet/proto"
+)
+
+func rackWithPool() RackPut {
+	return RackPut{Create: true, Rack: proto.Rack{Name: "r1", Subnet: "10.9.0.0/24", Gateway: "10.9.0.1", BootServer: "10.9.0.2",
+		DNS: []string{"10.9.0.3"}, PoolStart: "10.9.0.100", PoolEnd: "10.9.0.199"}}
+}
+
+// TestReservedAddresses: nodes in a rack get the lowest free address
+// outside the pool and the rack's own addresses; explicit ones are
+// checked; a rack change that would strand a node's address is refused.
+func TestReservedAddresses(t *testing.T) {
+	h := newHarness(t)
+	h.must(rackWithPool())
+	mk := func(uuid, name, mac string) NodeCreate {
+		c := node(uuid, name, mac, proto.StateEnrolled)
+		c.Node.Rack = "r1"
+		return c
+	}
+	n1 := h.must(mk(uuid1, "n1", "52:54:00:00:00:01")).(*proto.Node)
+	if n1.IP != "10.9.0.4" {
+		t.Fatalf("first node ip = %q, want 10.9.0.4 (after gateway, boot server, dns)", n1.IP)
+	}
+	n2 := h.must(mk(uuid2, "n2", "52:54:00:00:00:02")).(*proto.Node)
+	if n2.IP != "10.9.0.5" {
+		t.Fatalf("second node ip = %q, want 10.9.0.5", n2.IP)
+	}
+	for ip, msg := range map[string]string{
+		"10.9.0.150": "inside the dynamic pool", "10.9.0.1": "rack's own", "10.9.1.5": "outside subnet",
+		"10.9.0.255": "broadcast", "10.9.0.0": "network address", "10.9.0.4": "belongs to node",
+	} {
+		c := mk(uuid3, "n3", "52:54:00:00:00:03")
+		c.Node.IP = ip
+		code := proto.CodeInvalid
+		if msg == "belongs to node" {
+			code = proto.CodeConflict
+		}
+		h.fails(c, code, msg)
+	}
+	// Deleting a node frees its address for the next one.
+	h.must(NodeDelete{Ref: "n1"})
+	n3 := h.must(mk(uuid3, "n3", "52:54:00:00:00:03")).(*proto.Node)
+	if n3.IP != "10.9.0.4" {
+		t.Fatalf("reused ip = %q, want 10.9.0.4", n3.IP)
+	}
+	// Moving the pool over a node's address is refused.
+	r := rackWithPool()
+	r.Create, r.Rack.PoolStart = false, "10.9.0.5"
+	h.fails(r, proto.CodeConflict, "n2 (10.9.0.5: inside the dynamic pool")
+	// Leaving the rack drops the address.
+	empty := ""
+	n2 = h.must(NodeUpdate{Ref: "n2", Patch: proto.NodePatch{Rack: &empty}}).(*proto.Node)
+	if n2.IP != "" {
+		t.Fatalf("node without rack keeps ip %s", n2.IP)
+	}
+}
+
+func TestAgentReports(t *testing.T) {
+	h := newHarness(t)
+	h.must(rackWithPool())
+	h.must(RackPut{Create: true, Rack: proto.Rack{Name: "r2"}})
+	c := node(uuid1, "n1", "52:54:00:00:00:01", proto.StateEnrolled)
+	c.Node.Rack = "r1"
+	h.must(c)
+	t1 := t0.Add(time.Minute)
+	rep := func(id string, kind proto.ReportKind, mod func(*proto.AgentReport)) proto.AgentReport {
+		r := proto.AgentReport{ID: id, Kind: kind, Rack: "r1", Agent: "a1", Time: t1}
+		mod(&r)
+		return r
+	}
+	res := h.must(AgentReports{Rack: "r1", Reports: []proto.AgentReport{
+		rep("s1", proto.ReportMACSeen, func(r *proto.AgentReport) { r.MAC, r.Arch, r.Count = "52:54:00:99:00:01", "bios", 3 }),
+		rep("s2", proto.ReportMACSeen, func(r *proto.AgentReport) { r.MAC = "52-54-00-99-00-01" }),
+		rep("b1", proto.ReportBootEvent, func(r *proto.AgentReport) { r.Node, r.Event = uuid1, "script" }),
+		rep("l1", proto.ReportLease, func(r *proto.AgentReport) {
+			r.MAC, r.LeaseEvent = "52:54:00:99:00:01", "bound"
+			r.Lease = &proto.Lease{IP: "10.9.0.100", Expires: t1.Add(time.Hour)}
+		}),
+		rep("l2", proto.ReportLease, func(r *proto.AgentReport) {
+			r.MAC, r.LeaseEvent = "52:54:00:99:00:02", "bound"
+			r.Lease = &proto.Lease{IP: "10.9.0.100", Expires: t1.Add(time.Hour)}
+		}),
+		rep("l3", proto.ReportLease, func(r *proto.AgentReport) {
+			r.MAC, r.LeaseEvent = "52:54:00:99:00:02", "bound"
+			r.Lease = &proto.Lease{IP: "10.9.0.50", Expires: t1.Add(time.Hour)}
+		}),
+		rep("x1", proto.ReportCallback, func(r *proto.AgentReport) { r.MAC = "52:54:00:00:00:01" }),
+		rep("x2", proto.ReportBootEvent, func(r *proto.AgentReport) { r.Node = "nosuch" }),
+		rep("x3", proto.ReportMACSeen, func(r *proto.AgentReport) { r.MAC, r.Rack = "52:54:00:99:00:03", "r2" }),
+		rep("p1", proto.ReportPower, func(r *proto.AgentReport) { r.Node, r.PowerState = uuid1, proto.PowerOn }),
+	}}).(*AgentReportsResult)
+	if got := strings.Join(res.Acked, ","); got != "s1,s2,b1,l1,p1" {
+		t.Fatalf("acked = %s", got)
+	}
+	for id, frag := range map[string]string{"l2": "leased to 52:54:00:99:00:01", "l3": "outside rack r1's pool", "x1": "not handled",
+		"x2": "not found", "x3": "batch for rack"} {
+		if !strings.Contains(res.Rejected[id], frag) {
+			t.Errorf("rejected[%s] = %q, want it to mention %q", id, res.Rejected[id], frag)
+		}
+	}
+	sg := h.f.Store().Sightings("r1")
+	if len(sg) != 1 || sg[0].Count != 4 || sg[0].Arch != "bios" || sg[0].Agent != "a1" {
+		t.Fatalf("sightings = %+v", sg)
+	}
+	n, _ := h.f.Store().Node("n1")
+	if n.LastBoot == nil || n.LastBoot.Event != "script" || n.PowerState != proto.PowerOn {
+		t.Fatalf("node after reports: last_boot=%+v power=%s", n.LastBoot, n.PowerState)
+	}
+	if ls := h.f.Store().Leases("r1"); len(ls) != 1 || ls[0].MAC != "52:54:00:99:00:01" {
+		t.Fatalf("leases = %+v", ls)
+	}
+
+	// A repeat of the whole batch changes nothing and acks the applied.
+	idx := h.f.Store().Index()
+	res = h.must(AgentReports{Rack: "r1", Reports: []proto.AgentReport{
+		rep("s1", proto.ReportMACSeen, func(r *proto.AgentReport) { r.MAC, r.Count = "52:54:00:99:00:01", 3 }),
+	}}).(*AgentReportsResult)
+	if len(res.Acked) != 1 || h.f.Store().Index() != idx {
+		t.Fatalf("repeat: acked %v, index %d -> %d", res.Acked, idx, h.f.Store().Index())
+	}
+	if sg := h.f.Store().Sightings(""); sg[0].Count != 4 {
+		t.Fatalf("a repeated sighting was counted again: %d", sg[0].Count)
+	}
+
+	// Released by its MAC: gone. The rack's boot index moved with it.
+	bi := h.f.Store().BootIndex("r1")
+	h.must(AgentReports{Rack: "r1", Reports: []proto.AgentReport{rep("l4", proto.ReportLease, func(r *proto.AgentReport) {
+		r.MAC, r.LeaseEvent = "52:54:00:99:00:01", "released"
+		r.Lease = &proto.Lease{IP: "10.9.0.100"}
+	})}})
+	if ls := h.f.Store().Leases("r1"); len(ls) != 0 {
+		t.Fatalf("released lease kept: %+v", ls)
+	}
+	if h.f.Store().BootIndex("r1") <= bi || h.f.Store().BootIndex("r2") > bi {
+		t.Fatalf("boot index r1 %d -> %d, r2 %d", bi, h.f.Store().BootIndex("r1"), h.f.Store().BootIndex("r2"))
+	}
+
+	// Creating a node for a sighted MAC forgets the sighting.
+	h.must(node(uuid2, "n2", "52:54:00:99:00:01", proto.StateDiscovered))
+	if sg := h.f.Store().Sightings(""); len(sg) != 0 {
+		t.Fatalf("sighting kept after the MAC became a node: %+v", sg)
+	}
+	h.fails(AgentReports{Rack: "nosuch"}, proto.CodeInvalid, "does not exist")
+}
