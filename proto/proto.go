@@ -106,6 +106,9 @@ type Rack struct {
 	BootServer string   `json:"boot_server,omitempty"` // IP of the rack agent nodes boot from
 	DNS        []string `json:"dns,omitempty"`
 	LeaseTime  Duration `json:"lease_time,omitempty"`
+	// AnswerNonPXE: unknown MACs that are not network-booting (no PXE or
+	// iPXE client) get a pool address too. Known nodes are always answered.
+	AnswerNonPXE bool `json:"answer_non_pxe,omitempty"`
 	Meta
 }
 
