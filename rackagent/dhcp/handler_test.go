@@ -1,0 +1,498 @@
+package dhcp
+
+import (
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/insomniacslk/dhcp/iana"
+	"go.etcd.io/bbolt"
+
+	"github.com/metalfleet/metalfleet/proto"
+	"github.com/metalfleet/metalfleet/rackagent/bootstate"
+)
+
+// fakeBackend serves a fixed view.
+type fakeBackend struct {
+	mu sync.Mutex
+	v  *bootstate.View
+}
+
+func (f *fakeBackend) View() *bootstate.View { f.mu.Lock(); defer f.mu.Unlock(); return f.v }
+func (f *fakeBackend) set(st *proto.RackBootState) {
+	f.mu.Lock()
+	f.v = bootstate.NewView(st)
+	f.mu.Unlock()
+}
+
+// fakeReporter records reports.
+type fakeReporter struct {
+	mu sync.Mutex
+	rs []proto.AgentReport
+}
+
+func (f *fakeReporter) Report(r proto.AgentReport) { f.mu.Lock(); f.rs = append(f.rs, r); f.mu.Unlock() }
+func (f *fakeReporter) kinds() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for _, r := range f.rs {
+		k := string(r.Kind)
+		if r.LeaseEvent != "" {
+			k += ":" + r.LeaseEvent
+		}
+		out = append(out, k)
+	}
+	return out
+}
+
+type splitFunc func(net.HardwareAddr) bool
+
+func (f splitFunc) Mine(m net.HardwareAddr) bool { return f(m) }
+
+var (
+	knownMAC   = net.HardwareAddr{0x52, 0x54, 0x00, 0x00, 0x00, 0x01}
+	unknownMAC = net.HardwareAddr{0x52, 0x54, 0x00, 0x00, 0x00, 0x99}
+	serverIP   = netip.MustParseAddr("10.99.0.1")
+)
+
+func rackState() *proto.RackBootState {
+	return &proto.RackBootState{
+		Rack: proto.Rack{Name: "r1", Subnet: "10.99.0.0/24", Gateway: "10.99.0.254", BootServer: "10.99.0.1",
+			DNS: []string{"10.99.0.53"}, PoolStart: "10.99.0.100", PoolEnd: "10.99.0.103", LeaseTime: proto.Duration(2 * time.Hour)},
+		DiscoveryEnabled: true,
+		Discovery:        proto.BootConfig{Kind: proto.BootDiscovery},
+		Nodes: []proto.BootNode{{UUID: "node-1", Name: "n1", MACs: []string{knownMAC.String()}, IP: "10.99.0.10",
+			Boot: proto.BootConfig{Kind: proto.BootLocalDisk}}},
+		Index: 7,
+	}
+}
+
+type env struct {
+	t    *testing.T
+	h    *Handler
+	be   *fakeBackend
+	rep  *fakeReporter
+	pool *Pool
+	db   *bbolt.DB
+	now  time.Time
+	path string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	e := &env{t: t, be: &fakeBackend{}, rep: &fakeReporter{}, now: time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC)}
+	e.be.set(rackState())
+	e.path = filepath.Join(t.TempDir(), "agent.db")
+	e.open(nil)
+	return e
+}
+
+func (e *env) open(split Splitter) {
+	e.t.Helper()
+	db, err := bbolt.Open(e.path, 0o600, nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { db.Close() })
+	e.db = db
+	p, err := OpenPool(db, "a1", netip.MustParseAddr("10.99.0.100"), netip.MustParseAddr("10.99.0.103"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.pool = p
+	e.h = NewHandler(Config{Rack: "r1", Agent: "a1", ServerIP: serverIP, HTTPBase: "http://10.99.0.1:8080",
+		Now: func() time.Time { return e.now }}, e.be, p, split, e.rep)
+}
+
+// pkt builds a request from mac with mods.
+func pkt(t *testing.T, typ dhcpv4.MessageType, mac net.HardwareAddr, mods ...dhcpv4.Modifier) *dhcpv4.DHCPv4 {
+	t.Helper()
+	m, err := dhcpv4.New(append([]dhcpv4.Modifier{dhcpv4.WithMessageType(typ), dhcpv4.WithHwAddr(mac), dhcpv4.WithBroadcast(true)}, mods...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+var (
+	pxeBIOS = []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00000:UNDI:002001")), dhcpv4.WithOption(dhcpv4.OptClientArch(iana.INTEL_X86PC))}
+	pxeEFI  = []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00007:UNDI:003016")), dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64))}
+	httpEFI = []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("HTTPClient:Arch:00016:UNDI:003001")), dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64_HTTP))}
+	ipxe    = []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00000:UNDI:002001")), dhcpv4.WithOption(dhcpv4.OptUserClass("iPXE"))}
+)
+
+func (e *env) handle(m *dhcpv4.DHCPv4) (*Reply, error) {
+	return e.h.Handle(Request{Msg: m, Src: netip.MustParseAddrPort("0.0.0.0:68"), Iface: "br0"})
+}
+
+func (e *env) answer(m *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
+	e.t.Helper()
+	r, err := e.handle(m)
+	if err != nil {
+		e.t.Fatalf("%s from %s: no answer: %v", m.MessageType(), m.ClientHWAddr, err)
+	}
+	return r.Msg
+}
+
+func (e *env) silent(m *dhcpv4.DHCPv4, why string) {
+	e.t.Helper()
+	r, err := e.handle(m)
+	if err == nil {
+		e.t.Fatalf("%s from %s: answered %s, want silence", m.MessageType(), m.ClientHWAddr, r.Msg.MessageType())
+	}
+	if !strings.Contains(err.Error(), why) {
+		e.t.Fatalf("%s from %s: dropped because %q, want %q", m.MessageType(), m.ClientHWAddr, err, why)
+	}
+}
+
+// dora runs DISCOVER/OFFER/REQUEST/ACK for mac and returns the ACK.
+func (e *env) dora(mac net.HardwareAddr, mods ...dhcpv4.Modifier) *dhcpv4.DHCPv4 {
+	e.t.Helper()
+	off := e.answer(pkt(e.t, dhcpv4.MessageTypeDiscover, mac, mods...))
+	if off.MessageType() != dhcpv4.MessageTypeOffer {
+		e.t.Fatalf("got %s, want OFFER", off.MessageType())
+	}
+	req := pkt(e.t, dhcpv4.MessageTypeRequest, mac, append(mods,
+		dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(off.YourIPAddr)),
+		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(off.ServerIdentifier())))...)
+	ack := e.answer(req)
+	if ack.MessageType() != dhcpv4.MessageTypeAck {
+		e.t.Fatalf("got %s (%s), want ACK", ack.MessageType(), ack.Message())
+	}
+	if !ack.YourIPAddr.Equal(off.YourIPAddr) {
+		e.t.Fatalf("ACK %s for OFFER %s", ack.YourIPAddr, off.YourIPAddr)
+	}
+	return ack
+}
+
+func TestKnownNodeGetsReservation(t *testing.T) {
+	e := newEnv(t)
+	ack := e.dora(knownMAC, pxeBIOS...)
+	for _, c := range []struct{ what, got, want string }{
+		{"yiaddr", ack.YourIPAddr.String(), "10.99.0.10"},
+		{"server id", ack.ServerIdentifier().String(), "10.99.0.1"},
+		{"mask", net.IP(ack.SubnetMask()).String(), "255.255.255.0"},
+		{"router", ack.Router()[0].String(), "10.99.0.254"},
+		{"dns", ack.DNS()[0].String(), "10.99.0.53"},
+		{"lease", ack.IPAddressLeaseTime(0).String(), "2h0m0s"},
+		{"hostname", ack.HostName(), "n1"},
+		{"bootfile", ack.BootFileNameOption(), "undionly.kpxe"},
+		{"siaddr", ack.ServerIPAddr.String(), "10.99.0.1"},
+		{"option 66", ack.TFTPServerName(), "10.99.0.1"},
+		{"option 60", ack.ClassIdentifier(), "PXEClient"},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %q, want %q", c.what, c.got, c.want)
+		}
+	}
+	if got := ack.GetOneOption(dhcpv4.OptionVendorSpecificInformation); len(got) == 0 {
+		t.Errorf("no option 43 for a PXE client")
+	}
+	if got := e.rep.kinds(); len(got) == 0 || got[0] != "boot_event" {
+		t.Errorf("reports = %v, want a boot_event first", got)
+	}
+	if len(e.pool.Leases()) != 0 {
+		t.Errorf("a known node took a pool lease")
+	}
+}
+
+func TestNetbootOptionsByClient(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		mods     []dhcpv4.Modifier
+		bootfile string
+		class    string
+		opt175   bool
+	}{
+		{"bios pxe", pxeBIOS, "undionly.kpxe", "PXEClient", false},
+		{"uefi pxe", pxeEFI, "ipxe.efi", "PXEClient", false},
+		{"uefi http", httpEFI, "http://10.99.0.1:8080/tftp/ipxe.efi", "HTTPClient", false},
+		{"ipxe", ipxe, "http://10.99.0.1:8080/boot/52:54:00:00:00:01.ipxe", "", true},
+		{"plain dhcp", nil, "", "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			off := e.answer(pkt(t, dhcpv4.MessageTypeDiscover, knownMAC, tc.mods...))
+			if got := off.BootFileNameOption(); got != tc.bootfile {
+				t.Errorf("bootfile = %q, want %q", got, tc.bootfile)
+			}
+			if got := off.ClassIdentifier(); got != tc.class {
+				t.Errorf("option 60 = %q, want %q", got, tc.class)
+			}
+			got175 := off.GetOneOption(dhcpv4.GenericOptionCode(175))
+			if tc.opt175 != (string(got175) == string(ipxeNoPXEDHCP)) {
+				t.Errorf("option 175 = %v, want no-pxedhcp %v", got175, tc.opt175)
+			}
+		})
+	}
+}
+
+func TestUnknownMACs(t *testing.T) {
+	e := newEnv(t)
+	ack := e.dora(unknownMAC, pxeBIOS...)
+	if ack.YourIPAddr.String() != "10.99.0.100" {
+		t.Fatalf("first pool address = %s, want 10.99.0.100", ack.YourIPAddr)
+	}
+	if got := e.rep.kinds(); strings.Join(got, ",") != "mac_seen,lease:bound" {
+		t.Fatalf("reports = %v", got)
+	}
+	// The same MAC asks again: the same address.
+	if again := e.dora(unknownMAC, pxeBIOS...); !again.YourIPAddr.Equal(ack.YourIPAddr) {
+		t.Fatalf("second DORA gave %s, want %s", again.YourIPAddr, ack.YourIPAddr)
+	}
+	// A plain DHCP client with an unknown MAC: only if the rack says so.
+	other := net.HardwareAddr{0x52, 0x54, 0x00, 0x00, 0x00, 0x98}
+	e.silent(pkt(t, dhcpv4.MessageTypeDiscover, other), "not a netboot client")
+	st := rackState()
+	st.Rack.AnswerNonPXE = true
+	e.be.set(st)
+	e.answer(pkt(t, dhcpv4.MessageTypeDiscover, other))
+	// Discovery off: unknown netboot clients get nothing; known ones do.
+	st.DiscoveryEnabled = false
+	e.be.set(st)
+	e.silent(pkt(t, dhcpv4.MessageTypeDiscover, net.HardwareAddr{0x52, 0x54, 0x00, 0x00, 0x00, 0x97}, pxeBIOS...), "discovery is off")
+	e.answer(pkt(t, dhcpv4.MessageTypeDiscover, knownMAC, pxeBIOS...))
+}
+
+func TestRequestRules(t *testing.T) {
+	e := newEnv(t)
+	// A known node asking for another address is refused.
+	nak := e.answer(pkt(t, dhcpv4.MessageTypeRequest, knownMAC, dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.ParseIP("10.99.0.11")))))
+	if nak.MessageType() != dhcpv4.MessageTypeNak || !strings.Contains(nak.Message(), "reserved 10.99.0.10") {
+		t.Fatalf("got %s %q, want NAK naming the reservation", nak.MessageType(), nak.Message())
+	}
+	// An unknown MAC asking for an address held by another MAC: NAK.
+	e.dora(unknownMAC, pxeBIOS...)
+	thief := net.HardwareAddr{0x52, 0x54, 0x00, 0x00, 0x00, 0x77}
+	nak = e.answer(pkt(t, dhcpv4.MessageTypeRequest, thief, append(pxeBIOS, dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.ParseIP("10.99.0.100"))))...))
+	if nak.MessageType() != dhcpv4.MessageTypeNak || !strings.Contains(nak.Message(), "in use by") {
+		t.Fatalf("got %s %q, want NAK: in use", nak.MessageType(), nak.Message())
+	}
+	// Outside the subnet: NAK.
+	nak = e.answer(pkt(t, dhcpv4.MessageTypeRequest, thief, append(pxeBIOS, dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.ParseIP("192.0.2.1"))))...))
+	if nak.MessageType() != dhcpv4.MessageTypeNak {
+		t.Fatalf("request outside the subnet: %s", nak.MessageType())
+	}
+	// A client that chose another server: silence.
+	e.silent(pkt(t, dhcpv4.MessageTypeRequest, thief, append(pxeBIOS,
+		dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.ParseIP("10.99.0.101"))),
+		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.ParseIP("10.99.0.2"))))...), "chose server")
+	// RENEWING: ciaddr set, no option 50; answered to ciaddr.
+	r, err := e.handle(pkt(t, dhcpv4.MessageTypeRequest, unknownMAC, append(pxeBIOS,
+		dhcpv4.WithClientIP(net.ParseIP("10.99.0.100")), dhcpv4.WithBroadcast(false))...))
+	if err != nil || r.Msg.MessageType() != dhcpv4.MessageTypeAck || r.Broadcast || r.Dst.String() != "10.99.0.100:68" {
+		t.Fatalf("renew: %v %+v", err, r)
+	}
+}
+
+func TestReleaseDeclineInform(t *testing.T) {
+	e := newEnv(t)
+	ack := e.dora(unknownMAC, pxeBIOS...)
+	e.silent(pkt(t, dhcpv4.MessageTypeRelease, unknownMAC, dhcpv4.WithClientIP(ack.YourIPAddr)), "RELEASE")
+	if len(e.pool.Leases()) != 0 {
+		t.Fatalf("lease kept after RELEASE")
+	}
+	// DECLINE: the address is not offered again for a while.
+	ack = e.dora(unknownMAC, pxeBIOS...)
+	declined := ack.YourIPAddr
+	e.silent(pkt(t, dhcpv4.MessageTypeDecline, unknownMAC, dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(declined))), "DECLINE")
+	off := e.answer(pkt(t, dhcpv4.MessageTypeDiscover, unknownMAC, pxeBIOS...))
+	if off.YourIPAddr.Equal(declined) {
+		t.Fatalf("declined %s offered again", declined)
+	}
+	if got := strings.Join(e.rep.kinds(), ","); !strings.Contains(got, "lease:released") || !strings.Contains(got, "lease:declined") {
+		t.Fatalf("reports = %s", got)
+	}
+	// INFORM: options, no address, to ciaddr.
+	r, err := e.handle(pkt(t, dhcpv4.MessageTypeInform, knownMAC, dhcpv4.WithClientIP(net.ParseIP("10.99.0.10")), dhcpv4.WithBroadcast(false)))
+	if err != nil || r.Msg.MessageType() != dhcpv4.MessageTypeAck || !r.Msg.YourIPAddr.IsUnspecified() ||
+		r.Dst.String() != "10.99.0.10:68" || r.Msg.Options.Has(dhcpv4.OptionIPAddressLeaseTime) {
+		t.Fatalf("inform: %v %+v", err, r)
+	}
+}
+
+func TestPoolExhaustedAndExpiry(t *testing.T) {
+	e := newEnv(t)
+	for i := 0; i < 4; i++ {
+		e.dora(net.HardwareAddr{0x52, 0x54, 0x00, 0x01, 0x00, byte(i)}, pxeBIOS...)
+	}
+	e.silent(pkt(t, dhcpv4.MessageTypeDiscover, unknownMAC, pxeBIOS...), "no free address")
+	e.now = e.now.Add(3 * time.Hour)
+	gone, err := e.pool.Expire(e.now)
+	if err != nil || len(gone) != 4 {
+		t.Fatalf("expired %d leases (%v), want 4", len(gone), err)
+	}
+	e.dora(unknownMAC, pxeBIOS...)
+}
+
+func TestRelayRules(t *testing.T) {
+	e := newEnv(t)
+	m := pkt(t, dhcpv4.MessageTypeDiscover, knownMAC, append(pxeBIOS, dhcpv4.WithGatewayIP(net.ParseIP("10.99.0.254")))...)
+	r, err := e.h.Handle(Request{Msg: m, Src: netip.MustParseAddrPort("10.99.0.254:67")})
+	if err != nil || r.Broadcast || r.Dst.String() != "10.99.0.254:67" || !r.Msg.GatewayIPAddr.Equal(net.ParseIP("10.99.0.254")) {
+		t.Fatalf("relayed: %v %+v", err, r)
+	}
+	m = pkt(t, dhcpv4.MessageTypeDiscover, knownMAC, append(pxeBIOS, dhcpv4.WithGatewayIP(net.ParseIP("192.0.2.1")))...)
+	if _, err := e.h.Handle(Request{Msg: m, Src: netip.MustParseAddrPort("192.0.2.1:67")}); err == nil || !strings.Contains(err.Error(), "outside rack subnet") {
+		t.Fatalf("relay from outside the rack: %v", err)
+	}
+	// A NAK through a relay asks the relay to broadcast it.
+	m = pkt(t, dhcpv4.MessageTypeRequest, knownMAC, dhcpv4.WithBroadcast(false), dhcpv4.WithGatewayIP(net.ParseIP("10.99.0.254")),
+		dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.ParseIP("10.99.0.11"))))
+	r, err = e.h.Handle(Request{Msg: m, Src: netip.MustParseAddrPort("10.99.0.254:67")})
+	if err != nil || r.Msg.MessageType() != dhcpv4.MessageTypeNak || !r.Msg.IsBroadcast() || r.Dst.String() != "10.99.0.254:67" {
+		t.Fatalf("relayed NAK: %v %+v", err, r)
+	}
+}
+
+func TestBadRequests(t *testing.T) {
+	e := newEnv(t)
+	reply := pkt(t, dhcpv4.MessageTypeDiscover, knownMAC)
+	reply.OpCode = dhcpv4.OpcodeBootReply
+	e.silent(reply, "not a BOOTREQUEST")
+	short := pkt(t, dhcpv4.MessageTypeDiscover, net.HardwareAddr{1, 2, 3})
+	e.silent(short, "length 3")
+	if nak := e.answer(pkt(t, dhcpv4.MessageTypeRequest, knownMAC)); nak.MessageType() != dhcpv4.MessageTypeNak {
+		t.Fatalf("REQUEST without an address: %s, want NAK", nak.MessageType())
+	}
+}
+
+// TestLeasesSurviveRestart: a restarted agent gives a MAC its address back
+// and never gives that address to another MAC.
+func TestLeasesSurviveRestart(t *testing.T) {
+	e := newEnv(t)
+	ack := e.dora(unknownMAC, pxeBIOS...)
+	e.db.Close()
+	e.open(nil)
+	off := e.answer(pkt(t, dhcpv4.MessageTypeDiscover, unknownMAC, pxeBIOS...))
+	if !off.YourIPAddr.Equal(ack.YourIPAddr) {
+		t.Fatalf("after restart offered %s, want %s", off.YourIPAddr, ack.YourIPAddr)
+	}
+	other := e.dora(net.HardwareAddr{0x52, 0x54, 0x00, 0x00, 0x00, 0x55}, pxeBIOS...)
+	if other.YourIPAddr.Equal(ack.YourIPAddr) {
+		t.Fatalf("after restart %s was given to a second MAC", ack.YourIPAddr)
+	}
+}
+
+// TestTwoAgentsNeverShareAnAddress: two agents of one rack with disjoint
+// shares split unknown MACs; when one dies the survivor answers every MAC,
+// honours the dead one's leases (learned from the coordinator) and gives
+// no address to two MACs.
+func TestTwoAgentsNeverShareAnAddress(t *testing.T) {
+	st := rackState()
+	st.Rack.PoolStart, st.Rack.PoolEnd = "10.99.0.100", "10.99.0.139"
+	mk := func(name string, k int, peerAlive *bool) (*Handler, *fakeReporter) {
+		db, err := bbolt.Open(filepath.Join(t.TempDir(), name+".db"), 0o600, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		first, last, err := Share(netip.MustParseAddr(st.Rack.PoolStart), netip.MustParseAddr(st.Rack.PoolEnd), k, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := OpenPool(db, name, first, last)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep := &fakeReporter{}
+		split := splitFunc(func(m net.HardwareAddr) bool { return !*peerAlive || int(m[5])%2 == k })
+		be := &fakeBackend{}
+		be.set(st)
+		return NewHandler(Config{Rack: "r1", Agent: name, ServerIP: serverIP}, be, p, split, rep), rep
+	}
+	alive := true
+	a, repA := mk("a", 0, &alive)
+	b, _ := mk("b", 1, &alive)
+	owner := map[string]string{} // ip -> mac, across both agents
+	bind := func(h *Handler, mac net.HardwareAddr) (string, bool) {
+		off, err := h.Handle(Request{Msg: pkt(t, dhcpv4.MessageTypeDiscover, mac, pxeBIOS...)})
+		if err != nil {
+			return "", false
+		}
+		ack, err := h.Handle(Request{Msg: pkt(t, dhcpv4.MessageTypeRequest, mac, append(pxeBIOS,
+			dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(off.Msg.YourIPAddr)))...)})
+		if err != nil || ack.Msg.MessageType() != dhcpv4.MessageTypeAck {
+			t.Fatalf("%s: no ACK for its own offer: %v", mac, err)
+		}
+		ip := ack.Msg.YourIPAddr.String()
+		if prev, ok := owner[ip]; ok && prev != mac.String() {
+			t.Fatalf("%s handed to %s and %s", ip, prev, mac)
+		}
+		owner[ip] = mac.String()
+		return ip, true
+	}
+	answered := map[string]int{}
+	for i := 0; i < 20; i++ {
+		mac := net.HardwareAddr{0x52, 0x54, 0x00, 0x02, 0x00, byte(i)}
+		_, okA := bind(a, mac)
+		_, okB := bind(b, mac)
+		if okA == okB {
+			t.Fatalf("%s answered by a=%v b=%v: want exactly one", mac, okA, okB)
+		}
+		if okA {
+			answered["a"]++
+		} else {
+			answered["b"]++
+		}
+	}
+	if answered["a"] != 10 || answered["b"] != 10 {
+		t.Fatalf("split %v, want 10/10", answered)
+	}
+	// b dies. Its leases reached the coordinator (the state a now has).
+	st2 := rackState()
+	st2.Rack = st.Rack
+	for ip, mac := range owner {
+		st2.Leases = append(st2.Leases, proto.Lease{MAC: mac, IP: ip, Expires: time.Now().Add(time.Hour), Agent: "?"})
+	}
+	a.backend.(*fakeBackend).set(st2)
+	alive = false
+	for i := 0; i < 20; i++ {
+		mac := net.HardwareAddr{0x52, 0x54, 0x00, 0x02, 0x00, byte(i)}
+		ip, ok := bind(a, mac)
+		if !ok {
+			t.Fatalf("survivor did not answer %s", mac)
+		}
+		if owner[ip] != mac.String() {
+			t.Fatalf("survivor gave %s to %s, which held %s before", ip, mac, ip)
+		}
+	}
+	// New MACs come from the survivor's own share, never b's.
+	for i := 20; i < 30; i++ {
+		ip, ok := bind(a, net.HardwareAddr{0x52, 0x54, 0x00, 0x02, 0x00, byte(i)})
+		if !ok {
+			t.Fatalf("survivor did not answer a new MAC")
+		}
+		if a4 := netip.MustParseAddr(ip); !a4.Less(netip.MustParseAddr("10.99.0.120")) {
+			t.Fatalf("survivor allocated %s from its peer's share", ip)
+		}
+	}
+	_ = repA
+}
+
+func TestShare(t *testing.T) {
+	for _, tc := range []struct {
+		start, end string
+		k, n       int
+		want       string
+	}{
+		{"10.0.0.100", "10.0.0.199", 0, 1, "10.0.0.100-10.0.0.199"},
+		{"10.0.0.100", "10.0.0.199", 0, 2, "10.0.0.100-10.0.0.149"},
+		{"10.0.0.100", "10.0.0.199", 1, 2, "10.0.0.150-10.0.0.199"},
+		{"10.0.0.100", "10.0.0.102", 2, 3, "10.0.0.102-10.0.0.102"},
+	} {
+		a, b, err := Share(netip.MustParseAddr(tc.start), netip.MustParseAddr(tc.end), tc.k, tc.n)
+		if got := a.String() + "-" + b.String(); err != nil || got != tc.want {
+			t.Errorf("Share(%s-%s, %d/%d) = %s, %v, want %s", tc.start, tc.end, tc.k, tc.n, got, err, tc.want)
+		}
+	}
+	if _, _, err := Share(netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.1"), 1, 2); err == nil {
+		t.Errorf("a one-address pool shared two ways: no error")
+	}
+}

@@ -1,0 +1,164 @@
+package httpboot
+
+import (
+	"bytes"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"regexp"
+	"strings"
+
+	"github.com/metalfleet/metalfleet/proto"
+)
+
+// MaxCallbackBytes bounds a callback's body.
+const MaxCallbackBytes = 1 << 20
+
+// MACHeader names the MAC a ramdisk's callback is about (or ?mac=).
+const MACHeader = "X-Metalfleet-MAC"
+
+// DiscoveryStep is the one callback a discovery ramdisk sends, without a
+// token.
+const DiscoveryStep = "inventory"
+
+// codeRateLimited answers 429; proto has no code for it (yet).
+const codeRateLimited proto.Code = "rate_limited"
+
+var stepRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// handleCallback serves POST /v1/callback/{step}.
+func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
+	ip := sourceIP(r)
+	if !s.limiter.allow(ip, s.now()) {
+		w.Header().Set("Retry-After", "1")
+		writeError(w, proto.Errorf(codeRateLimited, "too many callbacks from %s; slow down", ip))
+		return
+	}
+	step := r.PathValue("step")
+	if !stepRE.MatchString(step) {
+		writeError(w, proto.Errorf(proto.CodeInvalid, "step %q: want 1-63 letters, digits, '.', '_' or '-'", step))
+		return
+	}
+	mac, err := callbackMAC(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	log := s.log.With("mac", mac, "step", step, "remote", r.RemoteAddr)
+
+	node, boot, known := s.cfg.Backend.Boot(mac)
+	var uuid string
+	if known && node != nil {
+		uuid = node.UUID
+		log = log.With("node", uuid)
+	}
+	if token, ok := bearer(r); ok {
+		if !known || boot.TaskToken == "" || subtle.ConstantTimeCompare([]byte(token), []byte(boot.TaskToken)) != 1 {
+			log.Warn("callback refused: wrong task token")
+			writeError(w, proto.Errorf(proto.CodeUnauthorized, "the token is not the current task token of %s", mac))
+			return
+		}
+	} else if r.Header.Get("Authorization") != "" {
+		writeError(w, proto.Errorf(proto.CodeUnauthorized, "want Authorization: Bearer <task token>"))
+		return
+	} else if step != DiscoveryStep || !s.RecentlyServedDiscovery(mac, s.cfg.DiscoveryWindow) {
+		log.Warn("callback refused: no token, and not an inventory from a MAC recently served discovery")
+		if known && boot.TaskToken != "" {
+			writeError(w, proto.Errorf(proto.CodeUnauthorized, "a callback for %s needs its task token", mac))
+			return
+		}
+		writeError(w, proto.Errorf(proto.CodeForbidden, "%s was not served the discovery script in the last %s; only its inventory is accepted without a token", mac, s.cfg.DiscoveryWindow))
+		return
+	}
+
+	body, err := readJSON(w, r)
+	if err != nil {
+		log.Warn("callback refused", "err", err)
+		writeError(w, err)
+		return
+	}
+	s.cfg.Reporter.Report(proto.AgentReport{
+		Kind: proto.ReportCallback, Time: s.now(), Step: step, MAC: mac, Node: uuid, Data: body,
+	})
+	log.Info("callback accepted", "bytes", len(body))
+	writeJSON(w, http.StatusAccepted, map[string]bool{"accepted": true})
+}
+
+// readJSON reads a body of at most MaxCallbackBytes and returns it
+// compacted.
+func readJSON(w http.ResponseWriter, r *http.Request) (json.RawMessage, error) {
+	var raw bytes.Buffer
+	_, err := raw.ReadFrom(http.MaxBytesReader(w, r.Body, MaxCallbackBytes))
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		return nil, proto.Errorf(proto.CodeTooLarge, "the body is over %d bytes", MaxCallbackBytes)
+	case err != nil:
+		return nil, proto.Errorf(proto.CodeInvalid, "reading the body: %v", err)
+	}
+	var out bytes.Buffer
+	if err := json.Compact(&out, raw.Bytes()); err != nil {
+		return nil, proto.Errorf(proto.CodeInvalid, "the body is not valid JSON: %v", err)
+	}
+	return out.Bytes(), nil
+}
+
+func callbackMAC(r *http.Request) (string, error) {
+	h, q := r.Header.Get(MACHeader), r.URL.Query().Get("mac")
+	raw := h
+	switch {
+	case h == "" && q == "":
+		return "", proto.Errorf(proto.CodeInvalid, "name the MAC in the %s header or the mac query parameter", MACHeader)
+	case h == "":
+		raw = q
+	}
+	mac, err := parseMAC(raw)
+	if err != nil {
+		return "", proto.Errorf(proto.CodeInvalid, "%v", err)
+	}
+	if h != "" && q != "" {
+		if m2, err := parseMAC(q); err != nil || m2 != mac {
+			return "", proto.Errorf(proto.CodeInvalid, "the %s header and the mac query parameter disagree", MACHeader)
+		}
+	}
+	return mac, nil
+}
+
+// bearer returns the token of an "Authorization: Bearer" header (the
+// scheme is case-insensitive).
+func bearer(r *http.Request) (string, bool) {
+	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	token = strings.TrimSpace(token)
+	return token, token != ""
+}
+
+func sourceIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	var pe *proto.Error
+	if !errors.As(err, &pe) {
+		pe = proto.Errorf(proto.CodeInternal, "%v", err)
+	}
+	status := pe.Code.Status()
+	if pe.Code == codeRateLimited {
+		status = http.StatusTooManyRequests
+	}
+	writeJSON(w, status, proto.ErrorBody{Error: pe})
+}

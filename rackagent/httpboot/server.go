@@ -1,0 +1,311 @@
+package httpboot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/metalfleet/metalfleet/proto"
+)
+
+// Backend answers what a MAC boots, from the rack's desired boot state.
+type Backend interface {
+	// Boot returns the MAC's node (nil for an unknown MAC, which gets the
+	// discovery config) and its boot config; ok is false when there is
+	// no answer (an unknown MAC while discovery is off).
+	Boot(mac string) (node *proto.BootNode, boot proto.BootConfig, ok bool)
+	// ArtifactBySHA finds an artifact named by some boot config.
+	ArtifactBySHA(sha string) (proto.Artifact, bool)
+}
+
+// Reporter takes the reports the server produces. Report must not block;
+// the agent wires it to its durable outbox, which fills ID, Rack and Agent.
+type Reporter interface {
+	Report(r proto.AgentReport)
+}
+
+// Config configures a Server.
+type Config struct {
+	// Backend answers boot configs and artifacts. nil knows nothing.
+	Backend Backend
+	// Reporter takes boot events and callbacks. nil drops them.
+	Reporter Reporter
+	// Cache serves artifacts. nil answers 503 to artifact requests.
+	Cache *Cache
+	// BaseURL is this agent as booting nodes reach it:
+	// http://ADVERTISE:PORT.
+	BaseURL string
+	// Logger; nil discards.
+	Logger *slog.Logger
+
+	// CallbackRate and CallbackBurst bound the callbacks from one source
+	// IP (token bucket). Defaults: 10 per second, burst 20.
+	CallbackRate  float64
+	CallbackBurst int
+	// DiscoveryWindow is how long after serving the discovery script a
+	// MAC may post its inventory without a token. Default 10 minutes.
+	DiscoveryWindow time.Duration
+	// Now is the clock; nil is time.Now.
+	Now func() time.Time
+}
+
+// Server is the rack agent's HTTP boot server.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	now     func() time.Time
+	mux     *http.ServeMux
+	recent  *recentSet
+	limiter *limiter
+}
+
+// New returns a Server; it listens only in Serve.
+func New(cfg Config) *Server {
+	if cfg.Backend == nil {
+		cfg.Backend = noBackend{}
+	}
+	if cfg.Reporter == nil {
+		cfg.Reporter = noReporter{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.CallbackRate <= 0 {
+		cfg.CallbackRate = 10
+	}
+	if cfg.CallbackBurst <= 0 {
+		cfg.CallbackBurst = 20
+	}
+	if cfg.DiscoveryWindow <= 0 {
+		cfg.DiscoveryWindow = 10 * time.Minute
+	}
+	s := &Server{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		now:     cfg.Now,
+		mux:     http.NewServeMux(),
+		recent:  newRecentSet(),
+		limiter: newLimiter(cfg.CallbackRate, cfg.CallbackBurst),
+	}
+	s.mux.HandleFunc("GET /boot/{file}", s.handleScript)
+	s.mux.HandleFunc("GET /artifacts/{sha256}", s.handleArtifact)
+	s.mux.HandleFunc("POST /v1/callback/{step}", s.handleCallback)
+	return s
+}
+
+// Handler is the server's routes.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// Serve serves HTTP on ln until ctx ends, then shuts down: it waits up to
+// five seconds for requests in flight (a large download may take longer,
+// and is cut).
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	hs := &http.Server{
+		Handler:           s.mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := hs.Shutdown(sctx); err != nil {
+			hs.Close()
+		}
+	}()
+	s.log.Info("http boot server listening", "addr", ln.Addr().String(), "base_url", s.cfg.BaseURL)
+	err := hs.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		<-stopped
+		return nil
+	}
+	hs.Close()
+	return err
+}
+
+// handleScript serves GET /boot/{mac}.ipxe.
+func (s *Server) handleScript(w http.ResponseWriter, r *http.Request) {
+	file := r.PathValue("file")
+	raw, ok := strings.CutSuffix(file, ".ipxe")
+	if !ok {
+		http.Error(w, fmt.Sprintf("no such file %q: want /boot/MAC.ipxe", file), http.StatusNotFound)
+		return
+	}
+	mac, err := parseMAC(raw)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	log := s.log.With("mac", mac, "remote", r.RemoteAddr)
+	node, boot, ok := s.cfg.Backend.Boot(mac)
+	if !ok {
+		log.Info("no boot script: unknown MAC and discovery is off")
+		http.Error(w, "no boot config for "+mac+": unknown MAC and discovery is off", http.StatusNotFound)
+		return
+	}
+	var uuid string
+	if node != nil {
+		uuid = node.UUID
+		log = log.With("node", uuid)
+	}
+	script, err := RenderScript(ScriptParams{MAC: mac, NodeUUID: uuid, Boot: boot, BaseURL: s.cfg.BaseURL})
+	if err != nil {
+		log.Error("cannot render boot script", "kind", boot.Kind, "err", err)
+		http.Error(w, "cannot render boot script for "+mac+": "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write([]byte(script))
+	if r.Method != http.MethodGet {
+		return // HEAD: nothing is booting
+	}
+	if boot.Kind == proto.BootDiscovery {
+		s.recent.add(mac, s.now())
+	}
+	log.Info("served boot script", "kind", boot.Kind, "task", boot.Task)
+	s.cfg.Reporter.Report(proto.AgentReport{Kind: proto.ReportBootEvent, Time: s.now(), Event: "script", MAC: mac, Node: uuid})
+}
+
+// RecentlyServedDiscovery reports whether mac was served the discovery
+// script within the last within.
+func (s *Server) RecentlyServedDiscovery(mac string, within time.Duration) bool {
+	m, err := parseMAC(mac)
+	if err != nil {
+		return false
+	}
+	return s.recent.since(m, s.now().Add(-within))
+}
+
+// handleArtifact serves GET /artifacts/{sha256}.
+func (s *Server) handleArtifact(w http.ResponseWriter, r *http.Request) {
+	sha := r.PathValue("sha256")
+	if !shaRE.MatchString(sha) {
+		http.Error(w, fmt.Sprintf("%q is not a sha256: want 64 lower-case hex digits", sha), http.StatusBadRequest)
+		return
+	}
+	log := s.log.With("sha256", sha, "remote", r.RemoteAddr)
+	a, ok := s.cfg.Backend.ArtifactBySHA(sha)
+	if !ok {
+		http.Error(w, "no artifact "+sha, http.StatusNotFound)
+		return
+	}
+	if !strings.EqualFold(a.SHA256, sha) {
+		log.Error("backend answered an artifact with another sha256", "got", a.SHA256)
+		http.Error(w, "artifact lookup answered another sha256", http.StatusInternalServerError)
+		return
+	}
+	if s.cfg.Cache == nil {
+		http.Error(w, "this agent has no artifact cache", http.StatusServiceUnavailable)
+		return
+	}
+	f, err := s.cfg.Cache.Open(r.Context(), a)
+	if err != nil {
+		if r.Context().Err() != nil {
+			return // the client went away
+		}
+		status := http.StatusBadGateway // the source failed or sent bad bytes
+		switch {
+		case errors.Is(err, ErrCacheFull):
+			status = http.StatusServiceUnavailable
+			w.Header().Set("Retry-After", "5")
+		case errors.Is(err, ErrTooLarge):
+			status = http.StatusInternalServerError
+		}
+		log.Error("cannot serve artifact", "artifact", a.Name, "status", status, "err", err)
+		http.Error(w, "artifact "+sha+": "+err.Error(), status)
+		return
+	}
+	defer f.Close()
+
+	if r.Method == http.MethodGet && startsAtZero(r.Header.Get("Range")) {
+		if rep, ok := nodeOf(r.URL.Query().Get("node")); ok {
+			rep.Kind, rep.Time, rep.Event = proto.ReportBootEvent, s.now(), "artifact:"+artifactName(a)
+			s.cfg.Reporter.Report(rep)
+			log.Info("node fetching artifact", "artifact", a.Name, "node", rep.Node, "mac", rep.MAC)
+		}
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("ETag", `"`+sha+`"`)
+	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+	http.ServeContent(w, r, "", f.ModTime, f.File)
+}
+
+func artifactName(a proto.Artifact) string {
+	if a.Name != "" {
+		return a.Name
+	}
+	return a.SHA256
+}
+
+// startsAtZero: the request reads from the first byte (no Range, or a
+// range list whose first range starts at 0).
+func startsAtZero(rng string) bool {
+	if rng == "" {
+		return true
+	}
+	spec, ok := strings.CutPrefix(rng, "bytes=")
+	if !ok {
+		return true // ServeContent ignores a Range it does not understand
+	}
+	return strings.HasPrefix(strings.TrimSpace(spec), "0-")
+}
+
+// nodeOf reads the ?node= of an artifact URL: a uuid or a MAC.
+func nodeOf(v string) (proto.AgentReport, bool) {
+	if v == "" {
+		return proto.AgentReport{}, false
+	}
+	if proto.IsUUID(v) {
+		return proto.AgentReport{Node: strings.ToLower(v)}, true
+	}
+	if mac, err := parseMAC(v); err == nil {
+		return proto.AgentReport{MAC: mac}, true
+	}
+	return proto.AgentReport{}, false
+}
+
+// parseMAC accepts what net.ParseMAC accepts for a 6-byte MAC, and the 12
+// bare hex digits of iPXE's ${mac:hexraw}.
+func parseMAC(s string) (string, error) {
+	if len(s) == 12 && isHex(s) {
+		s = s[0:2] + ":" + s[2:4] + ":" + s[4:6] + ":" + s[6:8] + ":" + s[8:10] + ":" + s[10:12]
+	}
+	mac, err := proto.NormalizeMAC(s)
+	if err != nil {
+		return "", fmt.Errorf("%q is not an Ethernet MAC address", s)
+	}
+	return mac, nil
+}
+
+func isHex(s string) bool {
+	for _, c := range []byte(s) {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}
+
+type noBackend struct{}
+
+func (noBackend) Boot(string) (*proto.BootNode, proto.BootConfig, bool) {
+	return nil, proto.BootConfig{}, false
+}
+func (noBackend) ArtifactBySHA(string) (proto.Artifact, bool) { return proto.Artifact{}, false }
+
+type noReporter struct{}
+
+func (noReporter) Report(proto.AgentReport) {}
