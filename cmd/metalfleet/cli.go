@@ -21,6 +21,8 @@ func addCLICommands(root *cobra.Command, g *globals) {
 		newSettingsCmd(g),
 		newTokenCmd(g),
 		newClusterCmd(g),
+		newSightingsCmd(g),
+		newAgentsCmd(g),
 	)
 }
 

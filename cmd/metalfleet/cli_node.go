@@ -75,9 +75,9 @@ func newNodeListCmd(g *globals) *cobra.Command {
 			rows := make([][]string, 0, len(nodes))
 			for _, n := range nodes {
 				rows = append(rows, []string{n.UUID, n.Name, string(n.ProvisionState), string(n.PowerState),
-					yesNo(n.Enrolled), yesNo(n.Maintenance), n.Rack, n.InstanceUUID})
+					yesNo(n.Enrolled), yesNo(n.Maintenance), n.Rack, n.IP, n.InstanceUUID})
 			}
-			return g.printTable([]string{"UUID", "NAME", "STATE", "POWER", "ENROLLED", "MAINT", "RACK", "INSTANCE"}, rows)
+			return g.printTable([]string{"UUID", "NAME", "STATE", "POWER", "ENROLLED", "MAINT", "RACK", "IP", "INSTANCE"}, rows)
 		},
 	}
 	f := cmd.Flags()
@@ -130,6 +130,7 @@ func (g *globals) showNode(n *proto.Node) error {
 		{"name", n.Name},
 		{"macs", strings.Join(n.MACs, ", ")},
 		{"rack", n.Rack},
+		{"ip", n.IP},
 		{"provision_state", string(n.ProvisionState)},
 		{"power_state", string(n.PowerState)},
 		{"enrolled", yesNo(n.Enrolled)},
@@ -147,6 +148,7 @@ func (g *globals) showNode(n *proto.Node) error {
 		kv{"properties", joinProps(n.Properties)},
 		kv{"instance", n.InstanceUUID},
 		kv{"last_error", n.LastError},
+		kv{"last_boot", fmtBoot(n.LastBoot)},
 	)
 	if len(n.Inventory) > 0 {
 		lines = append(lines, kv{"inventory", fmt.Sprintf("%d bytes (see -o json)", len(n.Inventory))})
@@ -248,6 +250,7 @@ func newNodeCreateCmd(g *globals) *cobra.Command {
 	f.StringVar(&req.Name, "name", "", "node name")
 	f.StringSliceVar(&req.MACs, "mac", nil, "MAC address (repeatable, or comma-separated)")
 	f.StringVar(&req.Rack, "rack", "", "rack the node is in")
+	f.StringVar(&req.IP, "ip", "", "reserved address in the rack's subnet, outside its pool (default: the lowest free one)")
 	f.StringArrayVar(&props, "property", nil, "property key=value (repeatable)")
 	f.BoolVar(&discovered, "discovered", false, "create the node as discovered rather than enrolled")
 	bmc.register(f)
@@ -256,7 +259,7 @@ func newNodeCreateCmd(g *globals) *cobra.Command {
 }
 
 func newNodeSetCmd(g *globals) *cobra.Command {
-	var name, rack string
+	var name, rack, ip string
 	var macs, props []string
 	var clearProps bool
 	var bmc bmcFlags
@@ -265,7 +268,8 @@ func newNodeSetCmd(g *globals) *cobra.Command {
 		Short: "Change a node's fields: only the flags given are changed",
 		Long: `Change a node's fields. Only the flags given are sent: --mac replaces the
 node's list of MACs, --property replaces all its properties, --rack ""
-takes it out of its rack.`,
+takes it out of its rack (a new rack gives it a new address unless --ip
+is given), --ip "" gives it the lowest free address of its rack.`,
 		Args: args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			fl := cmd.Flags()
@@ -278,6 +282,9 @@ takes it out of its rack.`,
 			}
 			if fl.Changed("rack") {
 				p.Rack = &rack
+			}
+			if fl.Changed("ip") {
+				p.IP = &ip
 			}
 			if fl.Changed("property") {
 				m, err := parseProperties(props)
@@ -295,7 +302,7 @@ takes it out of its rack.`,
 				return err
 			}
 			if p == (proto.NodePatch{}) {
-				return fmt.Errorf("node set: nothing to change; give at least one of --name, --mac, --rack, --property, --clear-properties, --bmc-*")
+				return fmt.Errorf("node set: nothing to change; give at least one of --name, --mac, --rack, --ip, --property, --clear-properties, --bmc-*")
 			}
 			c, err := g.client()
 			if err != nil {
@@ -312,6 +319,7 @@ takes it out of its rack.`,
 	f.StringVar(&name, "name", "", "new name (\"\" removes it)")
 	f.StringSliceVar(&macs, "mac", nil, "MAC address (repeatable; replaces the list)")
 	f.StringVar(&rack, "rack", "", "rack (\"\" takes the node out of its rack)")
+	f.StringVar(&ip, "ip", "", "reserved address in the rack's subnet, outside its pool (\"\": the lowest free one)")
 	f.StringArrayVar(&props, "property", nil, "property key=value (repeatable; replaces all properties)")
 	f.BoolVar(&clearProps, "clear-properties", false, "remove all properties")
 	bmc.register(f)

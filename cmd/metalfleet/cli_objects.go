@@ -360,6 +360,7 @@ func (g *globals) showRack(r *proto.Rack) error {
 		{"boot_server", r.BootServer},
 		{"dns", strings.Join(r.DNS, ", ")},
 		{"lease_time", lease(r.LeaseTime)},
+		{"answer_non_pxe", yesNo(r.AnswerNonPXE)},
 	}))
 }
 
@@ -382,7 +383,7 @@ func newRackCreateCmd(g *globals) *cobra.Command {
 	var poolRange string
 	var leaseTime time.Duration
 	cmd := &cobra.Command{
-		Use:   "create NAME --subnet CIDR --gateway IP --pool START-END --boot-server IP [--dns IP,...] [--lease-time DURATION]",
+		Use:   "create NAME --subnet CIDR --gateway IP --pool START-END --boot-server IP [--dns IP,...] [--lease-time DURATION] [--answer-non-pxe]",
 		Short: "Create a rack",
 		Args:  args(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, a []string) error {
@@ -415,6 +416,7 @@ func newRackCreateCmd(g *globals) *cobra.Command {
 	f.StringVar(&r.BootServer, "boot-server", "", "IP address of the rack agent nodes boot from")
 	f.StringSliceVar(&r.DNS, "dns", nil, "DNS servers (comma-separated or repeatable)")
 	f.DurationVar(&leaseTime, "lease-time", 0, "DHCP lease time, such as 12h (default: the agent's)")
+	f.BoolVar(&r.AnswerNonPXE, "answer-non-pxe", false, "give unknown MACs that are not network-booting a pool address too")
 	for _, n := range []string{"subnet", "gateway", "pool", "boot-server"} {
 		_ = cmd.MarkFlagRequired(n)
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/metalfleet/metalfleet/coordinator/apiclient"
 	"github.com/metalfleet/metalfleet/coordinator/coordtest"
 	"github.com/metalfleet/metalfleet/proto"
 )
@@ -151,7 +152,7 @@ func TestNodeCommands(t *testing.T) {
 
 	t.Run("list table", func(t *testing.T) {
 		out := c.ok("node", "list")
-		if h := strings.Fields(strings.SplitN(out, "\n", 2)[0]); !reflect.DeepEqual(h, []string{"UUID", "NAME", "STATE", "POWER", "ENROLLED", "MAINT", "RACK", "INSTANCE"}) {
+		if h := strings.Fields(strings.SplitN(out, "\n", 2)[0]); !reflect.DeepEqual(h, []string{"UUID", "NAME", "STATE", "POWER", "ENROLLED", "MAINT", "RACK", "IP", "INSTANCE"}) {
 			t.Errorf("header: got %v", h)
 		}
 		rows := parseTable(t, out)
@@ -165,8 +166,8 @@ func TestNodeCommands(t *testing.T) {
 				t.Errorf("unexpected row %v", r)
 				continue
 			}
-			if r["STATE"] != w[0] || r["ENROLLED"] != w[1] || r["POWER"] != "unknown" || r["RACK"] != "-" {
-				t.Errorf("row %s: got %v, want state %s enrolled %s power unknown rack -", r["NAME"], r, w[0], w[1])
+			if r["STATE"] != w[0] || r["ENROLLED"] != w[1] || r["POWER"] != "unknown" || r["RACK"] != "-" || r["IP"] != "-" {
+				t.Errorf("row %s: got %v, want state %s enrolled %s power unknown rack - ip -", r["NAME"], r, w[0], w[1])
 			}
 		}
 	})
@@ -354,6 +355,9 @@ func TestArgumentErrors(t *testing.T) {
 		{[]string{"token", "create"}, `required flag(s) "role" not set`},
 		{[]string{"token", "create", "--role", "king"}, `--role "king": want admin, operator, reader or agent`},
 		{[]string{"cluster", "remove-peer"}, "accepts 1 arg(s), received 0"},
+		{[]string{"sightings", "extra"}, `unknown command "extra" for "metalfleet sightings"`},
+		{[]string{"-o", "yaml", "sightings"}, `-o "yaml": want table or json`},
+		{[]string{"-o", "yaml", "agents"}, `-o "yaml": want table or json`},
 	} {
 		_, _, err := c.runAs("x", tc.args...)
 		if err == nil {
@@ -658,4 +662,142 @@ func TestClusterCommands(t *testing.T) {
 	}
 	wantContains(t, "remove-peer nosuch", c.fail("cluster", "remove-peer", "nosuch"), "not a member", "HTTP 404")
 	wantContains(t, "remove-peer self", c.fail("cluster", "remove-peer", "s1"), "HTTP 409 conflict")
+}
+
+func TestAgentCommands(t *testing.T) {
+	c := startCLI(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	kv := parseKVOut(t, c.ok("rack", "create", "r1", "--subnet", "10.0.0.0/24", "--gateway", "10.0.0.1",
+		"--pool", "10.0.0.100-10.0.0.200", "--boot-server", "10.0.0.2", "--answer-non-pxe"))
+	if kv["answer_non_pxe"] != "yes" {
+		t.Errorf("rack create --answer-non-pxe: got answer_non_pxe %q, want yes", kv["answer_non_pxe"])
+	}
+	c.ok("rack", "create", "r2", "--subnet", "10.0.1.0/24", "--gateway", "10.0.1.1", "--pool", "10.0.1.100-10.0.1.200", "--boot-server", "10.0.1.2")
+	if kv := parseKVOut(t, c.ok("rack", "show", "r2")); kv["answer_non_pxe"] != "no" {
+		t.Errorf("rack show r2: got answer_non_pxe %q, want no", kv["answer_non_pxe"])
+	}
+	var rk proto.Rack
+	c.json(&rk, "rack", "show", "r1")
+	if !rk.AnswerNonPXE {
+		t.Errorf("rack show r1 -o json: got %+v, want answer_non_pxe true", rk)
+	}
+
+	var tok proto.TokenCreated
+	c.json(&tok, "token", "create", "--role", "agent", "--rack", "r1")
+	agent := apiclient.New(c.addr, tok.Secret)
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+	t.Run("sightings", func(t *testing.T) {
+		if rows := parseTable(t, c.ok("sightings")); len(rows) != 0 {
+			t.Errorf("sightings before any report: got %v, want none", rows)
+		}
+		if out := c.ok("-o", "json", "sightings"); strings.TrimSpace(out) != "[]" {
+			t.Errorf("sightings -o json before any report: got %q, want []", out)
+		}
+		ack, err := agent.Reports(ctx, "r1", []proto.AgentReport{
+			{ID: "s1", Kind: proto.ReportMACSeen, Rack: "r1", Agent: "agent-a", Time: t0, MAC: "52:54:00:AA:BB:01", Arch: "00:07", Count: 2},
+			{ID: "s2", Kind: proto.ReportMACSeen, Rack: "r1", Agent: "agent-a", Time: t0.Add(time.Minute), MAC: "52:54:00:aa:bb:01"},
+			{ID: "s3", Kind: proto.ReportMACSeen, Rack: "r1", Agent: "agent-a", Time: t0, MAC: "52:54:00:aa:bb:02"},
+		})
+		if err != nil || !reflect.DeepEqual(ack.Acked, []string{"s1", "s2", "s3"}) {
+			t.Fatalf("reports: got %+v, %v; want s1, s2, s3 acked", ack, err)
+		}
+		out := c.ok("sightings")
+		if h := strings.Fields(strings.SplitN(out, "\n", 2)[0]); !reflect.DeepEqual(h, []string{"MAC", "RACK", "ARCH", "COUNT", "FIRST_SEEN", "LAST_SEEN"}) {
+			t.Errorf("sightings header: got %v", h)
+		}
+		want := []map[string]string{
+			{"MAC": "52:54:00:aa:bb:01", "RACK": "r1", "ARCH": "00:07", "COUNT": "3", "FIRST_SEEN": "2026-03-01T12:00:00Z", "LAST_SEEN": "2026-03-01T12:01:00Z"},
+			{"MAC": "52:54:00:aa:bb:02", "RACK": "r1", "ARCH": "-", "COUNT": "1", "FIRST_SEEN": "2026-03-01T12:00:00Z", "LAST_SEEN": "2026-03-01T12:00:00Z"},
+		}
+		if rows := parseTable(t, out); !reflect.DeepEqual(rows, want) {
+			t.Errorf("sightings: got %v, want %v", rows, want)
+		}
+		if rows := parseTable(t, c.ok("sightings", "--rack", "r1")); len(rows) != 2 {
+			t.Errorf("sightings --rack r1: got %v, want 2 rows", rows)
+		}
+		if rows := parseTable(t, c.ok("sightings", "--rack", "r2")); len(rows) != 0 {
+			t.Errorf("sightings --rack r2: got %v, want none", rows)
+		}
+		var sg []proto.Sighting
+		c.json(&sg, "sightings")
+		if len(sg) != 2 || sg[0].MAC != "52:54:00:aa:bb:01" || sg[0].Count != 3 || sg[0].Agent != "agent-a" || !sg[0].LastSeen.Equal(t0.Add(time.Minute)) {
+			t.Errorf("sightings -o json: got %+v", sg)
+		}
+		// Readers may list sightings; the agent token may not.
+		var rd proto.TokenCreated
+		c.json(&rd, "token", "create", "--role", "reader")
+		if _, _, err := c.runAs(rd.Secret, "sightings"); err != nil {
+			t.Errorf("sightings as reader: got %q, want success", errorLine(err))
+		}
+		_, _, err = c.runAs(tok.Secret, "sightings")
+		if err == nil {
+			t.Fatal("sightings with an agent token: got success, want 403")
+		}
+		wantContains(t, "sightings as agent", errorLine(err), "an agent token may not GET /v1/sightings", "HTTP 403 forbidden")
+	})
+
+	t.Run("agents", func(t *testing.T) {
+		out := c.ok("agents")
+		if h := strings.Fields(strings.SplitN(out, "\n", 2)[0]); !reflect.DeepEqual(h, []string{"NAME", "RACK", "STATUS", "ADDRESS", "VERSION", "LAST_CONTACT"}) {
+			t.Errorf("agents header: got %v", h)
+		}
+		if rows := parseTable(t, out); len(rows) != 0 {
+			t.Errorf("agents without gossip: got %v, want none", rows)
+		}
+		for _, args := range [][]string{{"-o", "json", "agents"}, {"-o", "json", "agents", "--rack", "r1"}} {
+			if out := c.ok(args...); strings.TrimSpace(out) != "[]" {
+				t.Errorf("%v: got %q, want []", args, out)
+			}
+		}
+	})
+
+	t.Run("node ip", func(t *testing.T) {
+		kv := parseKVOut(t, c.ok("node", "create", "--name", "n1", "--mac", "52:54:00:00:02:01", "--rack", "r1"))
+		if kv["ip"] != "10.0.0.3" || kv["last_boot"] != "-" {
+			t.Errorf("node create in r1: got ip %q last_boot %q, want 10.0.0.3 (after gateway and boot server) and -", kv["ip"], kv["last_boot"])
+		}
+		c.ok("node", "create", "--name", "n2", "--mac", "52:54:00:00:02:02", "--rack", "r1")
+		c.ok("node", "create", "--name", "n3", "--mac", "52:54:00:00:02:03")
+		ips := map[string]string{}
+		for _, r := range parseTable(t, c.ok("node", "list")) {
+			ips[r["NAME"]] = r["IP"]
+		}
+		if want := map[string]string{"n1": "10.0.0.3", "n2": "10.0.0.4", "n3": "-"}; !reflect.DeepEqual(ips, want) {
+			t.Errorf("node list IP column: got %v, want %v", ips, want)
+		}
+
+		if kv := parseKVOut(t, c.ok("node", "set", "n2", "--ip", "10.0.0.50")); kv["ip"] != "10.0.0.50" {
+			t.Errorf("node set --ip 10.0.0.50: got ip %q", kv["ip"])
+		}
+		if n := c.node("n2"); n.IP != "10.0.0.50" {
+			t.Errorf("node show n2 -o json after set --ip: got %q", n.IP)
+		}
+		wantContains(t, "set --ip in the pool", c.fail("node", "set", "n2", "--ip", "10.0.0.150"), "inside the dynamic pool 10.0.0.100-10.0.0.200", "HTTP 400 invalid")
+		wantContains(t, "set --ip taken", c.fail("node", "set", "n1", "--ip", "10.0.0.50"), "belongs to node", "HTTP 409 conflict")
+		if kv := parseKVOut(t, c.ok("node", "set", "n2", "--ip", "")); kv["ip"] != "10.0.0.4" {
+			t.Errorf(`node set --ip "": got ip %q, want the lowest free 10.0.0.4`, kv["ip"])
+		}
+
+		// The last boot step an agent saw shows in node show.
+		n1 := c.node("n1")
+		ack, err := agent.Reports(ctx, "r1", []proto.AgentReport{{ID: "b1", Kind: proto.ReportBootEvent, Rack: "r1", Agent: "agent-a",
+			Time: t0.Add(time.Hour), Node: n1.UUID, Event: "kernel"}})
+		if err != nil || !reflect.DeepEqual(ack.Acked, []string{"b1"}) {
+			t.Fatalf("boot event report: got %+v, %v", ack, err)
+		}
+		if kv := parseKVOut(t, c.ok("node", "show", "n1")); kv["last_boot"] != "kernel at 2026-03-01T13:00:00Z by agent-a" || kv["ip"] != "10.0.0.3" {
+			t.Errorf("node show n1 after a boot event: got last_boot %q ip %q", kv["last_boot"], kv["ip"])
+		}
+	})
+
+	t.Run("node create --ip", func(t *testing.T) {
+		if kv := parseKVOut(t, c.ok("node", "create", "--name", "n4", "--mac", "52:54:00:00:02:04", "--rack", "r1", "--ip", "10.0.0.60")); kv["ip"] != "10.0.0.60" {
+			t.Errorf("node create --ip 10.0.0.60: got ip %q", kv["ip"])
+		}
+		wantContains(t, "create --ip in the pool", c.fail("node", "create", "--mac", "52:54:00:00:02:05", "--rack", "r1", "--ip", "10.0.0.100"),
+			"inside the dynamic pool", "HTTP 400 invalid")
+	})
 }

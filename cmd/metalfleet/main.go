@@ -72,6 +72,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.AddCommand(
 		newCoordinatorCmd(g),
 		newDevCmd(g),
+		newRackAgentCmd(g),
 	)
 	addCLICommands(root, g)
 	return root

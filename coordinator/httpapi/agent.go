@@ -75,7 +75,12 @@ func (a *API) bootState(c *call) (any, error) {
 		return nil, err
 	}
 	var out proto.RackBootState
+	gone := false
 	out.Index = st.ReadRack(rack, func(r *proto.Rack, nodes []*proto.Node, leases []*proto.Lease, s proto.Settings, images map[string]*proto.Image) {
+		if r == nil { // deleted while we waited
+			gone = true
+			return
+		}
 		out.Rack = *r
 		out.Discovery = proto.BootConfig{Kind: proto.BootDiscovery, Kernel: artifact(images[s.DiscoveryKernel]), Initrd: artifact(images[s.DiscoveryRamdisk])}
 		out.DiscoveryEnabled = s.DiscoveryEnabled && out.Discovery.Kernel != nil && out.Discovery.Initrd != nil
@@ -90,6 +95,9 @@ func (a *API) bootState(c *call) (any, error) {
 			out.Leases = append(out.Leases, *l)
 		}
 	})
+	if gone {
+		return nil, proto.Errorf(proto.CodeNotFound, "rack %q not found (deleted)", rack)
+	}
 	c.index = out.Index
 	return out, nil
 }

@@ -176,8 +176,8 @@ func TestOpenAPIOperations(t *testing.T) {
 		}
 		for _, q := range []string{"index", "wait", "stale"} {
 			_, has := params["query:"+q]
-			if want := rt.kind == kindRead; has != want {
-				t.Errorf("%s: query parameter %s documented=%v, want %v (blocking and stale reads are for kindRead routes)", k, q, has, want)
+			if want := isRead(rt.kind); has != want {
+				t.Errorf("%s: query parameter %s documented=%v, want %v (blocking and stale reads are for kindRead and kindReadOwnWait routes)", k, q, has, want)
 			}
 		}
 
@@ -209,7 +209,7 @@ func TestOpenAPIOperations(t *testing.T) {
 		if rt.kind != kindLocal {
 			need = append(need, "503")
 		}
-		if rt.kind == kindRead {
+		if isRead(rt.kind) {
 			need = append(need, "400")
 		}
 		if op["requestBody"] != nil {
@@ -230,6 +230,10 @@ func TestOpenAPIOperations(t *testing.T) {
 		}
 	}
 }
+
+// isRead reports whether routes of kind k are reads that take ?index,
+// ?wait and ?stale (kindReadOwnWait blocks on an index of its own).
+func isRead(k kind) bool { return k == kindRead || k == kindReadOwnWait }
 
 func TestOpenAPINodeListFilters(t *testing.T) {
 	doc := loadOpenAPI(t)
@@ -433,6 +437,17 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		{"SettingsPatch", proto.SettingsPatch{}, false},
 		{"TokenCreate", proto.TokenCreate{}, false},
 		{"JoinRequest", proto.JoinRequest{}, false},
+		{"BootEvent", proto.BootEvent{}, true},
+		{"Sighting", proto.Sighting{}, true},
+		{"AgentInfo", proto.AgentInfo{}, true},
+		{"RackBootState", proto.RackBootState{}, true},
+		{"BootNode", proto.BootNode{}, true},
+		{"BootConfig", proto.BootConfig{}, true},
+		{"Artifact", proto.Artifact{}, true},
+		{"Lease", proto.Lease{}, true},
+		{"ReportAck", proto.ReportAck{}, true},
+		{"AgentReport", proto.AgentReport{}, false},
+		{"ReportBatch", proto.ReportBatch{}, false},
 	} {
 		t.Run(tc.schema, func(t *testing.T) {
 			s := obj(t, schemas, tc.schema, "schemas")
@@ -517,6 +532,8 @@ func TestOpenAPIEnums(t *testing.T) {
 		{"PowerState", strs(proto.PowerUnknown, proto.PowerOn, proto.PowerOff)},
 		{"Role", strs(proto.RoleAdmin, proto.RoleOperator, proto.RoleReader, proto.RoleAgent)},
 		{"ImageKind", strs(proto.ImageKernel, proto.ImageRamdisk, proto.ImageDisk)},
+		{"BootKind", strs(proto.BootDiscovery, proto.BootLocalDisk, proto.BootRamdisk)},
+		{"ReportKind", strs(proto.ReportMACSeen, proto.ReportBootEvent, proto.ReportLease, proto.ReportPower, proto.ReportCallback)},
 		{"InstanceState", strs(proto.InstanceBuilding, proto.InstanceRunning, proto.InstanceRescue, proto.InstanceDeleting, proto.InstanceError)},
 		{"ErrorCode", strs(proto.CodeInvalid, proto.CodeUnauthorized, proto.CodeForbidden, proto.CodeNotFound,
 			proto.CodeConflict, proto.CodeWrongState, proto.CodeTooLarge, proto.CodeNoLeader, proto.CodeUnavailable,

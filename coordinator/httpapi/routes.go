@@ -190,7 +190,7 @@ func (a *API) createNode(c *call) (any, error) {
 	}
 	now := a.cfg.Now()
 	n := proto.Node{
-		UUID: a.cfg.NewID(), Name: req.Name, MACs: macs, Rack: req.Rack, BMC: req.BMC,
+		UUID: a.cfg.NewID(), Name: req.Name, MACs: macs, Rack: req.Rack, IP: req.IP, BMC: req.BMC,
 		Properties: req.Properties, ProvisionState: proto.StateEnrolled, PowerState: proto.PowerUnknown,
 		CreatedAt: now, UpdatedAt: now,
 	}

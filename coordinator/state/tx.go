@@ -1,6 +1,7 @@
 package state
 
 import (
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -63,9 +64,13 @@ func (tx *Tx) PutNode(n *proto.Node) {
 	if exists {
 		tx.unindexNode(old)
 		n.CreateIndex = old.CreateIndex
-		tx.bumpRack(old.Rack)
 	}
-	tx.bumpRack(n.Rack)
+	if !exists || bootChanged(old, n) {
+		if exists {
+			tx.bumpRack(old.Rack)
+		}
+		tx.bumpRack(n.Rack)
+	}
 	if n.IP != "" {
 		tx.d.nodeByIP[n.Rack+"/"+n.IP] = n.UUID
 	}
@@ -77,6 +82,13 @@ func (tx *Tx) PutNode(n *proto.Node) {
 	for _, m := range n.MACs {
 		tx.d.nodeByMAC[strings.ToLower(m)] = n.UUID
 	}
+}
+
+// bootChanged reports whether a change to a node changes what its rack's
+// agents serve it (a power reading or a boot event does not).
+func bootChanged(a, b *proto.Node) bool {
+	return a.Rack != b.Rack || a.IP != b.IP || a.Name != b.Name || a.Enrolled != b.Enrolled ||
+		a.ProvisionState != b.ProvisionState || !slices.Equal(a.MACs, b.MACs)
 }
 
 // DeleteNode removes the node with uuid.

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/spf13/cobra"
+
+	"github.com/metalfleet/metalfleet/rackagent/agent"
+)
+
+func newRackAgentCmd(g *globals) *cobra.Command {
+	var (
+		cfg                         agent.Config
+		coordinators, tokenFile     string
+		advertise, poolShare, level string
+		tftpRoots                   []string
+		configFile                  string
+	)
+	cmd := &cobra.Command{
+		Use:   "rackagent",
+		Short: "Run a rack agent: DHCP, TFTP and HTTP boot for one rack, reporting to the coordinators",
+		Long: `Run a rack agent for one rack. It keeps a copy of the rack's boot state
+from the coordinators (and serves from it while they are away), answers
+DHCP (broadcast on --interface, or relayed on --dhcp-addr), serves iPXE
+over TFTP and scripts, kernels and ramdisks over HTTP, and sends what it
+sees to the coordinators through a durable outbox.
+
+Create its token with: metalfleet token create --role agent --rack RACK`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyConfigFile(cmd.Flags(), configFile); err != nil {
+				return err
+			}
+			lv, err := parseLevel(level)
+			if err != nil {
+				return err
+			}
+			cfg.Logger = newLogger(os.Stderr, lv)
+			cfg.Coordinators = strings.Split(coordinators, ",")
+			if tokenFile == "" {
+				return fmt.Errorf("--token-file is required (an agent token for rack %s)", cfg.Rack)
+			}
+			b, err := os.ReadFile(tokenFile)
+			if err != nil {
+				return fmt.Errorf("--token-file: %w", err)
+			}
+			cfg.Token = strings.TrimSpace(string(b))
+			if cfg.AdvertiseIP, err = netip.ParseAddr(advertise); err != nil {
+				return fmt.Errorf("--advertise-ip %q: want the IP nodes reach this agent at", advertise)
+			}
+			if _, err := fmt.Sscanf(poolShare, "%d/%d", &cfg.PoolShare[0], &cfg.PoolShare[1]); err != nil ||
+				cfg.PoolShare[1] < 1 || cfg.PoolShare[0] < 0 || cfg.PoolShare[0] >= cfg.PoolShare[1] {
+				return fmt.Errorf("--pool-share %q: want K/N with 0 <= K < N, e.g. 0/2 and 1/2 for a rack's two agents", poolShare)
+			}
+			cfg.TFTPRoots = tftpRoots
+			a, err := agent.New(cfg)
+			if err != nil {
+				return err
+			}
+			_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)
+			err = a.Run(cmd.Context())
+			_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configFile, "config", "", "JSON file of flag values (flags on the command line win)")
+	f.StringVar(&cfg.Name, "name", "", "this agent's unique name (default: HOSTNAME-RACK)")
+	f.StringVar(&cfg.Rack, "rack", "", "the rack this agent serves (required)")
+	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for agent.db and the artifact cache (required)")
+	f.StringVar(&coordinators, "coordinator", "", "coordinator API address(es), comma-separated (required)")
+	f.StringVar(&tokenFile, "token-file", "", "file holding this rack's agent token (required)")
+	f.StringVar(&cfg.Interface, "interface", "", "serve broadcast DHCP on this NIC (needs root)")
+	f.StringVar(&cfg.DHCPAddr, "dhcp-addr", "", "serve relayed DHCP on IP:PORT (with --interface: the port only)")
+	f.StringVar(&cfg.TFTPAddr, "tftp-addr", ":69", "TFTP listen address (empty: no TFTP)")
+	f.StringSliceVar(&tftpRoots, "tftp-root", nil, "directories of first-stage boot files, searched in order (default DATA_DIR/tftp, /usr/lib/ipxe)")
+	f.StringVar(&cfg.HTTPAddr, "http-addr", ":8080", "HTTP boot listen address")
+	f.StringVar(&advertise, "advertise-ip", "", "this agent's IP on the rack network (required)")
+	f.StringVar(&poolShare, "pool-share", "0/1", "this agent's share K/N of the rack's dynamic pool")
+	f.Int64Var(&cfg.CacheMaxBytes, "cache-max-bytes", 20<<30, "artifact cache size limit")
+	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}

@@ -1,0 +1,406 @@
+// Package agent is the rack agent's composition root: one bolt file for
+// its durable state (boot state copy, leases, outbox), the DHCP, TFTP and
+// HTTP boot servers, the link to the coordinator, and gossip with the
+// rack's other agent and the coordinators.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/metalfleet/metalfleet/coordinator/apiclient"
+	"github.com/metalfleet/metalfleet/proto"
+	"github.com/metalfleet/metalfleet/rackagent/bootstate"
+	"github.com/metalfleet/metalfleet/rackagent/dhcp"
+	"github.com/metalfleet/metalfleet/rackagent/httpboot"
+	"github.com/metalfleet/metalfleet/rackagent/outbox"
+	"github.com/metalfleet/metalfleet/rackagent/tftp"
+)
+
+// Version is reported in gossip and to the coordinator.
+const Version = "0.1.0"
+
+// Config configures a rack agent.
+type Config struct {
+	// Name is this agent's unique name (default: hostname-rack).
+	Name string
+	// Rack is the rack it serves.
+	Rack string
+	// DataDir holds agent.db and the artifact cache.
+	DataDir string
+	// Coordinators are API addresses of coordinators (any member).
+	Coordinators []string
+	// Token is an agent token bound to Rack.
+	Token string
+
+	// Interface serves broadcast DHCP on a NIC (root); else DHCPAddr
+	// serves relayed DHCP only.
+	Interface string
+	DHCPAddr  string
+	// TFTPAddr serves first-stage boot files ("" disables TFTP).
+	TFTPAddr string
+	// TFTPRoots are searched in order (default: DataDir/tftp, /usr/lib/ipxe).
+	TFTPRoots []string
+	// HTTPAddr serves iPXE scripts, artifacts and callbacks.
+	HTTPAddr string
+	// AdvertiseIP is this agent's address as nodes reach it: the DHCP
+	// server identifier and the host of its boot URLs.
+	AdvertiseIP netip.Addr
+	// PoolShare is this agent's share of the rack's dynamic pool: K of N
+	// (0-based), agents of one rack taking disjoint shares (default 0/1).
+	PoolShare [2]int
+	// Split decides which unknown MACs this agent answers when the rack
+	// has two agents; nil answers all.
+	Split dhcp.Splitter
+	// CacheMaxBytes bounds the artifact cache (default 20 GiB).
+	CacheMaxBytes int64
+
+	Logger *slog.Logger
+}
+
+// Agent is a running rack agent.
+type Agent struct {
+	cfg    Config
+	log    *slog.Logger
+	db     *bbolt.DB
+	client *apiclient.Client
+	boot   *bootstate.Store
+	out    *outbox.Outbox
+	rep    *groupReporter
+	pool   *dhcp.Pool
+	dhcp   *dhcp.Server
+	tftp   *tftp.Server
+	tftpLn net.PacketConn
+	http   *httpboot.Server
+	httpLn net.Listener
+}
+
+// New opens the agent's state and binds its sockets; Run serves.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Rack == "" {
+		return nil, errors.New("a rack is required (--rack)")
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("a data directory is required (--data-dir)")
+	}
+	if len(cfg.Coordinators) == 0 {
+		return nil, errors.New("at least one coordinator address is required (--coordinator)")
+	}
+	if !cfg.AdvertiseIP.IsValid() {
+		return nil, errors.New("an advertise IP is required (--advertise-ip): nodes reach the agent there")
+	}
+	if cfg.Name == "" {
+		h, _ := os.Hostname()
+		cfg.Name = h + "-" + cfg.Rack
+	}
+	if cfg.PoolShare[1] == 0 {
+		cfg.PoolShare = [2]int{0, 1}
+	}
+	if cfg.CacheMaxBytes == 0 {
+		cfg.CacheMaxBytes = 20 << 30
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if len(cfg.TFTPRoots) == 0 {
+		cfg.TFTPRoots = []string{filepath.Join(cfg.DataDir, "tftp"), "/usr/lib/ipxe"}
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("agent", cfg.Name, "rack", cfg.Rack)}
+	ok := false
+	defer func() {
+		if !ok {
+			a.close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, err
+	}
+	db, err := bbolt.Open(filepath.Join(cfg.DataDir, "agent.db"), 0o600, &bbolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("agent.db: %w (is another agent running on this data dir?)", err)
+	}
+	a.db = db
+	a.client = apiclient.New(joinAddrs(cfg.Coordinators), cfg.Token)
+	a.client.SetHeader("X-Metalfleet-Agent", cfg.Name)
+	if a.boot, err = bootstate.Open(db, cfg.Rack, a.log.With("component", "bootstate")); err != nil {
+		return nil, err
+	}
+	if a.out, err = outbox.Open(db, outbox.Config{Logger: a.log.With("component", "outbox")}); err != nil {
+		return nil, err
+	}
+	a.rep = newGroupReporter(a.out, cfg.Rack, cfg.Name, a.log)
+
+	// The pool's share is known once the rack's pool is: until then it is
+	// empty, and set again on every new boot state.
+	a.pool, err = dhcp.OpenPool(db, cfg.Name, netip.Addr{}, netip.Addr{})
+	if err != nil {
+		return nil, err
+	}
+	a.applyShare()
+	dconn, err := dhcp.Listen(cfg.Interface, cfg.DHCPAddr)
+	if err != nil {
+		return nil, err
+	}
+	httpBase := "http://" + net.JoinHostPort(cfg.AdvertiseIP.String(), portOf(cfg.HTTPAddr))
+	h := dhcp.NewHandler(dhcp.Config{Rack: cfg.Rack, Agent: cfg.Name, ServerIP: cfg.AdvertiseIP, HTTPBase: httpBase,
+		Logger: a.log.With("component", "dhcp")}, a.boot, a.pool, cfg.Split, a.rep)
+	a.dhcp = dhcp.NewServer(h, dconn, cfg.Interface, a.log.With("component", "dhcp"))
+
+	if cfg.TFTPAddr != "" {
+		ts, err := tftp.New(tftp.Config{Roots: cfg.TFTPRoots, Logger: a.log.With("component", "tftp"), OnRead: a.tftpRead})
+		if err != nil {
+			return nil, err
+		}
+		a.tftp = ts
+		if a.tftpLn, err = net.ListenPacket("udp4", cfg.TFTPAddr); err != nil {
+			return nil, fmt.Errorf("tftp on %s: %w", cfg.TFTPAddr, err)
+		}
+	}
+	cache, err := httpboot.NewCache(httpboot.CacheConfig{Dir: filepath.Join(cfg.DataDir, "artifacts"), MaxBytes: cfg.CacheMaxBytes,
+		Logger: a.log.With("component", "cache")})
+	if err != nil {
+		return nil, err
+	}
+	hc := httpboot.Config{Backend: bootBackend{a.boot}, Reporter: a.rep, Cache: cache, BaseURL: httpBase,
+		Logger: a.log.With("component", "http")}
+	if a.tftp != nil {
+		hc.Files = a.tftp
+	}
+	a.http = httpboot.New(hc)
+	if a.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("http on %s: %w", cfg.HTTPAddr, err)
+	}
+	ok = true
+	return a, nil
+}
+
+func joinAddrs(as []string) string {
+	out := ""
+	for i, a := range as {
+		if i > 0 {
+			out += ","
+		}
+		out += a
+	}
+	return out
+}
+
+func portOf(hostport string) string {
+	_, p, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return "80"
+	}
+	return p
+}
+
+// DHCPAddr, TFTPAddr and HTTPAddr are the bound addresses.
+func (a *Agent) DHCPAddr() net.Addr { return a.dhcp.Addr() }
+
+// TFTPAddr is the TFTP socket's address (nil if TFTP is off).
+func (a *Agent) TFTPAddr() net.Addr {
+	if a.tftpLn == nil {
+		return nil
+	}
+	return a.tftpLn.LocalAddr()
+}
+
+// HTTPAddr is the HTTP boot listener's address.
+func (a *Agent) HTTPAddr() net.Addr { return a.httpLn.Addr() }
+
+// Boot is the agent's boot state copy.
+func (a *Agent) Boot() *bootstate.Store { return a.boot }
+
+// Outbox is the agent's report queue.
+func (a *Agent) Outbox() *outbox.Outbox { return a.out }
+
+// DHCPStats are the DHCP server's counters.
+func (a *Agent) DHCPStats() *dhcp.Stats { return &a.dhcp.Stats }
+
+// Run serves until ctx ends, then stops everything and closes the state.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 8)
+	run := func(name string, fn func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(ctx); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	run("bootstate", func(ctx context.Context) error { return a.boot.Run(ctx, a.client) })
+	run("outbox", func(ctx context.Context) error { return a.out.Run(ctx, sender{a.client, a.cfg.Rack}) })
+	run("reports", a.rep.run)
+	run("dhcp", a.dhcp.Serve)
+	run("http", func(ctx context.Context) error { return a.http.Serve(ctx, a.httpLn) })
+	if a.tftp != nil {
+		run("tftp", func(ctx context.Context) error { return a.tftp.Serve(ctx, a.tftpLn) })
+	}
+	run("leases", a.leaseLoop)
+	a.log.Info("rack agent serving", "dhcp", a.dhcp.Addr().String(), "http", a.httpLn.Addr().String(),
+		"tftp", fmt.Sprint(a.TFTPAddr()), "coordinators", a.client.Addrs())
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		a.log.Error("rack agent component failed; stopping", "err", err)
+	}
+	cancel()
+	wg.Wait()
+	a.close()
+	a.log.Info("rack agent stopped")
+	return err
+}
+
+func (a *Agent) close() {
+	if a.httpLn != nil {
+		a.httpLn.Close()
+	}
+	if a.tftpLn != nil {
+		a.tftpLn.Close()
+	}
+	if a.db != nil {
+		a.db.Close()
+	}
+}
+
+// applyShare sets the pool share from the current boot state.
+func (a *Agent) applyShare() {
+	v := a.boot.View()
+	if v == nil || v.State.Rack.PoolStart == "" {
+		return
+	}
+	s, e := netip.MustParseAddr(v.State.Rack.PoolStart), netip.MustParseAddr(v.State.Rack.PoolEnd)
+	first, last, err := dhcp.Share(s, e, a.cfg.PoolShare[0], a.cfg.PoolShare[1])
+	if err != nil {
+		a.log.Error("pool share", "err", err)
+		return
+	}
+	a.pool.SetShare(first, last)
+}
+
+// leaseLoop keeps the pool share in step with the boot state, expires
+// leases, and makes sure the coordinator knows every lease this agent
+// holds (a report lost in a crash is sent again).
+func (a *Agent) leaseLoop(ctx context.Context) error {
+	tick := time.NewTicker(15 * time.Second)
+	defer tick.Stop()
+	reconciled := uint64(0)
+	for {
+		changed := a.boot.Changed()
+		a.applyShare()
+		if v := a.boot.View(); v != nil && a.boot.Synced() && v.State.Index != reconciled {
+			reconciled = v.State.Index
+			for _, l := range a.pool.Leases() {
+				if known, ok := v.LeaseOfMAC(l.MAC); ok && known.IP == l.IP && !known.Expires.Before(l.Expires) {
+					continue
+				}
+				if l.Expires.After(time.Now()) {
+					l := l
+					a.rep.Report(proto.AgentReport{Kind: proto.ReportLease, MAC: l.MAC, LeaseEvent: "bound", Lease: &l})
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		case <-tick.C:
+			gone, err := a.pool.Expire(time.Now())
+			if err != nil {
+				a.log.Error("expiring leases", "err", err)
+			}
+			for _, l := range gone {
+				l := l
+				a.rep.Report(proto.AgentReport{Kind: proto.ReportLease, MAC: l.MAC, LeaseEvent: "expired", Lease: &l})
+			}
+		}
+	}
+}
+
+func (a *Agent) tftpRead(remote net.Addr, path string, size int64) {
+	a.log.Debug("tftp served", "remote", remote.String(), "path", path, "bytes", size)
+}
+
+// sender delivers the outbox to the coordinator.
+type sender struct {
+	c    *apiclient.Client
+	rack string
+}
+
+func (s sender) Send(ctx context.Context, rs []proto.AgentReport) (proto.ReportAck, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	ack, err := s.c.Reports(ctx, s.rack, rs)
+	var ae *apiclient.Error
+	if errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500 && ae.Status != http.StatusTooManyRequests &&
+		ae.Status != http.StatusUnauthorized && ae.Status != http.StatusForbidden && ae.Status != http.StatusRequestTimeout {
+		// The coordinator will never take this batch as it is: reject
+		// every report in it, loudly, rather than retry forever.
+		rej := map[string]string{}
+		for _, r := range rs {
+			rej[r.ID] = ae.Error()
+		}
+		return proto.ReportAck{Rejected: rej}, nil
+	}
+	return ack, err
+}
+
+// bootBackend adapts the boot state to httpboot's Backend.
+type bootBackend struct{ s *bootstate.Store }
+
+func (b bootBackend) Boot(mac string) (*proto.BootNode, proto.BootConfig, bool) {
+	v := b.s.View()
+	if v == nil {
+		return nil, proto.BootConfig{}, false
+	}
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		return nil, proto.BootConfig{}, false
+	}
+	if n, ok := v.Node(hw); ok {
+		return n, n.Boot, true
+	}
+	if !v.State.DiscoveryEnabled {
+		return nil, proto.BootConfig{}, false
+	}
+	return nil, v.State.Discovery, true
+}
+
+func (b bootBackend) ArtifactBySHA(sha string) (proto.Artifact, bool) {
+	v := b.s.View()
+	if v == nil {
+		return proto.Artifact{}, false
+	}
+	check := func(bc proto.BootConfig) (proto.Artifact, bool) {
+		for _, a := range []*proto.Artifact{bc.Kernel, bc.Initrd} {
+			if a != nil && a.SHA256 == sha {
+				return *a, true
+			}
+		}
+		return proto.Artifact{}, false
+	}
+	if a, ok := check(v.State.Discovery); ok {
+		return a, true
+	}
+	for _, n := range v.State.Nodes {
+		if a, ok := check(n.Boot); ok {
+			return a, true
+		}
+	}
+	return proto.Artifact{}, false
+}

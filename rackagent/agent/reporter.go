@@ -1,0 +1,84 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/metalfleet/metalfleet/proto"
+	"github.com/metalfleet/metalfleet/rackagent/outbox"
+)
+
+// groupReporter takes reports from the DHCP and HTTP paths without making
+// them wait for a disk write each: reports are gathered for a moment and
+// written to the outbox in one transaction (one fsync for many). A crash
+// can lose the last moment's observations; leases are the ones that
+// matter, and leaseLoop re-reports any the coordinator does not know.
+type groupReporter struct {
+	out   *outbox.Outbox
+	rack  string
+	agent string
+	log   *slog.Logger
+	ch    chan proto.AgentReport
+	done  chan struct{}
+}
+
+func newGroupReporter(out *outbox.Outbox, rack, agent string, log *slog.Logger) *groupReporter {
+	return &groupReporter{out: out, rack: rack, agent: agent, log: log, ch: make(chan proto.AgentReport, 4096), done: make(chan struct{})}
+}
+
+// Report queues r, stamped with the rack, agent and time.
+func (g *groupReporter) Report(r proto.AgentReport) {
+	r.Rack, r.Agent = g.rack, g.agent
+	if r.Time.IsZero() {
+		r.Time = time.Now().UTC()
+	}
+	select {
+	case g.ch <- r:
+	case <-g.done:
+		g.log.Warn("report after shutdown dropped", "kind", r.Kind, "mac", r.MAC)
+	}
+}
+
+func (g *groupReporter) run(ctx context.Context) error {
+	defer close(g.done)
+	batch := make([]proto.AgentReport, 0, 256)
+	flush := func() {
+		if len(batch) == 0 {
+			return
+		}
+		if err := g.out.AddBatch(batch); err != nil {
+			g.log.Error("reports not queued", "n", len(batch), "err", err)
+		}
+		batch = batch[:0]
+	}
+	for {
+		select {
+		case r := <-g.ch:
+			batch = append(batch, r)
+			// Gather what arrives within a few milliseconds.
+			timer := time.NewTimer(5 * time.Millisecond)
+		gather:
+			for len(batch) < cap(batch) {
+				select {
+				case r := <-g.ch:
+					batch = append(batch, r)
+				case <-timer.C:
+					break gather
+				}
+			}
+			timer.Stop()
+			flush()
+		case <-ctx.Done():
+			for {
+				select {
+				case r := <-g.ch:
+					batch = append(batch, r)
+				default:
+					flush()
+					return nil
+				}
+			}
+		}
+	}
+}
