@@ -147,6 +147,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 		// Pin the ports the kernel chose, so a restart comes back at the
 		// same addresses, as a real server would.
 		cfg.HTTPAddr, cfg.RaftAddr = s.HTTPAddr(), s.RaftAddr()
+		s.Cfg = cfg
 		c.Servers[i], c.cfgs[i] = s, cfg
 		if i == 0 {
 			WaitFor(t, 10*time.Second, "first leader", func() bool { return s.IsLeader() && len(s.Store().Tokens()) > 0 })

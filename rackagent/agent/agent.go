@@ -84,6 +84,8 @@ type Agent struct {
 	tftpLn net.PacketConn
 	http   *httpboot.Server
 	httpLn net.Listener
+
+	dhcpConn net.PacketConn
 }
 
 // New opens the agent's state and binds its sockets; Run serves.
@@ -148,14 +150,18 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a.applyShare()
+	if a.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("http on %s: %w", cfg.HTTPAddr, err)
+	}
 	dconn, err := dhcp.Listen(cfg.Interface, cfg.DHCPAddr)
 	if err != nil {
 		return nil, err
 	}
-	httpBase := "http://" + net.JoinHostPort(cfg.AdvertiseIP.String(), portOf(cfg.HTTPAddr))
+	httpBase := "http://" + net.JoinHostPort(cfg.AdvertiseIP.String(), portOf(a.httpLn.Addr().String()))
 	h := dhcp.NewHandler(dhcp.Config{Rack: cfg.Rack, Agent: cfg.Name, ServerIP: cfg.AdvertiseIP, HTTPBase: httpBase,
 		Logger: a.log.With("component", "dhcp")}, a.boot, a.pool, cfg.Split, a.rep)
 	a.dhcp = dhcp.NewServer(h, dconn, cfg.Interface, a.log.With("component", "dhcp"))
+	a.dhcpConn = dconn
 
 	if cfg.TFTPAddr != "" {
 		ts, err := tftp.New(tftp.Config{Roots: cfg.TFTPRoots, Logger: a.log.With("component", "tftp"), OnRead: a.tftpRead})
@@ -178,9 +184,6 @@ func New(cfg Config) (*Agent, error) {
 		hc.Files = a.tftp
 	}
 	a.http = httpboot.New(hc)
-	if a.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
-		return nil, fmt.Errorf("http on %s: %w", cfg.HTTPAddr, err)
-	}
 	ok = true
 	return a, nil
 }
@@ -267,6 +270,9 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 func (a *Agent) close() {
+	if a.dhcpConn != nil {
+		a.dhcpConn.Close()
+	}
 	if a.httpLn != nil {
 		a.httpLn.Close()
 	}

@@ -36,7 +36,11 @@ type fakeReporter struct {
 	rs []proto.AgentReport
 }
 
-func (f *fakeReporter) Report(r proto.AgentReport) { f.mu.Lock(); f.rs = append(f.rs, r); f.mu.Unlock() }
+func (f *fakeReporter) Report(r proto.AgentReport) {
+	f.mu.Lock()
+	f.rs = append(f.rs, r)
+	f.mu.Unlock()
+}
 func (f *fakeReporter) kinds() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -31,7 +31,7 @@ func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(
 func loopbackServer(t *testing.T) (*Server, *syncBuf) {
 	t.Helper()
 	st := &proto.RackBootState{
-		Rack: proto.Rack{Name: "r1", Subnet: "127.0.0.0/24", BootServer: "127.0.0.1", PoolStart: "127.0.0.100", PoolEnd: "127.0.0.199"},
+		Rack:             proto.Rack{Name: "r1", Subnet: "127.0.0.0/24", BootServer: "127.0.0.1", PoolStart: "127.0.0.100", PoolEnd: "127.0.0.199"},
 		DiscoveryEnabled: true,
 		Nodes:            []proto.BootNode{{UUID: "node-1", MACs: []string{knownMAC.String()}, IP: "127.0.0.10"}},
 	}
@@ -200,4 +200,7 @@ func FuzzHandle(f *testing.F) {
 
 type testWriter struct{ t *testing.T }
 
-func (w testWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}

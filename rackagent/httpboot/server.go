@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path"
 	"strings"
 	"time"
 
@@ -52,6 +54,15 @@ type Config struct {
 	DiscoveryWindow time.Duration
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
+	// Files, if set, serves first-stage boot files (the TFTP server's)
+	// at GET /tftp/{file} for UEFI HTTP boot clients.
+	Files FileOpener
+}
+
+// FileOpener opens a first-stage boot file by name, refusing any name
+// that would leave its roots.
+type FileOpener interface {
+	Open(name string) (*os.File, int64, error)
 }
 
 // Server is the rack agent's HTTP boot server.
@@ -98,6 +109,9 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("GET /boot/{file}", s.handleScript)
 	s.mux.HandleFunc("GET /artifacts/{sha256}", s.handleArtifact)
 	s.mux.HandleFunc("POST /v1/callback/{step}", s.handleCallback)
+	if cfg.Files != nil {
+		s.mux.HandleFunc("GET /tftp/{file...}", s.handleFile)
+	}
 	return s
 }
 
@@ -309,3 +323,21 @@ func (noBackend) ArtifactBySHA(string) (proto.Artifact, bool) { return proto.Art
 type noReporter struct{}
 
 func (noReporter) Report(proto.AgentReport) {}
+
+// handleFile serves GET /tftp/{file}: a first-stage boot file over HTTP.
+func (s *Server) handleFile(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("file")
+	f, _, err := s.cfg.Files.Open(name)
+	if err != nil {
+		s.log.Warn("boot file refused", "remote", r.RemoteAddr, "path", fmt.Sprintf("%q", name), "err", err)
+		http.Error(w, "no such boot file", http.StatusNotFound)
+		return
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		http.Error(w, "boot file unreadable", http.StatusInternalServerError)
+		return
+	}
+	http.ServeContent(w, r, path.Base(name), st.ModTime(), f)
+}

@@ -1,0 +1,262 @@
+package agent_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/insomniacslk/dhcp/iana"
+
+	"github.com/metalfleet/metalfleet/coordinator/apiclient"
+	"github.com/metalfleet/metalfleet/coordinator/coordtest"
+	"github.com/metalfleet/metalfleet/proto"
+	"github.com/metalfleet/metalfleet/rackagent/agent"
+)
+
+var pxe = []dhcpv4.Modifier{
+	dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00000:UNDI:002001")),
+	dhcpv4.WithOption(dhcpv4.OptClientArch(iana.INTEL_X86PC)),
+}
+
+// fleet is a coordinator with rack r1 (127.0.0.0/24, so a loopback socket
+// can be its DHCP relay), discovery images, a known node, and an agent
+// token.
+type fleet struct {
+	c          *coordtest.Cluster
+	admin      *apiclient.Client
+	agentToken string
+	kernel     []byte
+	knownMAC   string
+	knownIP    string
+	coordAddr  string
+}
+
+func newFleet(t *testing.T) *fleet {
+	t.Helper()
+	ctx := context.Background()
+	c := coordtest.StartCluster(t, 1)
+	f := &fleet{c: c, admin: apiclient.New(c.Servers[0].HTTPAddr(), c.Token), knownMAC: "52:54:00:00:00:01", coordAddr: c.Servers[0].HTTPAddr()}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := f.admin.Do(ctx, "POST", "/v1/racks", proto.Rack{Name: "r1", Subnet: "127.0.0.0/24", BootServer: "127.0.0.1",
+		PoolStart: "127.0.0.100", PoolEnd: "127.0.0.199"}, nil)
+	must(err)
+	var tok proto.TokenCreated
+	_, err = f.admin.Do(ctx, "POST", "/v1/tokens", proto.TokenCreate{Role: proto.RoleAgent, Rack: "r1"}, &tok)
+	must(err)
+	f.agentToken = tok.Secret
+	dir := t.TempDir()
+	for _, im := range []struct {
+		name string
+		kind proto.ImageKind
+	}{{"disc-kernel", proto.ImageKernel}, {"disc-ramdisk", proto.ImageRamdisk}} {
+		body := []byte(strings.Repeat(im.name, 10000))
+		if im.kind == proto.ImageKernel {
+			f.kernel = body
+		}
+		p := filepath.Join(dir, im.name)
+		must(os.WriteFile(p, body, 0o644))
+		sum := sha256.Sum256(body)
+		_, err = f.admin.Do(ctx, "POST", "/v1/images", proto.Image{Name: im.name, Kind: im.kind, URL: "file://" + p, SHA256: hex.EncodeToString(sum[:])}, nil)
+		must(err)
+	}
+	yes, k, r := true, "disc-kernel", "disc-ramdisk"
+	_, err = f.admin.Do(ctx, "PATCH", "/v1/settings", proto.SettingsPatch{DiscoveryEnabled: &yes, DiscoveryKernel: &k, DiscoveryRamdisk: &r}, nil)
+	must(err)
+	n, err := f.admin.CreateNode(ctx, proto.NodeCreate{Name: "n1", MACs: []string{f.knownMAC}, Rack: "r1"})
+	must(err)
+	f.knownIP = n.IP
+	return f
+}
+
+func startAgent(t *testing.T, f *fleet, dataDir string) (*agent.Agent, func()) {
+	t.Helper()
+	tftpRoot := filepath.Join(dataDir, "tftp-root")
+	os.MkdirAll(tftpRoot, 0o755)
+	os.WriteFile(filepath.Join(tftpRoot, "undionly.kpxe"), []byte("first stage"), 0o644)
+	a, err := agent.New(agent.Config{
+		Name: "a1", Rack: "r1", DataDir: dataDir, Coordinators: []string{f.coordAddr}, Token: f.agentToken,
+		DHCPAddr: "127.0.0.1:0", TFTPAddr: "127.0.0.1:0", TFTPRoots: []string{tftpRoot}, HTTPAddr: "127.0.0.1:0",
+		AdvertiseIP: netip.MustParseAddr("127.0.0.1"), Logger: coordtest.Logger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("agent Run: %v", err)
+			}
+		}
+	}
+	t.Cleanup(stop)
+	return a, stop
+}
+
+// dora runs DISCOVER..ACK for mac through a relay socket on loopback.
+func dora(t *testing.T, server net.Addr, mac net.HardwareAddr) string {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	x := func(m *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
+		m.GatewayIPAddr = net.IPv4(127, 0, 0, 1)
+		c.WriteTo(m.ToBytes(), server)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 1500)
+		for {
+			n, _, err := c.ReadFrom(buf)
+			if err != nil {
+				t.Fatalf("%s: no answer to %s: %v", mac, m.MessageType(), err)
+			}
+			if r, err := dhcpv4.FromBytes(buf[:n]); err == nil && r.TransactionID == m.TransactionID {
+				return r
+			}
+		}
+	}
+	d, _ := dhcpv4.NewDiscovery(mac, pxe...)
+	off := x(d)
+	req, _ := dhcpv4.NewRequestFromOffer(off, pxe...)
+	ack := x(req)
+	if ack.MessageType() != dhcpv4.MessageTypeAck {
+		t.Fatalf("%s: %s, want ACK", mac, ack.MessageType())
+	}
+	return ack.YourIPAddr.String()
+}
+
+func get(t *testing.T, url string) (int, []byte) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+// TestAgentServesAndReportsThroughOutages: the agent answers DHCP and
+// serves boot files from its copy of the boot state while the coordinator
+// is down, and every report made meanwhile arrives exactly once when the
+// coordinator is back.
+func TestAgentServesAndReportsThroughOutages(t *testing.T) {
+	f := newFleet(t)
+	a, _ := startAgent(t, f, t.TempDir())
+	coordtest.WaitFor(t, 10*time.Second, "agent synced", a.Boot().Synced)
+	base := "http://" + a.HTTPAddr().String()
+
+	if ip := dora(t, a.DHCPAddr(), net.HardwareAddr{0x52, 0x54, 0, 0, 0, 1}); ip != f.knownIP {
+		t.Fatalf("known node got %s, want its reservation %s", ip, f.knownIP)
+	}
+	if code, body := get(t, base+"/boot/"+f.knownMAC+".ipxe"); code != 200 || !strings.Contains(string(body), "exit") {
+		t.Fatalf("known node's script: %d %q", code, body)
+	}
+	unknown := "52:54:00:00:10:01"
+	code, script := get(t, base+"/boot/"+unknown+".ipxe")
+	if code != 200 || !strings.Contains(string(script), "kernel http://127.0.0.1:") {
+		t.Fatalf("discovery script: %d %q", code, script)
+	}
+	kernelURL := strings.Fields(strings.SplitN(string(script), "kernel ", 2)[1])[0]
+	if code, body := get(t, kernelURL); code != 200 || string(body) != string(f.kernel) {
+		t.Fatalf("kernel over HTTP: %d, %d bytes", code, len(body))
+	}
+	if code, body := get(t, base+"/tftp/undionly.kpxe"); code != 200 || string(body) != "first stage" {
+		t.Fatalf("first stage over HTTP: %d %q", code, body)
+	}
+
+	// The coordinator goes away.
+	f.c.Kill(0)
+	var macs []net.HardwareAddr
+	leases := map[string]string{}
+	for i := 0; i < 5; i++ {
+		mac := net.HardwareAddr{0x52, 0x54, 0, 0, 0x20, byte(i)}
+		macs = append(macs, mac)
+		leases[mac.String()] = dora(t, a.DHCPAddr(), mac)
+	}
+	if ip := dora(t, a.DHCPAddr(), net.HardwareAddr{0x52, 0x54, 0, 0, 0, 1}); ip != f.knownIP {
+		t.Fatalf("with the coordinator down the known node got %s", ip)
+	}
+	if code, body := get(t, kernelURL); code != 200 || string(body) != string(f.kernel) {
+		t.Fatalf("kernel with the coordinator down: %d", code)
+	}
+	coordtest.WaitFor(t, 5*time.Second, "reports queued", func() bool { return a.Outbox().Len() >= 10 })
+
+	// It comes back: every report arrives, once.
+	s := f.c.Restart(0)
+	coordtest.WaitFor(t, 30*time.Second, "outbox drained", func() bool { return a.Outbox().Len() == 0 })
+	for _, mac := range macs {
+		var sg *proto.Sighting
+		for _, x := range s.Store().Sightings("r1") {
+			if x.MAC == mac.String() {
+				sg = x
+			}
+		}
+		if sg == nil || sg.Count != 1 {
+			t.Fatalf("sighting of %s = %+v, want exactly one", mac, sg)
+		}
+	}
+	got := map[string]string{}
+	for _, l := range s.Store().Leases("r1") {
+		got[l.MAC] = l.IP
+	}
+	for mac, ip := range leases {
+		if got[mac] != ip {
+			t.Fatalf("coordinator's lease of %s = %q, want %s (all: %v)", mac, got[mac], ip, got)
+		}
+	}
+	n, _ := s.Store().Node("n1")
+	if n.LastBoot == nil {
+		t.Fatalf("known node has no last boot event")
+	}
+	fmt.Fprintln(io.Discard, n)
+}
+
+// TestAgentRestartsFromItsCopy: an agent restarted while the coordinator
+// is down answers from the boot state and leases it saved.
+func TestAgentRestartsFromItsCopy(t *testing.T) {
+	f := newFleet(t)
+	dir := t.TempDir()
+	a, stop := startAgent(t, f, dir)
+	coordtest.WaitFor(t, 10*time.Second, "agent synced", a.Boot().Synced)
+	mac := net.HardwareAddr{0x52, 0x54, 0, 0, 0x30, 1}
+	first := dora(t, a.DHCPAddr(), mac)
+	stop()
+	f.c.Kill(0)
+
+	b, _ := startAgent(t, f, dir)
+	if b.Boot().View() == nil {
+		t.Fatalf("restarted agent has no boot state while the coordinator is down")
+	}
+	if ip := dora(t, b.DHCPAddr(), mac); ip != first {
+		t.Fatalf("after restart %s got %s, want %s again", mac, ip, first)
+	}
+	if ip := dora(t, b.DHCPAddr(), net.HardwareAddr{0x52, 0x54, 0, 0, 0, 1}); ip != f.knownIP {
+		t.Fatalf("after restart the known node got %s", ip)
+	}
+	if other := dora(t, b.DHCPAddr(), net.HardwareAddr{0x52, 0x54, 0, 0, 0x30, 2}); other == first {
+		t.Fatalf("after restart %s was handed to a second MAC", first)
+	}
+}
