@@ -34,6 +34,7 @@ test-short: ## the quick unit tests only (no process drills)
 
 .PHONY: bench
 bench: build ## run the benchmarks of BENCHMARKS.md (output in build/bench.txt)
+	ops/install-deps.sh apt-bench-packages.txt
 	@mkdir -p $(dir $(BENCHOUT))
 	$(GO) test -run '^$$' -bench . -benchtime 3000x -count 3 ./coordinator/server/ | tee $(BENCHOUT)
 	METALFLEET_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench Failover -benchtime 7x ./ops/drills/ | tee -a $(BENCHOUT)

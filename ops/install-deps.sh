@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Installs the Debian packages in ops/apt-packages.txt that are missing.
-# Needs root (or sudo) only when something is missing.
+# Installs the Debian packages listed in a file (default
+# ops/apt-packages.txt) that are missing. Needs root (or sudo) only when
+# something is missing.
 set -euo pipefail
 cd "$(dirname "$0")"
-mapfile -t pkgs < <(grep -v '^\s*#' apt-packages.txt | grep -v '^\s*$')
+list=${1:-apt-packages.txt}
+mapfile -t pkgs < <(grep -v '^\s*#' "$list" | grep -v '^\s*$')
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
