@@ -67,8 +67,8 @@ type Proc struct {
 
 // NewProc describes a coordinator process; Start runs it.
 func NewProc(t testing.TB, bin, id string, extra ...string) *Proc {
-	dir := t.TempDir()
-	p := &Proc{ID: id, DataDir: filepath.Join(dir, "data"), HTTPAddr: FreePort(t), bin: bin, logPath: filepath.Join(dir, id+".log")}
+	p := newProc(t, bin, id)
+	p.HTTPAddr = FreePort(t)
 	p.Args = []string{"coordinator", "--node-id", id, "--data-dir", p.DataDir,
 		"--http-addr", p.HTTPAddr, "--raft-addr", FreePort(t), "--log-level", "info"}
 	// Faster than the defaults so drills run quickly; set
@@ -77,6 +77,20 @@ func NewProc(t testing.TB, bin, id string, extra ...string) *Proc {
 		p.Args = append(p.Args, "--raft-heartbeat-timeout", "300ms", "--raft-election-timeout", "300ms", "--raft-leader-lease", "150ms")
 	}
 	p.Args = append(p.Args, extra...)
+	return p
+}
+
+// NewAgentProc describes a rack agent process with args after
+// "rackagent --data-dir DIR"; Start runs it.
+func NewAgentProc(t testing.TB, bin, id string, args ...string) *Proc {
+	p := newProc(t, bin, id)
+	p.Args = append([]string{"rackagent", "--name", id, "--data-dir", p.DataDir, "--log-level", "debug"}, args...)
+	return p
+}
+
+func newProc(t testing.TB, bin, id string) *Proc {
+	dir := t.TempDir()
+	p := &Proc{ID: id, DataDir: filepath.Join(dir, "data"), bin: bin, logPath: filepath.Join(dir, id+".log")}
 	t.Cleanup(func() {
 		p.Kill()
 		if t.Failed() {

@@ -15,19 +15,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/insomniacslk/dhcp/dhcpv4"
-	"github.com/insomniacslk/dhcp/iana"
-
 	"github.com/metalfleet/metalfleet/coordinator/apiclient"
 	"github.com/metalfleet/metalfleet/coordinator/coordtest"
 	"github.com/metalfleet/metalfleet/proto"
 	"github.com/metalfleet/metalfleet/rackagent/agent"
+	"github.com/metalfleet/metalfleet/rackagent/dhcp/dhcptest"
 )
-
-var pxe = []dhcpv4.Modifier{
-	dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00000:UNDI:002001")),
-	dhcpv4.WithOption(dhcpv4.OptClientArch(iana.INTEL_X86PC)),
-}
 
 // fleet is a coordinator with rack r1 (127.0.0.0/24, so a loopback socket
 // can be its DHCP relay), discovery images, a known node, and an agent
@@ -114,37 +107,9 @@ func startAgent(t *testing.T, f *fleet, dataDir string) (*agent.Agent, func()) {
 	return a, stop
 }
 
-// dora runs DISCOVER..ACK for mac through a relay socket on loopback.
 func dora(t *testing.T, server net.Addr, mac net.HardwareAddr) string {
 	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	x := func(m *dhcpv4.DHCPv4) *dhcpv4.DHCPv4 {
-		m.GatewayIPAddr = net.IPv4(127, 0, 0, 1)
-		c.WriteTo(m.ToBytes(), server)
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		buf := make([]byte, 1500)
-		for {
-			n, _, err := c.ReadFrom(buf)
-			if err != nil {
-				t.Fatalf("%s: no answer to %s: %v", mac, m.MessageType(), err)
-			}
-			if r, err := dhcpv4.FromBytes(buf[:n]); err == nil && r.TransactionID == m.TransactionID {
-				return r
-			}
-		}
-	}
-	d, _ := dhcpv4.NewDiscovery(mac, pxe...)
-	off := x(d)
-	req, _ := dhcpv4.NewRequestFromOffer(off, pxe...)
-	ack := x(req)
-	if ack.MessageType() != dhcpv4.MessageTypeAck {
-		t.Fatalf("%s: %s, want ACK", mac, ack.MessageType())
-	}
-	return ack.YourIPAddr.String()
+	return dhcptest.MustDORA(t, server, mac)
 }
 
 func get(t *testing.T, url string) (int, []byte) {

@@ -1,0 +1,131 @@
+package drills
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/metalfleet/metalfleet/proto"
+	"github.com/metalfleet/metalfleet/rackagent/dhcp/dhcptest"
+)
+
+// TestAgentSIGKILLWithQueuedReports is the rack agent's crash drill on
+// real processes: with the coordinator down, the agent keeps answering
+// DHCP and queues its reports; it is killed with SIGKILL; the coordinator
+// and then the agent come back; every queued report arrives, once.
+func TestAgentSIGKILLWithQueuedReports(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts coordinator and agent processes")
+	}
+	bin := Binary(t)
+	ctx := context.Background()
+	c := NewProc(t, bin, "c1", "--bootstrap")
+	c.Start(t)
+	tokenFile := filepath.Join(c.DataDir, "admin.token")
+	WaitFor(t, 20*time.Second, "admin token", func() bool { _, err := os.Stat(tokenFile); return err == nil })
+	b, _ := os.ReadFile(tokenFile)
+	admin := c.Client(strings.TrimSpace(string(b)))
+	WaitFor(t, 20*time.Second, "coordinator leads", func() bool {
+		st, err := admin.Status(Ctx(t, 2*time.Second))
+		return err == nil && st.RaftState == "leader"
+	})
+	if _, err := admin.Do(ctx, "POST", "/v1/racks", proto.Rack{Name: "r1", Subnet: "127.0.0.0/24", BootServer: "127.0.0.1",
+		PoolStart: "127.0.0.100", PoolEnd: "127.0.0.199"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var tok proto.TokenCreated
+	if _, err := admin.Do(ctx, "POST", "/v1/tokens", proto.TokenCreate{Role: proto.RoleAgent, Rack: "r1"}, &tok); err != nil {
+		t.Fatal(err)
+	}
+	agentToken := filepath.Join(t.TempDir(), "agent.token")
+	os.WriteFile(agentToken, []byte(tok.Secret+"\n"), 0o600)
+	yes := true
+	// Discovery needs images; any verified-looking entries will do here
+	// (nothing boots).
+	for _, im := range []proto.Image{
+		{Name: "k", Kind: proto.ImageKernel, URL: "file:///nonexistent/k", SHA256: strings.Repeat("a", 64)},
+		{Name: "r", Kind: proto.ImageRamdisk, URL: "file:///nonexistent/r", SHA256: strings.Repeat("b", 64)},
+	} {
+		if _, err := admin.Do(ctx, "POST", "/v1/images", im, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kn, rd := "k", "r"
+	if _, err := admin.Do(ctx, "PATCH", "/v1/settings", proto.SettingsPatch{DiscoveryEnabled: &yes, DiscoveryKernel: &kn, DiscoveryRamdisk: &rd}, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	dhcpAddr := freeUDP(t)
+	a := NewAgentProc(t, bin, "a1", "--rack", "r1", "--coordinator", c.HTTPAddr, "--token-file", agentToken,
+		"--dhcp-addr", dhcpAddr, "--tftp-addr", "", "--http-addr", FreePort(t), "--advertise-ip", "127.0.0.1")
+	a.Start(t)
+	server, _ := net.ResolveUDPAddr("udp4", dhcpAddr)
+	// The agent answers once it has the rack's boot state.
+	WaitFor(t, 20*time.Second, "agent answers DHCP", func() bool {
+		_, err := dhcptest.DORA(server, net.HardwareAddr{0x52, 0x54, 0, 0, 0x40, 0xff}, 300*time.Millisecond)
+		return err == nil
+	})
+
+	// Coordinator down; the agent answers and queues.
+	c.Kill()
+	leases := map[string]string{}
+	for i := 0; i < 10; i++ {
+		mac := net.HardwareAddr{0x52, 0x54, 0, 0, 0x40, byte(i)}
+		leases[mac.String()] = dhcptest.MustDORA(t, server, mac)
+	}
+	time.Sleep(500 * time.Millisecond) // past the reporter's few-millisecond gathering window
+	a.Kill()                           // SIGKILL with reports queued
+
+	c.Start(t)
+	a.Start(t)
+	WaitFor(t, 30*time.Second, "every queued report delivered", func() bool {
+		sg, err := admin.Sightings(Ctx(t, 2*time.Second), "r1")
+		if err != nil {
+			return false
+		}
+		seen := 0
+		for _, s := range sg {
+			if _, ok := leases[s.MAC]; ok {
+				seen++
+			}
+		}
+		return seen == len(leases)
+	})
+	sg, _ := admin.Sightings(ctx, "r1")
+	for _, s := range sg {
+		if _, ok := leases[s.MAC]; ok && s.Count != 1 {
+			t.Errorf("sighting of %s counted %d times, want once", s.MAC, s.Count)
+		}
+	}
+	var st proto.RackBootState
+	WaitFor(t, 10*time.Second, "leases known to the coordinator", func() bool {
+		_, err := admin.Do(ctx, "GET", "/v1/agent/bootstate?rack=r1", nil, &st)
+		if err != nil {
+			return false
+		}
+		have := map[string]string{}
+		for _, l := range st.Leases {
+			have[l.MAC] = l.IP
+		}
+		for mac, ip := range leases {
+			if have[mac] != ip {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func freeUDP(t testing.TB) string {
+	t.Helper()
+	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().String()
+}
