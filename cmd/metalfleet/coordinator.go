@@ -25,6 +25,8 @@ type coordinatorFlags struct {
 	bootstrap                bool
 	join, tokenFile          string
 	logLevel                 string
+	gossipAddr, gossipJoin   string
+	gossipKeyFile            string
 	heartbeat, election      time.Duration
 	leaderLease, forwardWait time.Duration
 }
@@ -41,6 +43,9 @@ func (f *coordinatorFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.join, "join", "", "API URL of any member, to join an existing cluster")
 	fs.StringVar(&f.tokenFile, "token-file", "", "file holding an admin token, for --join")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.gossipAddr, "gossip-addr", "", "gossip with rack agents and coordinators on HOST:PORT (empty: no gossip)")
+	fs.StringVar(&f.gossipJoin, "gossip-join", "", "gossip members to join, HOST:PORT,...")
+	fs.StringVar(&f.gossipKeyFile, "gossip-key-file", "", "file with the gossip encryption key (base64 of 16, 24 or 32 bytes)")
 	fs.DurationVar(&f.heartbeat, "raft-heartbeat-timeout", d.HeartbeatTimeout, "follower's wait for the leader before an election")
 	fs.DurationVar(&f.election, "raft-election-timeout", d.ElectionTimeout, "candidate's wait for votes")
 	fs.DurationVar(&f.leaderLease, "raft-leader-lease", d.LeaderLeaseTimeout, "leader's lease without quorum contact")
@@ -126,6 +131,10 @@ func runCoordinator(cmd *cobra.Command, g *globals, f *coordinatorFlags) error {
 	}
 	cfg.Raft.HeartbeatTimeout, cfg.Raft.ElectionTimeout, cfg.Raft.LeaderLeaseTimeout = f.heartbeat, f.election, f.leaderLease
 	cfg.API.ForwardWait = f.forwardWait
+	cfg.GossipAddr, cfg.GossipJoin = f.gossipAddr, splitList(f.gossipJoin)
+	if cfg.GossipKey, err = readGossipKey(f.gossipKeyFile); err != nil {
+		return err
+	}
 	if f.join != "" {
 		if f.tokenFile == "" {
 			return fmt.Errorf("--join needs --token-file with an admin token")

@@ -19,6 +19,7 @@ func newRackAgentCmd(g *globals) *cobra.Command {
 		advertise, poolShare, level string
 		tftpRoots                   []string
 		configFile                  string
+		gossipJoin, gossipKeyFile   string
 	)
 	cmd := &cobra.Command{
 		Use:   "rackagent",
@@ -40,7 +41,7 @@ Create its token with: metalfleet token create --role agent --rack RACK`,
 				return err
 			}
 			cfg.Logger = newLogger(os.Stderr, lv)
-			cfg.Coordinators = strings.Split(coordinators, ",")
+			cfg.Coordinators = splitList(coordinators)
 			if tokenFile == "" {
 				return fmt.Errorf("--token-file is required (an agent token for rack %s)", cfg.Rack)
 			}
@@ -57,6 +58,10 @@ Create its token with: metalfleet token create --role agent --rack RACK`,
 				return fmt.Errorf("--pool-share %q: want K/N with 0 <= K < N, e.g. 0/2 and 1/2 for a rack's two agents", poolShare)
 			}
 			cfg.TFTPRoots = tftpRoots
+			cfg.GossipJoin = splitList(gossipJoin)
+			if cfg.GossipKey, err = readGossipKey(gossipKeyFile); err != nil {
+				return err
+			}
 			a, err := agent.New(cfg)
 			if err != nil {
 				return err
@@ -83,5 +88,9 @@ Create its token with: metalfleet token create --role agent --rack RACK`,
 	f.StringVar(&poolShare, "pool-share", "0/1", "this agent's share K/N of the rack's dynamic pool")
 	f.Int64Var(&cfg.CacheMaxBytes, "cache-max-bytes", 20<<30, "artifact cache size limit")
 	f.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&cfg.GossipAddr, "gossip-addr", "", "gossip with the rack's other agent and the coordinators on HOST:PORT (empty: no gossip; answer every MAC)")
+	f.StringVar(&gossipJoin, "gossip-join", "", "gossip members to join, HOST:PORT,...")
+	f.StringVar(&gossipKeyFile, "gossip-key-file", "", "file with the gossip encryption key (base64 of 16, 24 or 32 bytes)")
+	f.StringVar(&cfg.GossipProfile, "gossip-profile", "lan", "gossip timings: lan, or local (faster failure detection on one host)")
 	return cmd
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/metalfleet/metalfleet/cluster/gossip"
 	"github.com/metalfleet/metalfleet/cluster/raftnode"
 	"github.com/metalfleet/metalfleet/coordinator/fsm"
 	"github.com/metalfleet/metalfleet/coordinator/httpapi"
@@ -51,6 +52,13 @@ type Config struct {
 	// token) the server asks to be added as a voter.
 	JoinURL   string
 	JoinToken string
+	// GossipAddr is where this server gossips with rack agents and the
+	// other coordinators ("" disables gossip; GET /v1/agents then lists
+	// none). GossipJoin lists members to join; GossipKey encrypts.
+	GossipAddr    string
+	GossipJoin    []string
+	GossipKey     []byte
+	GossipProfile string
 	// Raft timings; zero fields take raftnode.DefaultConfig's.
 	Raft raftnode.Config
 	// API settings; zero fields take the defaults.
@@ -75,6 +83,7 @@ type Server struct {
 	http  *http.Server
 
 	applyLatency prometheus.Histogram
+	gossip       *gossip.Gossip
 
 	bootstrapSecret string // admin secret still to be stored, if any
 
@@ -154,6 +163,17 @@ func New(cfg Config) (*Server, error) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "metalfleet_state_index", Help: "Raft index of the last change to the state."},
 			func() float64 { return float64(s.store.Index()) }),
 	)
+	if cfg.GossipAddr != "" {
+		g, err := gossip.New(gossip.Config{Name: "coordinator-" + cfg.NodeID, BindAddr: cfg.GossipAddr, Join: cfg.GossipJoin, Key: cfg.GossipKey,
+			Profile: cfg.GossipProfile, Logger: s.log.With("component", "gossip"),
+			Meta: gossip.Meta{Role: gossip.RoleCoordinator, API: s.cfg.HTTPAdvertise, Version: fmt.Sprint(proto.Version)}})
+		if err != nil {
+			rn.Shutdown()
+			ln.Close()
+			return nil, err
+		}
+		s.gossip = g
+	}
 	s.api = httpapi.New(backend{s}, cfg.API, s.log.With("component", "api"), s.reg)
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
@@ -223,6 +243,11 @@ func (s *Server) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.joinLoop(ctx) }()
 	}
+	if s.gossip != nil {
+		wg.Add(2)
+		go func() { defer wg.Done(); _ = s.gossip.Run(ctx) }()
+		go func() { defer wg.Done(); s.advertiseLeader(ctx) }()
+	}
 	s.log.Info("coordinator serving", "node_id", s.cfg.NodeID, "http", s.HTTPAddr(), "raft", s.RaftAddr())
 
 	var err error
@@ -246,8 +271,14 @@ func (s *Server) shutdown(wg *sync.WaitGroup) error {
 		s.leading()
 	}
 	s.mu.Unlock()
+	if s.gossip != nil {
+		_ = s.gossip.Leave(time.Second)
+	}
 	rerr := s.raft.Shutdown()
 	wg.Wait()
+	if s.gossip != nil {
+		s.gossip.Shutdown()
+	}
 	s.log.Info("coordinator stopped", "node_id", s.cfg.NodeID)
 	return errors.Join(herr, rerr)
 }
@@ -323,6 +354,37 @@ func (s *Server) leaderDuties(ctx context.Context) {
 			return err
 		})
 	}
+}
+
+// advertiseLeader keeps this server's gossip meta naming the Raft
+// leader's API, so an agent that reaches any member learns where to go.
+func (s *Server) advertiseLeader(ctx context.Context) {
+	last := "-"
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		_, leader := backend{s}.LeaderHTTP()
+		if leader != last {
+			err := s.gossip.UpdateMeta(gossip.Meta{Role: gossip.RoleCoordinator, API: s.cfg.HTTPAdvertise,
+				Version: fmt.Sprint(proto.Version), Leader: leader})
+			if err == nil {
+				last = leader
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// GossipAddr is the gossip address ("" without gossip).
+func (s *Server) GossipAddr() string {
+	if s.gossip == nil {
+		return ""
+	}
+	return s.gossip.LocalAddr()
 }
 
 // apply proposes cmd and returns the FSM's value, or its error.
@@ -479,6 +541,27 @@ func (b backend) RemovePeer(ctx context.Context, id string) error {
 	}
 	b.s.log.Info("server removed", "id", id)
 	return nil
+}
+
+// Agents lists the rack agents gossip knows of (httpapi.AgentLister).
+func (b backend) Agents() []proto.AgentInfo {
+	out := []proto.AgentInfo{}
+	if b.s.gossip == nil {
+		return out
+	}
+	for _, m := range b.s.gossip.Members() {
+		if m.Meta.Role != gossip.RoleAgent {
+			continue
+		}
+		ai := proto.AgentInfo{Name: m.Name, Rack: m.Meta.Rack, Address: m.Addr, APIAddr: m.Meta.API, Version: m.Meta.Version, Status: m.State}
+		if m.State == gossip.StateAlive {
+			ai.LastContact = time.Now().UTC()
+		} else {
+			ai.LastContact = m.LastChange.UTC()
+		}
+		out = append(out, ai)
+	}
+	return out
 }
 
 // Status describes this server and its view of the cluster.

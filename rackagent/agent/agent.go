@@ -19,6 +19,7 @@ import (
 
 	"go.etcd.io/bbolt"
 
+	"github.com/metalfleet/metalfleet/cluster/gossip"
 	"github.com/metalfleet/metalfleet/coordinator/apiclient"
 	"github.com/metalfleet/metalfleet/proto"
 	"github.com/metalfleet/metalfleet/rackagent/bootstate"
@@ -60,9 +61,15 @@ type Config struct {
 	// PoolShare is this agent's share of the rack's dynamic pool: K of N
 	// (0-based), agents of one rack taking disjoint shares (default 0/1).
 	PoolShare [2]int
-	// Split decides which unknown MACs this agent answers when the rack
-	// has two agents; nil answers all.
-	Split dhcp.Splitter
+	// GossipAddr is where this agent gossips ("" disables gossip: then it
+	// answers every MAC and finds coordinators only from Coordinators).
+	GossipAddr string
+	// GossipJoin lists any members (agents or coordinators) to join.
+	GossipJoin []string
+	// GossipKey encrypts gossip (16, 24 or 32 bytes), if set.
+	GossipKey []byte
+	// GossipProfile is "lan" (default) or "local" (tests).
+	GossipProfile string
 	// CacheMaxBytes bounds the artifact cache (default 20 GiB).
 	CacheMaxBytes int64
 
@@ -84,6 +91,7 @@ type Agent struct {
 	tftpLn net.PacketConn
 	http   *httpboot.Server
 	httpLn net.Listener
+	gossip *gossip.Gossip
 
 	dhcpConn net.PacketConn
 }
@@ -157,9 +165,20 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	httpBase := "http://" + net.JoinHostPort(cfg.AdvertiseIP.String(), portOf(a.httpLn.Addr().String()))
+	httpHost := net.JoinHostPort(cfg.AdvertiseIP.String(), portOf(a.httpLn.Addr().String()))
+	httpBase := "http://" + httpHost
+	var split dhcp.Splitter
+	if cfg.GossipAddr != "" {
+		a.gossip, err = gossip.New(gossip.Config{Name: cfg.Name, BindAddr: cfg.GossipAddr, Join: cfg.GossipJoin, Key: cfg.GossipKey,
+			Profile: cfg.GossipProfile, Logger: a.log.With("component", "gossip"),
+			Meta: gossip.Meta{Role: gossip.RoleAgent, Rack: cfg.Rack, API: httpHost, Version: Version}})
+		if err != nil {
+			return nil, err
+		}
+		split = gossipSplit{g: a.gossip, self: cfg.Name, rack: cfg.Rack}
+	}
 	h := dhcp.NewHandler(dhcp.Config{Rack: cfg.Rack, Agent: cfg.Name, ServerIP: cfg.AdvertiseIP, HTTPBase: httpBase,
-		Logger: a.log.With("component", "dhcp")}, a.boot, a.pool, cfg.Split, a.rep)
+		Logger: a.log.With("component", "dhcp")}, a.boot, a.pool, split, a.rep)
 	a.dhcp = dhcp.NewServer(h, dconn, cfg.Interface, a.log.With("component", "dhcp"))
 	a.dhcpConn = dconn
 
@@ -224,6 +243,14 @@ func (a *Agent) HTTPAddr() net.Addr { return a.httpLn.Addr() }
 // Boot is the agent's boot state copy.
 func (a *Agent) Boot() *bootstate.Store { return a.boot }
 
+// GossipAddr is the gossip address ("" without gossip).
+func (a *Agent) GossipAddr() string {
+	if a.gossip == nil {
+		return ""
+	}
+	return a.gossip.LocalAddr()
+}
+
 // Outbox is the agent's report queue.
 func (a *Agent) Outbox() *outbox.Outbox { return a.out }
 
@@ -254,6 +281,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		run("tftp", func(ctx context.Context) error { return a.tftp.Serve(ctx, a.tftpLn) })
 	}
 	run("leases", a.leaseLoop)
+	if a.gossip != nil {
+		run("gossip", a.gossip.Run)
+		run("coordinators", a.followCoordinators)
+	}
 	a.log.Info("rack agent serving", "dhcp", a.dhcp.Addr().String(), "http", a.httpLn.Addr().String(),
 		"tftp", fmt.Sprint(a.TFTPAddr()), "coordinators", a.client.Addrs())
 	var err error
@@ -261,6 +292,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case err = <-errc:
 		a.log.Error("rack agent component failed; stopping", "err", err)
+	}
+	if a.gossip != nil {
+		_ = a.gossip.Leave(time.Second) // tell the rack's other agent at once
 	}
 	cancel()
 	wg.Wait()
@@ -270,6 +304,9 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 func (a *Agent) close() {
+	if a.gossip != nil {
+		a.gossip.Shutdown()
+	}
 	if a.dhcpConn != nil {
 		a.dhcpConn.Close()
 	}
