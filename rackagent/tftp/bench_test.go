@@ -18,7 +18,11 @@ import (
 	ptftp "github.com/pin/tftp/v3"
 )
 
-const benchSize = 64 << 20
+const (
+	benchSize   = 64 << 20
+	initrdSize  = 30 << 20
+	concurrency = 50
+)
 
 // BenchmarkTFTP fetches a 64 MiB file over loopback with blksize 1468
 // through pin/tftp's client, from our server and, when tftpd-hpa is
@@ -30,7 +34,7 @@ func BenchmarkTFTP(b *testing.B) {
 		b.Fatal(err)
 	}
 	// in.tftpd serves only world-readable files unless --permissive.
-	for name, data := range map[string][]byte{"big.bin": randomBytes(7, benchSize), "ready": []byte("ok")} {
+	for name, data := range map[string][]byte{"big.bin": randomBytes(7, benchSize), "initrd.img": randomBytes(8, initrdSize), "ready": []byte("ok")} {
 		if err := os.WriteFile(filepath.Join(root, name), data, 0o644); err != nil {
 			b.Fatal(err)
 		}
@@ -58,7 +62,7 @@ func BenchmarkTFTP(b *testing.B) {
 		}); err != nil {
 			b.Fatal(err)
 		}
-		benchFetch(b, s.Addr().String())
+		benchAll(b, s.Addr().String())
 	})
 
 	b.Run("server=in.tftpd", func(b *testing.B) {
@@ -92,26 +96,47 @@ func BenchmarkTFTP(b *testing.B) {
 		if err := waitReady(func() string { return addr }); err != nil {
 			b.Fatalf("%v; in.tftpd said: %s", err, stderr.Bytes())
 		}
-		benchFetch(b, addr)
+		benchAll(b, addr)
 	})
 }
 
-func benchFetch(b *testing.B, addr string) {
-	c, err := ptftp.NewClient(addr)
-	if err != nil {
-		b.Fatal(err)
-	}
-	c.SetBlockSize(MaxBlockSize)
-	c.RequestTSize(true)
-	b.SetBytes(benchSize)
+// benchAll runs the two shapes the rack agent sees: one large file, and
+// a rack's worth of nodes fetching the same initrd at once.
+func benchAll(b *testing.B, addr string) {
+	b.Run("file=64MiB", func(b *testing.B) { benchFetch(b, addr, "big.bin", benchSize, 1) })
+	b.Run("file=30MiB/clients=50", func(b *testing.B) { benchFetch(b, addr, "initrd.img", initrdSize, concurrency) })
+}
+
+func benchFetch(b *testing.B, addr, name string, size int64, clients int) {
+	b.SetBytes(size * int64(clients))
 	for b.Loop() {
-		wt, err := c.Receive("big.bin", "octet")
-		if err != nil {
-			b.Fatal(err)
+		errc := make(chan error, clients)
+		for i := 0; i < clients; i++ {
+			go func() {
+				c, err := ptftp.NewClient(addr)
+				if err != nil {
+					errc <- err
+					return
+				}
+				c.SetBlockSize(MaxBlockSize)
+				c.RequestTSize(true)
+				c.SetTimeout(5 * time.Second)
+				wt, err := c.Receive(name, "octet")
+				if err != nil {
+					errc <- err
+					return
+				}
+				n, err := wt.WriteTo(io.Discard)
+				if err == nil && n != size {
+					err = errors.New("short transfer")
+				}
+				errc <- err
+			}()
 		}
-		n, err := wt.WriteTo(io.Discard)
-		if err != nil || n != benchSize {
-			b.Fatalf("fetched %d bytes, %v; want %d", n, err, benchSize)
+		for i := 0; i < clients; i++ {
+			if err := <-errc; err != nil {
+				b.Fatal(err)
+			}
 		}
 	}
 }
