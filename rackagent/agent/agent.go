@@ -202,6 +202,7 @@ func New(cfg Config) (*Agent, error) {
 	if a.tftp != nil {
 		hc.Files = a.tftp
 	}
+	hc.Metrics = a.metrics()
 	a.http = httpboot.New(hc)
 	ok = true
 	return a, nil

@@ -151,6 +151,9 @@ func TestAgentServesAndReportsThroughOutages(t *testing.T) {
 	if code, body := get(t, base+"/tftp/undionly.kpxe"); code != 200 || string(body) != "first stage" {
 		t.Fatalf("first stage over HTTP: %d %q", code, body)
 	}
+	if code, body := get(t, base+"/metrics"); code != 200 || !strings.Contains(string(body), "metalfleet_dhcp_answered_total 2") {
+		t.Fatalf("agent metrics: %d, answered count missing:\n%.600s", code, body)
+	}
 
 	// The coordinator goes away.
 	f.c.Kill(0)

@@ -57,6 +57,8 @@ type Config struct {
 	// Files, if set, serves first-stage boot files (the TFTP server's)
 	// at GET /tftp/{file} for UEFI HTTP boot clients.
 	Files FileOpener
+	// Metrics, if set, is served at GET /metrics.
+	Metrics http.Handler
 }
 
 // FileOpener opens a first-stage boot file by name, refusing any name
@@ -111,6 +113,9 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("POST /v1/callback/{step}", s.handleCallback)
 	if cfg.Files != nil {
 		s.mux.HandleFunc("GET /tftp/{file...}", s.handleFile)
+	}
+	if cfg.Metrics != nil {
+		s.mux.Handle("GET /metrics", cfg.Metrics)
 	}
 	return s
 }
