@@ -154,6 +154,9 @@ type Sighting struct {
 	FirstSeen time.Time `json:"first_seen"`
 	LastSeen  time.Time `json:"last_seen"`
 	Count     int       `json:"count"`
+	// Conflict says why a discovery report from this MAC was refused (it
+	// claimed an enrolled node's MAC with another system identity).
+	Conflict string `json:"conflict,omitempty"`
 	Meta
 }
 

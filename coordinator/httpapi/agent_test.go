@@ -369,7 +369,7 @@ func TestAPIAgentReports(t *testing.T) {
 		for id, frag := range map[string]string{
 			"other-rack":    "rack r2",
 			"no-time":       "without a time",
-			"callback":      "callbacks are not handled",
+			"callback":      "inventory is not valid",
 			"bogus-kind":    `"teleport"`,
 			"bad-mac":       "not an Ethernet MAC",
 			"lease-outside": "outside rack r1's pool",

@@ -148,6 +148,13 @@ func (tx *Tx) DeleteRack(name string) {
 	tx.changed = true
 }
 
+// EachNode calls fn for every node.
+func (tx *Tx) EachNode(fn func(*proto.Node)) {
+	for _, n := range tx.d.nodes {
+		fn(n)
+	}
+}
+
 // EachNodeInRack calls fn for every node in rack.
 func (tx *Tx) EachNodeInRack(rack string, fn func(*proto.Node)) {
 	for _, n := range tx.d.nodes {
