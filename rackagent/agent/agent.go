@@ -29,6 +29,37 @@ import (
 	"github.com/metalfleet/metalfleet/rackagent/tftp"
 )
 
+// IPXEDir is where Debian's ipxe package puts iPXE's first-stage files.
+const IPXEDir = "/usr/lib/ipxe"
+
+// copyIPXE copies Debian's iPXE binaries into the agent's own TFTP root
+// (the first root). Some of them are symlinks out of /usr/lib/ipxe
+// (ipxe.efi points into /boot), which the TFTP server rightly refuses to
+// follow; a copy serves them without widening what it may read.
+func copyIPXE(root string, log *slog.Logger) error {
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return err
+	}
+	for _, name := range []string{"undionly.kpxe", "ipxe.efi", "snponly.efi", "ipxe.pxe"} {
+		dst := filepath.Join(root, name)
+		if _, err := os.Lstat(dst); err == nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(IPXEDir, name)) // follows the package's symlinks
+		if err != nil {
+			continue
+		}
+		if err := os.WriteFile(dst+".tmp", b, 0o644); err != nil {
+			return err
+		}
+		if err := os.Rename(dst+".tmp", dst); err != nil {
+			return err
+		}
+		log.Debug("iPXE first stage copied into the TFTP root", "file", name, "bytes", len(b))
+	}
+	return nil
+}
+
 // Version is reported in gossip and to the coordinator.
 const Version = "0.1.0"
 
@@ -124,7 +155,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if len(cfg.TFTPRoots) == 0 {
-		cfg.TFTPRoots = []string{filepath.Join(cfg.DataDir, "tftp"), "/usr/lib/ipxe"}
+		cfg.TFTPRoots = []string{filepath.Join(cfg.DataDir, "tftp"), IPXEDir}
 	}
 	a := &Agent{cfg: cfg, log: cfg.Logger.With("agent", cfg.Name, "rack", cfg.Rack)}
 	ok := false
@@ -141,6 +172,10 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent.db: %w (is another agent running on this data dir?)", err)
 	}
 	a.db = db
+	// Leases are committed in groups (db.Batch) before their ACK: a short
+	// gathering window keeps each ACK fast and still folds many into one
+	// fsync under load.
+	db.MaxBatchDelay = 2 * time.Millisecond
 	a.client = apiclient.New(joinAddrs(cfg.Coordinators), cfg.Token)
 	a.client.SetHeader("X-Metalfleet-Agent", cfg.Name)
 	if a.boot, err = bootstate.Open(db, cfg.Rack, a.log.With("component", "bootstate")); err != nil {
@@ -183,6 +218,9 @@ func New(cfg Config) (*Agent, error) {
 	a.dhcpConn = dconn
 
 	if cfg.TFTPAddr != "" {
+		if err := copyIPXE(cfg.TFTPRoots[0], a.log); err != nil {
+			return nil, err
+		}
 		ts, err := tftp.New(tftp.Config{Roots: cfg.TFTPRoots, Logger: a.log.With("component", "tftp"), OnRead: a.tftpRead})
 		if err != nil {
 			return nil, err
@@ -338,32 +376,50 @@ func (a *Agent) applyShare() {
 }
 
 // leaseLoop keeps the pool share in step with the boot state, expires
-// leases, and makes sure the coordinator knows every lease this agent
-// holds (a report lost in a crash is sent again).
+// leases, and every minute makes sure the coordinator knows every lease
+// this agent holds (a report lost in a crash is sent again), without
+// queueing a lease again while an earlier report of it may still be on
+// its way.
 func (a *Agent) leaseLoop(ctx context.Context) error {
-	tick := time.NewTicker(15 * time.Second)
-	defer tick.Stop()
-	reconciled := uint64(0)
+	expire := time.NewTicker(15 * time.Second)
+	defer expire.Stop()
+	reconcile := time.NewTicker(time.Minute)
+	defer reconcile.Stop()
+	reported := map[string]time.Time{} // mac+ip -> when last re-reported
+	check := func() {
+		v := a.boot.View()
+		if v == nil || !a.boot.Synced() {
+			return
+		}
+		now := time.Now()
+		for _, l := range a.pool.Leases() {
+			if known, ok := v.LeaseOfMAC(l.MAC); ok && known.IP == l.IP && !known.Expires.Before(l.Expires) {
+				continue
+			}
+			k := l.MAC + "/" + l.IP
+			if l.Expires.Before(now) || now.Sub(reported[k]) < 5*time.Minute {
+				continue
+			}
+			reported[k] = now
+			l := l
+			a.rep.Report(proto.AgentReport{Kind: proto.ReportLease, MAC: l.MAC, LeaseEvent: "bound", Lease: &l})
+		}
+		for k, t := range reported {
+			if now.Sub(t) > 10*time.Minute {
+				delete(reported, k)
+			}
+		}
+	}
 	for {
 		changed := a.boot.Changed()
 		a.applyShare()
-		if v := a.boot.View(); v != nil && a.boot.Synced() && v.State.Index != reconciled {
-			reconciled = v.State.Index
-			for _, l := range a.pool.Leases() {
-				if known, ok := v.LeaseOfMAC(l.MAC); ok && known.IP == l.IP && !known.Expires.Before(l.Expires) {
-					continue
-				}
-				if l.Expires.After(time.Now()) {
-					l := l
-					a.rep.Report(proto.AgentReport{Kind: proto.ReportLease, MAC: l.MAC, LeaseEvent: "bound", Lease: &l})
-				}
-			}
-		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-changed:
-		case <-tick.C:
+		case <-reconcile.C:
+			check()
+		case <-expire.C:
 			gone, err := a.pool.Expire(time.Now())
 			if err != nil {
 				a.log.Error("expiring leases", "err", err)

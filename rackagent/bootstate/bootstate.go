@@ -100,6 +100,10 @@ type Store struct {
 	notify chan struct{} // closed and replaced on every new view
 	// Wait bounds one long poll (default 60 s).
 	Wait time.Duration
+	// MinInterval spaces long polls (default 250 ms): a rack whose state
+	// changes many times a second (a burst of leases) is fetched a few
+	// times a second, not once per change.
+	MinInterval time.Duration
 	// synced is set once a state came from the coordinator in this run.
 	synced atomic.Bool
 }
@@ -114,7 +118,7 @@ func Open(db *bbolt.DB, rack string, log *slog.Logger) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Store{db: db, rack: rack, log: log, notify: make(chan struct{}), Wait: 60 * time.Second}
+	s := &Store{db: db, rack: rack, log: log, notify: make(chan struct{}), Wait: 60 * time.Second, MinInterval: 250 * time.Millisecond}
 	err := db.Update(func(tx *bbolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bucket)
 		if err != nil {
@@ -180,7 +184,12 @@ func (s *Store) Set(st *proto.RackBootState) error {
 // serving the last state it has.
 func (s *Store) Run(ctx context.Context, src Source) error {
 	backoff := 100 * time.Millisecond
+	var last time.Time
 	for ctx.Err() == nil {
+		if d := s.MinInterval - time.Since(last); d > 0 {
+			sleep(ctx, d)
+		}
+		last = time.Now()
 		var idx uint64
 		if v := s.View(); v != nil && s.synced.Load() {
 			idx = v.State.Index

@@ -248,8 +248,8 @@ func (h *Handler) request(req Request, view *bootstate.View) (*Reply, error) {
 			return h.nak(req, fmt.Sprintf("%s is reserved %s, not %s", mac, t.ip, wantIP))
 		}
 	default:
-		if !view.Prefix.Contains(wantIP) {
-			return h.nak(req, fmt.Sprintf("%s is outside the rack subnet", wantIP))
+		if why := h.leasable(mac, wantIP, view); why != "" {
+			return h.nak(req, why)
 		}
 		lt := h.leaseTime(view)
 		l, err := h.pool.Bind(mac, wantIP, view, h.cfg.Now(), lt)
@@ -260,6 +260,37 @@ func (h *Handler) request(req Request, view *bootstate.View) (*Reply, error) {
 		h.report(proto.AgentReport{Kind: proto.ReportLease, MAC: mac, LeaseEvent: "bound", Lease: &l})
 	}
 	return h.reply(req, view, t, dhcpv4.MessageTypeAck)
+}
+
+// leasable says why ip cannot be leased to mac, or "" if it can: it must
+// lie in the rack's dynamic pool (never a node's reservation or an
+// address outside the pool, whatever a client with a stale lease asks
+// for), and in this agent's share unless mac already holds it here or, by
+// the coordinator's record, at the rack's other agent.
+func (h *Handler) leasable(mac string, ip netip.Addr, view *bootstate.View) string {
+	rk := view.State.Rack
+	start, err1 := netip.ParseAddr(rk.PoolStart)
+	end, err2 := netip.ParseAddr(rk.PoolEnd)
+	if err1 != nil || err2 != nil {
+		return "the rack has no dynamic pool"
+	}
+	if ip.Less(start) || end.Less(ip) {
+		return fmt.Sprintf("%s is outside the rack's pool %s-%s", ip, start, end)
+	}
+	if n, ok := view.NodeByIP(ip); ok {
+		return fmt.Sprintf("%s is reserved for node %s", ip, n.UUID)
+	}
+	now := h.cfg.Now()
+	if held, ok := h.pool.Lookup(mac, noExternal{}, now); ok && held == ip {
+		return ""
+	}
+	if l, ok := view.LeaseOfMAC(mac); ok && l.IP == ip.String() && l.Expires.After(now) {
+		return ""
+	}
+	if !h.pool.InShare(ip) {
+		return fmt.Sprintf("%s is in another agent's share of the pool", ip)
+	}
+	return ""
 }
 
 func (h *Handler) release(req Request, view *bootstate.View) error {
@@ -363,6 +394,11 @@ func (h *Handler) reply(req Request, view *bootstate.View, t target, typ dhcpv4.
 		}
 		name, viaTFTP := Bootfile(kind, Arch(m), h.cfg.Files, h.cfg.HTTPBase, m.ClientHWAddr.String())
 		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptBootFileName(name)))
+		if len(name) < 128 {
+			// Also in the BOOTP header's file field: some firmware reads
+			// only that one.
+			mods = append(mods, func(d *dhcpv4.DHCPv4) { d.BootFileName = name })
+		}
 		if viaTFTP {
 			mods = append(mods,
 				func(d *dhcpv4.DHCPv4) { d.ServerIPAddr = bootServer.AsSlice() },

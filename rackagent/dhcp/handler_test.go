@@ -187,6 +187,7 @@ func TestKnownNodeGetsReservation(t *testing.T) {
 		{"lease", ack.IPAddressLeaseTime(0).String(), "2h0m0s"},
 		{"hostname", ack.HostName(), "n1"},
 		{"bootfile", ack.BootFileNameOption(), "undionly.kpxe"},
+		{"BOOTP file", ack.BootFileName, "undionly.kpxe"},
 		{"siaddr", ack.ServerIPAddr.String(), "10.99.0.1"},
 		{"option 66", ack.TFTPServerName(), "10.99.0.1"},
 		{"option 60", ack.ClassIdentifier(), "PXEClient"},
@@ -278,6 +279,28 @@ func TestRequestRules(t *testing.T) {
 	if nak.MessageType() != dhcpv4.MessageTypeNak || !strings.Contains(nak.Message(), "in use by") {
 		t.Fatalf("got %s %q, want NAK: in use", nak.MessageType(), nak.Message())
 	}
+	// INIT-REBOOT with a stale lease (no server id): an unknown MAC gets
+	// nothing outside the pool, least of all a node's reservation.
+	for ip, why := range map[string]string{"10.99.0.10": "outside the rack's pool", "10.99.0.1": "outside the rack's pool", "10.99.0.50": "outside the rack's pool"} {
+		nak = e.answer(pkt(t, dhcpv4.MessageTypeRequest, thief, append(pxeBIOS, dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.ParseIP(ip))))...))
+		if nak.MessageType() != dhcpv4.MessageTypeNak || !strings.Contains(nak.Message(), why) {
+			t.Fatalf("stale REQUEST for %s: %s %q, want NAK %q", ip, nak.MessageType(), nak.Message(), why)
+		}
+	}
+	st := rackState()
+	st.Nodes = append(st.Nodes, proto.BootNode{UUID: "node-in-pool", MACs: []string{"52:54:00:00:00:02"}, IP: "10.99.0.102"})
+	e.be.set(st)
+	nak = e.answer(pkt(t, dhcpv4.MessageTypeRequest, thief, append(pxeBIOS, dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.ParseIP("10.99.0.102"))))...))
+	if nak.MessageType() != dhcpv4.MessageTypeNak || !strings.Contains(nak.Message(), "reserved for node node-in-pool") {
+		t.Fatalf("REQUEST for a reservation in the pool: %s %q", nak.MessageType(), nak.Message())
+	}
+	e.pool.SetShare(netip.MustParseAddr("10.99.0.100"), netip.MustParseAddr("10.99.0.101"))
+	nak = e.answer(pkt(t, dhcpv4.MessageTypeRequest, thief, append(pxeBIOS, dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.ParseIP("10.99.0.103"))))...))
+	if nak.MessageType() != dhcpv4.MessageTypeNak || !strings.Contains(nak.Message(), "another agent's share") {
+		t.Fatalf("REQUEST in the other agent's share: %s %q", nak.MessageType(), nak.Message())
+	}
+	e.be.set(rackState())
+	e.pool.SetShare(netip.MustParseAddr("10.99.0.100"), netip.MustParseAddr("10.99.0.103"))
 	// Outside the subnet: NAK.
 	nak = e.answer(pkt(t, dhcpv4.MessageTypeRequest, thief, append(pxeBIOS, dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.ParseIP("192.0.2.1"))))...))
 	if nak.MessageType() != dhcpv4.MessageTypeNak {

@@ -109,6 +109,13 @@ func (p *Pool) SetShare(first, last netip.Addr) {
 	p.mu.Unlock()
 }
 
+// InShare reports whether ip is in this agent's share of the pool.
+func (p *Pool) InShare(ip netip.Addr) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.first.IsValid() && !ip.Less(p.first) && !p.last.Less(ip)
+}
+
 // External is what the pool knows from the coordinator: leases other
 // agents reported.
 type External interface {

@@ -76,7 +76,7 @@ func NewServer(h *Handler, conn net.PacketConn, iface string, log *slog.Logger) 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{h: h, conn: conn, iface: iface, log: log, workers: 32, lastLog: map[netip.Addr]time.Time{}}
+	return &Server{h: h, conn: conn, iface: iface, log: log, workers: 64, lastLog: map[netip.Addr]time.Time{}}
 }
 
 // Addr is the socket's address.
