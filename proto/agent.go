@@ -71,7 +71,8 @@ type RackBootState struct {
 	DiscoveryEnabled bool       `json:"discovery_enabled"`
 	Nodes            []BootNode `json:"nodes"`
 	// Leases are the dynamic leases the coordinator has heard of from
-	// this rack's agents, so a survivor honours its peer's leases.
+	// this rack's agents, so a survivor honours its peer's leases. An
+	// agent that names itself (X-Metalfleet-Agent) is not sent its own.
 	Leases []Lease `json:"leases"`
 	// Index is the coordinator's state index this reflects.
 	Index uint64 `json:"index"`

@@ -90,9 +90,14 @@ func (a *API) bootState(c *call) (any, error) {
 			bn.Boot = bootConfig(n, out.Discovery)
 			out.Nodes = append(out.Nodes, bn)
 		}
+		// An agent holds its own leases; it needs only the others' (to
+		// honour them when it takes over a dead peer's MACs).
+		self := c.r.Header.Get(AgentHeader)
 		out.Leases = make([]proto.Lease, 0, len(leases))
 		for _, l := range leases {
-			out.Leases = append(out.Leases, *l)
+			if self == "" || l.Agent != self {
+				out.Leases = append(out.Leases, *l)
+			}
 		}
 	})
 	if gone {

@@ -375,41 +375,17 @@ func (a *Agent) applyShare() {
 	a.pool.SetShare(first, last)
 }
 
-// leaseLoop keeps the pool share in step with the boot state, expires
-// leases, and every minute makes sure the coordinator knows every lease
-// this agent holds (a report lost in a crash is sent again), without
-// queueing a lease again while an earlier report of it may still be on
-// its way.
+// leaseLoop keeps the pool share in step with the boot state and expires
+// leases. Once after each start, when the outbox has drained, it reports
+// every lease this agent holds again: a lease whose report a crash lost
+// (between its commit and its report's) reaches the coordinator that way.
+// The coordinator takes a repeat as an update.
 func (a *Agent) leaseLoop(ctx context.Context) error {
 	expire := time.NewTicker(15 * time.Second)
 	defer expire.Stop()
-	reconcile := time.NewTicker(time.Minute)
-	defer reconcile.Stop()
-	reported := map[string]time.Time{} // mac+ip -> when last re-reported
-	check := func() {
-		v := a.boot.View()
-		if v == nil || !a.boot.Synced() {
-			return
-		}
-		now := time.Now()
-		for _, l := range a.pool.Leases() {
-			if known, ok := v.LeaseOfMAC(l.MAC); ok && known.IP == l.IP && !known.Expires.Before(l.Expires) {
-				continue
-			}
-			k := l.MAC + "/" + l.IP
-			if l.Expires.Before(now) || now.Sub(reported[k]) < 5*time.Minute {
-				continue
-			}
-			reported[k] = now
-			l := l
-			a.rep.Report(proto.AgentReport{Kind: proto.ReportLease, MAC: l.MAC, LeaseEvent: "bound", Lease: &l})
-		}
-		for k, t := range reported {
-			if now.Sub(t) > 10*time.Minute {
-				delete(reported, k)
-			}
-		}
-	}
+	poll := time.NewTicker(time.Second)
+	defer poll.Stop()
+	reconciled := false
 	for {
 		changed := a.boot.Changed()
 		a.applyShare()
@@ -417,8 +393,23 @@ func (a *Agent) leaseLoop(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-changed:
-		case <-reconcile.C:
-			check()
+		case <-poll.C:
+			if reconciled || !a.boot.Synced() || a.out.Len() > 0 {
+				continue
+			}
+			reconciled = true
+			now := time.Now()
+			n := 0
+			for _, l := range a.pool.Leases() {
+				if l.Expires.After(now) {
+					l := l
+					a.rep.Report(proto.AgentReport{Kind: proto.ReportLease, MAC: l.MAC, LeaseEvent: "bound", Lease: &l})
+					n++
+				}
+			}
+			if n > 0 {
+				a.log.Info("leases reported again after start", "leases", n)
+			}
 		case <-expire.C:
 			gone, err := a.pool.Expire(time.Now())
 			if err != nil {
