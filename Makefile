@@ -39,6 +39,10 @@ bench: build ## run the benchmarks of BENCHMARKS.md (output in build/bench.txt)
 	$(GO) test -run '^$$' -bench . -benchtime 3000x -count 3 ./coordinator/server/ | tee $(BENCHOUT)
 	METALFLEET_BIN=$(CURDIR)/$(BIN) $(GO) test -run '^$$' -bench Failover -benchtime 7x ./ops/drills/ | tee -a $(BENCHOUT)
 
+.PHONY: ramdisk
+ramdisk: ## build the task ramdisk (nodeagent as /init), its kernel and BUILD-INFO in build/ramdisk/
+	ops/ramdisk/build.sh
+
 .PHONY: bench-dhcp
 bench-dhcp: build ## DHCP DORA rate: rack agent vs Kea vs dnsmasq under perfdhcp (root, about 5 min)
 	METALFLEET_BIN=$(CURDIR)/$(BIN) ops/bench/dhcp-perf.sh

@@ -22,6 +22,7 @@ import (
 	"github.com/metalfleet/metalfleet/coordinator/server"
 	"github.com/metalfleet/metalfleet/proto"
 	"github.com/metalfleet/metalfleet/rackagent/agent"
+	"github.com/metalfleet/metalfleet/rackagent/nodeagent"
 	"github.com/metalfleet/metalfleet/rackagent/sim"
 )
 
@@ -256,7 +257,7 @@ func bootMachines(ctx context.Context, out io.Writer, admin *apiclient.Client, a
 	for i := 1; i <= n && ctx.Err() == nil; i++ {
 		mac := net.HardwareAddr{0x52, 0x54, 0x00, 0xde, 0x00, byte(i)}
 		m := &sim.Machine{MAC: mac, DHCP: ag.DHCPAddr().(*net.UDPAddr), RelayIP: net.IPv4(127, 0, 0, 1),
-			TFTPPort: udpPort(ag.TFTPAddr()), Report: simReport}
+			TFTPPort: udpPort(ag.TFTPAddr()), Report: nodeagent.Report}
 		// Wait until the agent has the rack's boot state.
 		for ag.Boot().View() == nil && ctx.Err() == nil {
 			time.Sleep(50 * time.Millisecond)

@@ -1,0 +1,100 @@
+#!/bin/sh
+# Build the task ramdisk: nodeagent as /init, the kernel modules of
+# ops/ramdisk/modules.txt with their dependencies, and the matching kernel.
+#
+#   ops/ramdisk/build.sh            (make ramdisk)
+#
+# Writes build/ramdisk/:
+#   metalfleet-ramdisk.cpio.gz   the initrd (newc cpio, gzip)
+#   vmlinuz                      the kernel the modules are for
+#   nodeagent                    the static binary inside (for reference)
+#   BUILD-INFO                   kernel version, sha256 of both, nodeagent version
+#
+# Environment:
+#   OUT=DIR       output directory (default build/ramdisk)
+#   KVER=VERSION  kernel version (default: the one Debian's linux-image-amd64
+#                 depends on, else the newest in /lib/modules)
+#   MODULES="..." module names instead of modules.txt
+#   VERSION=V     nodeagent version (default: git describe)
+# Installs linux-image-amd64 and cpio with apt-get when they are missing
+# (root needed then, and for the /dev/console node in the archive).
+set -eu
+
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+OUT=${OUT:-$REPO/build/ramdisk}
+GO=${GO:-go}
+
+need() { dpkg-query -W -f '${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+missing=""
+for p in linux-image-amd64 cpio; do need "$p" || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+	echo "build.sh: installing$missing" >&2
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing >&2
+fi
+
+if [ -z "${KVER:-}" ]; then
+	# linux-image-amd64 depends on linux-image-VERSION (=...).
+	KVER=$(dpkg-query -W -f '${Depends}' linux-image-amd64 2>/dev/null |
+		tr ',' '\n' | sed -n 's/^ *linux-image-\([^ ]*\).*/\1/p' | grep -v '^amd64$' | head -1)
+	if [ -z "$KVER" ] || [ ! -d "/lib/modules/$KVER" ]; then
+		KVER=$(ls /lib/modules | sort -V | tail -1)
+	fi
+fi
+MODDIR=/lib/modules/$KVER
+KERNEL=/boot/vmlinuz-$KVER
+[ -f "$MODDIR/modules.dep" ] || { echo "build.sh: no $MODDIR/modules.dep" >&2; exit 1; }
+[ -f "$KERNEL" ] || { echo "build.sh: no $KERNEL" >&2; exit 1; }
+
+VERSION=${VERSION:-$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo dev)}
+mkdir -p "$OUT"
+echo "build.sh: nodeagent $VERSION for kernel $KVER" >&2
+(cd "$REPO" && CGO_ENABLED=0 "$GO" build -trimpath \
+	-ldflags "-s -w -X github.com/metalfleet/metalfleet/rackagent/nodeagent.Version=$VERSION" \
+	-o "$OUT/nodeagent" ./cmd/nodeagent)
+
+STAGE=$(mktemp -d)
+trap 'rm -rf "$STAGE"' EXIT
+mkdir -p "$STAGE/dev" "$STAGE/proc" "$STAGE/sys" "$STAGE/run" "$STAGE/tmp" \
+	"$STAGE/etc/metalfleet" "$STAGE/lib/modules/$KVER"
+cp "$OUT/nodeagent" "$STAGE/init"
+chmod 755 "$STAGE/init"
+# The kernel opens /dev/console for init before devtmpfs is mounted; without
+# the node, init starts with no output until it mounts /dev (it does).
+mknod -m 600 "$STAGE/dev/console" c 5 1 2>/dev/null ||
+	echo "build.sh: cannot mknod /dev/console (not root); init reopens it after mounting /dev" >&2
+
+if [ -n "${MODULES:-}" ]; then
+	names=$MODULES
+else
+	names=$(sed 's/#.*//' "$REPO/ops/ramdisk/modules.txt")
+fi
+# nodeagent resolves the names with modules.dep, dependencies first, and
+# skips (and names on stderr) the ones built into the kernel.
+"$OUT/nodeagent" modules --dir "$MODDIR" $names > "$STAGE/etc/metalfleet/modules"
+while read -r f; do
+	mkdir -p "$STAGE/lib/modules/$KVER/$(dirname "$f")"
+	cp "$MODDIR/$f" "$STAGE/lib/modules/$KVER/$f"
+done < "$STAGE/etc/metalfleet/modules"
+nmod=$(wc -l < "$STAGE/etc/metalfleet/modules")
+
+# A reproducible archive: sorted names, fixed times, no owners.
+find "$STAGE" -exec touch -h -d @0 {} +
+(cd "$STAGE" && find . -mindepth 1 | LC_ALL=C sort |
+	cpio -o -H newc --quiet --owner 0:0 --reproducible) | gzip -9n > "$OUT/metalfleet-ramdisk.cpio.gz"
+cp "$KERNEL" "$OUT/vmlinuz"
+
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+cat > "$OUT/BUILD-INFO" <<INFO
+kernel_version=$KVER
+kernel_sha256=$(sha "$OUT/vmlinuz")
+ramdisk_sha256=$(sha "$OUT/metalfleet-ramdisk.cpio.gz")
+nodeagent_version=$VERSION
+nodeagent_sha256=$(sha "$OUT/nodeagent")
+modules=$nmod
+INFO
+
+size() { stat -c %s "$1"; }
+echo "build.sh: wrote $OUT"
+printf '  %-28s %10d bytes\n' metalfleet-ramdisk.cpio.gz "$(size "$OUT/metalfleet-ramdisk.cpio.gz")" \
+	vmlinuz "$(size "$OUT/vmlinuz")" nodeagent "$(size "$OUT/nodeagent")"
+echo "  modules: $nmod"

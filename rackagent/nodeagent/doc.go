@@ -1,0 +1,25 @@
+// Package nodeagent is the library of the small static program inside every
+// task ramdisk (cmd/nodeagent).
+//
+// It does three things:
+//
+//   - Collect reads a machine's inventory (proto.Inventory) from /sys,
+//     /proc and /dev under a filesystem root: "/" on a machine, a fixture
+//     tree in tests. Live-only sources (interface addresses, the BMC
+//     address over /dev/ipmi0, LLDP frames) are read only when the root is
+//     "/".
+//   - Report posts one step's JSON result to the rack agent's callback URL,
+//     with the MAC header and the task token, retrying with backoff. The
+//     simulated machines of dev mode use it too.
+//   - RunInit is PID 1 of the ramdisk: it mounts the kernel filesystems,
+//     loads the kernel modules the ramdisk build listed, reads the kernel
+//     command line (metalfleet.callback, metalfleet.mac, BOOTIF,
+//     metalfleet.token, metalfleet.task, ...), takes a DHCP lease on the
+//     boot interface, collects and reports the inventory, then powers off
+//     or stays up as the command line says.
+//
+// What needs a real machine (mount, finit_module, netlink, ioctl, raw
+// sockets, reboot) is kept thin; what decides (parsing the command line,
+// choosing interfaces, ordering modules, parsing sysfs, SMBIOS, LLDP and
+// IPMI replies, posting with retries) is pure and tested.
+package nodeagent
