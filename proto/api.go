@@ -58,6 +58,7 @@ type SettingsPatch struct {
 	DiscoveryEnabled *bool   `json:"discovery_enabled,omitempty"`
 	DiscoveryKernel  *string `json:"discovery_kernel,omitempty"`
 	DiscoveryRamdisk *string `json:"discovery_ramdisk,omitempty"`
+	DiscoveryCmdline *string `json:"discovery_cmdline,omitempty"`
 }
 
 // TokenCreate is the body of POST /v1/tokens.

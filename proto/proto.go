@@ -177,6 +177,9 @@ type Settings struct {
 	DiscoveryEnabled bool   `json:"discovery_enabled"`
 	DiscoveryKernel  string `json:"discovery_kernel,omitempty"`  // image name, kind kernel
 	DiscoveryRamdisk string `json:"discovery_ramdisk,omitempty"` // image name, kind ramdisk
+	// DiscoveryCmdline is added to the discovery kernel's command line
+	// (console=ttyS0, metalfleet.poweroff=false to keep machines up, ...).
+	DiscoveryCmdline string `json:"discovery_cmdline,omitempty"`
 	Meta
 }
 

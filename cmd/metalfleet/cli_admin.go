@@ -40,8 +40,10 @@ func newSettingsCmd(g *globals) *cobra.Command {
   discovery.enabled  true or false: boot unknown machines into discovery
   discovery.kernel   name of a kernel image for discovery ("" clears it)
   discovery.ramdisk  name of a ramdisk image for discovery ("" clears it)
+  discovery.cmdline  extra kernel command line for discovery, e.g.
+                     "console=ttyS0 metalfleet.poweroff=false" to keep machines up
 
-discovery_enabled, discovery_kernel and discovery_ramdisk are accepted too.`,
+discovery_enabled, discovery_kernel, discovery_ramdisk and discovery_cmdline are accepted too.`,
 			Args: args(cobra.MinimumNArgs(1)),
 			RunE: func(cmd *cobra.Command, a []string) error {
 				p, err := parseSettings(a)
@@ -94,8 +96,10 @@ func parseSettings(items []string) (proto.SettingsPatch, error) {
 			p.DiscoveryKernel = &v
 		case "discovery.ramdisk":
 			p.DiscoveryRamdisk = &v
+		case "discovery.cmdline":
+			p.DiscoveryCmdline = &v
 		default:
-			return p, fmt.Errorf("unknown setting %q: want auto_enroll, discovery.enabled, discovery.kernel or discovery.ramdisk", kv[0])
+			return p, fmt.Errorf("unknown setting %q: want auto_enroll, discovery.enabled, discovery.kernel, discovery.ramdisk or discovery.cmdline", kv[0])
 		}
 	}
 	return p, nil
@@ -122,6 +126,7 @@ func (g *globals) showSettings(s *proto.Settings) error {
 		{"discovery.enabled", strconv.FormatBool(s.DiscoveryEnabled)},
 		{"discovery.kernel", s.DiscoveryKernel},
 		{"discovery.ramdisk", s.DiscoveryRamdisk},
+		{"discovery.cmdline", s.DiscoveryCmdline},
 	}))
 }
 

@@ -472,7 +472,7 @@ func TestObjectCommands(t *testing.T) {
 func TestSettingsCommands(t *testing.T) {
 	c := startCLI(t)
 	kv := parseKVOut(t, c.ok("settings", "show"))
-	want := map[string]string{"auto_enroll": "false", "discovery.enabled": "false", "discovery.kernel": "-", "discovery.ramdisk": "-"}
+	want := map[string]string{"auto_enroll": "false", "discovery.enabled": "false", "discovery.kernel": "-", "discovery.ramdisk": "-", "discovery.cmdline": "-"}
 	if !reflect.DeepEqual(kv, want) {
 		t.Errorf("settings show: got %v, want %v", kv, want)
 	}

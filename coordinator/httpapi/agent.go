@@ -82,7 +82,8 @@ func (a *API) bootState(c *call) (any, error) {
 			return
 		}
 		out.Rack = *r
-		out.Discovery = proto.BootConfig{Kind: proto.BootDiscovery, Kernel: artifact(images[s.DiscoveryKernel]), Initrd: artifact(images[s.DiscoveryRamdisk])}
+		out.Discovery = proto.BootConfig{Kind: proto.BootDiscovery, Kernel: artifact(images[s.DiscoveryKernel]), Initrd: artifact(images[s.DiscoveryRamdisk]),
+			Cmdline: s.DiscoveryCmdline, Task: "discovery"}
 		out.DiscoveryEnabled = s.DiscoveryEnabled && out.Discovery.Kernel != nil && out.Discovery.Initrd != nil
 		out.Nodes = make([]proto.BootNode, 0, len(nodes))
 		for _, n := range nodes {
