@@ -3,9 +3,6 @@ package drills
 import (
 	"context"
 	"net"
-	"os"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -23,41 +20,7 @@ func TestAgentSIGKILLWithQueuedReports(t *testing.T) {
 	}
 	bin := Binary(t)
 	ctx := context.Background()
-	c := NewProc(t, bin, "c1", "--bootstrap")
-	c.Start(t)
-	tokenFile := filepath.Join(c.DataDir, "admin.token")
-	WaitFor(t, 20*time.Second, "admin token", func() bool { _, err := os.Stat(tokenFile); return err == nil })
-	b, _ := os.ReadFile(tokenFile)
-	admin := c.Client(strings.TrimSpace(string(b)))
-	WaitFor(t, 20*time.Second, "coordinator leads", func() bool {
-		st, err := admin.Status(Ctx(t, 2*time.Second))
-		return err == nil && st.RaftState == "leader"
-	})
-	if _, err := admin.Do(ctx, "POST", "/v1/racks", proto.Rack{Name: "r1", Subnet: "127.0.0.0/24", BootServer: "127.0.0.1",
-		PoolStart: "127.0.0.100", PoolEnd: "127.0.0.199"}, nil); err != nil {
-		t.Fatal(err)
-	}
-	var tok proto.TokenCreated
-	if _, err := admin.Do(ctx, "POST", "/v1/tokens", proto.TokenCreate{Role: proto.RoleAgent, Rack: "r1"}, &tok); err != nil {
-		t.Fatal(err)
-	}
-	agentToken := filepath.Join(t.TempDir(), "agent.token")
-	os.WriteFile(agentToken, []byte(tok.Secret+"\n"), 0o600)
-	yes := true
-	// Discovery needs images; any verified-looking entries will do here
-	// (nothing boots).
-	for _, im := range []proto.Image{
-		{Name: "k", Kind: proto.ImageKernel, URL: "file:///nonexistent/k", SHA256: strings.Repeat("a", 64)},
-		{Name: "r", Kind: proto.ImageRamdisk, URL: "file:///nonexistent/r", SHA256: strings.Repeat("b", 64)},
-	} {
-		if _, err := admin.Do(ctx, "POST", "/v1/images", im, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	kn, rd := "k", "r"
-	if _, err := admin.Do(ctx, "PATCH", "/v1/settings", proto.SettingsPatch{DiscoveryEnabled: &yes, DiscoveryKernel: &kn, DiscoveryRamdisk: &rd}, nil); err != nil {
-		t.Fatal(err)
-	}
+	c, admin, agentToken, _ := coordinatorForRack(t, bin)
 
 	dhcpAddr := freeUDP(t)
 	a := NewAgentProc(t, bin, "a1", "--rack", "r1", "--coordinator", c.HTTPAddr, "--token-file", agentToken,

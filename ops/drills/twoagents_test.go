@@ -19,9 +19,9 @@ import (
 
 // coordinatorForRack starts a coordinator process with gossip and sets up
 // rack r1 (127.0.0.0/24, so loopback sockets can be its relays) with
-// discovery on; it returns the admin client, an agent token file and the
-// coordinator's HTTP and gossip addresses.
-func coordinatorForRack(t *testing.T, bin string) (*apiclient.Client, string, string, string) {
+// discovery on; it returns the process, the admin client, an agent token
+// file and the coordinator's gossip address.
+func coordinatorForRack(t *testing.T, bin string) (*Proc, *apiclient.Client, string, string) {
 	t.Helper()
 	ctx := context.Background()
 	gossipAddr := freeUDP(t)
@@ -51,7 +51,7 @@ func coordinatorForRack(t *testing.T, bin string) (*apiclient.Client, string, st
 	must(admin.Do(ctx, "POST", "/v1/images", proto.Image{Name: "r", Kind: proto.ImageRamdisk, URL: "file:///nonexistent/r", SHA256: strings.Repeat("b", 64)}, nil))
 	yes, kn, rd := true, "k", "r"
 	must(admin.Do(ctx, "PATCH", "/v1/settings", proto.SettingsPatch{DiscoveryEnabled: &yes, DiscoveryKernel: &kn, DiscoveryRamdisk: &rd}, nil))
-	return admin, agentToken, c.HTTPAddr, gossipAddr
+	return c, admin, agentToken, gossipAddr
 }
 
 // offered sends one DISCOVER to server and says whether it answered.
@@ -70,7 +70,8 @@ func TestTwoAgentsOneRack(t *testing.T) {
 		t.Skip("starts coordinator and agent processes")
 	}
 	bin := Binary(t)
-	admin, agentToken, coordHTTP, coordGossip := coordinatorForRack(t, bin)
+	c, admin, agentToken, coordGossip := coordinatorForRack(t, bin)
+	coordHTTP := c.HTTPAddr
 	var servers []net.Addr
 	var agents []*Proc
 	for i, name := range []string{"a1", "a2"} {
