@@ -43,6 +43,10 @@ bench: build ## run the benchmarks of BENCHMARKS.md (output in build/bench.txt)
 ramdisk: ## build the task ramdisk (nodeagent as /init), its kernel and BUILD-INFO in build/ramdisk/
 	ops/ramdisk/build.sh
 
+.PHONY: e2e
+e2e: deps build ramdisk ## boot QEMU VMs (BIOS and UEFI) from a rack agent and check they are discovered (root)
+	METALFLEET_E2E=1 METALFLEET_E2E_UEFI=1 METALFLEET_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 15m -v -run QEMU ./ops/e2e/
+
 .PHONY: bench-dhcp
 bench-dhcp: build ## DHCP DORA rate: rack agent vs Kea vs dnsmasq under perfdhcp (root, about 5 min)
 	METALFLEET_BIN=$(CURDIR)/$(BIN) ops/bench/dhcp-perf.sh

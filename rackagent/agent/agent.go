@@ -26,6 +26,7 @@ import (
 	"github.com/metalfleet/metalfleet/rackagent/dhcp"
 	"github.com/metalfleet/metalfleet/rackagent/httpboot"
 	"github.com/metalfleet/metalfleet/rackagent/outbox"
+	"github.com/metalfleet/metalfleet/rackagent/ra"
 	"github.com/metalfleet/metalfleet/rackagent/tftp"
 )
 
@@ -101,6 +102,9 @@ type Config struct {
 	GossipKey []byte
 	// GossipProfile is "lan" (default) or "local" (tests).
 	GossipProfile string
+	// NoRouterAdverts turns off the IPv6 router advertisements an agent
+	// serving broadcast DHCP sends on its interface (see package ra).
+	NoRouterAdverts bool
 	// CacheMaxBytes bounds the artifact cache (default 20 GiB).
 	CacheMaxBytes int64
 
@@ -320,6 +324,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		run("tftp", func(ctx context.Context) error { return a.tftp.Serve(ctx, a.tftpLn) })
 	}
 	run("leases", a.leaseLoop)
+	if a.cfg.Interface != "" && !a.cfg.NoRouterAdverts {
+		run("router-adverts", func(ctx context.Context) error {
+			if err := ra.Run(ctx, a.cfg.Interface, ra.DefaultInterval, a.log.With("component", "ra")); err != nil {
+				// Boots are slower without them, not broken.
+				a.log.Warn("no IPv6 router advertisements: iPXE will wait about 16 s for IPv6 on each boot", "err", err)
+			}
+			return nil
+		})
+	}
 	if a.gossip != nil {
 		run("gossip", a.gossip.Run)
 		run("coordinators", a.followCoordinators)

@@ -387,7 +387,7 @@ func (h *Handler) reply(req Request, view *bootstate.View, t target, typ dhcpv4.
 		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptHostName(t.node.Name)))
 	}
 	kind := Kind(m)
-	if kind != NotNetboot {
+	if kind != NotNetboot && kind != Ramdisk { // a ramdisk has booted: no boot file
 		bootServer := h.cfg.ServerIP
 		if a, err := netip.ParseAddr(rk.BootServer); err == nil {
 			bootServer = a

@@ -15,6 +15,7 @@ import (
 
 	"github.com/metalfleet/metalfleet/proto"
 	"github.com/metalfleet/metalfleet/rackagent/bootstate"
+	"github.com/metalfleet/metalfleet/rackagent/nodeagent"
 )
 
 // fakeBackend serves a fixed view.
@@ -129,6 +130,8 @@ var (
 	pxeEFI  = []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00007:UNDI:003016")), dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64))}
 	httpEFI = []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("HTTPClient:Arch:00016:UNDI:003001")), dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64_HTTP))}
 	ipxe    = []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00000:UNDI:002001")), dhcpv4.WithOption(dhcpv4.OptUserClass("iPXE"))}
+	// What the ramdisk's nodeagent sends.
+	ramdisk = []dhcpv4.Modifier{dhcpv4.WithOption(dhcpv4.OptClassIdentifier(nodeagent.DHCPClassID))}
 )
 
 func (e *env) handle(m *dhcpv4.DHCPv4) (*Reply, error) {
@@ -220,6 +223,7 @@ func TestNetbootOptionsByClient(t *testing.T) {
 		{"uefi http", httpEFI, "http://10.99.0.1:8080/tftp/ipxe.efi", "HTTPClient", false},
 		{"ipxe", ipxe, "http://10.99.0.1:8080/boot/52:54:00:00:00:01.ipxe", "", true},
 		{"plain dhcp", nil, "", "", false},
+		{"ramdisk", ramdisk, "", "", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
@@ -263,6 +267,26 @@ func TestUnknownMACs(t *testing.T) {
 	e.be.set(st)
 	e.silent(pkt(t, dhcpv4.MessageTypeDiscover, net.HardwareAddr{0x52, 0x54, 0x00, 0x00, 0x00, 0x97}, pxeBIOS...), "discovery is off")
 	e.answer(pkt(t, dhcpv4.MessageTypeDiscover, knownMAC, pxeBIOS...))
+}
+
+// TestDiscoveryRamdisk: the discovery ramdisk of an unknown MAC (its
+// nodeagent's vendor class, no PXE or iPXE) gets an address while
+// discovery is on, the one its firmware got, and no boot file; with
+// discovery off it gets nothing.
+func TestDiscoveryRamdisk(t *testing.T) {
+	e := newEnv(t)
+	fw := e.dora(unknownMAC, ipxe...)
+	ack := e.dora(unknownMAC, ramdisk...)
+	if !ack.YourIPAddr.Equal(fw.YourIPAddr) {
+		t.Errorf("ramdisk got %s, want its firmware's %s", ack.YourIPAddr, fw.YourIPAddr)
+	}
+	if ack.BootFileNameOption() != "" || ack.BootFileName != "" || ack.ClassIdentifier() != "" {
+		t.Errorf("ramdisk's ACK has boot file %q / %q, option 60 %q; want none", ack.BootFileNameOption(), ack.BootFileName, ack.ClassIdentifier())
+	}
+	st := rackState()
+	st.DiscoveryEnabled = false
+	e.be.set(st)
+	e.silent(pkt(t, dhcpv4.MessageTypeDiscover, net.HardwareAddr{0x52, 0x54, 0x00, 0x00, 0x00, 0x97}, ramdisk...), "discovery is off")
 }
 
 func TestRequestRules(t *testing.T) {

@@ -22,10 +22,18 @@ const (
 	// IPXE: iPXE itself (option 77 user class "iPXE"), which can fetch
 	// its script over HTTP directly.
 	IPXE
+	// Ramdisk: a Metalfleet ramdisk's nodeagent (option 60
+	// RamdiskClassID), booted from this rack: it needs an address like
+	// the firmware before it, but no boot file.
+	Ramdisk
 )
 
+// RamdiskClassID is the vendor class (option 60) a Metalfleet ramdisk's
+// nodeagent sends (nodeagent.DHCPClassID).
+const RamdiskClassID = "metalfleet-nodeagent"
+
 func (k ClientKind) String() string {
-	return [...]string{"dhcp", "pxe", "httpboot", "ipxe"}[k]
+	return [...]string{"dhcp", "pxe", "httpboot", "ipxe", "ramdisk"}[k]
 }
 
 // Kind classifies a request.
@@ -41,6 +49,8 @@ func Kind(m *dhcpv4.DHCPv4) ClientKind {
 		return HTTPBoot
 	case strings.HasPrefix(vc, "PXEClient"):
 		return PXE
+	case vc == RamdiskClassID:
+		return Ramdisk
 	}
 	return NotNetboot
 }

@@ -87,6 +87,12 @@ func RenderScript(p ScriptParams) (string, error) {
 		args = append(args, c)
 	}
 	args = append(args,
+		// iPXE names the initrd after its URL's last path segment (the
+		// sha256). Under UEFI, Linux's EFI stub loads only the initrds
+		// the command line names from iPXE's file system (this iPXE has
+		// no LINUX_EFI_INITRD_MEDIA_GUID): without this the kernel boots
+		// with no initrd and panics. BIOS boots ignore it.
+		"initrd="+strings.ToLower(p.Boot.Initrd.SHA256),
 		"BOOTIF=01-"+strings.ReplaceAll(mac, ":", "-"),
 		"metalfleet.callback="+base+"/v1/callback",
 		"metalfleet.mac="+mac,

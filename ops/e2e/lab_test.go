@@ -1,0 +1,600 @@
+//go:build linux
+
+package e2e
+
+// The lab: one network namespace with a bridge and a tap, a coordinator
+// and a rack agent running in it as child processes, and sockets the test
+// opens inside it. See doc.go for the wiring.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/metalfleet/metalfleet/proto"
+)
+
+// Names inside the lab's own namespace: they cannot clash with another
+// run's, whose devices live in another namespace.
+const (
+	bridgeName = "mfbr0"
+	tapName    = "mftap0"
+)
+
+// e2eNeed skips the test unless METALFLEET_E2E=1, and when it cannot run
+// here (not root, a binary or file missing): a skip, or a failure when CI
+// is set (CI installs ops/apt-packages.txt and runs as root).
+func e2eNeed(t *testing.T, files map[string]string) {
+	t.Helper()
+	if os.Getenv("METALFLEET_E2E") != "1" {
+		t.Skip("boots a QEMU VM; set METALFLEET_E2E=1 (make e2e) to run it")
+	}
+	// ip lives in /usr/sbin, which a non-login PATH may lack.
+	path := os.Getenv("PATH")
+	for _, d := range []string{"/usr/sbin", "/sbin"} {
+		if !strings.Contains(":"+path+":", ":"+d+":") {
+			path += ":" + d
+		}
+	}
+	t.Setenv("PATH", path)
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root (network namespaces, taps)")
+	}
+	for _, b := range []string{"ip", "qemu-system-x86_64", "go"} {
+		if _, err := exec.LookPath(b); err != nil {
+			missing = append(missing, b)
+		}
+	}
+	for f, why := range files {
+		if _, err := os.Stat(f); err != nil {
+			missing = append(missing, f+" ("+why+")")
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("CI is set but this test cannot run: missing %s (see ops/apt-packages.txt, ops/install-deps.sh)", strings.Join(missing, ", "))
+	}
+	t.Skipf("needs %s (set CI=true to make this a failure)", strings.Join(missing, ", "))
+}
+
+// laps logs phase timings: each call logs the time since the last.
+func laps(t *testing.T) func(phase string) {
+	start := time.Now()
+	last := start
+	return func(phase string) {
+		now := time.Now()
+		t.Logf("setup %-40s %7.2fs (total %6.2fs)", phase, now.Sub(last).Seconds(), now.Sub(start).Seconds())
+		last = now
+	}
+}
+
+// run runs a short command and fails the test if it fails.
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// repoRoot is the module's root (the test runs in ops/e2e).
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
+		t.Fatalf("repository root %s: %v", root, err)
+	}
+	return root
+}
+
+// binary returns $METALFLEET_BIN (a relative path is from the
+// repository's root) or a binary built for this test.
+func binary(t *testing.T) string {
+	t.Helper()
+	if b := os.Getenv("METALFLEET_BIN"); b != "" {
+		abs := b
+		if !filepath.IsAbs(b) {
+			abs = filepath.Join(repoRoot(t), b)
+		}
+		if _, err := os.Stat(abs); err != nil {
+			t.Fatalf("METALFLEET_BIN: %v", err)
+		}
+		return abs
+	}
+	out := filepath.Join(t.TempDir(), "metalfleet")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/metalfleet")
+	cmd.Dir = repoRoot(t)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, b)
+	}
+	return out
+}
+
+// ramdiskFiles is a snapshot of the discovery kernel and ramdisk.
+type ramdiskFiles struct {
+	Kernel, Ramdisk       string // paths of this run's copies
+	KernelSHA, RamdiskSHA string
+	Info                  string // BUILD-INFO
+}
+
+// ramdisk returns copies, in dir, of build/ramdisk/vmlinuz and
+// metalfleet-ramdisk.cpio.gz, running ops/ramdisk/build.sh first if
+// either is missing. Copies, so that a rebuild while the test runs cannot
+// change the bytes under the agent (which checks them against the sha256
+// the images were registered with); a copy that disagrees with
+// BUILD-INFO (a build was writing) is taken again.
+func ramdisk(t *testing.T, dir string) ramdiskFiles {
+	t.Helper()
+	root := repoRoot(t)
+	src := filepath.Join(root, "build", "ramdisk")
+	kernel, rd := filepath.Join(src, "vmlinuz"), filepath.Join(src, "metalfleet-ramdisk.cpio.gz")
+	_, err1 := os.Stat(kernel)
+	_, err2 := os.Stat(rd)
+	if err1 != nil || err2 != nil {
+		t.Logf("%s has no kernel and ramdisk: running ops/ramdisk/build.sh", src)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "sh", filepath.Join(root, "ops", "ramdisk", "build.sh"))
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("ops/ramdisk/build.sh: %v\n%s", err, out)
+		}
+	}
+	var f ramdiskFiles
+	for try := 0; ; try++ {
+		var err error
+		f.Kernel, f.KernelSHA, err = copySHA(kernel, filepath.Join(dir, "vmlinuz"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Ramdisk, f.RamdiskSHA, err = copySHA(rd, filepath.Join(dir, "metalfleet-ramdisk.cpio.gz"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(src, "BUILD-INFO"))
+		f.Info = strings.TrimSpace(string(b))
+		if err != nil || (strings.Contains(f.Info, "kernel_sha256="+f.KernelSHA) && strings.Contains(f.Info, "ramdisk_sha256="+f.RamdiskSHA)) {
+			return f
+		}
+		if try == 30 {
+			t.Fatalf("build/ramdisk keeps changing (BUILD-INFO disagrees with the files for 60 s):\n%s", f.Info)
+		}
+		time.Sleep(2 * time.Second)
+	}
+}
+
+func copySHA(from, to string) (string, string, error) {
+	b, err := os.ReadFile(from)
+	if err != nil {
+		return "", "", err
+	}
+	if err := os.WriteFile(to, b, 0o644); err != nil {
+		return "", "", err
+	}
+	sum := sha256.Sum256(b)
+	return to, hex.EncodeToString(sum[:]), nil
+}
+
+// nsDo runs fn on an OS thread that has entered the named network
+// namespace; sockets fn creates live in that namespace for good. The
+// thread goes back to its own namespace afterwards; if it cannot, it is
+// left locked so the Go runtime retires it with the goroutine.
+func nsDo(name string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		self, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer self.Close()
+		target, err := os.Open(filepath.Join("/var/run/netns", name))
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- err
+			return
+		}
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("setns %s: %w", name, err)
+			return
+		}
+		ferr := fn()
+		if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err == nil {
+			runtime.UnlockOSThread()
+		} // else: stay locked; the thread exits with this goroutine
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// nsDialer dials TCP from inside a namespace.
+func nsDialer(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := nsDo(ns, func() error {
+			var err error
+			c, err = (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+}
+
+// proc is a child process of the lab; its pid is the only handle used to
+// stop it.
+type proc struct {
+	name    string
+	cmd     *exec.Cmd
+	logPath string
+	started time.Time
+	done    chan struct{}
+	exited  time.Time
+	err     error       // exit status, once done is closed
+	stopped atomic.Bool // stop found it running: the test ended it
+}
+
+func (p *proc) running() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// stop sends sig to the process's pid and waits up to d for it to exit,
+// then SIGKILLs it.
+func (p *proc) stop(sig syscall.Signal, d time.Duration) error {
+	if !p.running() {
+		return nil
+	}
+	p.stopped.Store(true)
+	_ = p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(d):
+	}
+	_ = p.cmd.Process.Kill()
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+	}
+	return fmt.Errorf("%s (pid %d) ignored %v for %s and was killed", p.name, p.cmd.Process.Pid, sig, d)
+}
+
+// tail returns the last n lines of a file.
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// start runs argv in namespace ns with output to logPath. The process is
+// stopped (by its pid: SIGTERM, then SIGKILL) when the test ends; if the
+// test binary dies without running its cleanups, the kernel kills it
+// (Pdeathsig).
+func start(t *testing.T, name, ns, logPath string, argv ...string) *proc {
+	t.Helper()
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// `ip netns exec` execs the program in place: the pid is the
+	// program's own.
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	p := &proc{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{}), started: time.Now()}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		p.exited = time.Now()
+		logf.Close()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		if err := p.stop(syscall.SIGTERM, 5*time.Second); err != nil {
+			t.Logf("%s: %v", name, err)
+		}
+	})
+	return p
+}
+
+var seq atomic.Int32
+
+// nsRE names the namespaces of these tests: mfE-PID-N.
+var nsRE = regexp.MustCompile(`^mfE-(\d+)-\d+$`)
+
+// reapStale deletes namespaces left by earlier test processes that died
+// before their cleanup ran (names carry the creating pid). Their QEMU,
+// coordinator and agent died with them (Pdeathsig).
+func reapStale(t *testing.T) {
+	ents, _ := os.ReadDir("/var/run/netns")
+	for _, e := range ents {
+		m := nsRE.FindStringSubmatch(e.Name())
+		if m == nil {
+			continue
+		}
+		pid, _ := strconv.Atoi(m[1])
+		if pid == os.Getpid() {
+			continue
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+			continue // its test process is still alive
+		}
+		if out, err := exec.Command("ip", "netns", "del", e.Name()).CombinedOutput(); err != nil {
+			t.Logf("removing stale namespace %s: %v %s", e.Name(), err, out)
+		} else {
+			t.Logf("removed stale namespace %s (test process %d is gone)", e.Name(), pid)
+		}
+	}
+}
+
+// lab is one test's namespace, coordinator and agent.
+type lab struct {
+	// ipv6 is the IPv6 mode: "ra" (the agent sends router
+	// advertisements), "on" (no advertisements) or "off" (disabled).
+	ipv6     string
+	t        *testing.T
+	dir      string
+	bin      string
+	NS       string
+	X        int    // third octet of 10.99.X.0/24
+	ServerIP string // 10.99.X.1, the agent's address on the bridge
+
+	coord      *proc
+	agent      *proc
+	adminToken string
+	api        *http.Client
+	images     ramdiskFiles
+}
+
+func (l *lab) prefix() string { return fmt.Sprintf("10.99.%d", l.X) }
+
+// file is the path of a file of the run's directory.
+func (l *lab) file(name string) string { return filepath.Join(l.dir, name) }
+
+// newLab creates the namespace with lo up, the bridge with the agent's
+// address, and the VM's tap on it. Everything is removed when the test
+// ends, whatever happens: processes first (their cleanups run before
+// this one's, being registered later), then the namespace, which takes
+// the bridge and the tap with it.
+func newLab(t *testing.T, ipv6 string) *lab {
+	t.Helper()
+	reapStale(t)
+	n := int(seq.Add(1))
+	pid := os.Getpid()
+	l := &lab{t: t, dir: t.TempDir(), NS: fmt.Sprintf("mfE-%d-%d", pid, n), X: 100 + (pid+n)%150, ipv6: ipv6}
+	l.ServerIP = l.prefix() + ".1"
+	// The agent and QEMU read files here; keep it readable.
+	_ = os.Chmod(l.dir, 0o755)
+	run(t, "ip", "netns", "add", l.NS)
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", l.NS).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v %s", l.NS, err, out)
+		}
+	})
+	ip := func(args ...string) { run(t, "ip", append([]string{"-n", l.NS}, args...)...) }
+	ip("link", "set", "lo", "up")
+	ip("link", "add", bridgeName, "type", "bridge") // STP off: a port forwards at once
+	switch ipv6 {
+	case "off":
+		run(t, "ip", "netns", "exec", l.NS, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
+			"net.ipv6.conf.default.disable_ipv6=1", "net.ipv6.conf."+bridgeName+".disable_ipv6=1")
+	case "ra":
+		// A link-local address at once (no DAD) for the agent to send
+		// router advertisements from (a real NIC has one anyway).
+		ip("addr", "add", "fe80::1/64", "dev", bridgeName, "nodad")
+	}
+	// A persistent tap: QEMU, started in the namespace, opens it by name.
+	ip("tuntap", "add", "dev", tapName, "mode", "tap")
+	ip("link", "set", tapName, "master", bridgeName)
+	ip("addr", "add", l.ServerIP+"/24", "dev", bridgeName)
+	ip("link", "set", tapName, "up")
+	ip("link", "set", bridgeName, "up")
+	l.api = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: nsDialer(l.NS), DisableKeepAlives: true}}
+	return l
+}
+
+// wait polls cond every 100 ms until it holds or d passes; it fails early
+// if proc (when not nil) has exited.
+func (l *lab) wait(d time.Duration, what string, p *proc, cond func() bool) {
+	l.t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if p != nil && !p.running() {
+			l.t.Fatalf("waiting for %s: %s exited: %v\n%s", what, p.name, p.err, tail(p.logPath, 30))
+		}
+		if time.Now().After(deadline) {
+			l.t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// call sends a JSON request to the coordinator's API (inside the
+// namespace) and returns the write's Raft index (X-Metalfleet-Index).
+func (l *lab) call(method, path string, in, out any) (uint64, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return 0, err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, "http://127.0.0.1:7480"+path, body)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+l.adminToken)
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := l.api.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if resp.StatusCode >= 300 {
+		return 0, fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, bytes.TrimSpace(raw))
+	}
+	idx, _ := strconv.ParseUint(resp.Header.Get("X-Metalfleet-Index"), 10, 64)
+	if out != nil {
+		return idx, json.Unmarshal(raw, out)
+	}
+	return idx, nil
+}
+
+func (l *lab) mustCall(method, path string, in, out any) uint64 {
+	l.t.Helper()
+	idx, err := l.call(method, path, in, out)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return idx
+}
+
+// Image names registered for discovery.
+const (
+	kernelImage  = "discovery-kernel"
+	ramdiskImage = "discovery-ramdisk"
+)
+
+// discoveryCmdline is the discovery boot's extra kernel command line:
+// Linux and the nodeagent on the serial console (quiet: the kernel's
+// own boot messages are slow to print under TCG; the nodeagent's and a
+// panic's still show), and a panic (no initrd, say) reboots, which ends
+// QEMU (-no-reboot), instead of hanging until the test gives up.
+var discoveryCmdline = "console=ttyS0,115200 quiet panic=5"
+
+// startFleet starts the coordinator and sets up, through its API: rack
+// r1 (10.99.X.0/24, gateway and boot server 10.99.X.1, pool .100-.200),
+// an agent token, the discovery images (file:// URLs of this run's
+// copies of build/ramdisk) and settings (discovery on, auto_enroll).
+func (l *lab) startFleet() {
+	t := l.t
+	t.Helper()
+	dataDir := filepath.Join(l.dir, "coord")
+	l.coord = start(t, "coordinator", l.NS, filepath.Join(l.dir, "coordinator.log"), l.bin, "coordinator",
+		"--bootstrap", "--node-id", "c1", "--data-dir", dataDir,
+		"--http-addr", "127.0.0.1:7480", "--raft-addr", "127.0.0.1:7481",
+		"--raft-heartbeat-timeout", "300ms", "--raft-election-timeout", "300ms", "--raft-leader-lease", "150ms")
+	l.wait(30*time.Second, "coordinator admin token", l.coord, func() bool {
+		b, err := os.ReadFile(filepath.Join(dataDir, "admin.token"))
+		l.adminToken = strings.TrimSpace(string(b))
+		return err == nil && l.adminToken != ""
+	})
+	l.wait(30*time.Second, "coordinator API", l.coord, func() bool { _, err := l.call("GET", "/v1/status", nil, nil); return err == nil })
+
+	p := l.prefix()
+	l.mustCall("POST", "/v1/racks", proto.Rack{Name: "r1", Subnet: p + ".0/24", Gateway: p + ".1", BootServer: p + ".1",
+		PoolStart: p + ".100", PoolEnd: p + ".200"}, nil)
+	var tok proto.TokenCreated
+	l.mustCall("POST", "/v1/tokens", proto.TokenCreate{Role: proto.RoleAgent, Rack: "r1", Description: "e2e agent"}, &tok)
+	if err := os.WriteFile(filepath.Join(l.dir, "agent.token"), []byte(tok.Secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	im := l.images
+	l.mustCall("POST", "/v1/images", proto.Image{Name: kernelImage, Kind: proto.ImageKernel, URL: "file://" + im.Kernel, SHA256: im.KernelSHA}, nil)
+	l.mustCall("POST", "/v1/images", proto.Image{Name: ramdiskImage, Kind: proto.ImageRamdisk, URL: "file://" + im.Ramdisk, SHA256: im.RamdiskSHA}, nil)
+	on, k, r, c := true, kernelImage, ramdiskImage, discoveryCmdline
+	l.mustCall("PATCH", "/v1/settings", proto.SettingsPatch{DiscoveryEnabled: &on, DiscoveryKernel: &k, DiscoveryRamdisk: &r,
+		DiscoveryCmdline: &c, AutoEnroll: &on}, nil)
+}
+
+// startAgent runs `metalfleet rackagent` on the bridge and waits until it
+// has synced the rack's boot state and serves HTTP.
+func (l *lab) startAgent() {
+	t := l.t
+	t.Helper()
+	l.agent = start(t, "rackagent", l.NS, filepath.Join(l.dir, "agent.log"), l.bin, "rackagent",
+		"--name", "a1", "--rack", "r1", "--data-dir", filepath.Join(l.dir, "agent"),
+		"--coordinator", "127.0.0.1:7480", "--token-file", filepath.Join(l.dir, "agent.token"),
+		"--interface", bridgeName, "--advertise-ip", l.ServerIP,
+		"--tftp-addr", l.ServerIP+":69", "--http-addr", l.ServerIP+":8080", "--log-level", "debug",
+		"--no-router-adverts="+fmt.Sprint(l.ipv6 != "ra"))
+	l.wait(30*time.Second, "agent synced and serving HTTP", l.agent, func() bool { return l.agentIndex() > 0 })
+}
+
+// agentIndex is the coordinator index of the boot state the agent
+// serves (its /metrics), 0 if it has none or cannot be reached.
+func (l *lab) agentIndex() uint64 {
+	resp, err := l.api.Get("http://" + l.ServerIP + ":8080/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "metalfleet_agent_bootstate_index "); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return uint64(f)
+		}
+	}
+	return 0
+}
+
+// nodesWithMAC lists the coordinator's nodes that hold mac.
+func (l *lab) nodesWithMAC(mac string) ([]proto.Node, error) {
+	var all []proto.Node
+	if _, err := l.call("GET", "/v1/nodes?rack=r1", nil, &all); err != nil {
+		return nil, err
+	}
+	var out []proto.Node
+	for _, n := range all {
+		for _, m := range n.MACs {
+			if strings.EqualFold(m, mac) {
+				out = append(out, n)
+				break
+			}
+		}
+	}
+	return out, nil
+}
