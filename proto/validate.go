@@ -129,6 +129,17 @@ func (r *Rack) Check() error {
 		if b.Less(a) {
 			return Errorf(CodeInvalid, "pool_end %s is before pool_start %s", r.PoolEnd, r.PoolStart)
 		}
+		if a == prefix.Addr() {
+			return Errorf(CodeInvalid, "pool_start %s is the subnet's network address", a)
+		}
+		if bc := broadcast(prefix); prefix.Bits() < 31 && !bc.Less(a) && !b.Less(bc) {
+			return Errorf(CodeInvalid, "the pool %s-%s holds the subnet's broadcast address %s", a, b, bc)
+		}
+		for _, own := range append([]string{r.Gateway, r.BootServer}, r.DNS...) {
+			if o, err := netip.ParseAddr(own); err == nil && !o.Less(a) && !b.Less(o) {
+				return Errorf(CodeInvalid, "the pool %s-%s holds %s, an address of the rack's own (gateway, boot server or DNS)", a, b, o)
+			}
+		}
 	}
 	if r.BootServer != "" {
 		if a, err := netip.ParseAddr(r.BootServer); err != nil || !a.Is4() {
@@ -184,4 +195,12 @@ func (im *Image) Check() error {
 		return Errorf(CodeInvalid, "size must not be negative")
 	}
 	return nil
+}
+
+// broadcast is the last address of an IPv4 prefix.
+func broadcast(p netip.Prefix) netip.Addr {
+	a := p.Masked().Addr().As4()
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	v |= 1<<(32-p.Bits()) - 1
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }

@@ -6,8 +6,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -141,7 +143,11 @@ func (c *Client) do(ctx context.Context, base, method, path string, payload []by
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return 0, err, false
+		// Only a request that never left (the address could not be
+		// dialled) may go to another address: one that failed later may
+		// have been applied, and a write must not be made twice.
+		var op *net.OpError
+		return 0, err, !(errors.As(err, &op) && op.Op == "dial")
 	}
 	defer resp.Body.Close()
 	idx, _ = strconv.ParseUint(resp.Header.Get(proto.IndexHeader), 10, 64)

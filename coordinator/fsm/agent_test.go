@@ -149,3 +149,36 @@ func TestAgentReports(t *testing.T) {
 	}
 	h.fails(AgentReports{Rack: "nosuch"}, proto.CodeInvalid, "does not exist")
 }
+
+// TestLeaseTakeover: a lease a surviving agent renewed is not ended or
+// shortened by the old agent's late reports, and an agent's reports
+// cannot touch a node of another rack.
+func TestLeaseTakeover(t *testing.T) {
+	h := newHarness(t)
+	h.must(rackWithPool())
+	h.must(RackPut{Create: true, Rack: proto.Rack{Name: "r2"}})
+	other := node(uuid1, "n-r2", "52:54:00:00:00:01", proto.StateEnrolled)
+	other.Node.Rack = "r2"
+	h.must(other)
+	t1 := t0.Add(time.Minute)
+	lease := func(id, agent, ev string, exp time.Time) proto.AgentReport {
+		return proto.AgentReport{ID: id, Kind: proto.ReportLease, Rack: "r1", Agent: agent, Time: t1, MAC: "52:54:00:99:00:01",
+			LeaseEvent: ev, Lease: &proto.Lease{IP: "10.9.0.100", Expires: exp}}
+	}
+	h.must(AgentReports{Rack: "r1", Reports: []proto.AgentReport{
+		lease("a-1", "a", "bound", t1.Add(time.Hour)),
+		lease("b-1", "b", "bound", t1.Add(2*time.Hour)), // b took over and renewed
+		lease("a-2", "a", "bound", t1.Add(time.Hour)),   // a, back, re-reports its old lease
+		lease("a-3", "a", "expired", t1.Add(time.Hour)), // and expires it
+	}})
+	ls := h.f.Store().Leases("r1")
+	if len(ls) != 1 || ls[0].Agent != "b" || !ls[0].Expires.Equal(t1.Add(2*time.Hour)) {
+		t.Fatalf("leases after the old agent's late reports = %+v, want b's renewal", ls)
+	}
+	res := h.must(AgentReports{Rack: "r1", Reports: []proto.AgentReport{
+		{ID: "p-1", Kind: proto.ReportPower, Rack: "r1", Agent: "a", Time: t1, Node: uuid1, PowerState: proto.PowerOff},
+	}}).(*AgentReportsResult)
+	if !strings.Contains(res.Rejected["p-1"], "is in rack") {
+		t.Fatalf("power report for another rack's node: %+v", res)
+	}
+}

@@ -731,8 +731,18 @@ func applyTokenCreate(tx *state.Tx, c *TokenCreate) (any, error) {
 }
 
 func applyTokenRevoke(tx *state.Tx, c *TokenRevoke) (any, error) {
-	if tx.Token(c.ID) == nil {
+	t := tx.Token(c.ID)
+	if t == nil {
 		return nil, proto.Errorf(proto.CodeNotFound, "token %q not found", c.ID)
+	}
+	if t.Role == proto.RoleAdmin {
+		// Checked here, not in the API, so two admins revoking each other
+		// at once cannot both succeed and lock everyone out.
+		others := false
+		tx.EachToken(func(o *proto.Token) { others = others || o.ID != t.ID && o.Role == proto.RoleAdmin })
+		if !others {
+			return nil, proto.Errorf(proto.CodeConflict, "token %s is the last admin token; create another admin token first", c.ID)
+		}
 	}
 	tx.DeleteToken(c.ID)
 	return nil, nil
@@ -814,7 +824,7 @@ func applyAgentReports(tx *state.Tx, c *AgentReports) (any, error) {
 }
 
 // applyAgentReport checks one report and applies it; on error it has
-// changed nothing.
+// changed nothing, but for the conflict record of a refused discovery.
 func applyAgentReport(tx *state.Tx, rack string, r *proto.AgentReport) error {
 	if r.Rack != rack {
 		return proto.Errorf(proto.CodeForbidden, "report for rack %q in a batch for rack %q", r.Rack, rack)
@@ -836,6 +846,9 @@ func applyAgentReport(tx *state.Tx, rack string, r *proto.AgentReport) error {
 		}
 	case mac != "":
 		node = tx.Node(mac)
+	}
+	if node != nil && node.Rack != rack && !(r.Kind == proto.ReportCallback && r.Step == "inventory") {
+		return proto.Errorf(proto.CodeForbidden, "node %s is in rack %q, not %q", nodeRef(node), node.Rack, rack)
 	}
 	switch r.Kind {
 	case proto.ReportMACSeen, proto.ReportBootEvent:
@@ -928,16 +941,25 @@ func applyLease(tx *state.Tx, rack, mac string, r *proto.AgentReport) error {
 			return proto.Errorf(proto.CodeConflict, "lease %s for %s: the address is leased to %s until %s",
 				ip, mac, old.MAC, old.Expires.Format(time.RFC3339))
 		}
+		if old != nil && old.MAC == mac && old.Agent != r.Agent && !l.Expires.After(old.Expires) {
+			// Another agent renewed this lease since: an older report (a
+			// restarted agent catching up) must not shorten it.
+			return nil
+		}
 		tx.PutLease(rack, &proto.Lease{MAC: mac, IP: ip.String(), Expires: l.Expires, Agent: r.Agent})
 	case "released", "declined", "expired":
-		if old != nil && old.MAC == mac {
+		// Only the agent holding the recorded lease ends it: a peer that
+		// took over and renewed it keeps it.
+		if old != nil && old.MAC == mac && old.Agent == r.Agent {
 			tx.DeleteLease(rack, ip.String())
 		}
 	default:
 		return proto.Errorf(proto.CodeInvalid, "lease_event %q: want bound, released, declined or expired", r.LeaseEvent)
 	}
-	// Forget leases long expired that nobody reported the end of.
-	for _, stale := range tx.LeasesExpiredBefore(rack, r.Time.Add(-LeaseKeep)) {
+	// Forget this agent's leases long expired by its own clock, whose end
+	// it never reported. (Only its own: a clock ahead must not wipe a
+	// peer's records.)
+	for _, stale := range tx.LeasesExpiredBefore(rack, r.Agent, r.Time.Add(-LeaseKeep)) {
 		tx.DeleteLease(rack, stale)
 	}
 	return nil

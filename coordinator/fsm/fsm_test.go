@@ -252,6 +252,8 @@ func TestObjectCommands(t *testing.T) {
 	h.fails(RackPut{Rack: proto.Rack{Name: "r2"}, Create: false}, proto.CodeNotFound, "not found")
 	h.fails(RackPut{Rack: proto.Rack{Name: "r2", Subnet: "10.0.0.0/24", Gateway: "10.1.0.1"}, Create: true}, proto.CodeInvalid, "outside subnet")
 	h.fails(RackPut{Rack: proto.Rack{Name: "r2", Subnet: "10.0.0.0/24", PoolStart: "10.0.0.9", PoolEnd: "10.0.0.1"}, Create: true}, proto.CodeInvalid, "before pool_start")
+	h.fails(RackPut{Rack: proto.Rack{Name: "r2", Subnet: "10.0.0.0/24", Gateway: "10.0.0.150", PoolStart: "10.0.0.100", PoolEnd: "10.0.0.200"}, Create: true}, proto.CodeInvalid, "rack's own")
+	h.fails(RackPut{Rack: proto.Rack{Name: "r2", Subnet: "10.0.0.0/24", PoolStart: "10.0.0.100", PoolEnd: "10.0.0.255"}, Create: true}, proto.CodeInvalid, "broadcast")
 	h.must(RackPut{Rack: proto.Rack{Name: "r1", Subnet: "10.0.0.0/24", DNS: []string{"10.0.0.2"}}})
 
 	h.must(ImagePut{Image: proto.Image{Name: "k", Kind: proto.ImageKernel, URL: "http://x/k", SHA256: strings.ToUpper(sha)}, Create: true})
@@ -324,7 +326,11 @@ func TestTokensAndServers(t *testing.T) {
 	h.fails(TokenCreate{Token: proto.Token{ID: "t2", Role: proto.RoleAgent}, SecretHash: strings.Repeat("b", 64)}, proto.CodeInvalid, "bound to one rack")
 	h.fails(TokenCreate{Token: proto.Token{ID: "t2", Role: proto.RoleReader, Rack: "r1"}, SecretHash: strings.Repeat("b", 64)}, proto.CodeInvalid, "only agent")
 	h.must(TokenCreate{Token: proto.Token{ID: "t2", Role: proto.RoleAgent, Rack: "r1"}, SecretHash: strings.Repeat("b", 64)})
+	// The last admin token cannot go: nobody could manage tokens then.
+	h.fails(TokenRevoke{ID: "t1"}, proto.CodeConflict, "last admin token")
+	h.must(TokenCreate{Token: proto.Token{ID: "t3", Role: proto.RoleAdmin}, SecretHash: strings.Repeat("d", 64)})
 	h.must(TokenRevoke{ID: "t1"})
+	h.fails(TokenRevoke{ID: "t3"}, proto.CodeConflict, "last admin token")
 	if _, ok := h.f.Store().TokenByHash(hash); ok {
 		t.Fatalf("revoked token still authenticates")
 	}

@@ -88,7 +88,7 @@ func (a *API) bootState(c *call) (any, error) {
 		out.Nodes = make([]proto.BootNode, 0, len(nodes))
 		for _, n := range nodes {
 			bn := proto.BootNode{UUID: n.UUID, Name: n.Name, MACs: append([]string(nil), n.MACs...), IP: n.IP}
-			bn.Boot = bootConfig(n, out.Discovery)
+			bn.Boot = bootConfig(n, out.Discovery, out.DiscoveryEnabled)
 			out.Nodes = append(out.Nodes, bn)
 		}
 		// An agent holds its own leases; it needs only the others' (to
@@ -109,10 +109,11 @@ func (a *API) bootState(c *call) (any, error) {
 }
 
 // bootConfig is what a node boots in its present state. Discovered nodes
-// boot the discovery image; every other node its local disk until a task
-// (later: inspection, deploy, rescue) gives it a ramdisk.
-func bootConfig(n *proto.Node, discovery proto.BootConfig) proto.BootConfig {
-	if !n.Enrolled {
+// boot the discovery image while discovery is on; every other node its
+// local disk until a task (later: inspection, deploy, rescue) gives it a
+// ramdisk.
+func bootConfig(n *proto.Node, discovery proto.BootConfig, discoveryOn bool) proto.BootConfig {
+	if !n.Enrolled && discoveryOn {
 		return discovery
 	}
 	return proto.BootConfig{Kind: proto.BootLocalDisk}

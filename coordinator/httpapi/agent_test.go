@@ -152,8 +152,8 @@ func TestAPIAgentBootState(t *testing.T) {
 	if bn.UUID != n1.UUID || bn.IP != "10.9.0.3" || !slices.Equal(bn.MACs, []string{mac(1)}) || bn.Boot.Kind != proto.BootLocalDisk || bn.Boot.Kernel != nil {
 		t.Errorf("enrolled node n1 in the boot state: %+v, want ip 10.9.0.3 booting local-disk", bn)
 	}
-	if bd := bootNode(t, st, "d1"); bd.IP != "10.9.0.4" || bd.Boot.Kind != proto.BootDiscovery {
-		t.Errorf("discovered node d1 in the boot state: %+v, want ip 10.9.0.4 booting discovery", bd)
+	if bd := bootNode(t, st, "d1"); bd.IP != "10.9.0.4" || bd.Boot.Kind != proto.BootLocalDisk {
+		t.Errorf("discovered node d1 in the boot state with discovery off: %+v, want ip 10.9.0.4 booting local-disk", bd)
 	}
 
 	// Discovery is enabled only once the settings also name a kernel and

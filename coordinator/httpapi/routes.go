@@ -5,7 +5,6 @@ import (
 	"encoding/base32"
 	"encoding/hex"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -446,16 +445,7 @@ func (a *API) createToken(c *call) (any, error) {
 }
 
 func (a *API) revokeToken(c *call) (any, error) {
-	id := c.r.PathValue("id")
-	if c.token != nil && c.token.ID == id {
-		others := slices.ContainsFunc(a.b.Store().Tokens(), func(t *proto.Token) bool {
-			return t.ID != id && t.Role == proto.RoleAdmin
-		})
-		if !others {
-			return nil, proto.Errorf(proto.CodeConflict, "token %s is the last admin token; create another admin token first", id)
-		}
-	}
-	_, err := c.apply(fsm.TokenRevoke{ID: id})
+	_, err := c.apply(fsm.TokenRevoke{ID: c.r.PathValue("id")})
 	c.status = http.StatusNoContent
 	return nil, err
 }

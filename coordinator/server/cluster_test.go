@@ -66,7 +66,7 @@ func TestClusterFailover(t *testing.T) {
 			}
 			// A write may fail during the election (503: no leader, or
 			// an unknown outcome); only acknowledged ones must survive.
-			if err := create(client(survivor), fmt.Sprintf("during-%d", i), i); err != nil {
+			if err := create(client(survivor), fmt.Sprintf("during-%d", i), 0x8000+i); err != nil {
 				var ae *apiclient.Error
 				if !errors.As(err, &ae) || ae.Status != 503 && ae.Status != 504 {
 					t.Errorf("write during failover: unexpected error %v", err)

@@ -529,6 +529,11 @@ func (b backend) RemovePeer(ctx context.Context, id string) error {
 		}
 	}
 	if err := r.RemoveServer(raft.ServerID(id), 0, 10*time.Second).Error(); err != nil {
+		if self {
+			// Still a member: put its record back, so followers can
+			// still find this leader's API.
+			_, _ = b.s.apply(ctx, fsm.ServerPut{Server: proto.Server{ID: id, RaftAddr: b.s.RaftAddr(), HTTPAddr: b.s.cfg.HTTPAdvertise}})
+		}
 		if errors.Is(err, raft.ErrNotLeader) {
 			return httpapi.ErrNotLeader
 		}

@@ -383,12 +383,12 @@ func (tx *Tx) MarkReport(id string) {
 	tx.changed = true
 }
 
-// LeasesExpiredBefore returns the IPs of rack's leases that expired
-// before t, sorted.
-func (tx *Tx) LeasesExpiredBefore(rack string, t time.Time) []string {
+// LeasesExpiredBefore returns the IPs of agent's leases in rack that
+// expired before t, sorted.
+func (tx *Tx) LeasesExpiredBefore(rack, agent string, t time.Time) []string {
 	var ips []string
 	for ip, l := range tx.d.leases[rack] {
-		if l.Expires.Before(t) {
+		if l.Agent == agent && l.Expires.Before(t) {
 			ips = append(ips, ip)
 		}
 	}

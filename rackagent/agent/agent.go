@@ -451,17 +451,46 @@ func (s sender) Send(ctx context.Context, rs []proto.AgentReport) (proto.ReportA
 	defer cancel()
 	ack, err := s.c.Reports(ctx, s.rack, rs)
 	var ae *apiclient.Error
-	if errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500 && ae.Status != http.StatusTooManyRequests &&
-		ae.Status != http.StatusUnauthorized && ae.Status != http.StatusForbidden && ae.Status != http.StatusRequestTimeout {
-		// The coordinator will never take this batch as it is: reject
-		// every report in it, loudly, rather than retry forever.
-		rej := map[string]string{}
-		for _, r := range rs {
-			rej[r.ID] = ae.Error()
-		}
-		return proto.ReportAck{Rejected: rej}, nil
+	if !errors.As(err, &ae) {
+		return ack, err
 	}
-	return ack, err
+	switch {
+	case ae.Status == http.StatusRequestEntityTooLarge && len(rs) > 1:
+		// Too big as one body (inventories are large): send it in halves.
+		a1, err := s.Send(ctx, rs[:len(rs)/2])
+		if err != nil {
+			return a1, err
+		}
+		a2, err := s.Send(ctx, rs[len(rs)/2:])
+		a1.Acked = append(a1.Acked, a2.Acked...)
+		for id, why := range a2.Rejected {
+			if a1.Rejected == nil {
+				a1.Rejected = map[string]string{}
+			}
+			a1.Rejected[id] = why
+		}
+		return a1, err
+	case len(rs) == 1 && ae.Status >= 400 && ae.Status < 500 && ae.Status != http.StatusTooManyRequests &&
+		ae.Status != http.StatusUnauthorized && ae.Status != http.StatusForbidden && ae.Status != http.StatusRequestTimeout:
+		// The coordinator will never take this one report as it is:
+		// reject it, loudly, rather than retry forever.
+		return proto.ReportAck{Rejected: map[string]string{rs[0].ID: ae.Error()}}, nil
+	case len(rs) > 1 && ae.Status == http.StatusBadRequest:
+		// One bad report spoils a batch: find it by sending them alone.
+		out := proto.ReportAck{Rejected: map[string]string{}}
+		for _, r := range rs {
+			a, err := s.Send(ctx, []proto.AgentReport{r})
+			if err != nil {
+				return out, err
+			}
+			out.Acked = append(out.Acked, a.Acked...)
+			for id, why := range a.Rejected {
+				out.Rejected[id] = why
+			}
+		}
+		return out, nil
+	}
+	return ack, err // retried later with the same reports
 }
 
 // bootBackend adapts the boot state to httpboot's Backend.

@@ -276,8 +276,20 @@ func (p *Pool) Release(mac string, ip netip.Addr) (bool, error) {
 	delete(p.byIP, ip)
 	delete(p.byMAC, mac)
 	p.dropOffer(mac)
+	gone := *l
 	p.mu.Unlock()
-	return true, p.db.Batch(func(tx *bbolt.Tx) error { return tx.Bucket(leaseBucket).Delete([]byte(ip.String())) })
+	return true, p.db.Batch(func(tx *bbolt.Tx) error { return deleteIfSame(tx, gone) })
+}
+
+// deleteIfSame deletes l's key only if it still holds l: the address may
+// have been bound again (to another MAC) since l ended in memory.
+func deleteIfSame(tx *bbolt.Tx, l proto.Lease) error {
+	b := tx.Bucket(leaseBucket)
+	var cur proto.Lease
+	if raw := b.Get([]byte(l.IP)); raw == nil || json.Unmarshal(raw, &cur) != nil || cur.MAC != l.MAC || !cur.Expires.Equal(l.Expires) {
+		return nil
+	}
+	return b.Delete([]byte(l.IP))
 }
 
 // Decline marks ip unusable until until (a client found it in use) and
@@ -318,9 +330,8 @@ func (p *Pool) Expire(now time.Time) ([]proto.Lease, error) {
 		return nil, nil
 	}
 	return gone, p.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket(leaseBucket)
 		for _, l := range gone {
-			if err := b.Delete([]byte(l.IP)); err != nil {
+			if err := deleteIfSame(tx, l); err != nil {
 				return err
 			}
 		}

@@ -704,12 +704,22 @@ func TestRunStops(t *testing.T) {
 			ctx, cancel := context.WithCancel(t.Context())
 			done := make(chan error, 1)
 			go func() { done <- o.Run(ctx, f) }()
-			time.Sleep(100 * time.Millisecond)
+			// Wait until the first Run holds the outbox (a fixed sleep
+			// could lose the race on a loaded machine, and the second Run
+			// would then be the one running).
+			for deadline := time.Now().Add(5 * time.Second); !o.running.Load(); time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("Run did not start")
+				}
+			}
+			time.Sleep(50 * time.Millisecond) // let it reach the state under test
 
 			// A second Run is refused while the first runs.
-			if err := o.Run(t.Context(), f); !errors.Is(err, ErrRunning) {
+			sctx, scancel := context.WithTimeout(t.Context(), 2*time.Second)
+			if err := o.Run(sctx, f); !errors.Is(err, ErrRunning) {
 				t.Errorf("second Run() = %v, want ErrRunning", err)
 			}
+			scancel()
 
 			cancel()
 			select {
