@@ -13,6 +13,7 @@ type limiter struct {
 	mu        sync.Mutex
 	buckets   map[string]*bucket
 	lastSweep time.Time
+	order     []recentEntry
 }
 
 type bucket struct {
@@ -58,6 +59,7 @@ type recentSet struct {
 	mu        sync.Mutex
 	at        map[string]time.Time
 	lastSweep time.Time
+	order     []recentEntry // additions, oldest first
 }
 
 const (
@@ -72,7 +74,7 @@ func newRecentSet() *recentSet { return &recentSet{at: map[string]time.Time{}} }
 func (s *recentSet) add(mac string, now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if now.Sub(s.lastSweep) > time.Minute || len(s.at) >= recentMax {
+	if now.Sub(s.lastSweep) > time.Minute {
 		for m, t := range s.at {
 			if now.Sub(t) > recentKeep {
 				delete(s.at, m)
@@ -80,10 +82,32 @@ func (s *recentSet) add(mac string, now time.Time) {
 		}
 		s.lastSweep = now
 	}
-	if _, ok := s.at[mac]; !ok && len(s.at) >= recentMax {
-		return // full of MACs from the last hour: refuse newcomers, keep the old
+	// Full of MACs (a flood of made-up ones): forget the oldest, so a real
+	// machine served just now is still let in. The queue holds every
+	// addition in order; an entry whose MAC was added again since is stale.
+	for len(s.at) >= recentMax && len(s.order) > 0 {
+		old := s.order[0]
+		s.order = s.order[1:]
+		if t, ok := s.at[old.mac]; ok && t.Equal(old.at) {
+			delete(s.at, old.mac)
+		}
 	}
 	s.at[mac] = now
+	s.order = append(s.order, recentEntry{mac, now})
+	if len(s.order) > 4*recentMax { // drop stale entries now and then
+		kept := s.order[:0]
+		for _, e := range s.order {
+			if t, ok := s.at[e.mac]; ok && t.Equal(e.at) {
+				kept = append(kept, e)
+			}
+		}
+		s.order = kept
+	}
+}
+
+type recentEntry struct {
+	mac string
+	at  time.Time
 }
 
 // since reports whether mac was added at or after t.
