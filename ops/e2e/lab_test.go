@@ -15,13 +15,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -29,8 +27,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/metalfleet/metalfleet/ops/netlab"
 	"github.com/metalfleet/metalfleet/proto"
 )
 
@@ -206,55 +203,6 @@ func copySHA(from, to string) (string, string, error) {
 	return to, hex.EncodeToString(sum[:]), nil
 }
 
-// nsDo runs fn on an OS thread that has entered the named network
-// namespace; sockets fn creates live in that namespace for good. The
-// thread goes back to its own namespace afterwards; if it cannot, it is
-// left locked so the Go runtime retires it with the goroutine.
-func nsDo(name string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		self, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer self.Close()
-		target, err := os.Open(filepath.Join("/var/run/netns", name))
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("setns %s: %w", name, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err == nil {
-			runtime.UnlockOSThread()
-		} // else: stay locked; the thread exits with this goroutine
-		errc <- ferr
-	}()
-	return <-errc
-}
-
-// nsDialer dials TCP from inside a namespace.
-func nsDialer(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := nsDo(ns, func() error {
-			var err error
-			c, err = (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}
-}
-
 // proc is a child process of the lab; its pid is the only handle used to
 // stop it.
 type proc struct {
@@ -350,31 +298,6 @@ var seq atomic.Int32
 // nsRE names the namespaces of these tests: mfE-PID-N.
 var nsRE = regexp.MustCompile(`^mfE-(\d+)-\d+$`)
 
-// reapStale deletes namespaces left by earlier test processes that died
-// before their cleanup ran (names carry the creating pid). Their QEMU,
-// coordinator and agent died with them (Pdeathsig).
-func reapStale(t *testing.T) {
-	ents, _ := os.ReadDir("/var/run/netns")
-	for _, e := range ents {
-		m := nsRE.FindStringSubmatch(e.Name())
-		if m == nil {
-			continue
-		}
-		pid, _ := strconv.Atoi(m[1])
-		if pid == os.Getpid() {
-			continue
-		}
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
-			continue // its test process is still alive
-		}
-		if out, err := exec.Command("ip", "netns", "del", e.Name()).CombinedOutput(); err != nil {
-			t.Logf("removing stale namespace %s: %v %s", e.Name(), err, out)
-		} else {
-			t.Logf("removed stale namespace %s (test process %d is gone)", e.Name(), pid)
-		}
-	}
-}
-
 // lab is one test's namespace, coordinator and agent.
 type lab struct {
 	// ipv6 is the IPv6 mode: "ra" (the agent sends router
@@ -406,7 +329,7 @@ func (l *lab) file(name string) string { return filepath.Join(l.dir, name) }
 // the bridge and the tap with it.
 func newLab(t *testing.T, ipv6 string) *lab {
 	t.Helper()
-	reapStale(t)
+	netlab.ReapStale(t, nsRE)
 	n := int(seq.Add(1))
 	pid := os.Getpid()
 	l := &lab{t: t, dir: t.TempDir(), NS: fmt.Sprintf("mfE-%d-%d", pid, n), X: 100 + (pid+n)%150, ipv6: ipv6}
@@ -437,7 +360,7 @@ func newLab(t *testing.T, ipv6 string) *lab {
 	ip("addr", "add", l.ServerIP+"/24", "dev", bridgeName)
 	ip("link", "set", tapName, "up")
 	ip("link", "set", bridgeName, "up")
-	l.api = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: nsDialer(l.NS), DisableKeepAlives: true}}
+	l.api = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: netlab.Dialer(l.NS), DisableKeepAlives: true}}
 	return l
 }
 

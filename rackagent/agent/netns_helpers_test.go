@@ -44,8 +44,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -55,8 +53,8 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
-	"golang.org/x/sys/unix"
 
+	"github.com/metalfleet/metalfleet/ops/netlab"
 	"github.com/metalfleet/metalfleet/proto"
 )
 
@@ -117,55 +115,6 @@ func nsRun(t *testing.T, name string, args ...string) string {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
 	return string(out)
-}
-
-// nsDo runs fn on an OS thread that has entered the named network
-// namespace; sockets fn creates live in that namespace for good. The
-// thread goes back to its own namespace afterwards; if it cannot, it is
-// left locked so the Go runtime retires it with the goroutine.
-func nsDo(name string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		self, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer self.Close()
-		target, err := os.Open(filepath.Join("/var/run/netns", name))
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("setns %s: %w", name, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(self.Fd()), unix.CLONE_NEWNET); err == nil {
-			runtime.UnlockOSThread()
-		} // else: stay locked; the thread exits with this goroutine
-		errc <- ferr
-	}()
-	return <-errc
-}
-
-// nsDialer dials TCP from inside a namespace.
-func nsDialer(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := nsDo(ns, func() error {
-			var err error
-			c, err = (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}
 }
 
 // nsProc is a child process started by a lab (its pid is the only handle
@@ -255,28 +204,8 @@ func nsStart(t *testing.T, name, ns, logPath string, argv ...string) *nsProc {
 
 var nsSeq atomic.Int32
 
-// nsReapStale deletes lab namespaces left by earlier test processes that
-// died before their cleanup ran (names carry the creating pid).
-func nsReapStale(t *testing.T) {
-	ents, _ := os.ReadDir("/var/run/netns")
-	re := regexp.MustCompile(`^mf[AB]-(\d+)-\d+$`)
-	for _, e := range ents {
-		m := re.FindStringSubmatch(e.Name())
-		if m == nil {
-			continue
-		}
-		pid, _ := strconv.Atoi(m[1])
-		if pid == os.Getpid() {
-			continue
-		}
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
-			continue // its test process is still alive
-		}
-		if out, err := exec.Command("ip", "netns", "del", e.Name()).CombinedOutput(); err != nil {
-			t.Logf("removing stale namespace %s: %v %s", e.Name(), err, out)
-		}
-	}
-}
+// nsNames are this package's lab namespaces: mfA-PID-N and mfB-PID-N.
+var nsNames = regexp.MustCompile(`^mf[AB]-(\d+)-\d+$`)
 
 // nsLab is one test's namespaces, link, coordinator and agent.
 type nsLab struct {
@@ -325,7 +254,7 @@ func nsBinary(t *testing.T) string {
 func newNSLab(t *testing.T) *nsLab {
 	t.Helper()
 	nsNeed(t)
-	nsReapStale(t)
+	netlab.ReapStale(t, nsNames)
 	n := int(nsSeq.Add(1))
 	pid := os.Getpid()
 	l := &nsLab{t: t, dir: t.TempDir(),
@@ -349,7 +278,7 @@ func newNSLab(t *testing.T) *nsLab {
 	nsRun(t, "ip", "-n", l.A, "addr", "add", l.ServerIP+"/24", "dev", l.IfA)
 	nsRun(t, "ip", "-n", l.A, "link", "set", l.IfA, "up")
 	nsRun(t, "ip", "-n", l.B, "link", "set", l.IfB, "up")
-	l.api = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: nsDialer(l.A), DisableKeepAlives: true}}
+	l.api = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: netlab.Dialer(l.A), DisableKeepAlives: true}}
 	return l
 }
 
@@ -659,7 +588,7 @@ type nsDHCPClient struct {
 func (l *nsLab) dhcpClient() *nsDHCPClient {
 	l.t.Helper()
 	var conn net.PacketConn
-	if err := nsDo(l.B, func() error {
+	if err := netlab.Do(l.B, func() error {
 		var err error
 		conn, err = server4.NewIPv4UDPConn(l.IfB, &net.UDPAddr{Port: 68})
 		return err
