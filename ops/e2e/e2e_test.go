@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/metalfleet/metalfleet/ops/netlab"
 	"github.com/metalfleet/metalfleet/proto"
 )
 
@@ -78,7 +79,7 @@ func testDiscovery(t *testing.T, uefi bool) {
 	spec := labVM
 	spec.UEFI = uefi
 
-	lap := laps(t)
+	lap := netlab.Laps(t)
 	bin := binary(t)
 	lap("metalfleet binary")
 	images := ramdisk(t, t.TempDir())
@@ -105,10 +106,10 @@ func testDiscovery(t *testing.T, uefi bool) {
 				b.logPhases(t, fmt.Sprintf("boot %d (failed)", i+1))
 			}
 			t.Logf("--- VM console, boot %d (%s), last lines ---\n%s", i+1, v.Serial, consoleText(v.Serial, 60))
-			t.Logf("--- QEMU output, boot %d ---\n%s", i+1, tail(v.logPath, 20))
+			t.Logf("--- QEMU output, boot %d ---\n%s", i+1, netlab.Tail(v.logPath, 20))
 		}
-		t.Logf("--- rack agent log (%s), last lines ---\n%s", l.file("agent.log"), tail(l.file("agent.log"), 60))
-		t.Logf("--- coordinator log (%s), last lines ---\n%s", l.file("coordinator.log"), tail(l.file("coordinator.log"), 40))
+		t.Logf("--- rack agent log (%s), last lines ---\n%s", l.file("agent.log"), netlab.Tail(l.file("agent.log"), 60))
+		t.Logf("--- coordinator log (%s), last lines ---\n%s", l.file("coordinator.log"), netlab.Tail(l.file("coordinator.log"), 40))
 	})
 	lap("namespace " + l.NS + ", bridge " + bridgeName + ", tap " + tapName)
 	l.startFleet()

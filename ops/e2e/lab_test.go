@@ -46,58 +46,7 @@ func e2eNeed(t *testing.T, files map[string]string) {
 	if os.Getenv("METALFLEET_E2E") != "1" {
 		t.Skip("boots a QEMU VM; set METALFLEET_E2E=1 (make e2e) to run it")
 	}
-	// ip lives in /usr/sbin, which a non-login PATH may lack.
-	path := os.Getenv("PATH")
-	for _, d := range []string{"/usr/sbin", "/sbin"} {
-		if !strings.Contains(":"+path+":", ":"+d+":") {
-			path += ":" + d
-		}
-	}
-	t.Setenv("PATH", path)
-	var missing []string
-	if os.Geteuid() != 0 {
-		missing = append(missing, "root (network namespaces, taps)")
-	}
-	for _, b := range []string{"ip", "qemu-system-x86_64", "go"} {
-		if _, err := exec.LookPath(b); err != nil {
-			missing = append(missing, b)
-		}
-	}
-	for f, why := range files {
-		if _, err := os.Stat(f); err != nil {
-			missing = append(missing, f+" ("+why+")")
-		}
-	}
-	if len(missing) == 0 {
-		return
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("CI is set but this test cannot run: missing %s (see ops/apt-packages.txt, ops/install-deps.sh)", strings.Join(missing, ", "))
-	}
-	t.Skipf("needs %s (set CI=true to make this a failure)", strings.Join(missing, ", "))
-}
-
-// laps logs phase timings: each call logs the time since the last.
-func laps(t *testing.T) func(phase string) {
-	start := time.Now()
-	last := start
-	return func(phase string) {
-		now := time.Now()
-		t.Logf("setup %-40s %7.2fs (total %6.2fs)", phase, now.Sub(last).Seconds(), now.Sub(start).Seconds())
-		last = now
-	}
-}
-
-// run runs a short command and fails the test if it fails.
-func run(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
+	netlab.Need(t, []string{"ip", "qemu-system-x86_64", "go"}, files)
 }
 
 // repoRoot is the module's root (the test runs in ops/e2e).
@@ -246,19 +195,6 @@ func (p *proc) stop(sig syscall.Signal, d time.Duration) error {
 	return fmt.Errorf("%s (pid %d) ignored %v for %s and was killed", p.name, p.cmd.Process.Pid, sig, d)
 }
 
-// tail returns the last n lines of a file.
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
 // start runs argv in namespace ns with output to logPath. The process is
 // stopped (by its pid: SIGTERM, then SIGKILL) when the test ends; if the
 // test binary dies without running its cleanups, the kernel kills it
@@ -336,18 +272,18 @@ func newLab(t *testing.T, ipv6 string) *lab {
 	l.ServerIP = l.prefix() + ".1"
 	// The agent and QEMU read files here; keep it readable.
 	_ = os.Chmod(l.dir, 0o755)
-	run(t, "ip", "netns", "add", l.NS)
+	netlab.Run(t, "ip", "netns", "add", l.NS)
 	t.Cleanup(func() {
 		if out, err := exec.Command("ip", "netns", "del", l.NS).CombinedOutput(); err != nil {
 			t.Errorf("ip netns del %s: %v %s", l.NS, err, out)
 		}
 	})
-	ip := func(args ...string) { run(t, "ip", append([]string{"-n", l.NS}, args...)...) }
+	ip := func(args ...string) { netlab.Run(t, "ip", append([]string{"-n", l.NS}, args...)...) }
 	ip("link", "set", "lo", "up")
 	ip("link", "add", bridgeName, "type", "bridge") // STP off: a port forwards at once
 	switch ipv6 {
 	case "off":
-		run(t, "ip", "netns", "exec", l.NS, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
+		netlab.Run(t, "ip", "netns", "exec", l.NS, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
 			"net.ipv6.conf.default.disable_ipv6=1", "net.ipv6.conf."+bridgeName+".disable_ipv6=1")
 	case "ra":
 		// A link-local address at once (no DAD) for the agent to send
@@ -371,7 +307,7 @@ func (l *lab) wait(d time.Duration, what string, p *proc, cond func() bool) {
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if p != nil && !p.running() {
-			l.t.Fatalf("waiting for %s: %s exited: %v\n%s", what, p.name, p.err, tail(p.logPath, 30))
+			l.t.Fatalf("waiting for %s: %s exited: %v\n%s", what, p.name, p.err, netlab.Tail(p.logPath, 30))
 		}
 		if time.Now().After(deadline) {
 			l.t.Fatalf("timed out after %s waiting for %s", d, what)

@@ -7,13 +7,16 @@ package netlab
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -93,4 +96,78 @@ func ReapStale(t testing.TB, names *regexp.Regexp) {
 			t.Logf("removed stale namespace %s (test process %d is gone)", e.Name(), pid)
 		}
 	}
+}
+
+// Need skips the test when it cannot run here (not root, a binary or a
+// file missing), unless CI is set: CI installs ops/apt-packages.txt and
+// runs as root, so there a missing piece fails the test instead of
+// skipping it silently. files maps a path to where it comes from.
+func Need(t testing.TB, binaries []string, files map[string]string) {
+	t.Helper()
+	// ip and dhclient live in /usr/sbin, which a non-login PATH may lack.
+	path := os.Getenv("PATH")
+	for _, d := range []string{"/usr/sbin", "/sbin"} {
+		if !strings.Contains(":"+path+":", ":"+d+":") {
+			path += ":" + d
+		}
+	}
+	t.Setenv("PATH", path)
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root (network namespaces)")
+	}
+	for _, b := range binaries {
+		if _, err := exec.LookPath(b); err != nil {
+			missing = append(missing, b)
+		}
+	}
+	for _, f := range slices.Sorted(maps.Keys(files)) {
+		if _, err := os.Stat(f); err != nil {
+			missing = append(missing, f+" ("+files[f]+")")
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("CI is set but this test cannot run: missing %s (see ops/apt-packages.txt, ops/install-deps.sh)", strings.Join(missing, ", "))
+	}
+	t.Skipf("needs %s (set CI=true to make this a failure)", strings.Join(missing, ", "))
+}
+
+// Laps returns a logger of phase timings: each call logs the time since
+// the last one.
+func Laps(t testing.TB) func(phase string) {
+	start := time.Now()
+	last := start
+	return func(phase string) {
+		now := time.Now()
+		t.Logf("phase %-44s %7.2fs (total %6.2fs)", phase, now.Sub(last).Seconds(), now.Sub(start).Seconds())
+		last = now
+	}
+}
+
+// Run runs a short command and fails the test if it fails.
+func Run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// Tail returns the last n lines of a file (or why it cannot be read).
+func Tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }

@@ -63,58 +63,8 @@ import (
 // runs as root, so there the test fails instead of skipping silently.
 func nsNeed(t *testing.T) {
 	t.Helper()
-	// ip and dhclient live in /usr/sbin, which a non-login PATH may lack.
-	path := os.Getenv("PATH")
-	for _, d := range []string{"/usr/sbin", "/sbin"} {
-		if !strings.Contains(":"+path+":", ":"+d+":") {
-			path += ":" + d
-		}
-	}
-	t.Setenv("PATH", path)
-	var missing []string
-	if os.Geteuid() != 0 {
-		missing = append(missing, "root (network namespaces)")
-	}
-	for _, b := range []string{"ip", "dhclient", "tftp"} {
-		if _, err := exec.LookPath(b); err != nil {
-			missing = append(missing, b)
-		}
-	}
-	for _, f := range []string{"/usr/lib/ipxe/undionly.kpxe", "/usr/lib/ipxe/ipxe.efi"} {
-		if _, err := os.Stat(f); err != nil {
-			missing = append(missing, f+" (package ipxe)")
-		}
-	}
-	if len(missing) == 0 {
-		return
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("CI is set but this test cannot run: missing %s (see ops/apt-packages.txt, ops/install-deps.sh)", strings.Join(missing, ", "))
-	}
-	t.Skipf("needs %s (set CI=true to make this a failure)", strings.Join(missing, ", "))
-}
-
-// nsLaps logs phase timings: each call logs the time since the last.
-func nsLaps(t *testing.T) func(phase string) {
-	start := time.Now()
-	last := start
-	return func(phase string) {
-		now := time.Now()
-		t.Logf("phase %-44s %7.2fs (total %6.2fs)", phase, now.Sub(last).Seconds(), now.Sub(start).Seconds())
-		last = now
-	}
-}
-
-// nsRun runs a short command and fails the test if it fails.
-func nsRun(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
+	netlab.Need(t, []string{"ip", "dhclient", "tftp"}, map[string]string{
+		"/usr/lib/ipxe/undionly.kpxe": "package ipxe", "/usr/lib/ipxe/ipxe.efi": "package ipxe"})
 }
 
 // nsProc is a child process started by a lab (its pid is the only handle
@@ -156,15 +106,6 @@ func (p *nsProc) stop(sig syscall.Signal, d time.Duration) error {
 	return fmt.Errorf("%s (pid %d) ignored %v for %s and was killed", p.name, p.cmd.Process.Pid, sig, d)
 }
 
-func (p *nsProc) logTail(n int) string {
-	b, _ := os.ReadFile(p.logPath)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
 // nsStart runs argv in namespace ns with output to logPath. The process
 // is killed (by its pid) when the test ends, and its log is shown if the
 // test failed.
@@ -196,7 +137,7 @@ func nsStart(t *testing.T, name, ns, logPath string, argv ...string) *nsProc {
 			t.Errorf("%s: %v", name, err)
 		}
 		if t.Failed() {
-			t.Logf("--- last lines of %s's log (%s) ---\n%s", name, logPath, p.logTail(40))
+			t.Logf("--- last lines of %s's log (%s) ---\n%s", name, logPath, netlab.Tail(p.logPath, 40))
 		}
 	})
 	return p
@@ -264,7 +205,7 @@ func newNSLab(t *testing.T) *nsLab {
 	l.ServerIP = fmt.Sprintf("10.77.%d.1", l.X)
 	os.Chmod(l.dir, 0o755)
 	for _, ns := range []string{l.A, l.B} {
-		nsRun(t, "ip", "netns", "add", ns)
+		netlab.Run(t, "ip", "netns", "add", ns)
 		t.Cleanup(func() {
 			if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
 				t.Errorf("ip netns del %s: %v %s", ns, err, out)
@@ -273,11 +214,11 @@ func newNSLab(t *testing.T) *nsLab {
 	}
 	// Created straight into the two namespaces: the host namespace never
 	// has either end.
-	nsRun(t, "ip", "link", "add", l.IfA, "netns", l.A, "type", "veth", "peer", "name", l.IfB, "netns", l.B)
-	nsRun(t, "ip", "-n", l.A, "link", "set", "lo", "up")
-	nsRun(t, "ip", "-n", l.A, "addr", "add", l.ServerIP+"/24", "dev", l.IfA)
-	nsRun(t, "ip", "-n", l.A, "link", "set", l.IfA, "up")
-	nsRun(t, "ip", "-n", l.B, "link", "set", l.IfB, "up")
+	netlab.Run(t, "ip", "link", "add", l.IfA, "netns", l.A, "type", "veth", "peer", "name", l.IfB, "netns", l.B)
+	netlab.Run(t, "ip", "-n", l.A, "link", "set", "lo", "up")
+	netlab.Run(t, "ip", "-n", l.A, "addr", "add", l.ServerIP+"/24", "dev", l.IfA)
+	netlab.Run(t, "ip", "-n", l.A, "link", "set", l.IfA, "up")
+	netlab.Run(t, "ip", "-n", l.B, "link", "set", l.IfB, "up")
 	l.api = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: netlab.Dialer(l.A), DisableKeepAlives: true}}
 	return l
 }
@@ -429,7 +370,7 @@ func (l *nsLab) scriptStatus(mac string) int {
 
 // setClientMAC sets the client veth's MAC (dhclient uses the interface's).
 func (l *nsLab) setClientMAC(mac string) {
-	nsRun(l.t, "ip", "-n", l.B, "link", "set", "dev", l.IfB, "address", mac)
+	netlab.Run(l.t, "ip", "-n", l.B, "link", "set", "dev", l.IfB, "address", mac)
 }
 
 // nsDhclientResult is what one dhclient run got.

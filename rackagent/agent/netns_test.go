@@ -27,6 +27,7 @@ import (
 	"github.com/insomniacslk/dhcp/iana"
 	"go.etcd.io/bbolt"
 
+	"github.com/metalfleet/metalfleet/ops/netlab"
 	"github.com/metalfleet/metalfleet/proto"
 )
 
@@ -45,7 +46,7 @@ func (l *nsLab) inPool(ip string) bool {
 // discovery is on, the same address again (after a fresh DISCOVER and
 // after an INIT-REBOOT REQUEST), and nothing once discovery is off.
 func TestNetnsDhclientLeases(t *testing.T) {
-	lap := nsLaps(t)
+	lap := netlab.Laps(t)
 	l := newNSLab(t)
 	lap("namespaces and veth")
 	l.startFleet("52:54:00:77:00:01")
@@ -139,7 +140,7 @@ func TestNetnsDhclientLeases(t *testing.T) {
 // SIGTERM restart on the same data dir: the same MAC gets the same
 // address, and no other MAC gets it.
 func TestNetnsAgentRestartKeepsLeases(t *testing.T) {
-	lap := nsLaps(t)
+	lap := netlab.Laps(t)
 	l := newNSLab(t)
 	l.startFleet("52:54:00:77:00:01")
 	l.startAgent()
@@ -219,7 +220,7 @@ var (
 // netboot options per client kind, and that a REQUEST for the wrong
 // address is NAKed.
 func TestNetnsPXEOptionsGoClient(t *testing.T) {
-	lap := nsLaps(t)
+	lap := netlab.Laps(t)
 	l := newNSLab(t)
 	l.startFleet("52:54:00:77:00:01")
 	l.startAgent()
@@ -371,7 +372,7 @@ func mustMAC(t *testing.T, s string) net.HardwareAddr {
 // tftp-hpa, from the leased address, fetches that file byte for byte (and
 // snponly.efi); a path out of the TFTP root is refused.
 func TestNetnsTFTPDebianClient(t *testing.T) {
-	lap := nsLaps(t)
+	lap := netlab.Laps(t)
 	l := newNSLab(t)
 	l.startFleet("52:54:00:77:00:01")
 	l.startAgent()
@@ -385,7 +386,7 @@ func TestNetnsTFTPDebianClient(t *testing.T) {
 	}
 	// dhclient -sf /bin/true configures nothing: give the client veth its
 	// leased address as the PXE ROM would.
-	nsRun(t, "ip", "-n", l.B, "addr", "add", r.IP+"/24", "dev", l.IfB)
+	netlab.Run(t, "ip", "-n", l.B, "addr", "add", r.IP+"/24", "dev", l.IfB)
 	lap(fmt.Sprintf("dhclient: %s, bootfile %s from %s", r.IP, bootfile, server))
 
 	tftp := func(file string) (out string, got []byte) {
@@ -431,7 +432,7 @@ func TestNetnsTFTPDebianClient(t *testing.T) {
 // answered by a unicast ACK it accepts, for the same address. Then
 // `dhclient -r` releases the lease and the agent drops it.
 func TestNetnsDhclientRenewsAndReleases(t *testing.T) {
-	lap := nsLaps(t)
+	lap := netlab.Laps(t)
 	l := newNSLab(t)
 	l.startFleet("52:54:00:77:00:01")
 	var rk proto.Rack
@@ -447,7 +448,7 @@ func TestNetnsDhclientRenewsAndReleases(t *testing.T) {
 	r := l.dhclientRun(nsDhclientOpts{PXE: true, Timeout: 8, Binds: 2, OnBound: func(ip string) {
 		boundAt = time.Now()
 		// What dhclient-script would do: the renewal is sent from it.
-		nsRun(t, "ip", "-n", l.B, "addr", "add", ip+"/24", "dev", l.IfB)
+		netlab.Run(t, "ip", "-n", l.B, "addr", "add", ip+"/24", "dev", l.IfB)
 	}})
 	if r.Binds < 2 || !l.inPool(r.IP) {
 		t.Fatalf("dhclient bound %d times (last %q), want a bind and a renewal of a pool address\n%s", r.Binds, r.IP, r.Output)
@@ -469,7 +470,7 @@ func TestNetnsDhclientRenewsAndReleases(t *testing.T) {
 	if err := os.WriteFile(conf, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out := nsRun(t, "timeout", "15", "ip", "netns", "exec", l.B, "dhclient", "-4", "-r", "-v", "-sf", "/bin/true",
+	out := netlab.Run(t, "timeout", "15", "ip", "netns", "exec", l.B, "dhclient", "-4", "-r", "-v", "-sf", "/bin/true",
 		"-lf", r.LeaseFile, "-pf", filepath.Join(l.dir, "release.pid"), "-cf", conf, l.IfB)
 	if want := fmt.Sprintf("DHCPRELEASE of %s on %s to %s port 67", r.IP, l.IfB, l.ServerIP); !strings.Contains(out, want) {
 		t.Fatalf("dhclient -r did not send %q:\n%s", want, out)
