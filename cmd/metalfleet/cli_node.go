@@ -92,23 +92,7 @@ func newNodeListCmd(g *globals) *cobra.Command {
 }
 
 func newNodeShowCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:     "show ID",
-		Aliases: []string{"get"},
-		Short:   "Show a node (by uuid, name or MAC)",
-		Args:    args(cobra.ExactArgs(1)),
-		RunE: func(cmd *cobra.Command, a []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			n, err := c.Node(cmd.Context(), a[0])
-			if err != nil {
-				return err
-			}
-			return g.showNode(n)
-		},
-	}
+	return showCmd(g, "ID", "Show a node (by uuid, name or MAC)", (*apiclient.Client).Node, (*globals).showNode)
 }
 
 // showNode prints a node: its JSON, or key: value lines.
@@ -328,23 +312,7 @@ is given), --ip "" gives it the lowest free address of its rack.`,
 }
 
 func newNodeDeleteCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:     "delete ID",
-		Aliases: []string{"rm"},
-		Short:   "Delete a node that holds no workload",
-		Args:    args(cobra.ExactArgs(1)),
-		RunE: func(cmd *cobra.Command, a []string) error {
-			c, err := g.client()
-			if err != nil {
-				return err
-			}
-			if err := c.DeleteNode(cmd.Context(), a[0]); err != nil {
-				return err
-			}
-			g.printf("deleted node %s", a[0])
-			return nil
-		},
-	}
+	return deleteCmd(g, "node", "ID", "Delete a node that holds no workload", (*apiclient.Client).DeleteNode)
 }
 
 func newNodeEnrollCmd(g *globals, enroll bool) *cobra.Command {

@@ -43,26 +43,10 @@ func newFlavorCmd(g *globals) *cobra.Command {
 				return g.printTable([]string{"NAME", "CPUS", "MEMORY_MB", "DISK_GB", "TRAITS", "RACK", "RESCUE_IMAGE"}, rows)
 			},
 		},
-		&cobra.Command{
-			Use:     "show NAME",
-			Aliases: []string{"get"},
-			Short:   "Show a flavor",
-			Args:    args(cobra.ExactArgs(1)),
-			RunE: func(cmd *cobra.Command, a []string) error {
-				c, err := g.client()
-				if err != nil {
-					return err
-				}
-				f, err := c.Flavor(cmd.Context(), a[0])
-				if err != nil {
-					return err
-				}
-				return g.showFlavor(f)
-			},
-		},
+		showCmd(g, "NAME", "Show a flavor", (*apiclient.Client).Flavor, (*globals).showFlavor),
 		newFlavorCreateCmd(g),
 		newFlavorSetCmd(g),
-		deleteCmd(g, "flavor", "Delete a flavor no instance uses", (*apiclient.Client).DeleteFlavor),
+		deleteCmd(g, "flavor", "NAME", "Delete a flavor no instance uses", (*apiclient.Client).DeleteFlavor),
 	)
 }
 
@@ -227,25 +211,9 @@ func newImageCmd(g *globals) *cobra.Command {
 				return g.printTable([]string{"NAME", "KIND", "SIZE", "SHA256", "URL"}, rows)
 			},
 		},
-		&cobra.Command{
-			Use:     "show NAME",
-			Aliases: []string{"get"},
-			Short:   "Show an image",
-			Args:    args(cobra.ExactArgs(1)),
-			RunE: func(cmd *cobra.Command, a []string) error {
-				c, err := g.client()
-				if err != nil {
-					return err
-				}
-				im, err := c.Image(cmd.Context(), a[0])
-				if err != nil {
-					return err
-				}
-				return g.showImage(im)
-			},
-		},
+		showCmd(g, "NAME", "Show an image", (*apiclient.Client).Image, (*globals).showImage),
 		newImageCreateCmd(g),
-		deleteCmd(g, "image", "Delete an image nothing refers to", (*apiclient.Client).DeleteImage),
+		deleteCmd(g, "image", "NAME", "Delete an image nothing refers to", (*apiclient.Client).DeleteImage),
 	)
 }
 
@@ -326,25 +294,9 @@ func newRackCmd(g *globals) *cobra.Command {
 				return g.printTable([]string{"NAME", "SUBNET", "GATEWAY", "POOL", "BOOT_SERVER", "DNS", "LEASE_TIME"}, rows)
 			},
 		},
-		&cobra.Command{
-			Use:     "show NAME",
-			Aliases: []string{"get"},
-			Short:   "Show a rack",
-			Args:    args(cobra.ExactArgs(1)),
-			RunE: func(cmd *cobra.Command, a []string) error {
-				c, err := g.client()
-				if err != nil {
-					return err
-				}
-				r, err := c.Rack(cmd.Context(), a[0])
-				if err != nil {
-					return err
-				}
-				return g.showRack(r)
-			},
-		},
+		showCmd(g, "NAME", "Show a rack", (*apiclient.Client).Rack, (*globals).showRack),
 		newRackCreateCmd(g),
-		deleteCmd(g, "rack", "Delete a rack no node or flavor uses", (*apiclient.Client).DeleteRack),
+		deleteCmd(g, "rack", "NAME", "Delete a rack no node or flavor uses", (*apiclient.Client).DeleteRack),
 	)
 }
 
@@ -425,10 +377,31 @@ func newRackCreateCmd(g *globals) *cobra.Command {
 
 // --- shared ---
 
-// deleteCmd is `KIND delete NAME`, over the client's delete method.
-func deleteCmd(g *globals, kind, short string, del func(*apiclient.Client, context.Context, string) error) *cobra.Command {
+// showCmd is `KIND show ARG`: the client's get method, then show.
+func showCmd[T any](g *globals, arg, short string, get func(*apiclient.Client, context.Context, string) (*T, error), show func(*globals, *T) error) *cobra.Command {
 	return &cobra.Command{
-		Use:     "delete NAME",
+		Use:     "show " + arg,
+		Aliases: []string{"get"},
+		Short:   short,
+		Args:    args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			v, err := get(c, cmd.Context(), a[0])
+			if err != nil {
+				return err
+			}
+			return show(g, v)
+		},
+	}
+}
+
+// deleteCmd is `KIND delete ARG`, over the client's delete method.
+func deleteCmd(g *globals, kind, arg, short string, del func(*apiclient.Client, context.Context, string) error) *cobra.Command {
+	return &cobra.Command{
+		Use:     "delete " + arg,
 		Aliases: []string{"rm"},
 		Short:   short,
 		Args:    args(cobra.ExactArgs(1)),
