@@ -18,31 +18,12 @@ import (
 
 func newFlavorCmd(g *globals) *cobra.Command {
 	return group(g, "flavor", "Manage flavors (what an instance needs from a node)",
-		&cobra.Command{
-			Use:     "list",
-			Aliases: []string{"ls"},
-			Short:   "List flavors",
-			Args:    args(cobra.NoArgs),
-			RunE: func(cmd *cobra.Command, _ []string) error {
-				c, err := g.client()
-				if err != nil {
-					return err
-				}
-				fs, err := c.Flavors(cmd.Context())
-				if err != nil {
-					return err
-				}
-				if g.json() {
-					return g.printJSON(orEmpty(fs))
-				}
-				rows := make([][]string, 0, len(fs))
-				for _, f := range fs {
-					rows = append(rows, []string{f.Name, strconv.Itoa(f.CPUs), i64(f.MemoryMB), i64(f.DiskGB),
-						strings.Join(f.RequiredTraits, ","), f.Rack, f.RescueImage})
-				}
-				return g.printTable([]string{"NAME", "CPUS", "MEMORY_MB", "DISK_GB", "TRAITS", "RACK", "RESCUE_IMAGE"}, rows)
-			},
-		},
+		listCmd(g, "List flavors", (*apiclient.Client).Flavors,
+			[]string{"NAME", "CPUS", "MEMORY_MB", "DISK_GB", "TRAITS", "RACK", "RESCUE_IMAGE"},
+			func(f *proto.Flavor) []string {
+				return []string{f.Name, strconv.Itoa(f.CPUs), i64(f.MemoryMB), i64(f.DiskGB),
+					strings.Join(f.RequiredTraits, ","), f.Rack, f.RescueImage}
+			}),
 		showCmd(g, "NAME", "Show a flavor", (*apiclient.Client).Flavor, (*globals).showFlavor),
 		newFlavorCreateCmd(g),
 		newFlavorSetCmd(g),
@@ -179,38 +160,19 @@ whole flavor is written back. Renaming is not supported.`,
 
 func newImageCmd(g *globals) *cobra.Command {
 	return group(g, "image", "Manage images (kernels, ramdisks and disk images)",
-		&cobra.Command{
-			Use:     "list",
-			Aliases: []string{"ls"},
-			Short:   "List images",
-			Args:    args(cobra.NoArgs),
-			RunE: func(cmd *cobra.Command, _ []string) error {
-				c, err := g.client()
-				if err != nil {
-					return err
+		listCmd(g, "List images", (*apiclient.Client).Images,
+			[]string{"NAME", "KIND", "SIZE", "SHA256", "URL"},
+			func(im *proto.Image) []string {
+				sum := im.SHA256
+				if len(sum) > 12 {
+					sum = sum[:12] + "..."
 				}
-				ims, err := c.Images(cmd.Context())
-				if err != nil {
-					return err
+				size := ""
+				if im.Size > 0 {
+					size = i64(im.Size)
 				}
-				if g.json() {
-					return g.printJSON(orEmpty(ims))
-				}
-				rows := make([][]string, 0, len(ims))
-				for _, im := range ims {
-					sum := im.SHA256
-					if len(sum) > 12 {
-						sum = sum[:12] + "..."
-					}
-					size := ""
-					if im.Size > 0 {
-						size = i64(im.Size)
-					}
-					rows = append(rows, []string{im.Name, string(im.Kind), size, sum, im.URL})
-				}
-				return g.printTable([]string{"NAME", "KIND", "SIZE", "SHA256", "URL"}, rows)
-			},
-		},
+				return []string{im.Name, string(im.Kind), size, sum, im.URL}
+			}),
 		showCmd(g, "NAME", "Show an image", (*apiclient.Client).Image, (*globals).showImage),
 		newImageCreateCmd(g),
 		deleteCmd(g, "image", "NAME", "Delete an image nothing refers to", (*apiclient.Client).DeleteImage),
@@ -269,31 +231,11 @@ func newImageCreateCmd(g *globals) *cobra.Command {
 
 func newRackCmd(g *globals) *cobra.Command {
 	return group(g, "rack", "Manage racks (network segments served by rack agents)",
-		&cobra.Command{
-			Use:     "list",
-			Aliases: []string{"ls"},
-			Short:   "List racks",
-			Args:    args(cobra.NoArgs),
-			RunE: func(cmd *cobra.Command, _ []string) error {
-				c, err := g.client()
-				if err != nil {
-					return err
-				}
-				rs, err := c.Racks(cmd.Context())
-				if err != nil {
-					return err
-				}
-				if g.json() {
-					return g.printJSON(orEmpty(rs))
-				}
-				rows := make([][]string, 0, len(rs))
-				for _, r := range rs {
-					rows = append(rows, []string{r.Name, r.Subnet, r.Gateway, pool(r), r.BootServer,
-						strings.Join(r.DNS, ","), lease(r.LeaseTime)})
-				}
-				return g.printTable([]string{"NAME", "SUBNET", "GATEWAY", "POOL", "BOOT_SERVER", "DNS", "LEASE_TIME"}, rows)
-			},
-		},
+		listCmd(g, "List racks", (*apiclient.Client).Racks,
+			[]string{"NAME", "SUBNET", "GATEWAY", "POOL", "BOOT_SERVER", "DNS", "LEASE_TIME"},
+			func(r *proto.Rack) []string {
+				return []string{r.Name, r.Subnet, r.Gateway, pool(r), r.BootServer, strings.Join(r.DNS, ","), lease(r.LeaseTime)}
+			}),
 		showCmd(g, "NAME", "Show a rack", (*apiclient.Client).Rack, (*globals).showRack),
 		newRackCreateCmd(g),
 		deleteCmd(g, "rack", "NAME", "Delete a rack no node or flavor uses", (*apiclient.Client).DeleteRack),
@@ -376,6 +318,35 @@ func newRackCreateCmd(g *globals) *cobra.Command {
 }
 
 // --- shared ---
+
+// listCmd is `KIND list`: the client's list method, then a table of one
+// row per object (or the JSON list).
+func listCmd[T any](g *globals, short string, list func(*apiclient.Client, context.Context) ([]*T, error), header []string, row func(*T) []string) *cobra.Command {
+	return &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   short,
+		Args:    args(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			vs, err := list(c, cmd.Context())
+			if err != nil {
+				return err
+			}
+			if g.json() {
+				return g.printJSON(orEmpty(vs))
+			}
+			rows := make([][]string, 0, len(vs))
+			for _, v := range vs {
+				rows = append(rows, row(v))
+			}
+			return g.printTable(header, rows)
+		},
+	}
+}
 
 // showCmd is `KIND show ARG`: the client's get method, then show.
 func showCmd[T any](g *globals, arg, short string, get func(*apiclient.Client, context.Context, string) (*T, error), show func(*globals, *T) error) *cobra.Command {
