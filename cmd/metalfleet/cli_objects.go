@@ -238,7 +238,7 @@ func newRackCmd(g *globals) *cobra.Command {
 			}),
 		showCmd(g, "NAME", "Show a rack", (*apiclient.Client).Rack, (*globals).showRack),
 		newRackCreateCmd(g),
-		deleteCmd(g, "rack", "NAME", "Delete a rack no node or flavor uses", (*apiclient.Client).DeleteRack),
+		deleteCmd(g, "rack", "NAME", "Delete a rack nothing uses (no node, flavor or agent token)", (*apiclient.Client).DeleteRack),
 	)
 }
 

@@ -99,14 +99,14 @@ func testDiscovery(t *testing.T, uefi bool) {
 		for i, v := range vms {
 			if i == len(vms)-1 { // the boot that failed: how far it got
 				b := &bootRecord{PowerOn: v.PowerOn}
-				if !v.stopped.Load() {
-					b.PoweredOff = v.exited
+				if !v.Stopped() {
+					b.PoweredOff = v.Exited
 				}
 				b.fill(v, lines, spec.MAC, nodeUUID)
 				b.logPhases(t, fmt.Sprintf("boot %d (failed)", i+1))
 			}
 			t.Logf("--- VM console, boot %d (%s), last lines ---\n%s", i+1, v.Serial, consoleText(v.Serial, 60))
-			t.Logf("--- QEMU output, boot %d ---\n%s", i+1, netlab.Tail(v.logPath, 20))
+			t.Logf("--- QEMU output, boot %d ---\n%s", i+1, netlab.Tail(v.LogPath, 20))
 		}
 		t.Logf("--- rack agent log (%s), last lines ---\n%s", l.file("agent.log"), netlab.Tail(l.file("agent.log"), 60))
 		t.Logf("--- coordinator log (%s), last lines ---\n%s", l.file("coordinator.log"), netlab.Tail(l.file("coordinator.log"), 40))
@@ -144,7 +144,7 @@ func testDiscovery(t *testing.T, uefi bool) {
 	})
 	b1.Discovered = time.Now()
 	waitExit(t, earliest(deadline, time.Now().Add(poweroffTimeout)), v1, "the ramdisk to power the VM off")
-	b1.PoweredOff = v1.exited
+	b1.PoweredOff = v1.Exited
 	b1.fill(v1, readAgentLog(l.file("agent.log")), spec.MAC, "")
 	b1.logPhases(t, "boot 1 (unknown machine)")
 	if !sighted.IsZero() {
@@ -210,7 +210,7 @@ func testDiscovery(t *testing.T, uefi bool) {
 	})
 	b2.Discovered = time.Now()
 	waitExit(t, earliest(deadline, time.Now().Add(poweroffTimeout)), v2, "the ramdisk to power the VM off again")
-	b2.PoweredOff = v2.exited
+	b2.PoweredOff = v2.Exited
 	b2.fill(v2, readAgentLog(l.file("agent.log")), spec.MAC, node.UUID)
 	b2.logPhases(t, "boot 2 (known, discovered node)")
 	t.Logf("boot 2: the node's last_boot in the coordinator, as polled every 100 ms: %s", strings.Join(events, ", "))
@@ -345,13 +345,13 @@ func summary(inv proto.Inventory) string {
 func waitUntil(t *testing.T, deadline time.Time, what string, v *vm, cond func() bool) {
 	t.Helper()
 	for !cond() {
-		if !v.running() {
+		if !v.Running() {
 			// One last look: the VM may power off right after its report.
 			time.Sleep(time.Second)
 			if cond() {
 				return
 			}
-			t.Fatalf("waiting for %s: the VM (%s) stopped after %.1fs: %v", what, v.name, v.exited.Sub(v.PowerOn).Seconds(), v.err)
+			t.Fatalf("waiting for %s: the VM (%s) stopped after %.1fs: %v", what, v.Name, v.Exited.Sub(v.PowerOn).Seconds(), v.Err)
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("waiting for %s: gave up after %.1fs from power-on", what, time.Since(v.PowerOn).Seconds())
@@ -364,9 +364,9 @@ func waitUntil(t *testing.T, deadline time.Time, what string, v *vm, cond func()
 func waitExit(t *testing.T, deadline time.Time, v *vm, what string) {
 	t.Helper()
 	select {
-	case <-v.done:
-		if v.err != nil {
-			t.Errorf("QEMU %s exited with %v", v.name, v.err)
+	case <-v.Done:
+		if v.Err != nil {
+			t.Errorf("QEMU %s exited with %v", v.Name, v.Err)
 		}
 	case <-time.After(time.Until(deadline)):
 		t.Fatalf("waiting for %s: the VM still runs %.1fs after power-on", what, time.Since(v.PowerOn).Seconds())

@@ -23,7 +23,6 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -152,83 +151,6 @@ func copySHA(from, to string) (string, string, error) {
 	return to, hex.EncodeToString(sum[:]), nil
 }
 
-// proc is a child process of the lab; its pid is the only handle used to
-// stop it.
-type proc struct {
-	name    string
-	cmd     *exec.Cmd
-	logPath string
-	started time.Time
-	done    chan struct{}
-	exited  time.Time
-	err     error       // exit status, once done is closed
-	stopped atomic.Bool // stop found it running: the test ended it
-}
-
-func (p *proc) running() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// stop sends sig to the process's pid and waits up to d for it to exit,
-// then SIGKILLs it.
-func (p *proc) stop(sig syscall.Signal, d time.Duration) error {
-	if !p.running() {
-		return nil
-	}
-	p.stopped.Store(true)
-	_ = p.cmd.Process.Signal(sig)
-	select {
-	case <-p.done:
-		return nil
-	case <-time.After(d):
-	}
-	_ = p.cmd.Process.Kill()
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-	}
-	return fmt.Errorf("%s (pid %d) ignored %v for %s and was killed", p.name, p.cmd.Process.Pid, sig, d)
-}
-
-// start runs argv in namespace ns with output to logPath. The process is
-// stopped (by its pid: SIGTERM, then SIGKILL) when the test ends; if the
-// test binary dies without running its cleanups, the kernel kills it
-// (Pdeathsig).
-func start(t *testing.T, name, ns, logPath string, argv ...string) *proc {
-	t.Helper()
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// `ip netns exec` execs the program in place: the pid is the
-	// program's own.
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	p := &proc{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{}), started: time.Now()}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() {
-		p.err = cmd.Wait()
-		p.exited = time.Now()
-		logf.Close()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		if err := p.stop(syscall.SIGTERM, 5*time.Second); err != nil {
-			t.Logf("%s: %v", name, err)
-		}
-	})
-	return p
-}
-
 var seq atomic.Int32
 
 // nsRE names the namespaces of these tests: mfE-PID-N.
@@ -246,8 +168,8 @@ type lab struct {
 	X        int    // third octet of 10.99.X.0/24
 	ServerIP string // 10.99.X.1, the agent's address on the bridge
 
-	coord      *proc
-	agent      *proc
+	coord      *netlab.Proc
+	agent      *netlab.Proc
 	adminToken string
 	api        *http.Client
 	images     ramdiskFiles
@@ -302,12 +224,12 @@ func newLab(t *testing.T, ipv6 string) *lab {
 
 // wait polls cond every 100 ms until it holds or d passes; it fails early
 // if proc (when not nil) has exited.
-func (l *lab) wait(d time.Duration, what string, p *proc, cond func() bool) {
+func (l *lab) wait(d time.Duration, what string, p *netlab.Proc, cond func() bool) {
 	l.t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
-		if p != nil && !p.running() {
-			l.t.Fatalf("waiting for %s: %s exited: %v\n%s", what, p.name, p.err, netlab.Tail(p.logPath, 30))
+		if p != nil && !p.Running() {
+			l.t.Fatalf("waiting for %s: %s exited: %v\n%s", what, p.Name, p.Err, netlab.Tail(p.LogPath, 30))
 		}
 		if time.Now().After(deadline) {
 			l.t.Fatalf("timed out after %s waiting for %s", d, what)
@@ -381,7 +303,7 @@ func (l *lab) startFleet() {
 	t := l.t
 	t.Helper()
 	dataDir := filepath.Join(l.dir, "coord")
-	l.coord = start(t, "coordinator", l.NS, filepath.Join(l.dir, "coordinator.log"), l.bin, "coordinator",
+	l.coord = netlab.Start(t, "coordinator", l.NS, filepath.Join(l.dir, "coordinator.log"), l.bin, "coordinator",
 		"--bootstrap", "--node-id", "c1", "--data-dir", dataDir,
 		"--http-addr", "127.0.0.1:7480", "--raft-addr", "127.0.0.1:7481",
 		"--raft-heartbeat-timeout", "300ms", "--raft-election-timeout", "300ms", "--raft-leader-lease", "150ms")
@@ -413,7 +335,7 @@ func (l *lab) startFleet() {
 func (l *lab) startAgent() {
 	t := l.t
 	t.Helper()
-	l.agent = start(t, "rackagent", l.NS, filepath.Join(l.dir, "agent.log"), l.bin, "rackagent",
+	l.agent = netlab.Start(t, "rackagent", l.NS, filepath.Join(l.dir, "agent.log"), l.bin, "rackagent",
 		"--name", "a1", "--rack", "r1", "--data-dir", filepath.Join(l.dir, "agent"),
 		"--coordinator", "127.0.0.1:7480", "--token-file", filepath.Join(l.dir, "agent.token"),
 		"--interface", bridgeName, "--advertise-ip", l.ServerIP,

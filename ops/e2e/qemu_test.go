@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/metalfleet/metalfleet/ops/netlab"
 )
 
 // OVMF (Debian package ovmf) for the UEFI variant.
@@ -43,7 +45,7 @@ type vmSpec struct {
 
 // vm is one power-on of the VM: the QEMU process and its console.
 type vm struct {
-	*proc
+	*netlab.Proc
 	PowerOn    time.Time
 	Serial     string // console log
 	console    *consoleWatch
@@ -117,7 +119,7 @@ func (l *lab) bootVM(s vmSpec, n int) *vm {
 	v.console = watchConsole(serial, append([]string{v.initrdDone}, consoleMarkers...))
 	t.Cleanup(v.console.stop)
 	v.PowerOn = time.Now()
-	v.proc = start(t, fmt.Sprintf("qemu#%d", n), l.NS, filepath.Join(l.dir, fmt.Sprintf("qemu-%d.log", n)), args...)
+	v.Proc = netlab.Start(t, fmt.Sprintf("qemu#%d", n), l.NS, filepath.Join(l.dir, fmt.Sprintf("qemu-%d.log", n)), args...)
 	return v
 }
 

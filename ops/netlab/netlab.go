@@ -17,6 +17,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -170,4 +172,91 @@ func Tail(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// Proc is a child process a test started in a namespace; its pid is the
+// only handle used to stop it.
+type Proc struct {
+	Name    string
+	Cmd     *exec.Cmd
+	LogPath string
+	Started time.Time
+	// Done is closed when the process has exited; Exited and Err are set
+	// then.
+	Done    chan struct{}
+	Exited  time.Time
+	Err     error
+	stopped atomic.Bool
+}
+
+// Running reports whether the process has not exited.
+func (p *Proc) Running() bool {
+	select {
+	case <-p.Done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Stopped reports whether Stop found it running: the test ended it.
+func (p *Proc) Stopped() bool { return p.stopped.Load() }
+
+// Stop sends sig to the process's pid and waits up to d for it to exit,
+// then SIGKILLs it.
+func (p *Proc) Stop(sig syscall.Signal, d time.Duration) error {
+	if !p.Running() {
+		return nil
+	}
+	p.stopped.Store(true)
+	_ = p.Cmd.Process.Signal(sig)
+	select {
+	case <-p.Done:
+		return nil
+	case <-time.After(d):
+	}
+	_ = p.Cmd.Process.Kill()
+	select {
+	case <-p.Done:
+	case <-time.After(10 * time.Second):
+	}
+	return fmt.Errorf("%s (pid %d) ignored %v for %s and was killed", p.Name, p.Cmd.Process.Pid, sig, d)
+}
+
+// Start runs argv in namespace ns with its output appended to logPath.
+// When the test ends the process is stopped by its pid (SIGTERM, then
+// SIGKILL), and its log's last lines are shown if the test failed; if the
+// test binary dies without running its cleanups, the kernel kills the
+// process too (Pdeathsig).
+func Start(t testing.TB, name, ns, logPath string, argv ...string) *Proc {
+	t.Helper()
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// `ip netns exec` execs the program in place: the pid is the
+	// program's own.
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	p := &Proc{Name: name, Cmd: cmd, LogPath: logPath, Done: make(chan struct{}), Started: time.Now()}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		p.Err = cmd.Wait()
+		p.Exited = time.Now()
+		logf.Close()
+		close(p.Done)
+	}()
+	t.Cleanup(func() {
+		if err := p.Stop(syscall.SIGTERM, 5*time.Second); err != nil {
+			t.Logf("%s: %v", name, err)
+		}
+		if t.Failed() {
+			t.Logf("--- last lines of %s's log (%s) ---\n%s", name, logPath, Tail(logPath, 40))
+		}
+	})
+	return p
 }

@@ -67,82 +67,6 @@ func nsNeed(t *testing.T) {
 		"/usr/lib/ipxe/undionly.kpxe": "package ipxe", "/usr/lib/ipxe/ipxe.efi": "package ipxe"})
 }
 
-// nsProc is a child process started by a lab (its pid is the only handle
-// used to stop it).
-type nsProc struct {
-	name    string
-	cmd     *exec.Cmd
-	logPath string
-	done    chan struct{}
-	err     error // exit status, once done is closed
-}
-
-func (p *nsProc) running() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// stop sends sig to the process's pid and waits up to d for it to exit,
-// then SIGKILLs it. It returns the exit error (nil: exit 0).
-func (p *nsProc) stop(sig syscall.Signal, d time.Duration) error {
-	if !p.running() {
-		return p.err
-	}
-	_ = p.cmd.Process.Signal(sig)
-	select {
-	case <-p.done:
-		return p.err
-	case <-time.After(d):
-	}
-	_ = p.cmd.Process.Kill()
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-	}
-	return fmt.Errorf("%s (pid %d) ignored %v for %s and was killed", p.name, p.cmd.Process.Pid, sig, d)
-}
-
-// nsStart runs argv in namespace ns with output to logPath. The process
-// is killed (by its pid) when the test ends, and its log is shown if the
-// test failed.
-func nsStart(t *testing.T, name, ns, logPath string, argv ...string) *nsProc {
-	t.Helper()
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// `ip netns exec` execs the program in place: the pid is the
-	// program's own.
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	// If the test binary dies without running its cleanups (a -timeout
-	// panic, a kill), the kernel kills the child too.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		t.Fatalf("start %s: %v", name, err)
-	}
-	p := &nsProc{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		logf.Close()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		if err := p.stop(syscall.SIGKILL, 5*time.Second); err != nil && p.running() {
-			t.Errorf("%s: %v", name, err)
-		}
-		if t.Failed() {
-			t.Logf("--- last lines of %s's log (%s) ---\n%s", name, logPath, netlab.Tail(p.logPath, 40))
-		}
-	})
-	return p
-}
-
 var nsSeq atomic.Int32
 
 // nsNames are this package's lab namespaces: mfA-PID-N and mfB-PID-N.
@@ -158,10 +82,10 @@ type nsLab struct {
 	X        int    // third octet of 10.77.X.0/24
 	ServerIP string // 10.77.X.1, the agent's address
 
-	coord      *nsProc
+	coord      *netlab.Proc
 	adminToken string
 	api        *http.Client
-	agent      *nsProc
+	agent      *netlab.Proc
 	agentArgs  []string
 	agentDir   string
 	agentSeq   int
@@ -227,12 +151,12 @@ func (l *nsLab) prefix() string { return fmt.Sprintf("10.77.%d", l.X) }
 
 // nsWait polls cond every 50 ms until it holds or d passes; it gives up
 // early if proc (when not nil) has exited.
-func (l *nsLab) wait(d time.Duration, what string, proc *nsProc, cond func() bool) {
+func (l *nsLab) wait(d time.Duration, what string, proc *netlab.Proc, cond func() bool) {
 	l.t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
-		if proc != nil && !proc.running() {
-			l.t.Fatalf("waiting for %s: %s exited: %v", what, proc.name, proc.err)
+		if proc != nil && !proc.Running() {
+			l.t.Fatalf("waiting for %s: %s exited: %v", what, proc.Name, proc.Err)
 		}
 		if time.Now().After(deadline) {
 			l.t.Fatalf("timed out after %s waiting for %s", d, what)
@@ -292,7 +216,7 @@ func (l *nsLab) startFleet(knownMAC string) {
 		l.bin = nsBinary(t)
 	}
 	dataDir := filepath.Join(l.dir, "coord")
-	l.coord = nsStart(t, "coordinator", l.A, filepath.Join(l.dir, "coordinator.log"), l.bin, "coordinator",
+	l.coord = netlab.Start(t, "coordinator", l.A, filepath.Join(l.dir, "coordinator.log"), l.bin, "coordinator",
 		"--bootstrap", "--node-id", "c1", "--data-dir", dataDir,
 		"--http-addr", "127.0.0.1:7480", "--raft-addr", "127.0.0.1:7481",
 		"--raft-heartbeat-timeout", "300ms", "--raft-election-timeout", "300ms", "--raft-leader-lease", "150ms")
@@ -351,7 +275,7 @@ func (l *nsLab) startAgent() {
 			"--tftp-addr", l.ServerIP + ":69", "--http-addr", l.ServerIP + ":8080", "--log-level", "debug"}
 	}
 	l.agentSeq++
-	l.agent = nsStart(t, fmt.Sprintf("rackagent#%d", l.agentSeq), l.A, filepath.Join(l.dir, fmt.Sprintf("agent-%d.log", l.agentSeq)), l.agentArgs...)
+	l.agent = netlab.Start(t, fmt.Sprintf("rackagent#%d", l.agentSeq), l.A, filepath.Join(l.dir, fmt.Sprintf("agent-%d.log", l.agentSeq)), l.agentArgs...)
 	l.wait(20*time.Second, "agent serving the known node's script", l.agent, func() bool { return l.scriptStatus(l.KnownMAC) == 200 })
 }
 

@@ -123,7 +123,7 @@ func TestNetnsDhclientLeases(t *testing.T) {
 	if !strings.Contains(r5.Output, "DHCPDISCOVER") {
 		t.Fatalf("dhclient sent no DISCOVER:\n%s", r5.Output)
 	}
-	if log, _ := os.ReadFile(l.agent.logPath); !bytes.Contains(log, []byte(u3)) || !bytes.Contains(log, []byte("discovery is off")) {
+	if log, _ := os.ReadFile(l.agent.LogPath); !bytes.Contains(log, []byte(u3)) || !bytes.Contains(log, []byte("discovery is off")) {
 		t.Errorf("the agent's log does not say why %s got no answer", u3)
 	}
 	lap(fmt.Sprintf("discovery off: no lease for unknown MAC (dhclient gave up after %.2fs)", r5.Took.Seconds()))
@@ -154,8 +154,8 @@ func TestNetnsAgentRestartKeepsLeases(t *testing.T) {
 	}
 	lap(fmt.Sprintf("%s -> %s", m1, r1.IP))
 
-	pid := l.agent.cmd.Process.Pid
-	if err := l.agent.stop(syscall.SIGTERM, 10*time.Second); err != nil {
+	pid := l.agent.Cmd.Process.Pid
+	if err := l.agent.Stop(syscall.SIGTERM, 10*time.Second); err != nil {
 		t.Fatalf("agent (pid %d) on SIGTERM: %v, want a clean exit", pid, err)
 	}
 	lap(fmt.Sprintf("agent pid %d stopped by SIGTERM", pid))
@@ -183,7 +183,7 @@ func TestNetnsAgentRestartKeepsLeases(t *testing.T) {
 	}
 
 	l.startAgent()
-	lap(fmt.Sprintf("agent restarted (pid %d) on the same data dir", l.agent.cmd.Process.Pid))
+	lap(fmt.Sprintf("agent restarted (pid %d) on the same data dir", l.agent.Cmd.Process.Pid))
 	r2 := l.dhclient(true, "", 8)
 	if r2.IP != r1.IP {
 		t.Fatalf("after restart %s got %q, want %s again\n%s", m1, r2.IP, r1.IP, r2.Output)
@@ -460,7 +460,7 @@ func TestNetnsDhclientRenewsAndReleases(t *testing.T) {
 	if n := strings.Count(r.Output, "DHCPDISCOVER"); n != 1 {
 		t.Errorf("%d DISCOVERs, want 1 (the renewal must not fall back to INIT):\n%s", n, r.Output)
 	}
-	if log, _ := os.ReadFile(l.agent.logPath); !bytes.Contains(log, []byte(`"dst":"`+r.IP+`:68"`)) {
+	if log, _ := os.ReadFile(l.agent.LogPath); !bytes.Contains(log, []byte(`"dst":"`+r.IP+`:68"`)) {
 		t.Errorf("the agent's log shows no unicast answer to %s:68", r.IP)
 	}
 	lap(fmt.Sprintf("%s -> %s, renewed %.1fs later", mac, r.IP, time.Since(boundAt).Seconds()))
@@ -476,7 +476,7 @@ func TestNetnsDhclientRenewsAndReleases(t *testing.T) {
 		t.Fatalf("dhclient -r did not send %q:\n%s", want, out)
 	}
 	l.wait(5*time.Second, "the agent to take the RELEASE", l.agent, func() bool {
-		log, _ := os.ReadFile(l.agent.logPath)
+		log, _ := os.ReadFile(l.agent.LogPath)
 		return bytes.Contains(log, []byte("RELEASE answered by silence (held: true)"))
 	})
 	lap(fmt.Sprintf("dhclient -r released %s", r.IP))
