@@ -71,8 +71,10 @@ type RackBootState struct {
 	DiscoveryEnabled bool       `json:"discovery_enabled"`
 	Nodes            []BootNode `json:"nodes"`
 	// Leases are the dynamic leases the coordinator has heard of from
-	// this rack's agents, so a survivor honours its peer's leases. An
-	// agent that names itself (X-Metalfleet-Agent) is not sent its own.
+	// this rack's agents, the asking agent's own included: a survivor
+	// honours its peer's leases, and an agent that lost its data
+	// directory learns the leases it held (it must never offer one of
+	// them to another MAC).
 	Leases []Lease `json:"leases"`
 	// Index is the coordinator's state index this reflects.
 	Index uint64 `json:"index"`
@@ -98,14 +100,24 @@ const (
 	ReportCallback ReportKind = "callback"
 )
 
-// AgentReport is one observation by a rack agent. ID makes it idempotent:
-// the coordinator applies a report id once, however often it arrives.
+// AgentReport is one observation by a rack agent.
+//
+// (Agent, Incarnation, Seq) makes it idempotent for any backlog: an
+// agent numbers its reports 1, 2, 3 ... in the order it queues them, in a
+// sequence it persists with its queue; Incarnation names that sequence (a
+// random id made when the agent's data directory is created, so a rebuilt
+// agent of the same name starts a new one). The coordinator keeps, per
+// agent and incarnation, the highest Seq applied, and a report at or below
+// it is a repeat. Reports of one incarnation are delivered in Seq order.
+// ID names the report in acks and logs.
 type AgentReport struct {
-	ID    string     `json:"id"`
-	Kind  ReportKind `json:"kind"`
-	Rack  string     `json:"rack"`
-	Agent string     `json:"agent"`
-	Time  time.Time  `json:"time"`
+	ID          string     `json:"id"`
+	Kind        ReportKind `json:"kind"`
+	Rack        string     `json:"rack"`
+	Agent       string     `json:"agent"`
+	Incarnation string     `json:"incarnation"`
+	Seq         uint64     `json:"seq"`
+	Time        time.Time  `json:"time"`
 
 	MAC       string `json:"mac,omitempty"`
 	Node      string `json:"node,omitempty"` // uuid, for known nodes

@@ -34,9 +34,10 @@ const (
 	TypeTokenRevoke        Type = 17
 	TypeServerPut          Type = 18
 	TypeServerRemove       Type = 19
-	TypeReport             Type = 20
+	_                      Type = 20 // was Report (power readings); never used, retired
 	TypeNoop               Type = 21
 	TypeAgentReports       Type = 22
+	TypeLeasesExpire       Type = 23
 )
 
 // Command is implemented by every command body. Time and ids are decided
@@ -162,21 +163,6 @@ type ServerRemove struct {
 	ID string `json:"id"`
 }
 
-// Report is an observation sent by a rack agent. Its ID makes it
-// idempotent: a report whose id was applied before changes nothing.
-type Report struct {
-	ID         string           `json:"id"`
-	Node       string           `json:"node"`
-	Kind       string           `json:"kind"` // "power"
-	PowerState proto.PowerState `json:"power_state,omitempty"`
-	Now        time.Time        `json:"now"`
-}
-
-// ReportResult is what applying a Report returns.
-type ReportResult struct {
-	Duplicate bool `json:"duplicate"`
-}
-
 // AgentReports applies a batch of rack agent reports. Each report is
 // applied at most once (by id); one that cannot be applied is rejected
 // alone, with its reason, and the rest go on.
@@ -189,6 +175,19 @@ type AgentReports struct {
 type AgentReportsResult struct {
 	Acked    []string          `json:"acked"`
 	Rejected map[string]string `json:"rejected,omitempty"`
+}
+
+// LeasesExpire forgets the dynamic leases, of every rack, that expired
+// before Before: leases of agents that died with them and never came back
+// to report their end. The leader proposes it now and then (package
+// leader), with Before = its clock minus LeaseKeep.
+type LeasesExpire struct {
+	Before time.Time `json:"before"`
+}
+
+// LeasesExpireResult counts the leases forgotten.
+type LeasesExpireResult struct {
+	Expired int `json:"expired"`
 }
 
 // Noop changes nothing; it is used to measure the cost of the log itself.
@@ -213,9 +212,9 @@ func (TokenCreate) Type() Type        { return TypeTokenCreate }
 func (TokenRevoke) Type() Type        { return TypeTokenRevoke }
 func (ServerPut) Type() Type          { return TypeServerPut }
 func (ServerRemove) Type() Type       { return TypeServerRemove }
-func (Report) Type() Type             { return TypeReport }
 func (Noop) Type() Type               { return TypeNoop }
 func (AgentReports) Type() Type       { return TypeAgentReports }
+func (LeasesExpire) Type() Type       { return TypeLeasesExpire }
 
 // Encode turns a command into a log entry: its type byte, then JSON.
 func Encode(c Command) ([]byte, error) {

@@ -71,9 +71,9 @@ var handlers = map[Type]applyFunc{
 	TypeTokenRevoke:        decode(applyTokenRevoke),
 	TypeServerPut:          decode(applyServerPut),
 	TypeServerRemove:       decode(applyServerRemove),
-	TypeReport:             decode(applyReport),
 	TypeNoop:               decode(func(*state.Tx, *Noop) (any, error) { return nil, nil }),
 	TypeAgentReports:       decode(applyAgentReports),
+	TypeLeasesExpire:       decode(applyLeasesExpire),
 }
 
 func decode[C any](fn func(tx *state.Tx, c *C) (any, error)) applyFunc {
@@ -771,32 +771,6 @@ func applyServerRemove(tx *state.Tx, c *ServerRemove) (any, error) {
 
 // --- reports ---
 
-func applyReport(tx *state.Tx, c *Report) (any, error) {
-	if c.ID == "" {
-		return nil, proto.Errorf(proto.CodeInvalid, "report without an id")
-	}
-	if tx.ReportSeen(c.ID) {
-		return &ReportResult{Duplicate: true}, nil
-	}
-	n, err := findNode(tx, c.Node)
-	if err != nil {
-		return nil, err
-	}
-	switch c.Kind {
-	case "power":
-		if !c.PowerState.Valid() {
-			return nil, proto.Errorf(proto.CodeInvalid, "power_state %q: want on, off or unknown", c.PowerState)
-		}
-		n.PowerState = c.PowerState
-	default:
-		return nil, proto.Errorf(proto.CodeInvalid, "report kind %q: want power", c.Kind)
-	}
-	n.UpdatedAt = c.Now
-	tx.PutNode(n)
-	tx.MarkReport(c.ID)
-	return &ReportResult{}, nil
-}
-
 // --- rack agent reports ---
 
 func applyAgentReports(tx *state.Tx, c *AgentReports) (any, error) {
@@ -963,6 +937,17 @@ func applyLease(tx *state.Tx, rack, mac string, r *proto.AgentReport) error {
 		tx.DeleteLease(rack, stale)
 	}
 	return nil
+}
+
+func applyLeasesExpire(tx *state.Tx, c *LeasesExpire) (any, error) {
+	n := 0
+	for _, rack := range tx.RacksWithLeases() {
+		for _, ip := range tx.LeasesExpiredBefore(rack, "", c.Before) {
+			tx.DeleteLease(rack, ip)
+			n++
+		}
+	}
+	return &LeasesExpireResult{Expired: n}, nil
 }
 
 // discoveryNamespace makes the uuid of a discovered node from the id of

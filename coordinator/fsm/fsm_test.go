@@ -349,39 +349,6 @@ func TestTokensAndServers(t *testing.T) {
 	}
 }
 
-// TestReportIdempotent: a repeated report id is applied once.
-func TestReportIdempotent(t *testing.T) {
-	h := newHarness(t)
-	h.must(node(uuid1, "n1", "52:54:00:00:00:01", proto.StateEnrolled))
-	r := h.must(Report{ID: "rep-1", Node: "n1", Kind: "power", PowerState: proto.PowerOn, Now: t0}).(*ReportResult)
-	if r.Duplicate {
-		t.Fatalf("first report marked duplicate")
-	}
-	n, _ := h.f.Store().Node("n1")
-	if n.PowerState != proto.PowerOn {
-		t.Fatalf("power = %s, want on", n.PowerState)
-	}
-	idx := n.ModifyIndex
-
-	// Something else changes power; then the first report is replayed (an
-	// agent retrying after a lost ack): it must not roll power back.
-	h.must(Report{ID: "rep-2", Node: "n1", Kind: "power", PowerState: proto.PowerOff, Now: t0})
-	r = h.must(Report{ID: "rep-1", Node: "n1", Kind: "power", PowerState: proto.PowerOn, Now: t0}).(*ReportResult)
-	if !r.Duplicate {
-		t.Fatalf("replayed report not marked duplicate")
-	}
-	n, _ = h.f.Store().Node("n1")
-	if n.PowerState != proto.PowerOff || n.ModifyIndex == idx {
-		t.Fatalf("after replay: power = %s modify_index = %d", n.PowerState, n.ModifyIndex)
-	}
-	h.fails(Report{ID: "rep-3", Node: "n1", Kind: "power", PowerState: "melting"}, proto.CodeInvalid, "power_state")
-	h.fails(Report{ID: "rep-3", Node: "n1", Kind: "smell"}, proto.CodeInvalid, "report kind")
-	h.fails(Report{Node: "n1", Kind: "power"}, proto.CodeInvalid, "without an id")
-	if h.f.Store().ReportSeen("rep-3") {
-		t.Fatalf("a refused report was remembered, so its retry would be dropped")
-	}
-}
-
 func TestBadEntries(t *testing.T) {
 	f := New(state.New(), nil)
 	for _, tc := range []struct {
@@ -424,7 +391,6 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	h.must(SettingsUpdate{Patch: proto.SettingsPatch{DiscoveryKernel: &k}})
 	h.must(TokenCreate{Token: proto.Token{ID: "t1", Role: proto.RoleReader, CreatedAt: t0}, SecretHash: strings.Repeat("c", 64)})
 	h.must(ServerPut{Server: proto.Server{ID: "s1", RaftAddr: "a:1", HTTPAddr: "a:2"}})
-	h.must(Report{ID: "rep-1", Node: "n1", Kind: "power", PowerState: proto.PowerOn, Now: t0})
 	h.must(AgentReports{Rack: "r1", Reports: []proto.AgentReport{
 		{ID: "seen-1", Kind: proto.ReportMACSeen, Rack: "r1", Agent: "a", Time: t0, MAC: "52:54:00:77:00:01"},
 		{ID: "lease-1", Kind: proto.ReportLease, Rack: "r1", Agent: "a", Time: t0, MAC: "52:54:00:77:00:01", LeaseEvent: "bound",

@@ -91,14 +91,11 @@ func (a *API) bootState(c *call) (any, error) {
 			bn.Boot = bootConfig(n, out.Discovery, out.DiscoveryEnabled)
 			out.Nodes = append(out.Nodes, bn)
 		}
-		// An agent holds its own leases; it needs only the others' (to
-		// honour them when it takes over a dead peer's MACs).
-		self := c.r.Header.Get(AgentHeader)
+		// Every lease, the asking agent's own included: an agent that
+		// lost its data directory learns from them what it may not offer.
 		out.Leases = make([]proto.Lease, 0, len(leases))
 		for _, l := range leases {
-			if self == "" || l.Agent != self {
-				out.Leases = append(out.Leases, *l)
-			}
+			out.Leases = append(out.Leases, *l)
 		}
 	})
 	if gone {

@@ -383,12 +383,24 @@ func (tx *Tx) MarkReport(id string) {
 	tx.changed = true
 }
 
-// LeasesExpiredBefore returns the IPs of agent's leases in rack that
-// expired before t, sorted.
+// RacksWithLeases returns the racks that hold leases, sorted.
+func (tx *Tx) RacksWithLeases() []string {
+	var out []string
+	for r, m := range tx.d.leases {
+		if len(m) > 0 {
+			out = append(out, r)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// LeasesExpiredBefore returns the IPs of agent's leases in rack (every
+// agent's if agent is "") that expired before t, sorted.
 func (tx *Tx) LeasesExpiredBefore(rack, agent string, t time.Time) []string {
 	var ips []string
 	for ip, l := range tx.d.leases[rack] {
-		if l.Agent == agent && l.Expires.Before(t) {
+		if (agent == "" || l.Agent == agent) && l.Expires.Before(t) {
 			ips = append(ips, ip)
 		}
 	}
