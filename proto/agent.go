@@ -190,3 +190,8 @@ type AgentInfo struct {
 	Status      string    `json:"status"` // alive, suspect, dead, left
 	LastContact time.Time `json:"last_contact"`
 }
+
+// AgentMgmtHeader carries a rack agent's management address (host:port
+// of its authenticated management listener) on its calls to the
+// coordinator, so the coordinator learns it with gossip off too.
+const AgentMgmtHeader = "X-Metalfleet-Agent-Mgmt"
