@@ -71,7 +71,9 @@ func RenderScript(p ScriptParams) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := checkText("cmdline", p.Boot.Cmdline); err != nil {
+	// The same check the coordinator's FSM makes on the settings, so a
+	// command line it accepted is one this renders.
+	if err := proto.CheckCmdline("cmdline", p.Boot.Cmdline); err != nil {
 		return "", err
 	}
 	// The token and task are single command-line words.
@@ -93,15 +95,15 @@ func RenderScript(p ScriptParams) (string, error) {
 		// no LINUX_EFI_INITRD_MEDIA_GUID): without this the kernel boots
 		// with no initrd and panics. BIOS boots ignore it.
 		"initrd="+strings.ToLower(p.Boot.Initrd.SHA256),
-		"BOOTIF=01-"+strings.ReplaceAll(mac, ":", "-"),
-		"metalfleet.callback="+base+"/v1/callback",
-		"metalfleet.mac="+mac,
+		proto.CmdlineBOOTIF+"=01-"+strings.ReplaceAll(mac, ":", "-"),
+		proto.CmdlineCallback+"="+base+proto.CallbackPrefix,
+		proto.CmdlineMAC+"="+mac,
 	)
 	if p.Boot.TaskToken != "" {
-		args = append(args, "metalfleet.token="+p.Boot.TaskToken)
+		args = append(args, proto.CmdlineToken+"="+p.Boot.TaskToken)
 	}
 	if p.Boot.Task != "" {
-		args = append(args, "metalfleet.task="+p.Boot.Task)
+		args = append(args, proto.CmdlineTask+"="+p.Boot.Task)
 	}
 
 	cmdline := strings.Join(args, " ")

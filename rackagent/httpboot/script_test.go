@@ -4,6 +4,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -78,6 +79,27 @@ func TestRenderScript(t *testing.T) {
 			}
 			golden(t, tt.name+".ipxe", got)
 		})
+	}
+}
+
+// TestRenderScriptAgreesWithCheckCmdline: a command line the coordinator's
+// FSM accepts (proto.CheckCmdline) renders, and one it refuses does not
+// (a C1 character was accepted by the FSM and refused here: every
+// unknown MAC got a 500).
+func TestRenderScriptAgreesWithCheckCmdline(t *testing.T) {
+	for _, c := range []string{
+		"", "console=ttyS0,115200n8 metalfleet.poweroff=false", "quiet \u0085shell",
+		"x=${net0/ip}", `x="a b"`, "a || shell", "a ; b", "caf\u00e9", "a\x9bb", "a\tb",
+		strings.Repeat("y", proto.MaxCmdline), strings.Repeat("y", proto.MaxCmdline+1),
+	} {
+		c, _ = strconv.Unquote(`"` + c + `"`)
+		p := ScriptParams{MAC: "aa:bb:cc:00:00:06", BaseURL: testBase,
+			Boot: proto.BootConfig{Kind: proto.BootDiscovery, Kernel: testKernel(), Initrd: testInitrd(), Cmdline: c, Task: "discovery"}}
+		_, rerr := RenderScript(p)
+		cerr := proto.CheckCmdline("discovery_cmdline", c)
+		if (rerr == nil) != (cerr == nil) {
+			t.Errorf("cmdline %q: RenderScript error %v, CheckCmdline error %v: want both nil or both set", c, rerr, cerr)
+		}
 	}
 }
 
