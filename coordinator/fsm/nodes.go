@@ -1,0 +1,295 @@
+package fsm
+
+import (
+	"encoding/binary"
+	"net/netip"
+
+	"github.com/metalfleet/metalfleet/coordinator/state"
+	"github.com/metalfleet/metalfleet/proto"
+)
+
+// Nodes: create, update, delete, enrollment, maintenance, provision transitions, reserved addresses.
+
+func applyNodeCreate(tx *state.Tx, c *NodeCreate) (any, error) {
+	n := c.Node.Clone()
+	if !proto.IsUUID(n.UUID) {
+		return nil, proto.Errorf(proto.CodeInternal, "node create without a uuid")
+	}
+	if tx.Node(n.UUID) != nil {
+		return nil, proto.Errorf(proto.CodeConflict, "node %s exists", n.UUID)
+	}
+	if n.ProvisionState != proto.StateDiscovered && n.ProvisionState != proto.StateEnrolled {
+		return nil, proto.Errorf(proto.CodeInvalid, "a new node is discovered or enrolled, not %s", n.ProvisionState)
+	}
+	n.Enrolled = n.ProvisionState != proto.StateDiscovered
+	if n.PowerState == "" {
+		n.PowerState = proto.PowerUnknown
+	}
+	if err := checkNodeFields(tx, n, ""); err != nil {
+		return nil, err
+	}
+	for _, m := range n.MACs {
+		tx.DeleteSighting(m) // no longer an unknown MAC
+	}
+	tx.PutNode(n)
+	return n.Clone(), nil
+}
+
+// checkNodeFields checks a node's name, MACs, rack and BMC against the
+// store; self is the node's own uuid when it is being updated.
+func checkNodeFields(tx *state.Tx, n *proto.Node, self string) error {
+	if n.Name != "" {
+		if err := proto.CheckName("name", n.Name); err != nil {
+			return err
+		}
+		if id, ok := tx.NodeByName(n.Name); ok && id != self {
+			return proto.Errorf(proto.CodeConflict, "node name %q is taken by node %s", n.Name, id)
+		}
+	}
+	macs, err := proto.NormalizeMACs(n.MACs)
+	if err != nil {
+		return err
+	}
+	n.MACs = macs
+	for _, m := range macs {
+		if id, ok := tx.NodeByMAC(m); ok && id != n.UUID {
+			return proto.Errorf(proto.CodeConflict, "MAC %s belongs to node %s", m, id)
+		}
+	}
+	if n.Rack != "" && tx.Rack(n.Rack) == nil {
+		return proto.Errorf(proto.CodeInvalid, "rack %q does not exist", n.Rack)
+	}
+	if err := assignIP(tx, n); err != nil {
+		return err
+	}
+	return n.BMC.Check()
+}
+
+// assignIP checks a node's reserved address, or allocates the lowest free
+// one in its rack's subnet, outside the dynamic pool and the rack's own
+// addresses. Both agents of a rack read the same answer from the state, so
+// they never disagree.
+func assignIP(tx *state.Tx, n *proto.Node) error {
+	if n.Rack == "" {
+		if n.IP != "" {
+			return proto.Errorf(proto.CodeInvalid, "ip %s: a node needs a rack to have a reserved address", n.IP)
+		}
+		return nil
+	}
+	r := tx.Rack(n.Rack)
+	if r.Subnet == "" {
+		if n.IP != "" {
+			return proto.Errorf(proto.CodeInvalid, "ip %s: rack %s has no subnet", n.IP, r.Name)
+		}
+		return nil
+	}
+	prefix := netip.MustParsePrefix(r.Subnet)
+	if n.IP != "" {
+		a, err := netip.ParseAddr(n.IP)
+		if err != nil || !a.Is4() {
+			return proto.Errorf(proto.CodeInvalid, "ip %q: want an IPv4 address", n.IP)
+		}
+		if why := reservedUnusable(r, prefix, a); why != "" {
+			return proto.Errorf(proto.CodeInvalid, "ip %s: %s", a, why)
+		}
+		if id, ok := tx.NodeByIP(r.Name, a.String()); ok && id != n.UUID {
+			return proto.Errorf(proto.CodeConflict, "ip %s in rack %s belongs to node %s", a, r.Name, id)
+		}
+		n.IP = a.String()
+		return nil
+	}
+	for a := prefix.Addr().Next(); prefix.Contains(a); a = a.Next() {
+		if reservedUnusable(r, prefix, a) != "" {
+			continue
+		}
+		if _, taken := tx.NodeByIP(r.Name, a.String()); !taken {
+			n.IP = a.String()
+			return nil
+		}
+	}
+	return proto.Errorf(proto.CodeConflict, "rack %s has no free address outside its pool for node %s", r.Name, nodeRef(n))
+}
+
+// reservedUnusable says why a cannot be a node's reserved address in r,
+// or "" if it can.
+func reservedUnusable(r *proto.Rack, prefix netip.Prefix, a netip.Addr) string {
+	if !prefix.Contains(a) {
+		return "outside subnet " + r.Subnet
+	}
+	if a == prefix.Addr() {
+		return "the subnet's network address"
+	}
+	if prefix.Bits() < 31 {
+		b := prefix.Addr().As4()
+		bc := binary.BigEndian.Uint32(b[:]) | (1<<(32-prefix.Bits()) - 1)
+		if x := a.As4(); binary.BigEndian.Uint32(x[:]) == bc {
+			return "the subnet's broadcast address"
+		}
+	}
+	for _, own := range append([]string{r.Gateway, r.BootServer}, r.DNS...) {
+		if own == a.String() {
+			return "an address of the rack's own (gateway, boot server or DNS)"
+		}
+	}
+	if r.PoolStart != "" {
+		lo, hi := netip.MustParseAddr(r.PoolStart), netip.MustParseAddr(r.PoolEnd)
+		if !a.Less(lo) && !hi.Less(a) {
+			return "inside the dynamic pool " + r.PoolStart + "-" + r.PoolEnd
+		}
+	}
+	return ""
+}
+
+func findNode(tx *state.Tx, ref string) (*proto.Node, error) {
+	n := tx.Node(ref)
+	if n == nil {
+		return nil, proto.Errorf(proto.CodeNotFound, "node %q not found", ref)
+	}
+	return n.Clone(), nil
+}
+
+func applyNodeUpdate(tx *state.Tx, c *NodeUpdate) (any, error) {
+	n, err := findNode(tx, c.Ref)
+	if err != nil {
+		return nil, err
+	}
+	p := c.Patch
+	if p.Name != nil {
+		n.Name = *p.Name
+	}
+	if p.MACs != nil || p.Rack != nil {
+		if n.ProvisionState.InUse() {
+			return nil, proto.Errorf(proto.CodeWrongState, "cannot change the MACs or rack of node %s while it is %s", nodeRef(n), n.ProvisionState)
+		}
+		if p.MACs != nil {
+			n.MACs = *p.MACs
+		}
+		if p.Rack != nil {
+			if *p.Rack != n.Rack && p.IP == nil {
+				n.IP = "" // a new rack, a new address
+			}
+			n.Rack = *p.Rack
+		}
+	}
+	if p.IP != nil {
+		if n.ProvisionState.InUse() && *p.IP != n.IP {
+			return nil, proto.Errorf(proto.CodeWrongState, "cannot change the address of node %s while it is %s", nodeRef(n), n.ProvisionState)
+		}
+		n.IP = *p.IP
+	}
+	if b := p.BMC; b != nil {
+		setIf(&n.BMC.Driver, b.Driver)
+		setIf(&n.BMC.Address, b.Address)
+		setIf(&n.BMC.Port, b.Port)
+		setIf(&n.BMC.Username, b.Username)
+		setIf(&n.BMC.Password, b.Password)
+	}
+	if p.Properties != nil {
+		n.Properties = *p.Properties
+	}
+	if err := checkNodeFields(tx, n, n.UUID); err != nil {
+		return nil, err
+	}
+	n.UpdatedAt = c.Now
+	tx.PutNode(n)
+	return n.Clone(), nil
+}
+
+func setIf[T any](dst *T, v *T) {
+	if v != nil {
+		*dst = *v
+	}
+}
+
+func nodeRef(n *proto.Node) string {
+	if n.Name != "" {
+		return n.Name
+	}
+	return n.UUID
+}
+
+func applyNodeDelete(tx *state.Tx, c *NodeDelete) (any, error) {
+	n, err := findNode(tx, c.Ref)
+	if err != nil {
+		return nil, err
+	}
+	if n.ProvisionState.InUse() || n.InstanceUUID != "" {
+		return nil, proto.Errorf(proto.CodeWrongState, "cannot delete node %s: it is %s%s", nodeRef(n), n.ProvisionState,
+			ifStr(n.InstanceUUID != "", " and holds instance "+n.InstanceUUID))
+	}
+	tx.DeleteNode(n.UUID)
+	return nil, nil
+}
+
+func ifStr(b bool, s string) string {
+	if b {
+		return s
+	}
+	return ""
+}
+
+func applyNodeSetEnrolled(tx *state.Tx, c *NodeSetEnrolled) (any, error) {
+	n, err := findNode(tx, c.Ref)
+	if err != nil {
+		return nil, err
+	}
+	if n.Enrolled == c.Enrolled {
+		return n, nil // already so: a repeat is not an error
+	}
+	ev := proto.Event("enroll")
+	if !c.Enrolled {
+		ev = "unenroll"
+		if n.InstanceUUID != "" {
+			return nil, proto.Errorf(proto.CodeWrongState, "cannot unenroll node %s: it holds instance %s", nodeRef(n), n.InstanceUUID)
+		}
+	}
+	to, err := proto.CheckTransition(nodeRef(n), n.ProvisionState, ev)
+	if err != nil {
+		return nil, err
+	}
+	n.ProvisionState, n.Enrolled, n.UpdatedAt = to, c.Enrolled, c.Now
+	tx.PutNode(n)
+	return n.Clone(), nil
+}
+
+func applyNodeSetMaintenance(tx *state.Tx, c *NodeSetMaintenance) (any, error) {
+	n, err := findNode(tx, c.Ref)
+	if err != nil {
+		return nil, err
+	}
+	n.Maintenance = c.Maintenance
+	n.MaintenanceReason = ""
+	if c.Maintenance {
+		n.MaintenanceReason = c.Reason
+	}
+	n.UpdatedAt = c.Now
+	tx.PutNode(n)
+	return n.Clone(), nil
+}
+
+func applyNodeProvision(tx *state.Tx, c *NodeProvision) (any, error) {
+	n, err := findNode(tx, c.Ref)
+	if err != nil {
+		return nil, err
+	}
+	t, ok := proto.LookupTransition(c.Event)
+	if !ok {
+		return nil, proto.Errorf(proto.CodeInvalid, "unknown transition %q", c.Event)
+	}
+	if t.Actor != c.Actor {
+		return nil, proto.Errorf(proto.CodeInvalid, "%s is not a transition this caller may ask for", c.Event)
+	}
+	to, err := proto.CheckTransition(nodeRef(n), n.ProvisionState, c.Event)
+	if err != nil {
+		return nil, err
+	}
+	n.ProvisionState, n.UpdatedAt = to, c.Now
+	switch {
+	case to == proto.StateFailed:
+		n.LastError = c.LastError
+	case c.Event == "manage" || c.Event == "provide":
+		n.LastError = ""
+	}
+	tx.PutNode(n)
+	return n.Clone(), nil
+}
