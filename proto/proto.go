@@ -28,6 +28,10 @@ type Meta struct {
 	ModifyIndex uint64 `json:"modify_index"`
 }
 
+// GetMeta returns m itself: every stored object has it through Meta, so
+// the state store can stamp any of them.
+func (m *Meta) GetMeta() *Meta { return m }
+
 // BMC is how a node's baseboard management controller is reached. The
 // password is write-only: the API never returns it (see Redacted).
 type BMC struct {
@@ -48,9 +52,12 @@ type Node struct {
 	Rack string   `json:"rack,omitempty"`
 	// IP is the node's reserved address in its rack, allocated by the
 	// coordinator outside the rack's dynamic pool (or set by an operator).
-	IP                string            `json:"ip,omitempty"`
-	ProvisionState    ProvisionState    `json:"provision_state"`
-	PowerState        PowerState        `json:"power_state"`
+	IP             string         `json:"ip,omitempty"`
+	ProvisionState ProvisionState `json:"provision_state"`
+	PowerState     PowerState     `json:"power_state"`
+	// PowerUpdatedAt is when the power state was read (by the agent's
+	// clock); an older reading never overwrites a newer one.
+	PowerUpdatedAt    time.Time         `json:"power_updated_at,omitzero"`
 	Maintenance       bool              `json:"maintenance"`
 	MaintenanceReason string            `json:"maintenance_reason,omitempty"`
 	Enrolled          bool              `json:"enrolled"`
