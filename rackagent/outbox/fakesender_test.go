@@ -31,12 +31,17 @@ type fakeSender struct {
 	applied []string       // ids in the order they were first applied
 	times   map[string]int // id -> calls that applied it (first + repeats)
 	reports map[string]proto.AgentReport
+	// high is the highest Seq applied per incarnation, as the coordinator
+	// keeps it; late counts new reports at or below it (they would be
+	// taken for repeats and never applied).
+	high map[string]uint64
+	late []string
 }
 
 var errDown = errors.New("fake coordinator: unreachable")
 
 func newFakeSender() *fakeSender {
-	return &fakeSender{times: map[string]int{}, reports: map[string]proto.AgentReport{}}
+	return &fakeSender{times: map[string]int{}, reports: map[string]proto.AgentReport{}, high: map[string]uint64{}}
 }
 
 // set changes the faults under the lock while Run may be calling Send.
@@ -51,6 +56,9 @@ func (f *fakeSender) Send(ctx context.Context, rs []proto.AgentReport) (proto.Re
 	block := f.block
 	f.mu.Unlock()
 	if block {
+		f.mu.Lock()
+		f.calls++
+		f.mu.Unlock()
 		<-ctx.Done()
 		return proto.ReportAck{}, ctx.Err()
 	}
@@ -81,6 +89,10 @@ func (f *fakeSender) Send(ctx context.Context, rs []proto.AgentReport) (proto.Re
 			continue
 		}
 		if f.times[r.ID] == 0 {
+			if r.Seq != 0 && r.Seq <= f.high[r.Incarnation] {
+				f.late = append(f.late, r.ID)
+			}
+			f.high[r.Incarnation] = max(f.high[r.Incarnation], r.Seq)
 			f.applied = append(f.applied, r.ID)
 			f.reports[r.ID] = r
 		}
@@ -94,6 +106,14 @@ func (f *fakeSender) Send(ctx context.Context, rs []proto.AgentReport) (proto.Re
 		return proto.ReportAck{}, errors.New("fake coordinator: connection reset after apply")
 	}
 	return ack, nil
+}
+
+// lateIDs are reports first applied after a later Seq of their
+// incarnation.
+func (f *fakeSender) lateIDs() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.late)
 }
 
 // appliedIDs are the ids applied, each once, in the order first applied.

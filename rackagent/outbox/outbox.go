@@ -11,6 +11,17 @@
 //
 // Keys in the bucket are the bucket's NextSequence as big-endian uint64,
 // so key order is insertion order; values are the reports as JSON.
+//
+// Every report is stamped at Add with the outbox's Incarnation (a random
+// id made once, when the bucket is first created, and kept beside it) and
+// its Seq, which is its key: (agent, incarnation, seq) lets the
+// coordinator apply each report once for any backlog. Delivery is strictly
+// oldest first, so the coordinator sees one incarnation's reports in Seq
+// order.
+//
+// mac_seen reports (sightings) have a budget of their own (MaxSightings):
+// past it, sightings are refused, and they never take room from leases
+// and callbacks, which are refused only past the much larger MaxQueued.
 package outbox
 
 import (
@@ -57,11 +68,16 @@ type Config struct {
 	// MinBackoff and MaxBackoff bound the jittered exponential wait after
 	// a failed Send. Defaults 200ms and 30s.
 	MinBackoff, MaxBackoff time.Duration
-	// MaxQueued is the most reports queued; beyond it Add returns ErrFull.
-	// Default 100000.
+	// MaxQueued is the most reports other than sightings queued; beyond
+	// it Add returns ErrFull. Default 100000.
 	MaxQueued int
-	// Logger receives warnings (rejected reports, failed sends). Default
-	// slog.Default().
+	// MaxSightings is the most mac_seen reports queued; beyond it Add
+	// returns ErrFull for a sighting and AddBatch leaves sightings out
+	// (counted in Stats.SightingsDropped). Sightings never count against
+	// MaxQueued. Default 10000.
+	MaxSightings int
+	// Logger receives warnings (rejected reports, failed sends). Default:
+	// discard.
 	Logger *slog.Logger
 	// Now stamps reports without a time. Default time.Now.
 	Now func() time.Time
@@ -70,13 +86,14 @@ type Config struct {
 // DefaultConfig returns the defaults that Open fills into a zero Config.
 func DefaultConfig() Config {
 	return Config{
-		Bucket:     "outbox",
-		MaxBatch:   256,
-		MinBackoff: 200 * time.Millisecond,
-		MaxBackoff: 30 * time.Second,
-		MaxQueued:  100000,
-		Logger:     slog.Default(),
-		Now:        time.Now,
+		Bucket:       "outbox",
+		MaxBatch:     256,
+		MinBackoff:   200 * time.Millisecond,
+		MaxBackoff:   30 * time.Second,
+		MaxQueued:    100000,
+		MaxSightings: 10000,
+		Logger:       slog.New(slog.DiscardHandler),
+		Now:          time.Now,
 	}
 }
 
@@ -100,6 +117,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxQueued <= 0 {
 		c.MaxQueued = d.MaxQueued
 	}
+	if c.MaxSightings <= 0 {
+		c.MaxSightings = d.MaxSightings
+	}
 	if c.Logger == nil {
 		c.Logger = d.Logger
 	}
@@ -114,6 +134,9 @@ type Stats struct {
 	Sent     uint64 // reports acknowledged and deleted
 	Rejected uint64 // reports rejected (or unreadable) and deleted
 	Retries  uint64 // failed or fruitless sends that were retried
+	// SightingsDropped counts mac_seen reports left out because
+	// MaxSightings were queued.
+	SightingsDropped uint64
 }
 
 // Outbox is a durable queue of reports. Add and Len are safe for
@@ -126,14 +149,19 @@ type Outbox struct {
 
 	// mu serialises our writes so that the queued count checked against
 	// MaxQueued is exact; bbolt serialises writers anyway.
-	mu     sync.Mutex
-	queued atomic.Int64
+	mu        sync.Mutex
+	queued    atomic.Int64 // all reports
+	sightings atomic.Int64 // mac_seen reports among them
+	inc       string
 
 	wake    chan struct{} // a token: something was added
 	running atomic.Bool
 
-	sent, rejected, retries atomic.Uint64
+	sent, rejected, retries, sightingsDropped atomic.Uint64
 }
+
+// metaKey holds the incarnation in the bucket named Bucket+".meta".
+var metaKey = []byte("incarnation")
 
 // Open creates the bucket if needed and counts what is queued in it. The
 // db stays the caller's, shared with other buckets; closing it is the
@@ -152,8 +180,32 @@ func Open(db *bbolt.DB, cfg Config) (*Outbox, error) {
 		if err != nil {
 			return err
 		}
-		o.queued.Store(int64(b.Stats().KeyN))
-		return nil
+		meta, err := tx.CreateBucketIfNotExists([]byte(cfg.Bucket + ".meta"))
+		if err != nil {
+			return err
+		}
+		if v := meta.Get(metaKey); len(v) > 0 {
+			o.inc = string(v)
+		} else {
+			o.inc = uuid.NewString()
+			if err := meta.Put(metaKey, []byte(o.inc)); err != nil {
+				return err
+			}
+		}
+		var n, sightings int64
+		err = b.ForEach(func(_, v []byte) error {
+			n++
+			var r struct {
+				Kind proto.ReportKind `json:"kind"`
+			}
+			if json.Unmarshal(v, &r) == nil && r.Kind == proto.ReportMACSeen {
+				sightings++
+			}
+			return nil
+		})
+		o.queued.Store(n)
+		o.sightings.Store(sightings)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("outbox: open bucket %q: %w", cfg.Bucket, err)
@@ -164,33 +216,45 @@ func Open(db *bbolt.DB, cfg Config) (*Outbox, error) {
 // Len is the number of reports queued.
 func (o *Outbox) Len() int { return int(o.queued.Load()) }
 
+// Sightings is the number of mac_seen reports queued.
+func (o *Outbox) Sightings() int { return int(o.sightings.Load()) }
+
+// Incarnation is the id stamped on every report of this outbox: made
+// when its bucket was first created and kept with it.
+func (o *Outbox) Incarnation() string { return o.inc }
+
 // Stats returns the delivery counters.
 func (o *Outbox) Stats() Stats {
-	return Stats{Sent: o.sent.Load(), Rejected: o.rejected.Load(), Retries: o.retries.Load()}
+	return Stats{Sent: o.sent.Load(), Rejected: o.rejected.Load(), Retries: o.retries.Load(),
+		SightingsDropped: o.sightingsDropped.Load()}
 }
 
 // Add queues r and returns its id once it is committed to disk. An empty
-// ID gets a random uuid and a zero Time gets Now.
+// ID gets a random uuid and a zero Time gets Now; Incarnation and Seq are
+// always set by the outbox. A sighting past MaxSightings, or any other
+// report past MaxQueued, gets ErrFull.
 func (o *Outbox) Add(r proto.AgentReport) (string, error) {
 	rs := []proto.AgentReport{r}
-	if err := o.add(rs); err != nil {
+	if err := o.add(rs, true); err != nil {
 		return "", err
 	}
 	return rs[0].ID, nil
 }
 
-// AddBatch queues rs in one transaction: all of them or, on error, none.
-// IDs and times are filled in as by Add; rs is changed in place, so the
-// caller can read the assigned ids.
+// AddBatch queues rs in one transaction. Reports other than sightings go
+// in all together or, on error (ErrFull past MaxQueued), none of them;
+// sightings past MaxSightings are left out and counted (never an error).
+// IDs, times, the incarnation and sequence numbers are filled in as by
+// Add; rs is changed in place, so the caller can read them (a sighting
+// left out keeps Seq 0).
 func (o *Outbox) AddBatch(rs []proto.AgentReport) error {
 	if len(rs) == 0 {
 		return nil
 	}
-	return o.add(rs)
+	return o.add(rs, false)
 }
 
-func (o *Outbox) add(rs []proto.AgentReport) error {
-	vals := make([][]byte, len(rs))
+func (o *Outbox) add(rs []proto.AgentReport, strict bool) error {
 	for i := range rs {
 		if rs[i].ID == "" {
 			rs[i].ID = uuid.NewString()
@@ -198,35 +262,66 @@ func (o *Outbox) add(rs []proto.AgentReport) error {
 		if rs[i].Time.IsZero() {
 			rs[i].Time = o.cfg.Now()
 		}
-		v, err := json.Marshal(&rs[i])
-		if err != nil {
-			return fmt.Errorf("outbox: encode report %s: %w", rs[i].ID, err)
-		}
-		vals[i] = v
+		rs[i].Incarnation, rs[i].Seq = o.inc, 0
 	}
 
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if int(o.queued.Load())+len(rs) > o.cfg.MaxQueued {
-		return fmt.Errorf("%w: %d queued, max %d", ErrFull, o.queued.Load(), o.cfg.MaxQueued)
+	var others, sightings int
+	for i := range rs {
+		if rs[i].Kind == proto.ReportMACSeen {
+			sightings++
+		} else {
+			others++
+		}
 	}
+	if nq := int(o.queued.Load() - o.sightings.Load()); nq+others > o.cfg.MaxQueued {
+		return fmt.Errorf("%w: %d queued, max %d", ErrFull, nq, o.cfg.MaxQueued)
+	}
+	room := o.cfg.MaxSightings - int(o.sightings.Load())
+	if strict && sightings > room {
+		o.sightingsDropped.Add(uint64(sightings))
+		return fmt.Errorf("%w: %d sightings queued, max %d", ErrFull, o.sightings.Load(), o.cfg.MaxSightings)
+	}
+	added, addedSightings := 0, 0
 	err := o.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(o.bucket)
-		for _, v := range vals {
+		added, addedSightings = 0, 0
+		for i := range rs {
+			rs[i].Seq = 0
+			if rs[i].Kind == proto.ReportMACSeen {
+				if addedSightings >= room {
+					continue
+				}
+				addedSightings++
+			}
 			seq, err := b.NextSequence()
 			if err != nil {
 				return err
 			}
+			rs[i].Seq = seq
+			v, err := json.Marshal(&rs[i])
+			if err != nil {
+				return fmt.Errorf("encode report %s: %w", rs[i].ID, err)
+			}
 			if err := b.Put(binary.BigEndian.AppendUint64(nil, seq), v); err != nil {
 				return err
 			}
+			added++
 		}
 		return nil
 	})
 	if err != nil {
+		for i := range rs {
+			rs[i].Seq = 0
+		}
 		return fmt.Errorf("outbox: add: %w", err)
 	}
-	o.queued.Add(int64(len(rs)))
+	o.queued.Add(int64(added))
+	o.sightings.Add(int64(addedSightings))
+	if left := sightings - addedSightings; left > 0 {
+		o.sightingsDropped.Add(uint64(left))
+	}
 
 	select {
 	case o.wake <- struct{}{}:
@@ -334,15 +429,15 @@ func (o *Outbox) deliver(ctx context.Context, s Sender) (int, error) {
 	for _, id := range ack.Acked {
 		acked[id] = true
 	}
-	var done [][]byte
+	var done []item
 	var nacked, nrejected uint64
 	for _, it := range items {
 		if reason, ok := ack.Rejected[it.r.ID]; ok {
 			o.log.Warn("report rejected, dropping it", "id", it.r.ID, "kind", it.r.Kind, "reason", reason)
-			done = append(done, it.key)
+			done = append(done, it)
 			nrejected++
 		} else if acked[it.r.ID] {
-			done = append(done, it.key)
+			done = append(done, it)
 			nacked++
 		}
 	}
@@ -356,7 +451,7 @@ func (o *Outbox) deliver(ctx context.Context, s Sender) (int, error) {
 
 // oldest reads up to MaxBatch reports in key order. Values that do not
 // decode are logged and returned in bad.
-func (o *Outbox) oldest() (items []item, bad [][]byte, err error) {
+func (o *Outbox) oldest() (items []item, bad []item, err error) {
 	err = o.db.View(func(tx *bbolt.Tx) error {
 		c := tx.Bucket(o.bucket).Cursor()
 		for k, v := c.First(); k != nil && len(items)+len(bad) < o.cfg.MaxBatch; k, v = c.Next() {
@@ -364,8 +459,12 @@ func (o *Outbox) oldest() (items []item, bad [][]byte, err error) {
 			var r proto.AgentReport
 			if err := json.Unmarshal(v, &r); err != nil {
 				o.log.Error("unreadable report, dropping it", "key", fmt.Sprintf("%x", key), "err", err)
-				bad = append(bad, key)
+				bad = append(bad, item{key: key})
 				continue
+			}
+			if r.Seq == 0 && len(key) == 8 {
+				// Queued before reports carried their sequence.
+				r.Seq, r.Incarnation = binary.BigEndian.Uint64(key), o.inc
 			}
 			items = append(items, item{key: key, r: r})
 		}
@@ -374,24 +473,27 @@ func (o *Outbox) oldest() (items []item, bad [][]byte, err error) {
 	return items, bad, err
 }
 
-func (o *Outbox) delete(keys [][]byte) error {
-	if len(keys) == 0 {
+func (o *Outbox) delete(items []item) error {
+	if len(items) == 0 {
 		return nil
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	n := 0
+	n, ns := 0, 0
 	err := o.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(o.bucket)
-		n = 0
-		for _, k := range keys {
-			if b.Get(k) == nil {
+		n, ns = 0, 0
+		for _, it := range items {
+			if b.Get(it.key) == nil {
 				continue
 			}
-			if err := b.Delete(k); err != nil {
+			if err := b.Delete(it.key); err != nil {
 				return err
 			}
 			n++
+			if it.r.Kind == proto.ReportMACSeen {
+				ns++
+			}
 		}
 		return nil
 	})
@@ -399,6 +501,7 @@ func (o *Outbox) delete(keys [][]byte) error {
 		return err
 	}
 	o.queued.Add(-int64(n))
+	o.sightings.Add(-int64(ns))
 	return nil
 }
 

@@ -22,6 +22,7 @@ import (
 
 	"go.etcd.io/bbolt"
 
+	"github.com/metalfleet/metalfleet/ops/testkit"
 	"github.com/metalfleet/metalfleet/proto"
 )
 
@@ -114,16 +115,10 @@ func startRun(t testing.TB, o *Outbox, s Sender) (stop func() error) {
 	return stop
 }
 
-// waitFor polls cond until it holds or the bound passes.
+// waitFor waits until cond holds or the bound passes.
 func waitFor(t testing.TB, bound time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(bound)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: still waiting for %s", bound, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	testkit.Eventually(t, bound, what, cond)
 }
 
 // queuedIDs reads the ids in the bucket in key order.
@@ -412,7 +407,8 @@ func TestSIGKILL(t *testing.T) {
 			}
 			added = append(added, id)
 			if n++; n == killAfter {
-				time.Sleep(rand.N(2 * time.Millisecond)) // somewhere inside a later Add
+				// The child goes on adding: the kill lands somewhere
+				// inside a later Add.
 				if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 					t.Fatalf("kill %d: %v", cmd.Process.Pid, err)
 				}
@@ -665,7 +661,6 @@ func TestWakeOnAdd(t *testing.T) {
 	startRun(t, o, f)
 
 	for i := range 3 {
-		time.Sleep(200 * time.Millisecond) // idle
 		id, err := o.Add(proto.AgentReport{Kind: proto.ReportPower})
 		if err != nil {
 			t.Fatal(err)
@@ -707,12 +702,14 @@ func TestRunStops(t *testing.T) {
 			// Wait until the first Run holds the outbox (a fixed sleep
 			// could lose the race on a loaded machine, and the second Run
 			// would then be the one running).
-			for deadline := time.Now().Add(5 * time.Second); !o.running.Load(); time.Sleep(time.Millisecond) {
-				if time.Now().After(deadline) {
-					t.Fatal("Run did not start")
-				}
+			waitFor(t, 5*time.Second, "Run to start", o.running.Load)
+			// Wait until it is in the state under test.
+			switch tt.name {
+			case "backing off":
+				waitFor(t, 5*time.Second, "a failed send", func() bool { _, failed := f.counts(); return failed > 0 })
+			case "inside Send":
+				waitFor(t, 5*time.Second, "a send", func() bool { calls, _ := f.counts(); return calls > 0 })
 			}
-			time.Sleep(50 * time.Millisecond) // let it reach the state under test
 
 			// A second Run is refused while the first runs.
 			sctx, scancel := context.WithTimeout(t.Context(), 2*time.Second)
@@ -822,4 +819,143 @@ func BenchmarkAddBatch100(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "batches/s")
 	b.ReportMetric(float64(100*b.N)/b.Elapsed().Seconds(), "reports/s")
+}
+
+// TestIncarnationAndSeq: every report gets the outbox's incarnation, made
+// once with the db and kept across reopens, and a Seq that grows in the
+// order of Add; a fresh db (a rebuilt agent) gets another incarnation.
+func TestIncarnationAndSeq(t *testing.T) {
+	cfg := testConfig(t)
+	o, db, path := newOutbox(t, cfg)
+	inc := o.Incarnation()
+	if !proto.IsUUID(inc) {
+		t.Fatalf("Incarnation() = %q, want a uuid", inc)
+	}
+	rs := reports("seq", 5)
+	addAll(t, o, rs[:2])
+	if err := o.AddBatch(rs[2:]); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range rs[2:] {
+		if r.Seq != uint64(i+3) || r.Incarnation != inc {
+			t.Errorf("AddBatch set report %d to seq %d incarnation %q, want %d %q", i+2, r.Seq, r.Incarnation, i+3, inc)
+		}
+	}
+	db.Close()
+	db = openDB(t, path)
+	defer db.Close()
+	o, err := Open(db, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Incarnation() != inc {
+		t.Errorf("Incarnation() after reopen = %q, want %q", o.Incarnation(), inc)
+	}
+	addAll(t, o, reports("after", 1))
+	f := newFakeSender()
+	for o.Len() > 0 {
+		if _, err := o.deliver(t.Context(), f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, id := range f.appliedIDs() {
+		r := f.reports[id]
+		if r.Seq != uint64(i+1) || r.Incarnation != inc {
+			t.Errorf("report %d (%s) delivered with seq %d incarnation %q, want %d %q", i, id, r.Seq, r.Incarnation, i+1, inc)
+		}
+	}
+	if len(f.appliedIDs()) != 6 {
+		t.Errorf("delivered %d, want 6", len(f.appliedIDs()))
+	}
+
+	o2, _, _ := newOutbox(t, cfg)
+	if o2.Incarnation() == inc || !proto.IsUUID(o2.Incarnation()) {
+		t.Errorf("a fresh db's Incarnation() = %q, want a new uuid (not %q)", o2.Incarnation(), inc)
+	}
+}
+
+// TestSeqOrderUnderPartialAcks: when the coordinator settles a batch in
+// parts (acks a few, rejects one, loses an ack), delivery stays oldest
+// first: no report is applied after a later Seq of its incarnation.
+func TestSeqOrderUnderPartialAcks(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MaxBatch = 16
+	o, _, _ := newOutbox(t, cfg)
+	rs := reports("part", 100)
+	addAll(t, o, rs)
+	f := newFakeSender()
+	f.ackLimit = 5
+	f.dropAcks = 2
+	f.reject = map[string]string{rs[7].ID: "bad", rs[40].ID: "bad"}
+	stop := startRun(t, o, f)
+	waitFor(t, 10*time.Second, "the queue drained", func() bool { return o.Len() == 0 })
+	stop()
+	if late := f.lateIDs(); len(late) > 0 {
+		t.Errorf("reports applied after a later seq (taken for repeats by the coordinator): %v", late)
+	}
+	if got := len(f.appliedIDs()); got != 98 {
+		t.Errorf("applied %d, want 98", got)
+	}
+}
+
+// TestSightingsBudget: sightings have their own budget; past it they are
+// refused (Add) or left out and counted (AddBatch), and a lease or
+// callback report is accepted whatever the sightings hold.
+func TestSightingsBudget(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MaxQueued, cfg.MaxSightings = 20, 5
+	o, db, path := newOutbox(t, cfg)
+	seen := func(i int) proto.AgentReport {
+		return proto.AgentReport{Kind: proto.ReportMACSeen, MAC: fmt.Sprintf("02:00:00:00:00:%02x", i), Count: 1}
+	}
+	var batch []proto.AgentReport
+	for i := range 8 {
+		batch = append(batch, seen(i))
+	}
+	batch = append(batch, proto.AgentReport{Kind: proto.ReportLease, LeaseEvent: "bound", MAC: "02:00:00:00:01:01"})
+	if err := o.AddBatch(batch); err != nil {
+		t.Fatalf("AddBatch(8 sightings + a lease) = %v, want nil", err)
+	}
+	if o.Len() != 6 || o.Sightings() != 5 || o.Stats().SightingsDropped != 3 {
+		t.Errorf("Len, Sightings, SightingsDropped = %d, %d, %d, want 6, 5, 3", o.Len(), o.Sightings(), o.Stats().SightingsDropped)
+	}
+	if _, err := o.Add(seen(9)); !errors.Is(err, ErrFull) {
+		t.Errorf("Add(sighting) past the budget = %v, want ErrFull", err)
+	}
+	// Leases and callbacks fill up to MaxQueued of their own.
+	for i := range 20 {
+		if i == 19 {
+			break
+		}
+		if _, err := o.Add(proto.AgentReport{Kind: proto.ReportCallback, Step: "inventory", MAC: "02:00:00:00:02:01"}); err != nil {
+			t.Fatalf("Add(callback %d) with %d sightings queued = %v, want nil", i, o.Sightings(), err)
+		}
+	}
+	if _, err := o.Add(proto.AgentReport{Kind: proto.ReportLease, LeaseEvent: "bound"}); !errors.Is(err, ErrFull) {
+		t.Errorf("Add(lease) with 20 leases and callbacks queued = %v, want ErrFull", err)
+	}
+	// The counts survive a reopen.
+	db.Close()
+	db = openDB(t, path)
+	defer db.Close()
+	o, err := Open(db, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Len() != 25 || o.Sightings() != 5 {
+		t.Errorf("after reopen Len, Sightings = %d, %d, want 25, 5", o.Len(), o.Sightings())
+	}
+	// Delivery frees the sightings' budget.
+	f := newFakeSender()
+	for o.Len() > 0 {
+		if _, err := o.deliver(t.Context(), f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if o.Sightings() != 0 {
+		t.Errorf("Sightings() after delivery = %d, want 0", o.Sightings())
+	}
+	if _, err := o.Add(seen(10)); err != nil {
+		t.Errorf("Add(sighting) after delivery = %v, want nil", err)
+	}
 }
