@@ -120,7 +120,7 @@ func TestAgentReports(t *testing.T) {
 	// A repeat of the whole batch changes nothing and acks the applied.
 	idx := h.f.Store().Index()
 	res = h.must(AgentReports{Rack: "r1", Reports: []proto.AgentReport{
-		rep("s1", proto.ReportMACSeen, func(r *proto.AgentReport) { r.MAC, r.Count = "52:54:00:99:00:01", 3 }),
+		rep("s1", proto.ReportMACSeen, func(r *proto.AgentReport) { r.MAC, r.Count, r.Seq = "52:54:00:99:00:01", 3, 1 }),
 	}}).(*AgentReportsResult)
 	if len(res.Acked) != 1 || h.f.Store().Index() != idx {
 		t.Fatalf("repeat: acked %v, index %d -> %d", res.Acked, idx, h.f.Store().Index())

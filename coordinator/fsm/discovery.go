@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/google/uuid"
@@ -17,11 +18,24 @@ import (
 // the report that discovered it: deterministic, as Apply must be.
 var discoveryNamespace = uuid.MustParse("6f1c7a52-3b0e-4c55-9d3e-6d2d0b8f4a10")
 
-// applyDiscovery takes a discovery ramdisk's inventory: it creates a
-// discovered node, or updates the discovered node the machine already is
-// (same system uuid or serial, or any MAC). It never changes an enrolled
-// node: an inventory that claims an enrolled node's MAC with another
-// system identity is refused and recorded as a conflict.
+// applyDiscovery takes a discovery ramdisk's inventory, reported by the
+// rack agent that served the machine its discovery boot.
+//
+// The machine is the node that holds the MAC it booted from, else the node
+// with its system identity (proto.SystemIdentity: firmware placeholders
+// identify nothing); both are found through the store's indexes, in O(1)
+// of the fleet's size. Two machines are never merged into one node:
+//   - the boot MAC held by a node of another system identity (or the
+//     machine's node in another rack) refuses the report and records a
+//     conflict;
+//   - a MAC of the inventory that another node holds is never attached
+//     (the other node keeps it and its inventory) and is recorded as a
+//     conflict, while the rest applies.
+//
+// A discovered node gets the new inventory and the MACs no node holds.
+// An enrolled node is not changed, but for the boot event and the boot MAC
+// when it booted from a NIC not on record that no node holds. A new
+// machine becomes a discovered node (enrolled with auto_enroll).
 func applyDiscovery(tx *state.Tx, rack, mac string, r *proto.AgentReport) error {
 	if mac == "" {
 		return proto.Errorf(proto.CodeInvalid, "inventory without the MAC it came from")
@@ -33,58 +47,83 @@ func applyDiscovery(tx *state.Tx, rack, mac string, r *proto.AgentReport) error 
 	if inv.Version != proto.InventoryVersion {
 		return proto.Errorf(proto.CodeInvalid, "inventory version %d, this coordinator reads %d", inv.Version, proto.InventoryVersion)
 	}
-	macs := []string{mac}
-	for _, ifc := range inv.Interfaces {
-		if m, err := proto.NormalizeMAC(ifc.MAC); err == nil && !slices.Contains(macs, m) {
-			macs = append(macs, m)
-		}
+	if err := inv.Validate(); err != nil {
+		return err
 	}
-	sameSystem := func(n *proto.Node) bool {
-		var have proto.Inventory
-		if len(n.Inventory) == 0 || json.Unmarshal(n.Inventory, &have) != nil {
-			return false
-		}
-		return identity(have.System) != "" && identity(have.System) == identity(inv.System)
+	ident := proto.SystemIdentity(inv.System)
+	conflict := func(why string) error {
+		recordConflict(tx, rack, mac, r, why)
+		return proto.Errorf(proto.CodeConflict, "%s; recorded as a conflict", why)
 	}
-	// The node this machine already is: one holding any of its MACs...
+
+	// The node this machine already is.
 	var found *proto.Node
-	for _, m := range macs {
-		if n := tx.Node(m); n != nil {
-			if n.Enrolled && !sameSystem(n) {
-				recordConflict(tx, rack, mac, r, fmt.Sprintf("MAC %s belongs to enrolled node %s, but the inventory is of system %q", m, nodeRef(n), identity(inv.System)))
-				return proto.Errorf(proto.CodeConflict, "MAC %s belongs to enrolled node %s of another system; recorded as a conflict", m, nodeRef(n))
+	if id, ok := tx.NodeByMAC(mac); ok {
+		found = tx.Node(id)
+		if have := tx.NodeIdentity(id); have != ident {
+			return conflict(fmt.Sprintf("MAC %s belongs to node %s of system %s, but the inventory is of system %s",
+				mac, nodeRef(found), identName(have), identName(ident)))
+		}
+	} else if ids := tx.NodesByIdentity(ident); len(ids) > 0 {
+		found = tx.Node(ids[0]) // the lowest uuid of several
+	}
+	if found != nil && found.Rack != rack {
+		return conflict(fmt.Sprintf("system %s is node %s in rack %q, but booted in rack %q", identName(ident), nodeRef(found), found.Rack, rack))
+	}
+
+	// The inventory's other MACs: those another node holds are never
+	// attached.
+	var free, taken []string
+	for _, ifc := range inv.Interfaces {
+		m, err := proto.NormalizeMAC(ifc.MAC)
+		if err != nil || m == mac || slices.Contains(free, m) {
+			continue
+		}
+		if id, ok := tx.NodeByMAC(m); ok {
+			if found == nil || id != found.UUID {
+				taken = append(taken, fmt.Sprintf("%s (node %s)", m, nodeRef(tx.Node(id))))
 			}
-			if found == nil {
-				found = n
+			continue
+		}
+		free = append(free, m)
+	}
+	if len(taken) > 0 {
+		recordConflict(tx, rack, mac, r, fmt.Sprintf("the inventory of system %s lists MACs of other nodes, not attached: %s",
+			identName(ident), strings.Join(taken, ", ")))
+	}
+
+	event := &proto.BootEvent{Event: "inventory", Agent: r.Agent, Time: r.Time}
+	if found != nil && found.Enrolled {
+		n := found.Clone()
+		if n.LastBoot == nil || !r.Time.Before(n.LastBoot.Time) {
+			n.LastBoot = event
+		}
+		if !slices.Contains(n.MACs, mac) {
+			// Booted from a NIC not on record, and no node holds it:
+			// it is this machine's (same system identity).
+			n.MACs = append(n.MACs, mac)
+			n.UpdatedAt = r.Time
+			if err := checkNodeFields(tx, n, n.UUID); err != nil {
+				return err
 			}
 		}
-	}
-	// ...or one with the same system identity.
-	if found == nil && identity(inv.System) != "" {
-		tx.EachNode(func(n *proto.Node) {
-			// The lowest uuid of several: Apply must not depend on map order.
-			if sameSystem(n) && (found == nil || n.UUID < found.UUID) {
-				found = n
-			}
-		})
+		tx.PutNode(n)
+		forgetSightings(tx, []string{mac})
+		return nil
 	}
 	raw, _ := json.Marshal(inv)
 	if found != nil {
 		n := found.Clone()
-		n.LastBoot = &proto.BootEvent{Event: "inventory", Agent: r.Agent, Time: r.Time}
-		if n.Enrolled {
-			tx.PutNode(n) // same machine, enrolled: only the boot event
-			return nil
+		if n.LastBoot != nil && r.Time.Before(n.LastBoot.Time) {
+			return nil // an older inventory (a backlog) never replaces a newer one
 		}
-		for _, m := range macs {
-			if id, ok := tx.NodeByMAC(m); (!ok || id == n.UUID) && !slices.Contains(n.MACs, m) {
+		n.LastBoot = event
+		for _, m := range append([]string{mac}, free...) {
+			if !slices.Contains(n.MACs, m) {
 				n.MACs = append(n.MACs, m)
 			}
 		}
 		n.Inventory, n.UpdatedAt = raw, r.Time
-		if n.Rack != rack {
-			n.Rack, n.IP = rack, ""
-		}
 		if inv.BMCAddress != "" && n.BMC.Address == "" {
 			n.BMC.Address = inv.BMCAddress
 		}
@@ -96,15 +135,9 @@ func applyDiscovery(tx *state.Tx, rack, mac string, r *proto.AgentReport) error 
 		return nil
 	}
 	n := &proto.Node{
-		UUID: uuid.NewSHA1(discoveryNamespace, []byte(r.ID)).String(), Rack: rack,
+		UUID: discoveredUUID(rack, r), Rack: rack, MACs: append([]string{mac}, free...),
 		ProvisionState: proto.StateDiscovered, PowerState: proto.PowerUnknown,
-		Inventory: raw, CreatedAt: r.Time, UpdatedAt: r.Time,
-		LastBoot: &proto.BootEvent{Event: "inventory", Agent: r.Agent, Time: r.Time},
-	}
-	for _, m := range macs {
-		if _, taken := tx.NodeByMAC(m); !taken {
-			n.MACs = append(n.MACs, m)
-		}
+		Inventory: raw, CreatedAt: r.Time, UpdatedAt: r.Time, LastBoot: event,
 	}
 	if inv.BMCAddress != "" {
 		n.BMC = proto.BMC{Driver: "ipmi", Address: inv.BMCAddress}
@@ -120,21 +153,27 @@ func applyDiscovery(tx *state.Tx, rack, mac string, r *proto.AgentReport) error 
 	return nil
 }
 
-// identity is a machine's system identity: its SMBIOS uuid, else its
-// serial, else "".
-func identity(s proto.System) string {
-	switch {
-	case s.UUID != "" && s.UUID != "00000000-0000-0000-0000-000000000000":
-		return "uuid:" + strings.ToLower(s.UUID)
-	case s.Serial != "" && !strings.EqualFold(s.Serial, "not specified") && !strings.EqualFold(s.Serial, "to be filled by o.e.m."):
-		return "serial:" + s.Serial
-	}
-	return ""
+// discoveredUUID is the uuid of the node a report discovers: made from
+// the report's place in its agent's sequence, so it is deterministic (as
+// Apply must be) and never the same for two reports.
+func discoveredUUID(rack string, r *proto.AgentReport) string {
+	return uuid.NewSHA1(discoveryNamespace, fmt.Appendf(nil, "%s\x00%s\x00%s\x00%d", rack, r.Agent, r.Incarnation, r.Seq)).String()
 }
 
+func identName(ident string) string {
+	if ident == "" {
+		return "(no identity: firmware gave only placeholders)"
+	}
+	return strconv.Quote(ident)
+}
+
+// forgetSightings forgets the sightings of MACs that are now a node's,
+// but for those that record a conflict: an operator has to see it.
 func forgetSightings(tx *state.Tx, macs []string) {
 	for _, m := range macs {
-		tx.DeleteSighting(m)
+		if sg := tx.Sighting(m); sg != nil && sg.Conflict == "" {
+			tx.DeleteSighting(m)
+		}
 	}
 }
 

@@ -60,7 +60,7 @@ func TestDiscovery(t *testing.T) {
 	h.must(NodeSetEnrolled{Ref: n.UUID, Enrolled: true, Now: t0})
 	before, _ := h.f.Store().Node(n.UUID)
 	res = apply(inventoryReport(t, "inv-4", "52:54:00:12:34:56", "5b2f0c1e-0000-4000-8000-0000000000ff", "EVIL-1"))
-	if !strings.Contains(res.Rejected["inv-4"], "enrolled node") {
+	if !strings.Contains(res.Rejected["inv-4"], "belongs to node") {
 		t.Fatalf("impostor not refused: %+v", res)
 	}
 	after, _ := h.f.Store().Node(n.UUID)

@@ -3,6 +3,7 @@ package fsm
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +20,7 @@ type harness struct {
 	f     *FSM
 	index uint64
 	log   [][]byte
+	seq   map[string]uint64 // next report seq per agent incarnation
 }
 
 func newHarness(t *testing.T) *harness {
@@ -27,6 +29,29 @@ func newHarness(t *testing.T) *harness {
 
 func (h *harness) apply(c Command) *Result {
 	h.t.Helper()
+	if ar, ok := c.(AgentReports); ok {
+		// Number reports as an agent does, unless the test chose.
+		if h.seq == nil {
+			h.seq = map[string]uint64{}
+		}
+		ar.Reports = slices.Clone(ar.Reports)
+		for i := range ar.Reports {
+			r := &ar.Reports[i]
+			if r.Agent == "" {
+				r.Agent = "a1"
+			}
+			if r.Incarnation == "" {
+				r.Incarnation = "inc-" + r.Agent
+			}
+			if r.Seq == 0 {
+				h.seq[r.Agent+"/"+r.Incarnation]++
+				r.Seq = h.seq[r.Agent+"/"+r.Incarnation]
+			} else {
+				h.seq[r.Agent+"/"+r.Incarnation] = max(h.seq[r.Agent+"/"+r.Incarnation], r.Seq)
+			}
+		}
+		c = ar
+	}
 	b, err := Encode(c)
 	if err != nil {
 		h.t.Fatal(err)
@@ -48,6 +73,7 @@ func (h *harness) must(c Command) any {
 func (h *harness) fails(c Command, code proto.Code, msg string) {
 	h.t.Helper()
 	before := h.f.Store().Index()
+	beforeState := stateBytes(h.t, h.f.Store())
 	r := h.apply(c)
 	if r.Err == nil {
 		h.t.Fatalf("apply %T: succeeded, want error %s", c, code)
@@ -61,6 +87,19 @@ func (h *harness) fails(c Command, code proto.Code, msg string) {
 	if after := h.f.Store().Index(); after != before {
 		h.t.Fatalf("a failed %T changed the store index from %d to %d", c, before, after)
 	}
+	if after := stateBytes(h.t, h.f.Store()); !bytes.Equal(after, beforeState) {
+		h.t.Fatalf("a failed %T changed the state:\nbefore %s\nafter  %s", c, beforeState, after)
+	}
+}
+
+// stateBytes is the whole state as a snapshot writes it.
+func stateBytes(t testing.TB, s *state.Store) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if _, err := s.Snapshot().WriteTo(&buf); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }
 
 const (
@@ -392,8 +431,8 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	h.must(TokenCreate{Token: proto.Token{ID: "t1", Role: proto.RoleReader, CreatedAt: t0}, SecretHash: strings.Repeat("c", 64)})
 	h.must(ServerPut{Server: proto.Server{ID: "s1", RaftAddr: "a:1", HTTPAddr: "a:2"}})
 	h.must(AgentReports{Rack: "r1", Reports: []proto.AgentReport{
-		{ID: "seen-1", Kind: proto.ReportMACSeen, Rack: "r1", Agent: "a", Time: t0, MAC: "52:54:00:77:00:01"},
-		{ID: "lease-1", Kind: proto.ReportLease, Rack: "r1", Agent: "a", Time: t0, MAC: "52:54:00:77:00:01", LeaseEvent: "bound",
+		{ID: "seen-1", Kind: proto.ReportMACSeen, Rack: "r1", Agent: "a", Incarnation: "i1", Seq: 1, Time: t0, MAC: "52:54:00:77:00:01"},
+		{ID: "lease-1", Kind: proto.ReportLease, Rack: "r1", Agent: "a", Incarnation: "i1", Seq: 2, Time: t0, MAC: "52:54:00:77:00:01", LeaseEvent: "bound",
 			Lease: &proto.Lease{IP: "10.0.0.100", Expires: t0.Add(time.Hour)}},
 	}})
 
@@ -448,8 +487,8 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	if _, ok := b.TokenByHash(strings.Repeat("c", 64)); !ok {
 		t.Fatalf("token hash index not rebuilt")
 	}
-	if !b.ReportSeen("rep-1") {
-		t.Fatalf("report ids not restored: a replayed report would apply twice")
+	if as, ok := b.AgentSeq("r1", "a"); !ok || len(as.Incarnations) != 1 || as.Incarnations[0].Seq != 2 {
+		t.Fatalf("report high-water marks not restored (%+v): a replayed report would apply twice", as)
 	}
 
 	// Determinism: replaying the log into a fresh FSM gives the same bytes.

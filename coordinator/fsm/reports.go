@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"fmt"
 	"net/netip"
 	"time"
 
@@ -10,8 +11,11 @@ import (
 
 // Rack agent reports: de-duplication by (agent, incarnation, seq), sightings, boot events, power readings and dynamic leases.
 
-// --- rack agent reports ---
-
+// applyAgentReports applies a batch of one rack's reports. Each is
+// applied once for any backlog: a report at or below its agent
+// incarnation's high-water seq is a repeat, acknowledged and not applied
+// again. A report that cannot be applied is rejected alone, with its
+// reason, and counts as done (a resend is a repeat).
 func applyAgentReports(tx *state.Tx, c *AgentReports) (any, error) {
 	if tx.Rack(c.Rack) == nil {
 		return nil, proto.Errorf(proto.CodeInvalid, "rack %q does not exist", c.Rack)
@@ -19,18 +23,25 @@ func applyAgentReports(tx *state.Tx, c *AgentReports) (any, error) {
 	res := &AgentReportsResult{Acked: []string{}, Rejected: map[string]string{}}
 	for i := range c.Reports {
 		r := &c.Reports[i]
-		if r.ID == "" {
-			continue // the API refuses these before they get here
+		if r.Agent == "" || r.Incarnation == "" || r.Seq == 0 {
+			// The API refuses these before they get here.
+			res.Rejected[r.ID] = "report without agent, incarnation and seq"
+			continue
 		}
-		if tx.ReportSeen(r.ID) {
+		if r.Rack != c.Rack {
+			res.Rejected[r.ID] = fmt.Sprintf("report for rack %q in a batch for rack %q", r.Rack, c.Rack)
+			continue
+		}
+		if tx.ReportApplied(c.Rack, r.Agent, r.Incarnation, r.Seq) {
 			res.Acked = append(res.Acked, r.ID)
 			continue
 		}
-		if err := applyAgentReport(tx, c.Rack, r); err != nil {
+		err := applyAgentReport(tx, c.Rack, r)
+		tx.MarkApplied(c.Rack, r.Agent, r.Incarnation, r.Seq)
+		if err != nil {
 			res.Rejected[r.ID] = err.Error()
 			continue
 		}
-		tx.MarkReport(r.ID)
 		res.Acked = append(res.Acked, r.ID)
 	}
 	return res, nil
@@ -60,8 +71,12 @@ func applyAgentReport(tx *state.Tx, rack string, r *proto.AgentReport) error {
 	case mac != "":
 		node = tx.Node(mac)
 	}
-	if node != nil && node.Rack != rack && !(r.Kind == proto.ReportCallback && r.Step == "inventory") {
-		return proto.Errorf(proto.CodeForbidden, "node %s is in rack %q, not %q", nodeRef(node), node.Rack, rack)
+	if node != nil && node.Rack != rack {
+		why := fmt.Sprintf("node %s is in rack %q, not %q", nodeRef(node), node.Rack, rack)
+		if r.Kind == proto.ReportCallback && r.Step == proto.StepInventory && mac != "" {
+			recordConflict(tx, rack, mac, r, "inventory from rack "+rack+": "+why)
+		}
+		return proto.Errorf(proto.CodeForbidden, "%s", why)
 	}
 	switch r.Kind {
 	case proto.ReportMACSeen, proto.ReportBootEvent:
@@ -76,6 +91,9 @@ func applyAgentReport(tx *state.Tx, rack string, r *proto.AgentReport) error {
 		if r.Kind == proto.ReportMACSeen || ev == "" {
 			ev = "dhcp"
 		}
+		if node.LastBoot != nil && r.Time.Before(node.LastBoot.Time) {
+			return nil // an older event (a backlog) never hides a newer one
+		}
 		n := node.Clone()
 		n.LastBoot = &proto.BootEvent{Event: ev, Agent: r.Agent, Time: r.Time}
 		tx.PutNode(n)
@@ -89,12 +107,15 @@ func applyAgentReport(tx *state.Tx, rack string, r *proto.AgentReport) error {
 		if !r.PowerState.Valid() {
 			return proto.Errorf(proto.CodeInvalid, "power_state %q: want on, off or unknown", r.PowerState)
 		}
+		if r.Time.Before(node.PowerUpdatedAt) {
+			return nil // an older reading never overwrites a newer one
+		}
 		n := node.Clone()
-		n.PowerState, n.UpdatedAt = r.PowerState, r.Time
+		n.PowerState, n.PowerUpdatedAt, n.UpdatedAt = r.PowerState, r.Time, r.Time
 		tx.PutNode(n)
 		return nil
 	case proto.ReportCallback:
-		if r.Step == "inventory" {
+		if r.Step == proto.StepInventory {
 			return applyDiscovery(tx, rack, mac, r)
 		}
 		return proto.Errorf(proto.CodeUnsupported, "ramdisk step %q is not handled by this coordinator yet", r.Step)

@@ -32,14 +32,14 @@ func (s *Store) Snapshot() *Snapshot {
 	d.instances = maps.Clone(s.d.instances)
 	d.tokens = maps.Clone(s.d.tokens)
 	d.servers = maps.Clone(s.d.servers)
-	d.reportOrder = append([]string(nil), s.d.reportOrder...)
-	d.reports = maps.Clone(s.d.reports)
+	d.agentSeqs = maps.Clone(s.d.agentSeqs) // values are replaced, never changed
 	d.sightings = maps.Clone(s.d.sightings)
 	d.leases = make(map[string]map[string]*proto.Lease, len(s.d.leases))
 	for r, m := range s.d.leases {
 		d.leases[r] = maps.Clone(m)
 	}
-	d.nodeByIP, d.rackIdx = nil, nil // rebuilt on restore
+	// Indexes are rebuilt on restore, not written.
+	d.nodeByIP, d.rackIdx, d.nodeOrder, d.nodeByIdent, d.identOf, d.sightAge = nil, nil, nil, nil, nil, nil
 	return &Snapshot{d: &d}
 }
 
@@ -65,10 +65,6 @@ type leaseRecord struct {
 	proto.Lease
 }
 
-type reportRecord struct {
-	ID    string `json:"id"`
-	Index uint64 `json:"index"`
-}
 
 // WriteTo writes the snapshot as JSON lines, one typed record at a time.
 func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
@@ -137,8 +133,8 @@ func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
 			}
 		}
 	}
-	for _, id := range d.reportOrder {
-		if err := put("report", reportRecord{ID: id, Index: d.reports[id]}); err != nil {
+	for _, k := range sortedKeys(d.agentSeqs) {
+		if err := put("agentseq", d.agentSeqs[k]); err != nil {
 			return cw.n, err
 		}
 	}
@@ -223,7 +219,9 @@ func (s *Store) Restore(r io.Reader) error {
 		case "sighting":
 			v := new(proto.Sighting)
 			if err = json.Unmarshal(rec.V, v); err == nil {
-				d.sightings[v.MAC] = v
+				meta := v.Meta
+				tx.PutSighting(v)
+				v.Meta = meta
 			}
 		case "lease":
 			var v leaseRecord
@@ -235,10 +233,13 @@ func (s *Store) Restore(r io.Reader) error {
 				d.leases[v.Rack][l.IP] = &l
 			}
 		case "report":
-			var v reportRecord
-			if err = json.Unmarshal(rec.V, &v); err == nil {
-				d.reports[v.ID] = v.Index
-				d.reportOrder = append(d.reportOrder, v.ID)
+			// Report ids of the global window that agentseq replaced:
+			// an agent that sends ids only is refused now, so they
+			// are of no use.
+		case "agentseq":
+			v := new(AgentSeq)
+			if err = json.Unmarshal(rec.V, v); err == nil {
+				d.agentSeqs[v.Rack+"/"+v.Agent] = v
 			}
 		case "end":
 			sawEnd = true

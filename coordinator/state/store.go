@@ -10,17 +10,17 @@ package state
 
 import (
 	"context"
+	"encoding/base64"
 	"net"
 	"sort"
+	"strings"
 	"sync"
+	"time"
+
+	"github.com/google/btree"
 
 	"github.com/metalfleet/metalfleet/proto"
 )
-
-// MaxReportIDs bounds how many applied report ids the store remembers for
-// de-duplication. A rack agent retries a report for minutes, not for
-// 65536 other reports, so older ids can be forgotten safely.
-const MaxReportIDs = 65536
 
 // Store is safe for concurrent use: one writer (the FSM, through Write) and
 // any number of readers.
@@ -37,6 +37,14 @@ type data struct {
 	nodes      map[string]*proto.Node // by uuid
 	nodeByName map[string]string
 	nodeByMAC  map[string]string
+	// nodeOrder holds every node's nodeKey, in list order (name, uuid),
+	// so a page of a list starts where the last ended without a sort.
+	nodeOrder *btree.BTreeG[string]
+	// nodeByIdent maps a system identity (proto.SystemIdentity of the
+	// node's inventory) to the uuids that have it, sorted; identOf is the
+	// reverse. Discovery finds a machine by them in O(1).
+	nodeByIdent map[string][]string
+	identOf     map[string]string
 
 	racks     map[string]*proto.Rack
 	flavors   map[string]*proto.Flavor
@@ -50,12 +58,16 @@ type data struct {
 	servers  map[string]*proto.Server
 	settings proto.Settings
 
-	reports     map[string]uint64 // report id -> index applied
-	reportOrder []string          // oldest first, at most MaxReportIDs
+	// agentSeqs is, per rack agent (rack + "/" + name), the highest
+	// report seq applied of each of its recent incarnations.
+	agentSeqs map[string]*AgentSeq
 
-	nodeByIP  map[string]string                  // rack+"/"+ip -> node uuid
-	sightings map[string]*proto.Sighting         // by MAC
-	leases    map[string]map[string]*proto.Lease // rack -> ip -> lease
+	nodeByIP  map[string]string          // rack+"/"+ip -> node uuid
+	sightings map[string]*proto.Sighting // by MAC
+	// sightAge orders sightings by (last seen, MAC): the stalest is
+	// forgotten first when MaxSightings would be passed.
+	sightAge *btree.BTreeG[sightKey]
+	leases   map[string]map[string]*proto.Lease // rack -> ip -> lease
 
 	// rackIdx is the index of the last change to what a rack's agents
 	// boot from (the rack, its nodes, its leases); bootIdx the same for
@@ -65,17 +77,35 @@ type data struct {
 	bootIdx uint64
 }
 
+type sightKey struct {
+	seen time.Time
+	mac  string
+}
+
+func sightLess(a, b sightKey) bool {
+	if !a.seen.Equal(b.seen) {
+		return a.seen.Before(b.seen)
+	}
+	return a.mac < b.mac
+}
+
 func newData() *data {
 	return &data{
 		nodes: map[string]*proto.Node{}, nodeByName: map[string]string{}, nodeByMAC: map[string]string{},
+		nodeOrder: btree.NewOrderedG[string](32), nodeByIdent: map[string][]string{}, identOf: map[string]string{},
 		racks: map[string]*proto.Rack{}, flavors: map[string]*proto.Flavor{}, images: map[string]*proto.Image{},
 		instances: map[string]*proto.Instance{}, instByNm: map[string]string{},
 		tokens: map[string]*proto.Token{}, tokenByHash: map[string]string{},
-		servers: map[string]*proto.Server{}, reports: map[string]uint64{},
+		servers: map[string]*proto.Server{}, agentSeqs: map[string]*AgentSeq{},
 		nodeByIP: map[string]string{}, sightings: map[string]*proto.Sighting{},
-		leases: map[string]map[string]*proto.Lease{}, rackIdx: map[string]uint64{},
+		sightAge: btree.NewG[sightKey](32, sightLess),
+		leases:   map[string]map[string]*proto.Lease{}, rackIdx: map[string]uint64{},
 	}
 }
+
+// nodeKey is a node's place in list order: by name, then uuid (nodes
+// without a name first). The uuid alone is the marker of a page.
+func nodeKey(n *proto.Node) string { return n.Name + "\x00" + n.UUID }
 
 // New returns an empty store.
 func New() *Store {
@@ -161,114 +191,81 @@ func (s *Store) Node(ref string) (*proto.Node, bool) {
 
 // Nodes returns copies of the nodes f selects, ordered by name then uuid.
 func (s *Store) Nodes(f NodeFilter) []*proto.Node {
+	out, _ := s.NodesPage(f, "", 0)
+	return out
+}
+
+// NodesPage returns copies of at most limit nodes that f selects (every
+// one if limit <= 0), in the order of Nodes, starting after the marker
+// after ("" for the first page); next is the opaque marker of the
+// following page, "" after the last. A marker stays valid when its node
+// is deleted. The page is read under one lock: it is consistent with
+// itself and with Index. It costs O(log n) plus the nodes it steps over.
+func (s *Store) NodesPage(f NodeFilter, after string, limit int) (nodes []*proto.Node, next string) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	want := ""
-	if f.Instance != "" {
-		inst := s.d.instance(f.Instance)
-		if inst == nil || inst.Node == "" {
-			return []*proto.Node{}
-		}
-		want = inst.Node
-	}
+	d := s.d
 	out := []*proto.Node{}
-	for _, n := range s.d.nodes {
-		switch {
-		case want != "" && n.UUID != want,
-			f.ProvisionState != "" && n.ProvisionState != f.ProvisionState,
-			f.Rack != "" && n.Rack != f.Rack,
-			f.Enrolled != nil && n.Enrolled != *f.Enrolled,
-			f.Maintenance != nil && n.Maintenance != *f.Maintenance:
-			continue
+	match := func(n *proto.Node) bool {
+		return (f.ProvisionState == "" || n.ProvisionState == f.ProvisionState) &&
+			(f.Rack == "" || n.Rack == f.Rack) &&
+			(f.Enrolled == nil || n.Enrolled == *f.Enrolled) &&
+			(f.Maintenance == nil || n.Maintenance == *f.Maintenance)
+	}
+	if f.Instance != "" {
+		inst := d.instance(f.Instance)
+		if after != "" || inst == nil || inst.Node == "" {
+			return out, ""
+		}
+		if n := d.nodes[inst.Node]; n != nil && match(n) {
+			out = append(out, n.Clone())
+		}
+		return out, ""
+	}
+	start := ""
+	if after != "" {
+		k, err := base64.RawURLEncoding.DecodeString(after)
+		if err != nil {
+			return out, "" // not a marker we made: nothing follows it
+		}
+		start = string(k) + "\x00" // just past it
+	}
+	var last string
+	d.nodeOrder.AscendGreaterOrEqual(start, func(k string) bool {
+		n := d.nodes[k[strings.LastIndexByte(k, 0)+1:]]
+		if !match(n) {
+			return true
+		}
+		if limit > 0 && len(out) == limit {
+			next = base64.RawURLEncoding.EncodeToString([]byte(last))
+			return false
 		}
 		out = append(out, n.Clone())
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Name != out[j].Name {
-			return out[i].Name < out[j].Name
-		}
-		return out[i].UUID < out[j].UUID
+		last = k
+		return true
 	})
-	return out
+	return out, next
 }
 
 // Rack returns a copy of the named rack.
-func (s *Store) Rack(name string) (*proto.Rack, bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	r, ok := s.d.racks[name]
-	if !ok {
-		return nil, false
-	}
-	c := *r
-	c.DNS = append([]string(nil), r.DNS...)
-	return &c, true
-}
+func (s *Store) Rack(name string) (*proto.Rack, bool) { return getCopy(s, (*data).racksF, cloneRack, name) }
 
 // Racks returns copies of every rack, by name.
-func (s *Store) Racks() []*proto.Rack {
-	s.mu.RLock()
-	names := sortedKeys(s.d.racks)
-	s.mu.RUnlock()
-	out := make([]*proto.Rack, 0, len(names))
-	for _, n := range names {
-		if r, ok := s.Rack(n); ok {
-			out = append(out, r)
-		}
-	}
-	return out
-}
+func (s *Store) Racks() []*proto.Rack { return listCopies(s, (*data).racksF, cloneRack) }
 
 // Flavor returns a copy of the named flavor.
 func (s *Store) Flavor(name string) (*proto.Flavor, bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	f, ok := s.d.flavors[name]
-	if !ok {
-		return nil, false
-	}
-	c := *f
-	c.RequiredTraits = append([]string(nil), f.RequiredTraits...)
-	return &c, true
+	return getCopy(s, (*data).flavorsF, cloneFlavor, name)
 }
 
 // Flavors returns copies of every flavor, by name.
-func (s *Store) Flavors() []*proto.Flavor {
-	s.mu.RLock()
-	names := sortedKeys(s.d.flavors)
-	s.mu.RUnlock()
-	out := make([]*proto.Flavor, 0, len(names))
-	for _, n := range names {
-		if f, ok := s.Flavor(n); ok {
-			out = append(out, f)
-		}
-	}
-	return out
-}
+func (s *Store) Flavors() []*proto.Flavor { return listCopies(s, (*data).flavorsF, cloneFlavor) }
 
 // Image returns a copy of the named image.
-func (s *Store) Image(name string) (*proto.Image, bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	im, ok := s.d.images[name]
-	if !ok {
-		return nil, false
-	}
-	c := *im
-	return &c, true
-}
+func (s *Store) Image(name string) (*proto.Image, bool) { return getCopy(s, (*data).imagesF, shallow, name) }
 
 // Images returns copies of every image, by name.
-func (s *Store) Images() []*proto.Image {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	out := make([]*proto.Image, 0, len(s.d.images))
-	for _, n := range sortedKeys(s.d.images) {
-		c := *s.d.images[n]
-		out = append(out, &c)
-	}
-	return out
-}
+func (s *Store) Images() []*proto.Image { return listCopies(s, (*data).imagesF, shallow) }
 
 // Instance returns a copy of the instance with uuid or name ref.
 func (s *Store) Instance(ref string) (*proto.Instance, bool) {
@@ -327,40 +324,13 @@ func (s *Store) TokenByHash(h string) (*proto.Token, bool) {
 }
 
 // Tokens returns every token (without secrets), by id.
-func (s *Store) Tokens() []*proto.Token {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	out := make([]*proto.Token, 0, len(s.d.tokens))
-	for _, id := range sortedKeys(s.d.tokens) {
-		c := *s.d.tokens[id]
-		out = append(out, &c)
-	}
-	return out
-}
+func (s *Store) Tokens() []*proto.Token { return listCopies(s, (*data).tokensF, shallow) }
 
 // Server returns the recorded coordinator with id.
-func (s *Store) Server(id string) (*proto.Server, bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	sv, ok := s.d.servers[id]
-	if !ok {
-		return nil, false
-	}
-	c := *sv
-	return &c, true
-}
+func (s *Store) Server(id string) (*proto.Server, bool) { return getCopy(s, (*data).serversF, shallow, id) }
 
 // Servers returns every recorded coordinator, by id.
-func (s *Store) Servers() []*proto.Server {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	out := make([]*proto.Server, 0, len(s.d.servers))
-	for _, id := range sortedKeys(s.d.servers) {
-		c := *s.d.servers[id]
-		out = append(out, &c)
-	}
-	return out
-}
+func (s *Store) Servers() []*proto.Server { return listCopies(s, (*data).serversF, shallow) }
 
 // Sightings returns the unknown MACs seen (in rack, if not empty), by MAC.
 func (s *Store) Sightings(rack string) []*proto.Sighting {
@@ -438,13 +408,16 @@ func (s *Store) WaitBoot(ctx context.Context, rack string, min uint64) uint64 {
 	}
 }
 
-// ReportSeen reports whether a report with id was applied (and is still
-// remembered).
-func (s *Store) ReportSeen(id string) bool {
+// AgentSeq returns what the store remembers of a rack agent's report
+// sequences.
+func (s *Store) AgentSeq(rack, agent string) (AgentSeq, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	_, ok := s.d.reports[id]
-	return ok
+	a, ok := s.d.agentSeqs[rack+"/"+agent]
+	if !ok {
+		return AgentSeq{}, false
+	}
+	return a.clone(), true
 }
 
 func (d *data) node(ref string) *proto.Node {

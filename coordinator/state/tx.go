@@ -1,6 +1,8 @@
 package state
 
 import (
+	"bytes"
+	"encoding/json"
 	"slices"
 	"sort"
 	"strings"
@@ -61,9 +63,18 @@ func (tx *Tx) bumpRack(rack string) {
 // PutNode inserts or replaces n (keyed by uuid).
 func (tx *Tx) PutNode(n *proto.Node) {
 	old, exists := tx.d.nodes[n.UUID]
+	ident := ""
 	if exists {
 		tx.unindexNode(old)
 		n.CreateIndex = old.CreateIndex
+		if bytes.Equal(old.Inventory, n.Inventory) {
+			ident = tx.d.identOf[n.UUID]
+		} else {
+			ident = inventoryIdentity(n.Inventory)
+		}
+		tx.unindexIdentity(n.UUID)
+	} else {
+		ident = inventoryIdentity(n.Inventory)
 	}
 	if !exists || bootChanged(old, n) {
 		if exists {
@@ -76,13 +87,61 @@ func (tx *Tx) PutNode(n *proto.Node) {
 	}
 	tx.stamp(&n.Meta, !exists)
 	tx.d.nodes[n.UUID] = n
+	tx.d.nodeOrder.ReplaceOrInsert(nodeKey(n))
 	if n.Name != "" {
 		tx.d.nodeByName[n.Name] = n.UUID
 	}
 	for _, m := range n.MACs {
 		tx.d.nodeByMAC[strings.ToLower(m)] = n.UUID
 	}
+	if ident != "" {
+		tx.d.identOf[n.UUID] = ident
+		ids := tx.d.nodeByIdent[ident]
+		i, _ := slices.BinarySearch(ids, n.UUID)
+		tx.d.nodeByIdent[ident] = slices.Insert(slices.Clip(ids), i, n.UUID)
+	}
 }
+
+// inventoryIdentity is the system identity of an inventory ("" if it has
+// none, or only firmware placeholders).
+func inventoryIdentity(raw json.RawMessage) string {
+	if len(raw) == 0 {
+		return ""
+	}
+	var inv struct {
+		System proto.System `json:"system"`
+	}
+	if json.Unmarshal(raw, &inv) != nil {
+		return ""
+	}
+	return proto.SystemIdentity(inv.System)
+}
+
+func (tx *Tx) unindexIdentity(uuid string) {
+	ident, ok := tx.d.identOf[uuid]
+	if !ok {
+		return
+	}
+	delete(tx.d.identOf, uuid)
+	ids := slices.DeleteFunc(slices.Clone(tx.d.nodeByIdent[ident]), func(id string) bool { return id == uuid })
+	if len(ids) == 0 {
+		delete(tx.d.nodeByIdent, ident)
+	} else {
+		tx.d.nodeByIdent[ident] = ids
+	}
+}
+
+// NodesByIdentity returns the uuids of the nodes whose inventory has the
+// system identity ident (proto.SystemIdentity), sorted.
+func (tx *Tx) NodesByIdentity(ident string) []string {
+	if ident == "" {
+		return nil
+	}
+	return tx.d.nodeByIdent[ident]
+}
+
+// NodeIdentity is the system identity of node uuid's inventory.
+func (tx *Tx) NodeIdentity(uuid string) string { return tx.d.identOf[uuid] }
 
 // bootChanged reports whether a change to a node changes what its rack's
 // agents serve it (a power reading or a boot event does not).
@@ -95,6 +154,7 @@ func bootChanged(a, b *proto.Node) bool {
 func (tx *Tx) DeleteNode(uuid string) {
 	if n, ok := tx.d.nodes[uuid]; ok {
 		tx.unindexNode(n)
+		tx.unindexIdentity(uuid)
 		delete(tx.d.nodes, uuid)
 		tx.bumpRack(n.Rack)
 		tx.changed = true
@@ -102,6 +162,7 @@ func (tx *Tx) DeleteNode(uuid string) {
 }
 
 func (tx *Tx) unindexNode(n *proto.Node) {
+	tx.d.nodeOrder.Delete(nodeKey(n))
 	if n.IP != "" && tx.d.nodeByIP[n.Rack+"/"+n.IP] == n.UUID {
 		delete(tx.d.nodeByIP, n.Rack+"/"+n.IP)
 	}
@@ -131,12 +192,7 @@ func (tx *Tx) Rack(name string) *proto.Rack { return tx.d.racks[name] }
 
 // PutRack inserts or replaces r.
 func (tx *Tx) PutRack(r *proto.Rack) {
-	old, exists := tx.d.racks[r.Name]
-	if exists {
-		r.CreateIndex = old.CreateIndex
-	}
-	tx.stamp(&r.Meta, !exists)
-	tx.d.racks[r.Name] = r
+	putObj(tx, tx.d.racks, r.Name, r)
 	tx.bumpRack(r.Name)
 }
 
@@ -144,6 +200,7 @@ func (tx *Tx) PutRack(r *proto.Rack) {
 func (tx *Tx) DeleteRack(name string) {
 	delete(tx.d.racks, name)
 	delete(tx.d.leases, name)
+	tx.forgetRackAgents(name)
 	tx.bumpRack(name)
 	tx.changed = true
 }
@@ -168,17 +225,10 @@ func (tx *Tx) EachNodeInRack(rack string, fn func(*proto.Node)) {
 func (tx *Tx) Flavor(name string) *proto.Flavor { return tx.d.flavors[name] }
 
 // PutFlavor inserts or replaces f.
-func (tx *Tx) PutFlavor(f *proto.Flavor) {
-	old, exists := tx.d.flavors[f.Name]
-	if exists {
-		f.CreateIndex = old.CreateIndex
-	}
-	tx.stamp(&f.Meta, !exists)
-	tx.d.flavors[f.Name] = f
-}
+func (tx *Tx) PutFlavor(f *proto.Flavor) { putObj(tx, tx.d.flavors, f.Name, f) }
 
 // DeleteFlavor removes the named flavor.
-func (tx *Tx) DeleteFlavor(name string) { delete(tx.d.flavors, name); tx.changed = true }
+func (tx *Tx) DeleteFlavor(name string) { deleteObj(tx, tx.d.flavors, name) }
 
 // EachFlavor calls fn for every flavor.
 func (tx *Tx) EachFlavor(fn func(*proto.Flavor)) {
@@ -192,20 +242,14 @@ func (tx *Tx) Image(name string) *proto.Image { return tx.d.images[name] }
 
 // PutImage inserts or replaces im.
 func (tx *Tx) PutImage(im *proto.Image) {
-	old, exists := tx.d.images[im.Name]
-	if exists {
-		im.CreateIndex = old.CreateIndex
-	}
-	tx.stamp(&im.Meta, !exists)
-	tx.d.images[im.Name] = im
+	putObj(tx, tx.d.images, im.Name, im)
 	tx.d.bootIdx = tx.index
 }
 
 // DeleteImage removes the named image.
 func (tx *Tx) DeleteImage(name string) {
-	delete(tx.d.images, name)
+	deleteObj(tx, tx.d.images, name)
 	tx.d.bootIdx = tx.index
-	tx.changed = true
 }
 
 // Instance returns the instance with uuid or name ref, or nil.
@@ -261,28 +305,27 @@ const MaxSightings = 10000
 func (tx *Tx) Sighting(mac string) *proto.Sighting { return tx.d.sightings[mac] }
 
 // PutSighting inserts or replaces a sighting, forgetting the stalest one
-// when MaxSightings would be passed.
+// (by last seen, then MAC) when MaxSightings would be passed: O(log n).
 func (tx *Tx) PutSighting(sg *proto.Sighting) {
 	old, exists := tx.d.sightings[sg.MAC]
 	if exists {
 		sg.CreateIndex = old.CreateIndex
+		tx.d.sightAge.Delete(sightKey{old.LastSeen, old.MAC})
 	} else if len(tx.d.sightings) >= MaxSightings {
-		var stalest *proto.Sighting
-		for _, o := range tx.d.sightings {
-			if stalest == nil || o.LastSeen.Before(stalest.LastSeen) || o.LastSeen.Equal(stalest.LastSeen) && o.MAC < stalest.MAC {
-				stalest = o
-			}
+		if k, ok := tx.d.sightAge.DeleteMin(); ok {
+			delete(tx.d.sightings, k.mac)
 		}
-		delete(tx.d.sightings, stalest.MAC)
 	}
 	tx.stamp(&sg.Meta, !exists)
 	tx.d.sightings[sg.MAC] = sg
+	tx.d.sightAge.ReplaceOrInsert(sightKey{sg.LastSeen, sg.MAC})
 }
 
 // DeleteSighting forgets mac's sighting.
 func (tx *Tx) DeleteSighting(mac string) {
-	if _, ok := tx.d.sightings[mac]; ok {
+	if old, ok := tx.d.sightings[mac]; ok {
 		delete(tx.d.sightings, mac)
+		tx.d.sightAge.Delete(sightKey{old.LastSeen, old.MAC})
 		tx.changed = true
 	}
 }
@@ -329,13 +372,10 @@ func (tx *Tx) TokenByHash(h string) (string, bool) {
 
 // PutToken inserts or replaces t.
 func (tx *Tx) PutToken(t *proto.Token) {
-	old, exists := tx.d.tokens[t.ID]
-	if exists {
-		t.CreateIndex = old.CreateIndex
+	if old, exists := tx.d.tokens[t.ID]; exists {
 		delete(tx.d.tokenByHash, old.SecretHash)
 	}
-	tx.stamp(&t.Meta, !exists)
-	tx.d.tokens[t.ID] = t
+	putObj(tx, tx.d.tokens, t.ID, t)
 	tx.d.tokenByHash[t.SecretHash] = t.ID
 }
 
@@ -352,36 +392,10 @@ func (tx *Tx) DeleteToken(id string) {
 func (tx *Tx) Server(id string) *proto.Server { return tx.d.servers[id] }
 
 // PutServer inserts or replaces sv.
-func (tx *Tx) PutServer(sv *proto.Server) {
-	old, exists := tx.d.servers[sv.ID]
-	if exists {
-		sv.CreateIndex = old.CreateIndex
-	}
-	tx.stamp(&sv.Meta, !exists)
-	tx.d.servers[sv.ID] = sv
-}
+func (tx *Tx) PutServer(sv *proto.Server) { putObj(tx, tx.d.servers, sv.ID, sv) }
 
 // DeleteServer removes the recorded coordinator with id.
-func (tx *Tx) DeleteServer(id string) { delete(tx.d.servers, id); tx.changed = true }
-
-// ReportSeen reports whether a report with id was already applied.
-func (tx *Tx) ReportSeen(id string) bool {
-	_, ok := tx.d.reports[id]
-	return ok
-}
-
-// MarkReport remembers that the report with id was applied, forgetting the
-// oldest id once MaxReportIDs are remembered.
-func (tx *Tx) MarkReport(id string) {
-	tx.d.reports[id] = tx.index
-	tx.d.reportOrder = append(tx.d.reportOrder, id)
-	if len(tx.d.reportOrder) > MaxReportIDs {
-		drop := tx.d.reportOrder[0]
-		tx.d.reportOrder = tx.d.reportOrder[1:]
-		delete(tx.d.reports, drop)
-	}
-	tx.changed = true
-}
+func (tx *Tx) DeleteServer(id string) { deleteObj(tx, tx.d.servers, id) }
 
 // RacksWithLeases returns the racks that hold leases, sorted.
 func (tx *Tx) RacksWithLeases() []string {
