@@ -65,7 +65,6 @@ type leaseRecord struct {
 	proto.Lease
 }
 
-
 // WriteTo writes the snapshot as JSON lines, one typed record at a time.
 func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
 	bw := bufio.NewWriterSize(w, 1<<16)

@@ -248,7 +248,9 @@ func (s *Store) NodesPage(f NodeFilter, after string, limit int) (nodes []*proto
 }
 
 // Rack returns a copy of the named rack.
-func (s *Store) Rack(name string) (*proto.Rack, bool) { return getCopy(s, (*data).racksF, cloneRack, name) }
+func (s *Store) Rack(name string) (*proto.Rack, bool) {
+	return getCopy(s, (*data).racksF, cloneRack, name)
+}
 
 // Racks returns copies of every rack, by name.
 func (s *Store) Racks() []*proto.Rack { return listCopies(s, (*data).racksF, cloneRack) }
@@ -262,7 +264,9 @@ func (s *Store) Flavor(name string) (*proto.Flavor, bool) {
 func (s *Store) Flavors() []*proto.Flavor { return listCopies(s, (*data).flavorsF, cloneFlavor) }
 
 // Image returns a copy of the named image.
-func (s *Store) Image(name string) (*proto.Image, bool) { return getCopy(s, (*data).imagesF, shallow, name) }
+func (s *Store) Image(name string) (*proto.Image, bool) {
+	return getCopy(s, (*data).imagesF, shallow, name)
+}
 
 // Images returns copies of every image, by name.
 func (s *Store) Images() []*proto.Image { return listCopies(s, (*data).imagesF, shallow) }
@@ -327,7 +331,9 @@ func (s *Store) TokenByHash(h string) (*proto.Token, bool) {
 func (s *Store) Tokens() []*proto.Token { return listCopies(s, (*data).tokensF, shallow) }
 
 // Server returns the recorded coordinator with id.
-func (s *Store) Server(id string) (*proto.Server, bool) { return getCopy(s, (*data).serversF, shallow, id) }
+func (s *Store) Server(id string) (*proto.Server, bool) {
+	return getCopy(s, (*data).serversF, shallow, id)
+}
 
 // Servers returns every recorded coordinator, by id.
 func (s *Store) Servers() []*proto.Server { return listCopies(s, (*data).serversF, shallow) }
