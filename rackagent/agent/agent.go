@@ -376,11 +376,10 @@ func (a *Agent) close() {
 // applyShare sets the pool share from the current boot state.
 func (a *Agent) applyShare() {
 	v := a.boot.View()
-	if v == nil || v.State.Rack.PoolStart == "" {
+	if v == nil || !v.HasPool() {
 		return
 	}
-	s, e := netip.MustParseAddr(v.State.Rack.PoolStart), netip.MustParseAddr(v.State.Rack.PoolEnd)
-	first, last, err := dhcp.Share(s, e, a.cfg.PoolShare[0], a.cfg.PoolShare[1])
+	first, last, err := dhcp.Share(v.PoolStart, v.PoolEnd, a.cfg.PoolShare[0], a.cfg.PoolShare[1])
 	if err != nil {
 		a.log.Error("pool share", "err", err)
 		return
@@ -398,10 +397,15 @@ func (a *Agent) leaseLoop(ctx context.Context) error {
 	defer expire.Stop()
 	poll := time.NewTicker(time.Second)
 	defer poll.Stop()
-	reconciled := false
+	reconciled, adopted := false, false
 	for {
 		changed := a.boot.Changed()
 		a.applyShare()
+		if !adopted && a.boot.Synced() {
+			adopted = true
+			a.adoptLeases()
+		}
+		a.dropInvalidLeases()
 		select {
 		case <-ctx.Done():
 			return nil
@@ -435,6 +439,63 @@ func (a *Agent) leaseLoop(ctx context.Context) error {
 		}
 	}
 }
+
+// adoptLeases takes the leases the coordinator records as this agent's
+// into its pool, once after each start, at the first boot state from the
+// coordinator: an agent that lost its data directory gets its leases back
+// (and expires and re-reports them as its own). Until then, and for any
+// it does not adopt, the boot state's record alone keeps their addresses
+// from other MACs.
+func (a *Agent) adoptLeases() {
+	v := a.boot.View()
+	if v == nil {
+		return
+	}
+	now := time.Now()
+	n := 0
+	for _, l := range v.State.Leases {
+		if l.Agent != a.cfg.Name {
+			continue
+		}
+		ok, err := a.pool.Adopt(l, now)
+		if err != nil {
+			a.log.Error("adopting a lease from the boot state", "mac", l.MAC, "ip", l.IP, "err", err)
+			continue
+		}
+		if ok {
+			n++
+		}
+	}
+	if n > 0 {
+		a.log.Info("leases adopted from the coordinator's record (the data directory did not hold them)", "leases", n)
+	}
+}
+
+// dropInvalidLeases ends the leases held here that the rack's current
+// pool no longer allows (outside it, or a node's reservation) and reports
+// them released: a client asking to renew one is NAKed and gets a valid
+// address at its next DISCOVER.
+func (a *Agent) dropInvalidLeases() {
+	v := a.boot.View()
+	if v == nil {
+		return
+	}
+	gone, err := a.pool.DropInvalid(func(ip netip.Addr) bool {
+		_, reserved := v.NodeByIP(ip)
+		return v.InPool(ip) && !reserved
+	})
+	if err != nil {
+		a.log.Error("dropping leases outside the pool", "err", err)
+	}
+	for _, l := range gone {
+		l := l
+		a.log.Info("lease ended: outside the rack's pool", "mac", l.MAC, "ip", l.IP)
+		a.rep.Report(proto.AgentReport{Kind: proto.ReportLease, MAC: l.MAC, LeaseEvent: "released", Lease: &l})
+	}
+}
+
+// Leases are the leases this agent holds.
+func (a *Agent) Leases() []proto.Lease { return a.pool.Leases() }
 
 func (a *Agent) tftpRead(remote net.Addr, path string, size int64) {
 	a.log.Debug("tftp served", "remote", remote.String(), "path", path, "bytes", size)

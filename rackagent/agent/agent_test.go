@@ -228,3 +228,92 @@ func TestAgentRestartsFromItsCopy(t *testing.T) {
 		t.Fatalf("after restart %s was handed to a second MAC", first)
 	}
 }
+
+// coordLeases is the coordinator's record of r1's leases, mac -> ip, as
+// its boot state gives them.
+func coordLeases(t *testing.T, f *fleet) map[string]string {
+	t.Helper()
+	var st proto.RackBootState
+	if _, err := f.admin.Do(context.Background(), "GET", "/v1/agent/bootstate?rack=r1", nil, &st); err != nil {
+		t.Fatalf("boot state: %v", err)
+	}
+	out := map[string]string{}
+	for _, l := range st.Leases {
+		out[l.MAC] = l.IP
+	}
+	return out
+}
+
+// TestRebuiltAgentNeverHandsOutLeasedAddresses: an agent that lost its
+// data directory (same name, a new empty agent.db) learns its leases from
+// the coordinator's boot state: it answers nothing before it has one,
+// never gives a leased address to a new MAC, and gives the MAC that held
+// it the same address back.
+func TestRebuiltAgentNeverHandsOutLeasedAddresses(t *testing.T) {
+	f := newFleet(t)
+	dir := filepath.Join(t.TempDir(), "data")
+	a, stop := startAgent(t, f, dir)
+	coordtest.WaitFor(t, 10*time.Second, "agent synced", a.Boot().Synced)
+	held := map[string]string{} // mac -> ip
+	for i := range 3 {
+		mac := net.HardwareAddr{0x52, 0x54, 0, 0, 0x40, byte(i)}
+		held[mac.String()] = dora(t, a.DHCPAddr(), mac)
+	}
+	coordtest.WaitFor(t, 20*time.Second, "leases at the coordinator", func() bool {
+		got := coordLeases(t, f)
+		for mac, ip := range held {
+			if got[mac] != ip {
+				return false
+			}
+		}
+		return true
+	})
+	stop()
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+
+	b, _ := startAgent(t, f, dir)
+	// Until its first boot state it answers no one.
+	if b.Boot().View() == nil {
+		if _, err := dhcptest.DORA(b.DHCPAddr(), net.HardwareAddr{0x52, 0x54, 0, 0, 0x41, 0xff}, 300*time.Millisecond); err == nil && b.Boot().View() == nil {
+			t.Fatalf("a rebuilt agent without a boot state answered DHCP")
+		}
+	}
+	coordtest.WaitFor(t, 10*time.Second, "rebuilt agent synced", b.Boot().Synced)
+	leased := map[string]bool{}
+	for _, ip := range held {
+		leased[ip] = true
+	}
+	for i := range 20 {
+		mac := net.HardwareAddr{0x52, 0x54, 0, 0, 0x41, byte(i)}
+		if ip := dora(t, b.DHCPAddr(), mac); leased[ip] {
+			t.Fatalf("the rebuilt agent gave %s, leased to another MAC, to %s", ip, mac)
+		}
+	}
+	for mac, ip := range held {
+		hw, _ := net.ParseMAC(mac)
+		if got := dora(t, b.DHCPAddr(), hw); got != ip {
+			t.Fatalf("the rebuilt agent gave %s %s, want its lease %s back", mac, got, ip)
+		}
+	}
+	// The coordinator agrees: every MAC holds one address, no address two.
+	coordtest.WaitFor(t, 20*time.Second, "23 leases at the coordinator", func() bool { return len(coordLeases(t, f)) == 23 })
+	owner := map[string]string{}
+	for mac, ip := range coordLeases(t, f) {
+		if prev, dup := owner[ip]; dup {
+			t.Fatalf("the coordinator records %s for %s and %s", ip, prev, mac)
+		}
+		owner[ip] = mac
+	}
+	// The rebuilt agent holds its old leases again (it adopted them).
+	have := map[string]string{}
+	for _, l := range b.Leases() {
+		have[l.MAC] = l.IP
+	}
+	for mac, ip := range held {
+		if have[mac] != ip {
+			t.Errorf("rebuilt agent's pool has %s -> %q, want %s", mac, have[mac], ip)
+		}
+	}
+}

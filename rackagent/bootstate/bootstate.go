@@ -28,23 +28,50 @@ type Source interface {
 }
 
 // View is one immutable boot state with its lookups. Never change it.
+// The rack's addresses are parsed once, here, when a state arrives.
 type View struct {
 	State *proto.RackBootState
 	// Prefix is the rack's subnet (invalid if it has none).
 	Prefix netip.Prefix
+	// PoolStart and PoolEnd bound the rack's dynamic pool (invalid if it
+	// has none).
+	PoolStart, PoolEnd netip.Addr
+	// Gateway and BootServer are the rack's router and TFTP server
+	// (invalid if unset).
+	Gateway, BootServer netip.Addr
+	// DNS are the rack's name servers that parse.
+	DNS []netip.Addr
 
 	byMAC      map[string]*proto.BootNode
 	byIP       map[netip.Addr]*proto.BootNode
+	nodeIP     map[*proto.BootNode]netip.Addr
 	leaseByMAC map[string]proto.Lease
 	leaseByIP  map[netip.Addr]proto.Lease
 }
 
 // NewView indexes a boot state.
 func NewView(st *proto.RackBootState) *View {
-	v := &View{State: st, byMAC: map[string]*proto.BootNode{}, byIP: map[netip.Addr]*proto.BootNode{},
+	v := &View{State: st, byMAC: map[string]*proto.BootNode{}, byIP: map[netip.Addr]*proto.BootNode{}, nodeIP: map[*proto.BootNode]netip.Addr{},
 		leaseByMAC: map[string]proto.Lease{}, leaseByIP: map[netip.Addr]proto.Lease{}}
-	if p, err := netip.ParsePrefix(st.Rack.Subnet); err == nil {
+	rk := &st.Rack
+	if p, err := netip.ParsePrefix(rk.Subnet); err == nil {
 		v.Prefix = p
+	}
+	s, err1 := netip.ParseAddr(rk.PoolStart)
+	e, err2 := netip.ParseAddr(rk.PoolEnd)
+	if err1 == nil && err2 == nil && s.Is4() && e.Is4() && !e.Less(s) {
+		v.PoolStart, v.PoolEnd = s, e
+	}
+	if a, err := netip.ParseAddr(rk.Gateway); err == nil {
+		v.Gateway = a
+	}
+	if a, err := netip.ParseAddr(rk.BootServer); err == nil {
+		v.BootServer = a
+	}
+	for _, d := range rk.DNS {
+		if a, err := netip.ParseAddr(d); err == nil {
+			v.DNS = append(v.DNS, a)
+		}
 	}
 	for i := range st.Nodes {
 		n := &st.Nodes[i]
@@ -55,6 +82,7 @@ func NewView(st *proto.RackBootState) *View {
 		}
 		if a, err := netip.ParseAddr(n.IP); err == nil {
 			v.byIP[a] = n
+			v.nodeIP[n] = a
 		}
 	}
 	for _, l := range st.Leases {
@@ -66,10 +94,24 @@ func NewView(st *proto.RackBootState) *View {
 	return v
 }
 
+// HasPool reports whether the rack has a dynamic pool.
+func (v *View) HasPool() bool { return v.PoolStart.IsValid() }
+
+// InPool reports whether ip lies in the rack's dynamic pool.
+func (v *View) InPool(ip netip.Addr) bool {
+	return v.PoolStart.IsValid() && !ip.Less(v.PoolStart) && !v.PoolEnd.Less(ip)
+}
+
 // Node returns the known node with mac.
 func (v *View) Node(mac net.HardwareAddr) (*proto.BootNode, bool) {
 	n, ok := v.byMAC[mac.String()]
 	return n, ok
+}
+
+// NodeIP returns n's reserved address, parsed when the view was made.
+func (v *View) NodeIP(n *proto.BootNode) (netip.Addr, bool) {
+	a, ok := v.nodeIP[n]
+	return a, ok
 }
 
 // NodeByIP returns the node whose reserved address is ip.

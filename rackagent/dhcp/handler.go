@@ -178,8 +178,8 @@ func (h *Handler) choose(req Request, view *bootstate.View) (target, error) {
 	m := req.Msg
 	mac := m.ClientHWAddr
 	if n, ok := view.Node(mac); ok {
-		ip, err := netip.ParseAddr(n.IP)
-		if err != nil {
+		ip, ok := view.NodeIP(n)
+		if !ok {
 			return target{}, drop("known node %s has no reserved address", n.UUID)
 		}
 		return target{ip: ip, node: n}, nil
@@ -205,7 +205,17 @@ func (h *Handler) discover(req Request, view *bootstate.View) (*Reply, error) {
 		return nil, err
 	}
 	if t.lease {
-		ip, err := h.pool.Offer(mac, view, h.cfg.Now(), h.cfg.OfferHold)
+		now := h.cfg.Now()
+		// A lease held here that the rack's pool no longer allows (the
+		// pool changed) is ended now: offering it would get the client a
+		// NAK at REQUEST, and it would loop until the lease ran out.
+		if held, ok := h.pool.Lookup(mac, noExternal{}, now); ok && h.invalid(held, view) != "" {
+			if had, _ := h.pool.Release(mac, held); had {
+				h.log.Info("lease ended: no longer valid in the rack's pool", "mac", mac, "ip", held, "why", h.invalid(held, view))
+				h.report(proto.AgentReport{Kind: proto.ReportLease, MAC: mac, LeaseEvent: "released", Lease: &proto.Lease{MAC: mac, IP: held.String()}})
+			}
+		}
+		ip, err := h.pool.OfferValid(mac, view, now, h.cfg.OfferHold, func(ip netip.Addr) bool { return h.invalid(ip, view) == "" })
 		if err != nil {
 			return nil, drop("%v", err)
 		}
@@ -268,17 +278,8 @@ func (h *Handler) request(req Request, view *bootstate.View) (*Reply, error) {
 // for), and in this agent's share unless mac already holds it here or, by
 // the coordinator's record, at the rack's other agent.
 func (h *Handler) leasable(mac string, ip netip.Addr, view *bootstate.View) string {
-	rk := view.State.Rack
-	start, err1 := netip.ParseAddr(rk.PoolStart)
-	end, err2 := netip.ParseAddr(rk.PoolEnd)
-	if err1 != nil || err2 != nil {
-		return "the rack has no dynamic pool"
-	}
-	if ip.Less(start) || end.Less(ip) {
-		return fmt.Sprintf("%s is outside the rack's pool %s-%s", ip, start, end)
-	}
-	if n, ok := view.NodeByIP(ip); ok {
-		return fmt.Sprintf("%s is reserved for node %s", ip, n.UUID)
+	if why := h.invalid(ip, view); why != "" {
+		return why
 	}
 	now := h.cfg.Now()
 	if held, ok := h.pool.Lookup(mac, noExternal{}, now); ok && held == ip {
@@ -289,6 +290,21 @@ func (h *Handler) leasable(mac string, ip netip.Addr, view *bootstate.View) stri
 	}
 	if !h.pool.InShare(ip) {
 		return fmt.Sprintf("%s is in another agent's share of the pool", ip)
+	}
+	return ""
+}
+
+// invalid says why ip may not be a dynamic lease at all in view's rack
+// (outside the pool, or a node's reservation), or "".
+func (h *Handler) invalid(ip netip.Addr, view *bootstate.View) string {
+	if !view.HasPool() {
+		return "the rack has no dynamic pool"
+	}
+	if !view.InPool(ip) {
+		return fmt.Sprintf("%s is outside the rack's pool %s-%s", ip, view.PoolStart, view.PoolEnd)
+	}
+	if n, ok := view.NodeByIP(ip); ok {
+		return fmt.Sprintf("%s is reserved for node %s", ip, n.UUID)
 	}
 	return ""
 }
@@ -359,7 +375,6 @@ func (h *Handler) relayed(m *dhcpv4.DHCPv4) bool {
 // netboot options the client's kind calls for.
 func (h *Handler) reply(req Request, view *bootstate.View, t target, typ dhcpv4.MessageType) (*Reply, error) {
 	m := req.Msg
-	rk := view.State.Rack
 	lt := h.leaseTime(view)
 	mods := []dhcpv4.Modifier{
 		dhcpv4.WithMessageType(typ),
@@ -371,15 +386,13 @@ func (h *Handler) reply(req Request, view *bootstate.View, t target, typ dhcpv4.
 	if t.ip.IsValid() {
 		mods = append(mods, dhcpv4.WithYourIP(t.ip.AsSlice()))
 	}
-	if gw, err := netip.ParseAddr(rk.Gateway); err == nil {
-		mods = append(mods, dhcpv4.WithRouter(gw.AsSlice()))
+	if view.Gateway.IsValid() {
+		mods = append(mods, dhcpv4.WithRouter(view.Gateway.AsSlice()))
 	}
-	if len(rk.DNS) > 0 {
-		var dns []net.IP
-		for _, d := range rk.DNS {
-			if a, err := netip.ParseAddr(d); err == nil {
-				dns = append(dns, a.AsSlice())
-			}
+	if len(view.DNS) > 0 {
+		dns := make([]net.IP, len(view.DNS))
+		for i, a := range view.DNS {
+			dns[i] = a.AsSlice()
 		}
 		mods = append(mods, dhcpv4.WithDNS(dns...))
 	}
@@ -389,8 +402,8 @@ func (h *Handler) reply(req Request, view *bootstate.View, t target, typ dhcpv4.
 	kind := Kind(m)
 	if kind != NotNetboot && kind != Ramdisk { // a ramdisk has booted: no boot file
 		bootServer := h.cfg.ServerIP
-		if a, err := netip.ParseAddr(rk.BootServer); err == nil {
-			bootServer = a
+		if view.BootServer.IsValid() {
+			bootServer = view.BootServer
 		}
 		name, viaTFTP := Bootfile(kind, Arch(m), h.cfg.Files, h.cfg.HTTPBase, m.ClientHWAddr.String())
 		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptBootFileName(name)))

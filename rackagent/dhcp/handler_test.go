@@ -1,6 +1,7 @@
 package dhcp
 
 import (
+	"context"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -13,9 +14,13 @@ import (
 	"github.com/insomniacslk/dhcp/iana"
 	"go.etcd.io/bbolt"
 
+	"github.com/metalfleet/metalfleet/coordinator/apiclient"
+	"github.com/metalfleet/metalfleet/coordinator/coordtest"
+	"github.com/metalfleet/metalfleet/ops/testkit"
 	"github.com/metalfleet/metalfleet/proto"
 	"github.com/metalfleet/metalfleet/rackagent/bootstate"
 	"github.com/metalfleet/metalfleet/rackagent/nodeagent"
+	"github.com/metalfleet/metalfleet/rackagent/outbox"
 )
 
 // fakeBackend serves a fixed view.
@@ -433,18 +438,45 @@ func TestLeasesSurviveRestart(t *testing.T) {
 
 // TestTwoAgentsNeverShareAnAddress: two agents of one rack with disjoint
 // shares split unknown MACs; when one dies the survivor answers every MAC,
-// honours the dead one's leases (learned from the coordinator) and gives
-// no address to two MACs.
+// honours the dead one's leases and gives no address to two MACs. The
+// agents' reports go through real outboxes to a real coordinator, and
+// each agent answers from the boot state that coordinator gives it (its
+// own leases included).
 func TestTwoAgentsNeverShareAnAddress(t *testing.T) {
-	st := rackState()
-	st.Rack.PoolStart, st.Rack.PoolEnd = "10.99.0.100", "10.99.0.139"
-	mk := func(name string, k int, peerAlive *bool) (*Handler, *fakeReporter) {
+	ctx := t.Context()
+	srv, adminTok := coordtest.StartSingle(t)
+	admin := apiclient.New(srv.HTTPAddr(), adminTok)
+	if _, err := admin.Do(ctx, "POST", "/v1/racks", proto.Rack{Name: "r1", Subnet: "10.99.0.0/24", BootServer: "10.99.0.1",
+		PoolStart: "10.99.0.100", PoolEnd: "10.99.0.139", AnswerNonPXE: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var tok proto.TokenCreated
+	if _, err := admin.Do(ctx, "POST", "/v1/tokens", proto.TokenCreate{Role: proto.RoleAgent, Rack: "r1"}, &tok); err != nil {
+		t.Fatal(err)
+	}
+	type agentEnv struct {
+		h   *Handler
+		be  *fakeBackend
+		out *outbox.Outbox
+		c   *apiclient.Client
+	}
+	// sync gives an agent the coordinator's current boot state, as its
+	// long poll would.
+	sync := func(a agentEnv) {
+		t.Helper()
+		st, err := a.c.BootState(ctx, "r1", 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.be.set(st)
+	}
+	mk := func(name string, k int, peerAlive *bool) agentEnv {
 		db, err := bbolt.Open(filepath.Join(t.TempDir(), name+".db"), 0o600, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { db.Close() })
-		first, last, err := Share(netip.MustParseAddr(st.Rack.PoolStart), netip.MustParseAddr(st.Rack.PoolEnd), k, 2)
+		first, last, err := Share(netip.MustParseAddr("10.99.0.100"), netip.MustParseAddr("10.99.0.139"), k, 2)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -452,23 +484,33 @@ func TestTwoAgentsNeverShareAnAddress(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rep := &fakeReporter{}
+		out, err := outbox.Open(db, outbox.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := apiclient.New(srv.HTTPAddr(), tok.Secret)
+		c.SetHeader("X-Metalfleet-Agent", name)
+		runCtx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); out.Run(runCtx, coordSender{c}) }()
+		t.Cleanup(func() { cancel(); <-done })
 		split := splitFunc(func(m net.HardwareAddr) bool { return !*peerAlive || int(m[5])%2 == k })
-		be := &fakeBackend{}
-		be.set(st)
-		return NewHandler(Config{Rack: "r1", Agent: name, ServerIP: serverIP}, be, p, split, rep), rep
+		a := agentEnv{be: &fakeBackend{}, out: out, c: c}
+		sync(a)
+		a.h = NewHandler(Config{Rack: "r1", Agent: name, ServerIP: serverIP}, a.be, p, split, outboxReporter{out})
+		return a
 	}
 	alive := true
-	a, repA := mk("a", 0, &alive)
-	b, _ := mk("b", 1, &alive)
+	a := mk("a", 0, &alive)
+	b := mk("b", 1, &alive)
 	owner := map[string]string{} // ip -> mac, across both agents
 	bind := func(h *Handler, mac net.HardwareAddr) (string, bool) {
-		off, err := h.Handle(Request{Msg: pkt(t, dhcpv4.MessageTypeDiscover, mac, pxeBIOS...)})
+		off, err := h.Handle(Request{Msg: pkt(t, dhcpv4.MessageTypeDiscover, mac)})
 		if err != nil {
 			return "", false
 		}
-		ack, err := h.Handle(Request{Msg: pkt(t, dhcpv4.MessageTypeRequest, mac, append(pxeBIOS,
-			dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(off.Msg.YourIPAddr)))...)})
+		ack, err := h.Handle(Request{Msg: pkt(t, dhcpv4.MessageTypeRequest, mac,
+			dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(off.Msg.YourIPAddr)))})
 		if err != nil || ack.Msg.MessageType() != dhcpv4.MessageTypeAck {
 			t.Fatalf("%s: no ACK for its own offer: %v", mac, err)
 		}
@@ -482,8 +524,8 @@ func TestTwoAgentsNeverShareAnAddress(t *testing.T) {
 	answered := map[string]int{}
 	for i := 0; i < 20; i++ {
 		mac := net.HardwareAddr{0x52, 0x54, 0x00, 0x02, 0x00, byte(i)}
-		_, okA := bind(a, mac)
-		_, okB := bind(b, mac)
+		_, okA := bind(a.h, mac)
+		_, okB := bind(b.h, mac)
 		if okA == okB {
 			t.Fatalf("%s answered by a=%v b=%v: want exactly one", mac, okA, okB)
 		}
@@ -496,17 +538,17 @@ func TestTwoAgentsNeverShareAnAddress(t *testing.T) {
 	if answered["a"] != 10 || answered["b"] != 10 {
 		t.Fatalf("split %v, want 10/10", answered)
 	}
-	// b dies. Its leases reached the coordinator (the state a now has).
-	st2 := rackState()
-	st2.Rack = st.Rack
-	for ip, mac := range owner {
-		st2.Leases = append(st2.Leases, proto.Lease{MAC: mac, IP: ip, Expires: time.Now().Add(time.Hour), Agent: "?"})
+	// Every lease reaches the coordinator; then b dies, and a has the
+	// coordinator's boot state: b's leases and its own.
+	testkit.Eventually(t, 20*time.Second, "both outboxes delivered", func() bool { return a.out.Len() == 0 && b.out.Len() == 0 })
+	sync(a)
+	if n := len(a.be.View().State.Leases); n != 20 {
+		t.Fatalf("the coordinator's boot state for a holds %d leases, want 20 (a's own and b's)", n)
 	}
-	a.backend.(*fakeBackend).set(st2)
 	alive = false
 	for i := 0; i < 20; i++ {
 		mac := net.HardwareAddr{0x52, 0x54, 0x00, 0x02, 0x00, byte(i)}
-		ip, ok := bind(a, mac)
+		ip, ok := bind(a.h, mac)
 		if !ok {
 			t.Fatalf("survivor did not answer %s", mac)
 		}
@@ -516,7 +558,7 @@ func TestTwoAgentsNeverShareAnAddress(t *testing.T) {
 	}
 	// New MACs come from the survivor's own share, never b's.
 	for i := 20; i < 30; i++ {
-		ip, ok := bind(a, net.HardwareAddr{0x52, 0x54, 0x00, 0x02, 0x00, byte(i)})
+		ip, ok := bind(a.h, net.HardwareAddr{0x52, 0x54, 0x00, 0x02, 0x00, byte(i)})
 		if !ok {
 			t.Fatalf("survivor did not answer a new MAC")
 		}
@@ -524,7 +566,35 @@ func TestTwoAgentsNeverShareAnAddress(t *testing.T) {
 			t.Fatalf("survivor allocated %s from its peer's share", ip)
 		}
 	}
-	_ = repA
+	// The coordinator agrees: 30 leases, no address twice.
+	testkit.Eventually(t, 20*time.Second, "a's outbox delivered", func() bool { return a.out.Len() == 0 })
+	sync(a)
+	seen := map[string]string{}
+	for _, l := range a.be.View().State.Leases {
+		if prev, dup := seen[l.IP]; dup {
+			t.Fatalf("the coordinator records %s for %s and %s", l.IP, prev, l.MAC)
+		}
+		seen[l.IP] = l.MAC
+	}
+	if len(seen) != 30 {
+		t.Errorf("the coordinator records %d leases, want 30", len(seen))
+	}
+}
+
+// outboxReporter queues reports in a real outbox.
+type outboxReporter struct{ o *outbox.Outbox }
+
+func (r outboxReporter) Report(rep proto.AgentReport) {
+	if _, err := r.o.Add(rep); err != nil {
+		panic(err)
+	}
+}
+
+// coordSender delivers an outbox to the coordinator.
+type coordSender struct{ c *apiclient.Client }
+
+func (s coordSender) Send(ctx context.Context, rs []proto.AgentReport) (proto.ReportAck, error) {
+	return s.c.Reports(ctx, "r1", rs)
 }
 
 func TestShare(t *testing.T) {
@@ -545,5 +615,59 @@ func TestShare(t *testing.T) {
 	}
 	if _, _, err := Share(netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.1"), 1, 2); err == nil {
 		t.Errorf("a one-address pool shared two ways: no error")
+	}
+}
+
+// TestPoolChangeNoNAKLoop: after the rack's pool moves, a MAC holding a
+// lease outside the new pool is offered a valid address (its old lease
+// is ended and reported), and the REQUEST for that offer is ACKed: no
+// DISCOVER/NAK loop until the old lease runs out. A lease the coordinator
+// records (another agent's) outside the pool is not offered either.
+func TestPoolChangeNoNAKLoop(t *testing.T) {
+	e := newEnv(t)
+	old := e.dora(unknownMAC, pxeBIOS...)
+	other := net.HardwareAddr{0x52, 0x54, 0x00, 0x00, 0x00, 0x77}
+
+	st := rackState()
+	st.Rack.PoolStart, st.Rack.PoolEnd = "10.99.0.110", "10.99.0.113"
+	st.Leases = []proto.Lease{{MAC: other.String(), IP: "10.99.0.101", Expires: e.now.Add(time.Hour), Agent: "a2"}}
+	e.be.set(st)
+	e.pool.SetShare(netip.MustParseAddr("10.99.0.110"), netip.MustParseAddr("10.99.0.113"))
+
+	for _, mac := range []net.HardwareAddr{unknownMAC, other} {
+		ack := e.dora(mac, pxeBIOS...) // fails on a NAK
+		ip, _ := netip.AddrFromSlice(ack.YourIPAddr.To4())
+		if ip.Less(netip.MustParseAddr("10.99.0.110")) || netip.MustParseAddr("10.99.0.113").Less(ip) {
+			t.Errorf("%s got %s after the pool moved to 10.99.0.110-113", mac, ip)
+		}
+	}
+	if held, ok := e.pool.Lookup(unknownMAC.String(), noExternal{}, e.now); !ok || held.String() == old.YourIPAddr.String() {
+		t.Errorf("pool holds %s for %s, want a new address", held, unknownMAC)
+	}
+	var ended bool
+	for _, r := range e.rep.rs {
+		if r.Kind == proto.ReportLease && r.LeaseEvent == "released" && r.Lease.IP == old.YourIPAddr.String() {
+			ended = true
+		}
+	}
+	if !ended {
+		t.Errorf("reports %v: the old lease %s was not reported ended", e.rep.kinds(), old.YourIPAddr)
+	}
+}
+
+// TestDropInvalid: the pool ends the leases a new pool no longer allows.
+func TestDropInvalid(t *testing.T) {
+	e := newEnv(t)
+	a := e.dora(unknownMAC, pxeBIOS...)
+	b := e.dora(net.HardwareAddr{0x52, 0x54, 0x00, 0x00, 0x00, 0x78}, pxeBIOS...)
+	keep := netip.MustParseAddr(b.YourIPAddr.String())
+	gone, err := e.pool.DropInvalid(func(ip netip.Addr) bool { return ip == keep })
+	if err != nil || len(gone) != 1 || gone[0].IP != a.YourIPAddr.String() {
+		t.Fatalf("DropInvalid = %v, %v, want the lease of %s", gone, err, a.YourIPAddr)
+	}
+	e.db.Close()
+	e.open(nil)
+	if ls := e.pool.Leases(); len(ls) != 1 || ls[0].IP != keep.String() {
+		t.Errorf("after reopen the pool holds %v, want only %s", ls, keep)
 	}
 }

@@ -179,18 +179,31 @@ func (p *Pool) dropOffer(mac string) {
 // agent's), else the address offered it a moment ago, else the lowest
 // free address of this agent's share. The offer is held for hold.
 func (p *Pool) Offer(mac string, ext External, now time.Time, hold time.Duration) (netip.Addr, error) {
+	return p.OfferValid(mac, ext, now, hold, nil)
+}
+
+// OfferValid is Offer that passes over a held lease or an earlier offer
+// valid refuses (an address outside the rack's pool since the pool
+// changed, or reserved for a node): such an address would be NAKed at
+// REQUEST, and the client would loop. nil accepts every address.
+func (p *Pool) OfferValid(mac string, ext External, now time.Time, hold time.Duration, valid func(netip.Addr) bool) (netip.Addr, error) {
+	ok := func(ip netip.Addr) bool { return valid == nil || valid(ip) }
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if l, ok := p.byMAC[mac]; ok && l.Expires.After(now) {
-		return netip.MustParseAddr(l.IP), nil
-	}
-	if l, ok := ext.LeaseOfMAC(mac); ok && l.Expires.After(now) {
-		ip := netip.MustParseAddr(l.IP)
-		if u := p.usedBy(ip, ext, now); u == "" || u == mac {
+	if l, held := p.byMAC[mac]; held && l.Expires.After(now) {
+		if ip := netip.MustParseAddr(l.IP); ok(ip) {
 			return ip, nil
 		}
 	}
-	if o, ok := p.offers[mac]; ok && o.until.After(now) {
+	if l, held := ext.LeaseOfMAC(mac); held && l.Expires.After(now) {
+		ip, err := netip.ParseAddr(l.IP)
+		if err == nil && ok(ip) {
+			if u := p.usedBy(ip, ext, now); u == "" || u == mac {
+				return ip, nil
+			}
+		}
+	}
+	if o, held := p.offers[mac]; held && o.until.After(now) && ok(o.ip) {
 		p.setOffer(mac, o.ip, now.Add(hold))
 		return o.ip, nil
 	}
@@ -204,7 +217,7 @@ func (p *Pool) Offer(mac string, ext External, now time.Time, hold time.Duration
 	size := int(u32(p.last)-u32(p.first)) + 1
 	a := p.next
 	for i := 0; i < size; i++ {
-		if p.usedBy(a, ext, now) == "" {
+		if p.usedBy(a, ext, now) == "" && ok(a) {
 			p.setOffer(mac, a, now.Add(hold))
 			p.next = a.Next()
 			return a, nil
@@ -323,6 +336,69 @@ func (p *Pool) Expire(now time.Time) ([]proto.Lease, error) {
 	for ip, t := range p.declined {
 		if !t.After(now) {
 			delete(p.declined, ip)
+		}
+	}
+	p.mu.Unlock()
+	if len(gone) == 0 {
+		return nil, nil
+	}
+	return gone, p.db.Update(func(tx *bbolt.Tx) error {
+		for _, l := range gone {
+			if err := deleteIfSame(tx, l); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Adopt takes l, a lease the coordinator records as this agent's, into
+// the pool (durably) when the pool holds nothing for its MAC or address:
+// an agent that lost its data directory gets its leases back this way.
+// It reports whether l was adopted.
+func (p *Pool) Adopt(l proto.Lease, now time.Time) (bool, error) {
+	ip, err := netip.ParseAddr(l.IP)
+	if err != nil || l.Agent != p.agent || !l.Expires.After(now) {
+		return false, nil
+	}
+	p.mu.Lock()
+	if _, ok := p.byIP[ip]; ok {
+		p.mu.Unlock()
+		return false, nil
+	}
+	if _, ok := p.byMAC[l.MAC]; ok {
+		p.mu.Unlock()
+		return false, nil
+	}
+	nl := l
+	p.byIP[ip], p.byMAC[l.MAC] = &nl, &nl
+	p.mu.Unlock()
+	raw, _ := json.Marshal(&nl)
+	if err := p.db.Batch(func(tx *bbolt.Tx) error { return tx.Bucket(leaseBucket).Put([]byte(nl.IP), raw) }); err != nil {
+		p.mu.Lock()
+		if p.byIP[ip] == &nl {
+			delete(p.byIP, ip)
+			delete(p.byMAC, l.MAC)
+		}
+		p.mu.Unlock()
+		return false, fmt.Errorf("saving lease: %w", err)
+	}
+	return true, nil
+}
+
+// DropInvalid ends every lease held here whose address valid refuses (the
+// rack's pool changed) and returns them.
+func (p *Pool) DropInvalid(valid func(netip.Addr) bool) ([]proto.Lease, error) {
+	p.mu.Lock()
+	var gone []proto.Lease
+	for ip, l := range p.byIP {
+		if !valid(ip) {
+			gone = append(gone, *l)
+			delete(p.byIP, ip)
+			if p.byMAC[l.MAC] == l {
+				delete(p.byMAC, l.MAC)
+			}
+			p.dropOffer(l.MAC)
 		}
 	}
 	p.mu.Unlock()
