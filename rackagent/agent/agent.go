@@ -239,7 +239,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	hc := httpboot.Config{Backend: bootBackend{a.boot}, Reporter: a.rep, Cache: cache, BaseURL: httpBase,
+	hc := httpboot.Config{Backend: bootBackend{a.boot, a.pool}, Reporter: a.rep, Cache: cache, BaseURL: httpBase,
 		Logger: a.log.With("component", "http")}
 	if a.tftp != nil {
 		hc.Files = a.tftp
@@ -554,8 +554,26 @@ func (s sender) Send(ctx context.Context, rs []proto.AgentReport) (proto.ReportA
 	return ack, err // retried later with the same reports
 }
 
-// bootBackend adapts the boot state to httpboot's Backend.
-type bootBackend struct{ s *bootstate.Store }
+// bootBackend adapts the boot state and the pool to httpboot's Backend.
+type bootBackend struct {
+	s    *bootstate.Store
+	pool *dhcp.Pool
+}
+
+// Address is mac's reservation (a known node) or the lease this agent
+// granted it.
+func (b bootBackend) Address(mac string) (netip.Addr, bool) {
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	if v := b.s.View(); v != nil {
+		if n, ok := v.Node(hw); ok {
+			return v.NodeIP(n)
+		}
+	}
+	return b.pool.Held(hw.String(), time.Now())
+}
 
 func (b bootBackend) Boot(mac string) (*proto.BootNode, proto.BootConfig, bool) {
 	v := b.s.View()

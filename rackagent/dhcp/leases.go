@@ -142,6 +142,12 @@ func (p *Pool) Lookup(mac string, ext External, now time.Time) (netip.Addr, bool
 	return netip.Addr{}, false
 }
 
+// Held returns the address of mac's lease held here, if it lasts past
+// now.
+func (p *Pool) Held(mac string, now time.Time) (netip.Addr, bool) {
+	return p.Lookup(mac, noExternal{}, now)
+}
+
 // usedBy returns the MAC an address is bound or offered to (or declined,
 // as "declined"), "" if it is free at now.
 func (p *Pool) usedBy(ip netip.Addr, ext External, now time.Time) string {

@@ -17,11 +17,11 @@ import (
 const MaxCallbackBytes = 1 << 20
 
 // MACHeader names the MAC a ramdisk's callback is about (or ?mac=).
-const MACHeader = "X-Metalfleet-MAC"
+const MACHeader = proto.MACHeader
 
 // DiscoveryStep is the one callback a discovery ramdisk sends, without a
 // token.
-const DiscoveryStep = "inventory"
+const DiscoveryStep = proto.StepInventory
 
 // codeRateLimited answers 429; proto has no code for it (yet).
 const codeRateLimited proto.Code = "rate_limited"
@@ -71,6 +71,12 @@ func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
 		}
 		writeError(w, proto.Errorf(proto.CodeForbidden, "%s was not served the discovery script in the last %s; only its inventory is accepted without a token", mac, s.cfg.DiscoveryWindow))
 		return
+	} else if err := s.fromOwnAddress(r, mac); err != nil {
+		// A discovery inventory is bound by the boot it was served and
+		// by its source: the address this agent leased to the MAC.
+		log.Warn("inventory refused: not from the address this agent leased to the MAC", "source", ip, "err", err)
+		writeError(w, proto.Errorf(proto.CodeForbidden, "an inventory for %s is accepted only from the address this agent leased to it: %v", mac, err))
+		return
 	}
 
 	body, err := readJSON(w, r)
@@ -106,7 +112,7 @@ func readJSON(w http.ResponseWriter, r *http.Request) (json.RawMessage, error) {
 }
 
 func callbackMAC(r *http.Request) (string, error) {
-	h, q := r.Header.Get(MACHeader), r.URL.Query().Get("mac")
+	h, q := r.Header.Get(MACHeader), r.URL.Query().Get(proto.MACQuery)
 	raw := h
 	switch {
 	case h == "" && q == "":

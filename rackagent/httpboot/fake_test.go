@@ -1,6 +1,7 @@
 package httpboot
 
 import (
+	"net/netip"
 	"strings"
 	"sync"
 
@@ -13,10 +14,15 @@ type fakeBackend struct {
 	nodes     map[string]*proto.BootNode // by normalized MAC
 	discovery *proto.BootConfig          // nil: discovery off
 	artifacts map[string]proto.Artifact  // by sha256
+	// addrs are the addresses MACs hold; a MAC not in it holds anyAddr
+	// (if valid).
+	addrs   map[string]netip.Addr
+	anyAddr netip.Addr
 }
 
 func newFakeBackend() *fakeBackend {
-	return &fakeBackend{nodes: map[string]*proto.BootNode{}, artifacts: map[string]proto.Artifact{}}
+	return &fakeBackend{nodes: map[string]*proto.BootNode{}, artifacts: map[string]proto.Artifact{},
+		addrs: map[string]netip.Addr{}, anyAddr: netip.MustParseAddr("127.0.0.1")}
 }
 
 func (b *fakeBackend) addNode(n proto.BootNode) {
@@ -62,6 +68,21 @@ func (b *fakeBackend) Boot(mac string) (*proto.BootNode, proto.BootConfig, bool)
 		return nil, *b.discovery, true
 	}
 	return nil, proto.BootConfig{}, false
+}
+
+func (b *fakeBackend) Address(mac string) (netip.Addr, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if a, ok := b.addrs[mac]; ok {
+		return a, a.IsValid()
+	}
+	return b.anyAddr, b.anyAddr.IsValid()
+}
+
+func (b *fakeBackend) setAddr(mac string, a netip.Addr) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.addrs[mac] = a
 }
 
 func (b *fakeBackend) ArtifactBySHA(sha string) (proto.Artifact, bool) {

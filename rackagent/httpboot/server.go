@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path"
 	"strings"
@@ -23,6 +24,12 @@ type Backend interface {
 	Boot(mac string) (node *proto.BootNode, boot proto.BootConfig, ok bool)
 	// ArtifactBySHA finds an artifact named by some boot config.
 	ArtifactBySHA(sha string) (proto.Artifact, bool)
+	// Address is the address mac holds: a known node's reservation, or
+	// the dynamic lease this agent granted it (while it lasts). ok is
+	// false when it holds none. A discovery inventory and a boot script
+	// with a task token are accepted from, and served to, only this
+	// address.
+	Address(mac string) (ip netip.Addr, ok bool)
 }
 
 // Reporter takes the reports the server produces. Report must not block;
@@ -110,7 +117,7 @@ func New(cfg Config) *Server {
 	}
 	s.mux.HandleFunc("GET /boot/{file}", s.handleScript)
 	s.mux.HandleFunc("GET /artifacts/{sha256}", s.handleArtifact)
-	s.mux.HandleFunc("POST /v1/callback/{step}", s.handleCallback)
+	s.mux.HandleFunc("POST "+proto.CallbackPath, s.handleCallback)
 	if cfg.Files != nil {
 		s.mux.HandleFunc("GET /tftp/{file...}", s.handleFile)
 	}
@@ -179,6 +186,15 @@ func (s *Server) handleScript(w http.ResponseWriter, r *http.Request) {
 		uuid = node.UUID
 		log = log.With("node", uuid)
 	}
+	if boot.TaskToken != "" {
+		// The script carries the task token: only the node itself may
+		// read it, from its own address.
+		if err := s.fromOwnAddress(r, mac); err != nil {
+			log.Warn("boot script with a task token refused: not from the node's own address", "source", sourceIP(r), "err", err)
+			http.Error(w, "the boot script of "+mac+" is served only to its own address: "+err.Error(), http.StatusForbidden)
+			return
+		}
+	}
 	script, err := RenderScript(ScriptParams{MAC: mac, NodeUUID: uuid, Boot: boot, BaseURL: s.cfg.BaseURL})
 	if err != nil {
 		log.Error("cannot render boot script", "kind", boot.Kind, "err", err)
@@ -196,6 +212,23 @@ func (s *Server) handleScript(w http.ResponseWriter, r *http.Request) {
 	}
 	log.Info("served boot script", "kind", boot.Kind, "task", boot.Task)
 	s.cfg.Reporter.Report(proto.AgentReport{Kind: proto.ReportBootEvent, Time: s.now(), Event: "script", MAC: mac, Node: uuid})
+}
+
+// fromOwnAddress checks that r comes from the address mac holds (its
+// reservation, or the lease this agent granted it).
+func (s *Server) fromOwnAddress(r *http.Request, mac string) error {
+	src, err := netip.ParseAddr(sourceIP(r))
+	if err != nil {
+		return fmt.Errorf("source address %q does not parse", r.RemoteAddr)
+	}
+	own, ok := s.cfg.Backend.Address(mac)
+	if !ok {
+		return fmt.Errorf("%s holds no address from this agent (no lease, no reservation); request came from %s", mac, src.Unmap())
+	}
+	if src.Unmap() != own.Unmap() {
+		return fmt.Errorf("%s holds %s; request came from %s", mac, own, src.Unmap())
+	}
+	return nil
 }
 
 // RecentlyServedDiscovery reports whether mac was served the discovery
@@ -324,6 +357,7 @@ func (noBackend) Boot(string) (*proto.BootNode, proto.BootConfig, bool) {
 	return nil, proto.BootConfig{}, false
 }
 func (noBackend) ArtifactBySHA(string) (proto.Artifact, bool) { return proto.Artifact{}, false }
+func (noBackend) Address(string) (netip.Addr, bool)            { return netip.Addr{}, false }
 
 type noReporter struct{}
 
