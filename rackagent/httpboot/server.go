@@ -357,7 +357,7 @@ func (noBackend) Boot(string) (*proto.BootNode, proto.BootConfig, bool) {
 	return nil, proto.BootConfig{}, false
 }
 func (noBackend) ArtifactBySHA(string) (proto.Artifact, bool) { return proto.Artifact{}, false }
-func (noBackend) Address(string) (netip.Addr, bool)            { return netip.Addr{}, false }
+func (noBackend) Address(string) (netip.Addr, bool)           { return netip.Addr{}, false }
 
 type noReporter struct{}
 
