@@ -184,11 +184,10 @@ func applySettingsUpdate(tx *state.Tx, c *SettingsUpdate) (any, error) {
 	setIf(&s.DiscoveryKernel, p.DiscoveryKernel)
 	setIf(&s.DiscoveryRamdisk, p.DiscoveryRamdisk)
 	setIf(&s.DiscoveryCmdline, p.DiscoveryCmdline)
-	if strings.ContainsFunc(s.DiscoveryCmdline, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return nil, proto.Errorf(proto.CodeInvalid, "discovery_cmdline: control characters are not allowed")
-	}
-	if len(s.DiscoveryCmdline) > 1024 {
-		return nil, proto.Errorf(proto.CodeInvalid, "discovery_cmdline: at most 1024 bytes")
+	// The same check the rack agent's boot-script renderer makes: a
+	// command line accepted here always renders.
+	if err := proto.CheckCmdline("discovery_cmdline", s.DiscoveryCmdline); err != nil {
+		return nil, err
 	}
 	for _, ref := range []struct {
 		field, name string

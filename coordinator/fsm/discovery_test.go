@@ -103,3 +103,103 @@ func nodeFilterDiscovered() state.NodeFilter {
 	f := false
 	return state.NodeFilter{Enrolled: &f}
 }
+
+// TestDiscoveryNeverMerges: firmware placeholders identify nothing, and
+// an inventory that lists another node's MACs neither takes them nor
+// touches that node; the conflict is recorded.
+func TestDiscoveryNeverMerges(t *testing.T) {
+	h := newHarness(t)
+	h.must(rackWithPool())
+	apply := func(r proto.AgentReport) *AgentReportsResult {
+		return h.must(AgentReports{Rack: "r1", Reports: []proto.AgentReport{r}}).(*AgentReportsResult)
+	}
+	// Two boards with the same placeholder uuid and serial: two nodes.
+	apply(inventoryReport(t, "a", "52:54:00:00:0a:01", "03000200-0400-0500-0006-000700080009", "Default string"))
+	apply(inventoryReport(t, "b", "52:54:00:00:0b:01", "03000200-0400-0500-0006-000700080009", "Default string"))
+	apply(inventoryReport(t, "c", "52:54:00:00:0c:01", "00000000-0000-0000-0000-000000000000", "To Be Filled By O.E.M."))
+	apply(inventoryReport(t, "d", "52:54:00:00:0d:01", "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF", "0123456789"))
+	if got := len(h.f.Store().Nodes(state.NodeFilter{})); got != 4 {
+		t.Fatalf("%d nodes from 4 machines with placeholder identities, want 4", got)
+	}
+
+	// Machine E lists A's MAC among its NICs: E becomes its own node
+	// without it, A keeps its MAC and inventory, a conflict is recorded.
+	a, _ := h.f.Store().Node("52:54:00:00:0a:01")
+	res := apply(inventoryReport(t, "e", "52:54:00:00:0e:01", "5b2f0c1e-0000-4000-8000-00000000000e", "E-1", "52:54:00:00:0a:01", "52:54:00:00:0e:02"))
+	if len(res.Acked) != 1 {
+		t.Fatalf("E refused: %+v", res)
+	}
+	e, ok := h.f.Store().Node("52:54:00:00:0e:01")
+	if !ok || len(e.MACs) != 2 || e.UUID == a.UUID {
+		t.Fatalf("E = %+v, want its own node with its 2 free MACs", e)
+	}
+	a2, _ := h.f.Store().Node(a.UUID)
+	if a2.ModifyIndex != a.ModifyIndex || string(a2.Inventory) != string(a.Inventory) {
+		t.Fatalf("E's report changed A")
+	}
+	if owner, _ := h.f.Store().Node("52:54:00:00:0a:01"); owner.UUID != a.UUID {
+		t.Fatalf("A's MAC moved to %s", owner.UUID)
+	}
+	if sg := h.f.Store().Sightings(""); len(sg) != 1 || !strings.Contains(sg[0].Conflict, "52:54:00:00:0a:01") {
+		t.Fatalf("conflict not recorded: %+v", sg)
+	}
+
+	// Machine F boots from B's MAC with a real identity: B (placeholder
+	// firmware) and F cannot be told to be one machine: refused.
+	res = apply(inventoryReport(t, "f", "52:54:00:00:0b:01", "5b2f0c1e-0000-4000-8000-00000000000f", "F-1"))
+	if !strings.Contains(res.Rejected["f"], "belongs to node") {
+		t.Fatalf("F took B's node: %+v", res)
+	}
+}
+
+// TestDiscoveryRackBound: an agent of rack r2 cannot rewrite rack r1's
+// discovered nodes, by MAC or by identity.
+func TestDiscoveryRackBound(t *testing.T) {
+	h := newHarness(t)
+	h.must(rackWithPool())
+	h.must(RackPut{Create: true, Rack: proto.Rack{Name: "r2", Subnet: "10.8.0.0/24", PoolStart: "10.8.0.100", PoolEnd: "10.8.0.199"}})
+	h.must(AgentReports{Rack: "r1", Reports: []proto.AgentReport{inventoryReport(t, "a", "52:54:00:00:0a:01", "5b2f0c1e-0000-4000-8000-00000000000a", "A-1")}})
+	a, _ := h.f.Store().Node("52:54:00:00:0a:01")
+	for _, r := range []proto.AgentReport{
+		inventoryReport(t, "by-mac", "52:54:00:00:0a:01", "5b2f0c1e-0000-4000-8000-0000000000ff", "X"),
+		inventoryReport(t, "by-ident", "52:54:00:00:0f:01", "5b2f0c1e-0000-4000-8000-00000000000a", "A-1"),
+	} {
+		r.Rack, r.Agent = "r2", "agent-r2"
+		res := h.must(AgentReports{Rack: "r2", Reports: []proto.AgentReport{r}}).(*AgentReportsResult)
+		if !strings.Contains(res.Rejected[r.ID], "rack") {
+			t.Fatalf("%s from rack r2: %+v, want refused", r.ID, res)
+		}
+	}
+	if a2, _ := h.f.Store().Node(a.UUID); a2.ModifyIndex != a.ModifyIndex || a2.Rack != "r1" {
+		t.Fatalf("rack r2's reports changed rack r1's node: %+v", a2)
+	}
+	if len(h.f.Store().Nodes(state.NodeFilter{})) != 1 {
+		t.Fatalf("a node was created from a refused report")
+	}
+}
+
+// TestEnrolledNewNIC: an enrolled machine that boots from a NIC not on
+// record gains the MAC (no node holds it); one that another node holds
+// stays that node's, and the conflict is recorded.
+func TestEnrolledNewNIC(t *testing.T) {
+	h := newHarness(t)
+	h.must(rackWithPool())
+	apply := func(r proto.AgentReport) *AgentReportsResult {
+		return h.must(AgentReports{Rack: "r1", Reports: []proto.AgentReport{r}}).(*AgentReportsResult)
+	}
+	apply(inventoryReport(t, "a", "52:54:00:00:0a:01", "5b2f0c1e-0000-4000-8000-00000000000a", "A-1"))
+	apply(inventoryReport(t, "b", "52:54:00:00:0b:01", "5b2f0c1e-0000-4000-8000-00000000000b", "B-1"))
+	a, _ := h.f.Store().Node("52:54:00:00:0a:01")
+	h.must(NodeSetEnrolled{Ref: a.UUID, Enrolled: true, Now: t0})
+	apply(inventoryReport(t, "a2", "52:54:00:00:0a:02", "5b2f0c1e-0000-4000-8000-00000000000a", "A-1"))
+	if n, ok := h.f.Store().Node("52:54:00:00:0a:02"); !ok || n.UUID != a.UUID {
+		t.Fatalf("the enrolled machine's new boot NIC was not added to it")
+	}
+	res := apply(inventoryReport(t, "a3", "52:54:00:00:0b:01", "5b2f0c1e-0000-4000-8000-00000000000a", "A-1"))
+	if !strings.Contains(res.Rejected["a3"], "belongs to node") {
+		t.Fatalf("a MAC of B moved to A: %+v", res)
+	}
+	if n, _ := h.f.Store().Node("52:54:00:00:0b:01"); n.UUID == a.UUID {
+		t.Fatalf("B's MAC moved to A")
+	}
+}

@@ -317,8 +317,16 @@ func TestObjectCommands(t *testing.T) {
 	h.fails(ImageDelete{Name: "k"}, proto.CodeConflict, "settings.discovery_kernel")
 	h.fails(ImagePut{Image: proto.Image{Name: "k", Kind: proto.ImageDisk, URL: "http://x/k", SHA256: sha}}, proto.CodeConflict, "kind")
 
-	// Instances tie flavors, images and nodes together.
+	// Instances tie flavors, images and nodes together, on available
+	// nodes only (forcing a node skips filters, never state checks).
 	h.must(node(uuid1, "n1", "52:54:00:00:00:01", proto.StateEnrolled))
+	h.fails(InstanceCreate{Instance: proto.Instance{UUID: uuid2, Name: "web1", Flavor: "small", Image: "disk", Node: "n1", CreatedAt: t0}},
+		proto.CodeWrongState, "it is enrolled")
+	makeAvailable(h, "n1")
+	h.must(NodeSetMaintenance{Ref: "n1", Maintenance: true, Reason: "fan", Now: t0})
+	h.fails(InstanceCreate{Instance: proto.Instance{UUID: uuid2, Name: "web1", Flavor: "small", Image: "disk", Node: "n1", CreatedAt: t0}},
+		proto.CodeWrongState, "maintenance")
+	h.must(NodeSetMaintenance{Ref: "n1", Maintenance: false, Now: t0})
 	in := h.must(InstanceCreate{Instance: proto.Instance{UUID: uuid2, Name: "web1", Flavor: "small", Image: "disk", Node: "n1", CreatedAt: t0}}).(*proto.Instance)
 	if in.Node != uuid1 || in.State != proto.InstanceBuilding {
 		t.Fatalf("instance = %+v", in)
@@ -425,6 +433,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	nc.Node.Inventory = []byte(`{"cpus":{"count":4}}`)
 	h.must(nc)
 	h.must(node(uuid3, "", "52:54:00:00:00:03", proto.StateDiscovered))
+	makeAvailable(h, uuid1)
 	h.must(InstanceCreate{Instance: proto.Instance{UUID: uuid2, Name: "i1", Flavor: "f", Image: "d", Node: uuid1, CreatedAt: t0}})
 	k := "k"
 	h.must(SettingsUpdate{Patch: proto.SettingsPatch{DiscoveryKernel: &k}})
@@ -554,4 +563,48 @@ func TestTableMatchesDesign(t *testing.T) {
 			t.Errorf("table has %s, which DESIGN.md does not", e)
 		}
 	}
+}
+
+func snapshotReader(t testing.TB, s *state.Store) *bytes.Reader {
+	t.Helper()
+	return bytes.NewReader(stateBytes(t, s))
+}
+
+// TestFailedChangeIsSeen: the harness's "a failed command changed
+// nothing" check compares the state's bytes, so a change that errors
+// after writing (and so does not move the index) is caught.
+func TestFailedChangeIsSeen(t *testing.T) {
+	s := state.New()
+	before := stateBytes(t, s)
+	err := s.Write(1, func(tx *state.Tx) error {
+		tx.PutRack(&proto.Rack{Name: "half-written"})
+		return proto.Errorf(proto.CodeInvalid, "fails after writing")
+	})
+	if err == nil || s.Index() != 0 {
+		t.Fatalf("err %v, index %d", err, s.Index())
+	}
+	if bytes.Equal(before, stateBytes(t, s)) {
+		t.Fatalf("a write that failed after changing the state is invisible to the bytes check")
+	}
+}
+
+// makeAvailable moves an enrolled node to available the way an operator
+// does: manage, then provide.
+func makeAvailable(h *harness, ref string) {
+	h.t.Helper()
+	h.must(NodeProvision{Ref: ref, Event: "manage", Actor: proto.ActorOperator, Now: t0})
+	h.must(NodeProvision{Ref: ref, Event: "provide", Actor: proto.ActorOperator, Now: t0})
+}
+
+// TestCmdlineOneValidator: the settings take exactly the command lines
+// the boot-script renderer renders (proto.CheckCmdline): a C1 control
+// character accepted here made every unknown MAC's script a 500.
+func TestCmdlineOneValidator(t *testing.T) {
+	h := newHarness(t)
+	for _, bad := range []string{"console=ttyS0\u0085", "a\tb", "x;reboot", strings.Repeat("a", proto.MaxCmdline+1)} {
+		bad := bad
+		h.fails(SettingsUpdate{Patch: proto.SettingsPatch{DiscoveryCmdline: &bad}}, proto.CodeInvalid, "discovery_cmdline")
+	}
+	good := "console=ttyS0,115200n8 metalfleet.poweroff=false"
+	h.must(SettingsUpdate{Patch: proto.SettingsPatch{DiscoveryCmdline: &good}})
 }

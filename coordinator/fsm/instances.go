@@ -39,6 +39,15 @@ func applyInstanceCreate(tx *state.Tx, c *InstanceCreate) (any, error) {
 		if n.InstanceUUID != "" {
 			return nil, proto.Errorf(proto.CodeConflict, "node %s already holds instance %s", nodeRef(n), n.InstanceUUID)
 		}
+		// Forcing a node skips the scheduler's filters, never the
+		// state checks.
+		if n.ProvisionState != proto.StateAvailable {
+			return nil, proto.Errorf(proto.CodeWrongState, "cannot place instance %s on node %s: it is %s; instances go on available nodes",
+				in.Name, nodeRef(n), n.ProvisionState)
+		}
+		if n.Maintenance {
+			return nil, proto.Errorf(proto.CodeWrongState, "cannot place instance %s on node %s: it is in maintenance", in.Name, nodeRef(n))
+		}
 		in.Node = n.UUID
 		n.InstanceUUID = in.UUID
 		n.UpdatedAt = in.CreatedAt
