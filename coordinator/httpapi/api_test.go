@@ -755,6 +755,9 @@ func TestAPIInstanceFilters(t *testing.T) {
 		Name: "debian", Kind: proto.ImageDisk, URL: "http://images.example/debian.img", SHA256: strings.Repeat("ab", 32)}, nil)
 	in := proto.Instance{UUID: uuid.NewString(), Name: "web-1", Flavor: "small", Image: "debian", Node: host.UUID,
 		CreatedAt: time.Now().UTC(), UpdatedAt: time.Now().UTC()}
+	for _, ev := range []proto.Event{"manage", "provide"} { // instances go on available nodes
+		applyCommand(t, e, fsm.NodeProvision{Ref: host.UUID, Event: ev, Actor: proto.ActorOperator, Now: time.Now().UTC()})
+	}
 	applyCommand(t, e, fsm.InstanceCreate{Instance: in})
 
 	for _, ref := range []string{"web-1", in.UUID} {
