@@ -114,74 +114,74 @@ func ParseCmdline(cmdline string) (BootParams, error) {
 	}
 	var errs []error
 	p := BootParams{
-		Task:        kv["metalfleet.task"],
-		Token:       kv["metalfleet.token"],
+		Task:        kv[proto.CmdlineTask],
+		Token:       kv[proto.CmdlineToken],
 		DHCPTimeout: DefaultDHCPTimeout,
 		OnError:     OnErrorReboot,
 	}
-	if cb := kv["metalfleet.callback"]; cb != "" {
+	if cb := kv[proto.CmdlineCallback]; cb != "" {
 		u, err := url.Parse(cb)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			errs = append(errs, fmt.Errorf("metalfleet.callback=%q: want an http(s) URL", cb))
+			errs = append(errs, fmt.Errorf("%s=%q: want an http(s) URL", proto.CmdlineCallback, cb))
 		} else {
 			p.Callback = cb
 		}
 	}
-	if s, ok := kv["BOOTIF"]; ok {
+	if s, ok := kv[proto.CmdlineBOOTIF]; ok {
 		mac, err := parseBOOTIF(s)
 		if err != nil {
 			errs = append(errs, err)
 		}
 		p.MAC = mac
 	}
-	if s, ok := kv["metalfleet.mac"]; ok {
+	if s, ok := kv[proto.CmdlineMAC]; ok {
 		mac, err := proto.NormalizeMAC(s)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("metalfleet.mac=%q: not a MAC", s))
+			errs = append(errs, fmt.Errorf("%s=%q: not a MAC", proto.CmdlineMAC, s))
 		} else {
 			p.MAC = mac
 		}
 	}
 	switch p.Task {
-	case "", "discovery", "inspect":
+	case "", proto.TaskDiscovery, "inspect":
 		p.PowerOff = true
 	}
-	if s, ok := kv["metalfleet.poweroff"]; ok {
+	if s, ok := kv[proto.CmdlinePowerOff]; ok {
 		b, err := parseBool(s)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("metalfleet.poweroff=%q: %w", s, err))
+			errs = append(errs, fmt.Errorf("%s=%q: %w", proto.CmdlinePowerOff, s, err))
 		} else {
 			p.PowerOff = b
 		}
 	}
-	if s, ok := kv["metalfleet.print"]; ok {
+	if s, ok := kv[proto.CmdlinePrint]; ok {
 		b, err := parseBool(s)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("metalfleet.print=%q: %w", s, err))
+			errs = append(errs, fmt.Errorf("%s=%q: %w", proto.CmdlinePrint, s, err))
 		}
 		p.Print = b
 	}
-	if s, ok := kv["metalfleet.lldp"]; ok {
+	if s, ok := kv[proto.CmdlineLLDP]; ok {
 		d, err := parseSeconds(s)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("metalfleet.lldp=%q: %w", s, err))
+			errs = append(errs, fmt.Errorf("%s=%q: %w", proto.CmdlineLLDP, s, err))
 		}
 		p.LLDPWait = d
 	}
-	if s, ok := kv["metalfleet.dhcp_timeout"]; ok {
+	if s, ok := kv[proto.CmdlineDHCPTimeout]; ok {
 		d, err := parseSeconds(s)
 		if err != nil || d <= 0 {
-			errs = append(errs, fmt.Errorf("metalfleet.dhcp_timeout=%q: want a positive duration", s))
+			errs = append(errs, fmt.Errorf("%s=%q: want a positive duration", proto.CmdlineDHCPTimeout, s))
 		} else {
 			p.DHCPTimeout = d
 		}
 	}
-	if s, ok := kv["metalfleet.onerror"]; ok {
+	if s, ok := kv[proto.CmdlineOnError]; ok {
 		switch s {
 		case OnErrorReboot, OnErrorPowerOff, OnErrorStay:
 			p.OnError = s
 		default:
-			errs = append(errs, fmt.Errorf("metalfleet.onerror=%q: want reboot, poweroff or stay", s))
+			errs = append(errs, fmt.Errorf("%s=%q: want reboot, poweroff or stay", proto.CmdlineOnError, s))
 		}
 	}
 	return p, errors.Join(errs...)
@@ -196,7 +196,7 @@ func parseBOOTIF(s string) (string, error) {
 	}
 	mac, err := proto.NormalizeMAC(strings.ReplaceAll(raw, "-", ":"))
 	if err != nil {
-		return "", fmt.Errorf("BOOTIF=%q: want 01-aa-bb-cc-dd-ee-ff", s)
+		return "", fmt.Errorf("%s=%q: want 01-aa-bb-cc-dd-ee-ff", proto.CmdlineBOOTIF, s)
 	}
 	return mac, nil
 }

@@ -20,12 +20,12 @@ import (
 )
 
 // MACHeader names the MAC a callback is about; rackagent/httpboot reads
-// it.
-const MACHeader = "X-Metalfleet-MAC"
+// it (proto.MACHeader).
+const MACHeader = proto.MACHeader
 
 // StepInventory is the step a discovery ramdisk reports, without a
-// token.
-const StepInventory = "inventory"
+// token (proto.StepInventory).
+const StepInventory = proto.StepInventory
 
 // Defaults of a Reporter.
 const (
