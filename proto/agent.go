@@ -180,15 +180,22 @@ type BootEvent struct {
 	Time  time.Time `json:"time"`
 }
 
-// AgentInfo is a rack agent as the coordinator sees it through gossip.
+// AgentInfo is a rack agent as the coordinator sees it, through gossip
+// and through the agent's own API calls.
 type AgentInfo struct {
 	Name        string    `json:"name"`
 	Rack        string    `json:"rack"`
 	Address     string    `json:"address"` // gossip address
 	APIAddr     string    `json:"api_addr,omitempty"`
 	Version     string    `json:"version,omitempty"`
-	Status      string    `json:"status"` // alive, suspect, dead, left
+	Status      string    `json:"status"` // alive, suspect, dead, left; unknown: not heard of lately
 	LastContact time.Time `json:"last_contact"`
+	// MgmtAddr is the agent's management address (host:port), from the
+	// AgentMgmtHeader of its last API call.
+	MgmtAddr string `json:"mgmt_addr,omitempty"`
+	// Source says how the coordinator knows the agent: "gossip", or "api"
+	// for an agent known only from its API calls (gossip off).
+	Source string `json:"source,omitempty"`
 }
 
 // AgentMgmtHeader carries a rack agent's management address (host:port

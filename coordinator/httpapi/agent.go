@@ -1,11 +1,17 @@
 package httpapi
 
 import (
+	"bytes"
+	"container/list"
 	"context"
+	"encoding/json"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/metalfleet/metalfleet/coordinator/decide"
 	"github.com/metalfleet/metalfleet/coordinator/fsm"
 	"github.com/metalfleet/metalfleet/proto"
 )
@@ -14,7 +20,7 @@ import (
 // own index), and reports. An agent token reaches only its own rack.
 
 // MaxReportBatch bounds the reports in one POST /v1/agent/reports.
-const MaxReportBatch = 1000
+const MaxReportBatch = proto.MaxReportBatch
 
 // agentRack returns the rack an agent call is about: the ?rack= of the
 // request, which an agent token must be bound to.
@@ -35,28 +41,77 @@ func (c *call) agentRack() (string, error) {
 	return rack, nil
 }
 
-// contacts remembers when each agent last called, for GET /v1/agents.
-type contacts struct {
-	mu   sync.Mutex
-	last map[string]time.Time
+// MaxContacts bounds the agents whose last contact a server remembers;
+// past it the one heard of longest ago is forgotten.
+const MaxContacts = 4096
+
+// contact is what a server remembers of an agent's API calls.
+type contact struct {
+	name, rack, mgmt string
+	last             time.Time
 }
 
-func (k *contacts) touch(agent string, t time.Time) {
-	if agent == "" {
+// contacts remembers when each agent last called (and from which rack,
+// with which management address), for GET /v1/agents. It holds at most
+// max entries, evicting the least recently heard of; only names that
+// passed proto.CheckAgentName are kept.
+type contacts struct {
+	mu    sync.Mutex
+	max   int
+	order *list.List // of *contact, most recent first
+	byKey map[string]*list.Element
+}
+
+func (k *contacts) touch(name, rack, mgmt string, t time.Time) {
+	if proto.CheckAgentName("agent", name) != nil {
 		return
 	}
-	k.mu.Lock()
-	if k.last == nil {
-		k.last = map[string]time.Time{}
+	if mgmt != "" && proto.CheckHostPort("mgmt", mgmt) != nil {
+		mgmt = ""
 	}
-	k.last[agent] = t
-	k.mu.Unlock()
-}
-
-func (k *contacts) get(agent string) time.Time {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return k.last[agent]
+	if k.byKey == nil {
+		k.byKey, k.order = map[string]*list.Element{}, list.New()
+	}
+	if k.max <= 0 {
+		k.max = MaxContacts
+	}
+	if e, ok := k.byKey[name]; ok {
+		ct := e.Value.(*contact)
+		ct.rack, ct.last = rack, t
+		if mgmt != "" {
+			ct.mgmt = mgmt
+		}
+		k.order.MoveToFront(e)
+		return
+	}
+	for k.order.Len() >= k.max {
+		old := k.order.Back()
+		k.order.Remove(old)
+		delete(k.byKey, old.Value.(*contact).name)
+	}
+	k.byKey[name] = k.order.PushFront(&contact{name: name, rack: rack, mgmt: mgmt, last: t})
+}
+
+// all returns copies of every contact.
+func (k *contacts) all() []contact {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	out := make([]contact, 0, len(k.byKey))
+	if k.order == nil {
+		return out
+	}
+	for e := k.order.Front(); e != nil; e = e.Next() {
+		out = append(out, *e.Value.(*contact))
+	}
+	return out
+}
+
+func (k *contacts) len() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return len(k.byKey)
 }
 
 // AgentHeader names the calling agent (for last-contact times).
@@ -67,7 +122,7 @@ func (a *API) bootState(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	a.contacts.touch(c.r.Header.Get(AgentHeader), a.cfg.Now())
+	a.contacts.touch(c.r.Header.Get(AgentHeader), rack, c.r.Header.Get(proto.AgentMgmtHeader), a.cfg.Now())
 	st := a.b.Store()
 	wait := func(ctx context.Context, min uint64) uint64 { return st.WaitBoot(ctx, rack, min) }
 	index := func() uint64 { return st.BootIndex(rack) }
@@ -76,79 +131,83 @@ func (a *API) bootState(c *call) (any, error) {
 	}
 	var out proto.RackBootState
 	gone := false
-	out.Index = st.ReadRack(rack, func(r *proto.Rack, nodes []*proto.Node, leases []*proto.Lease, s proto.Settings, images map[string]*proto.Image) {
+	idx := st.ReadRack(rack, func(r *proto.Rack, nodes []*proto.Node, leases []*proto.Lease, s proto.Settings, images map[string]*proto.Image) {
 		if r == nil { // deleted while we waited
 			gone = true
 			return
 		}
-		out.Rack = *r
-		out.Discovery = proto.BootConfig{Kind: proto.BootDiscovery, Kernel: artifact(images[s.DiscoveryKernel]), Initrd: artifact(images[s.DiscoveryRamdisk]),
-			Cmdline: s.DiscoveryCmdline, Task: "discovery"}
-		out.DiscoveryEnabled = s.DiscoveryEnabled && out.Discovery.Kernel != nil && out.Discovery.Initrd != nil
-		out.Nodes = make([]proto.BootNode, 0, len(nodes))
-		for _, n := range nodes {
-			bn := proto.BootNode{UUID: n.UUID, Name: n.Name, MACs: append([]string(nil), n.MACs...), IP: n.IP}
-			bn.Boot = bootConfig(n, out.Discovery, out.DiscoveryEnabled)
-			out.Nodes = append(out.Nodes, bn)
-		}
-		// Every lease, the asking agent's own included: an agent that
-		// lost its data directory learns from them what it may not offer.
-		out.Leases = make([]proto.Lease, 0, len(leases))
-		for _, l := range leases {
-			out.Leases = append(out.Leases, *l)
-		}
+		out = decide.RackBootState(r, nodes, leases, s, images)
 	})
 	if gone {
 		return nil, proto.Errorf(proto.CodeNotFound, "rack %q not found (deleted)", rack)
 	}
+	out.Index = idx
 	c.index = out.Index
 	return out, nil
 }
 
-// bootConfig is what a node boots in its present state. Discovered nodes
-// boot the discovery image while discovery is on; every other node its
-// local disk until a task (later: inspection, deploy, rescue) gives it a
-// ramdisk.
-func bootConfig(n *proto.Node, discovery proto.BootConfig, discoveryOn bool) proto.BootConfig {
-	if !n.Enrolled && discoveryOn {
-		return discovery
-	}
-	return proto.BootConfig{Kind: proto.BootLocalDisk}
+// rawBatch is a ReportBatch read one report at a time, so each report's
+// size is known and checked before it is decoded.
+type rawBatch struct {
+	Reports []json.RawMessage `json:"reports"`
 }
 
-func artifact(im *proto.Image) *proto.Artifact {
-	if im == nil {
-		return nil
-	}
-	return &proto.Artifact{Name: im.Name, URL: im.URL, SHA256: im.SHA256, Size: im.Size}
-}
-
+// agentReports takes a batch of reports. A batch that cannot be read as a
+// whole (not JSON, over the body limit, over MaxReportBatch, a report over
+// proto.MaxReportBytes, a report without a usable id) is refused with a
+// 400 or 413 naming the report and field. A report whose content is
+// refused (over a limit, a missing field, another rack) is answered in
+// the ack's Rejected, naming the field, so one bad report does not hold
+// up the agent's queue. Nothing refused reaches the Raft log.
 func (a *API) agentReports(c *call) (any, error) {
 	rack, err := c.agentRack()
 	if err != nil {
 		return nil, err
 	}
-	var b proto.ReportBatch
-	if err := c.decode(&b); err != nil {
+	var raw rawBatch
+	if err := c.decode(&raw); err != nil {
 		return nil, err
 	}
-	if len(b.Reports) > MaxReportBatch {
-		return nil, proto.Errorf(proto.CodeTooLarge, "reports: %d in one batch, at most %d", len(b.Reports), MaxReportBatch)
+	if len(raw.Reports) > MaxReportBatch {
+		return nil, proto.Errorf(proto.CodeTooLarge, "reports: %d in one batch, at most %d", len(raw.Reports), MaxReportBatch)
 	}
 	ack := proto.ReportAck{Acked: []string{}, Rejected: map[string]string{}}
-	valid := make([]proto.AgentReport, 0, len(b.Reports))
-	for i, r := range b.Reports {
-		switch {
-		case r.ID == "":
-			return nil, proto.Errorf(proto.CodeInvalid, "reports[%d]: id is required", i)
-		case r.Rack != rack:
-			ack.Rejected[r.ID] = "report for rack " + r.Rack + " sent as rack " + rack
-		case r.Time.IsZero():
-			ack.Rejected[r.ID] = "report without a time"
-		default:
-			valid = append(valid, r)
+	valid := make([]proto.AgentReport, 0, len(raw.Reports))
+	now := a.cfg.Now()
+	caller, mgmt := c.r.Header.Get(AgentHeader), c.r.Header.Get(proto.AgentMgmtHeader)
+	for i, rr := range raw.Reports {
+		field := "reports[" + strconv.Itoa(i) + "]"
+		if len(rr) > proto.MaxReportBytes {
+			return nil, proto.Errorf(proto.CodeTooLarge, "%s: %d bytes, at most %d", field, len(rr), proto.MaxReportBytes)
 		}
-		a.contacts.touch(r.Agent, a.cfg.Now())
+		var r proto.AgentReport
+		if err := decodeStrict(rr, &r); err != nil {
+			return nil, proto.Errorf(proto.CodeOf(err), "%s: %s", field, err.Error())
+		}
+		if r.ID == "" {
+			return nil, proto.Errorf(proto.CodeInvalid, "%s: id is required", field)
+		}
+		if len(r.ID) > proto.MaxReportIDLen {
+			return nil, proto.Errorf(proto.CodeTooLarge, "%s.id: %d bytes, at most %d", field, len(r.ID), proto.MaxReportIDLen)
+		}
+		if err := r.Validate(); err != nil {
+			if perr, ok := err.(*proto.Error); ok && isIDError(perr) {
+				return nil, proto.Errorf(perr.Code, "%s.%s", field, perr.Message)
+			}
+			ack.Rejected[r.ID] = field + "." + err.Error()
+			continue
+		}
+		if r.Rack != rack {
+			ack.Rejected[r.ID] = "report for rack " + r.Rack + " sent as rack " + rack
+			continue
+		}
+		valid = append(valid, r)
+		if caller == "" {
+			a.contacts.touch(r.Agent, rack, mgmt, now)
+		}
+	}
+	if caller != "" {
+		a.contacts.touch(caller, rack, mgmt, now)
 	}
 	if len(valid) > 0 {
 		v, err := c.apply(fsm.AgentReports{Rack: rack, Reports: valid})
@@ -168,32 +227,77 @@ func (a *API) agentReports(c *call) (any, error) {
 	return ack, nil
 }
 
+// isIDError reports whether a Validate error is about the report's id
+// (then the report cannot be named in an ack, and the batch is refused).
+func isIDError(e *proto.Error) bool { return strings.HasPrefix(e.Message, "id:") }
+
+// decodeStrict decodes one JSON value, refusing unknown fields, with
+// errors that name the field.
+func decodeStrict(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return bodyError(err, 0)
+	}
+	return nil
+}
+
 func (a *API) sightings(c *call) (any, error) {
-	return a.b.Store().Sightings(c.r.URL.Query().Get("rack")), nil
+	return page(c, a.b.Store().Sightings(c.r.URL.Query().Get("rack")), func(s *proto.Sighting) string { return s.MAC })
 }
 
 // AgentLister lists the rack agents gossip knows of. A Backend may
-// implement it; without it GET /v1/agents lists none.
+// implement it; without it GET /v1/agents lists the agents known from
+// their API calls only.
 type AgentLister interface {
 	Agents() []proto.AgentInfo
 }
 
+// Agent statuses of agents known only from their API calls.
+const (
+	AgentAlive   = "alive"   // called within Config.AgentAlive
+	AgentUnknown = "unknown" // not heard of since
+)
+
+// agents lists the agents gossip knows of and those that called this
+// server's API (gossip may be off), merged by name: for a gossip member
+// the later contact and the management address are added.
 func (a *API) agents(c *call) (any, error) {
-	out := []proto.AgentInfo{}
+	byName := map[string]*proto.AgentInfo{}
 	if l, ok := a.b.(AgentLister); ok {
-		out = append(out, l.Agents()...)
+		for _, ag := range l.Agents() {
+			ag := ag
+			ag.Source = "gossip"
+			byName[ag.Name] = &ag
+		}
+	}
+	now := a.cfg.Now()
+	for _, ct := range a.contacts.all() {
+		ag, ok := byName[ct.name]
+		if !ok {
+			status := AgentAlive
+			if now.Sub(ct.last) > a.cfg.AgentAlive {
+				status = AgentUnknown
+			}
+			byName[ct.name] = &proto.AgentInfo{Name: ct.name, Rack: ct.rack, Status: status,
+				LastContact: ct.last, MgmtAddr: ct.mgmt, Source: "api"}
+			continue
+		}
+		if ct.last.After(ag.LastContact) {
+			ag.LastContact = ct.last
+		}
+		if ct.mgmt != "" {
+			ag.MgmtAddr = ct.mgmt
+		}
 	}
 	rack := c.r.URL.Query().Get("rack")
-	kept := out[:0]
-	for _, ag := range out {
+	out := make([]proto.AgentInfo, 0, len(byName))
+	for _, ag := range byName {
 		if rack != "" && ag.Rack != rack {
 			continue
 		}
-		if t := a.contacts.get(ag.Name); t.After(ag.LastContact) {
-			ag.LastContact = t
-		}
-		kept = append(kept, ag)
+		out = append(out, *ag)
 	}
-	sort.Slice(kept, func(i, j int) bool { return kept[i].Name < kept[j].Name })
-	return kept, nil
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
 }

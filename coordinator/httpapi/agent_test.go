@@ -23,6 +23,30 @@ import (
 type agentEnv struct {
 	*apiEnv
 	agent1, agent2 string // Authorization header values of r1's and r2's agent tokens
+	seqs           map[string]uint64
+}
+
+// stamp fills what every report must carry and a test leaves out: an
+// agent, an incarnation and a sequence number (one per report id, so a
+// report sent again keeps its number, as an agent's retry does).
+func (e *agentEnv) stamp(rs []proto.AgentReport) []proto.AgentReport {
+	out := slices.Clone(rs)
+	for i := range out {
+		r := &out[i]
+		if r.Agent == "" {
+			r.Agent = "agent-x"
+		}
+		if r.Incarnation == "" {
+			r.Incarnation = "inc-1"
+		}
+		if r.Seq == 0 {
+			if e.seqs[r.ID] == 0 {
+				e.seqs[r.ID] = uint64(len(e.seqs) + 1)
+			}
+			r.Seq = e.seqs[r.ID]
+		}
+	}
+	return out
 }
 
 // rack1 is the rack most agent tests use: 10.9.0.0/24 with its gateway
@@ -32,13 +56,19 @@ var rack1 = proto.Rack{Name: "r1", Subnet: "10.9.0.0/24", Gateway: "10.9.0.1", B
 
 func startAgentAPI(t *testing.T) *agentEnv {
 	t.Helper()
-	e := startAPI(t)
+	return withAgents(startAPI(t))
+}
+
+// withAgents adds racks r1 and r2 and an agent token for each.
+func withAgents(e *apiEnv) *agentEnv {
+	e.t.Helper()
 	e.ok(http.StatusCreated, "POST", "/v1/racks", asAdmin, rack1, nil)
 	e.ok(http.StatusCreated, "POST", "/v1/racks", asAdmin, proto.Rack{Name: "r2", Subnet: "10.9.1.0/24", Gateway: "10.9.1.1",
 		BootServer: "10.9.1.2", PoolStart: "10.9.1.100", PoolEnd: "10.9.1.199"}, nil)
 	return &agentEnv{apiEnv: e,
 		agent1: bearer(e.createToken(proto.RoleAgent, "r1").Secret),
-		agent2: bearer(e.createToken(proto.RoleAgent, "r2").Secret)}
+		agent2: bearer(e.createToken(proto.RoleAgent, "r2").Secret),
+		seqs:   map[string]uint64{}}
 }
 
 // bootState reads rack's boot state with auth and checks that the body's
@@ -57,7 +87,7 @@ func (e *agentEnv) bootState(query, auth string) (proto.RackBootState, reply) {
 func (e *agentEnv) report(rack, auth string, reports ...proto.AgentReport) proto.ReportAck {
 	e.t.Helper()
 	var ack proto.ReportAck
-	r := e.ok(200, "POST", "/v1/agent/reports?rack="+rack, auth, proto.ReportBatch{Reports: reports}, &ack)
+	r := e.ok(200, "POST", "/v1/agent/reports?rack="+rack, auth, proto.ReportBatch{Reports: e.stamp(reports)}, &ack)
 	if ack.Index == 0 || ack.Index != r.index(e.t) {
 		e.t.Errorf("report ack index %d, header %d", ack.Index, r.index(e.t))
 	}
@@ -368,10 +398,10 @@ func TestAPIAgentReports(t *testing.T) {
 		}
 		for id, frag := range map[string]string{
 			"other-rack":    "rack r2",
-			"no-time":       "without a time",
-			"callback":      "inventory is not valid",
-			"bogus-kind":    `"teleport"`,
-			"bad-mac":       "not an Ethernet MAC",
+			"no-time":       "reports[2].time is required",
+			"callback":      "reports[3].data: not an inventory",
+			"bogus-kind":    `reports[4].kind "teleport"`,
+			"bad-mac":       `reports[5].mac "zz": want an Ethernet MAC`,
 			"lease-outside": "outside rack r1's pool",
 		} {
 			if why, ok := ack.Rejected[id]; !ok || !strings.Contains(why, frag) {
@@ -404,10 +434,10 @@ func TestAPIAgentReports(t *testing.T) {
 		}
 		e.runErrCases([]errCase{
 			{name: "a report without id", method: "POST", path: "/v1/agent/reports?rack=r1", auth: e.agent1,
-				body:   proto.ReportBatch{Reports: []proto.AgentReport{valid, {Kind: proto.ReportMACSeen, Rack: "r1", Time: t0, MAC: mac(111)}}},
+				body:   proto.ReportBatch{Reports: e.stamp([]proto.AgentReport{valid, {Kind: proto.ReportMACSeen, Rack: "r1", Time: t0, MAC: mac(111)}})},
 				status: 400, code: proto.CodeInvalid, msg: "reports[1]: id is required"},
 			{name: "more than 1000 reports", method: "POST", path: "/v1/agent/reports?rack=r1", auth: e.agent1,
-				body:   proto.ReportBatch{Reports: tooMany},
+				body:   proto.ReportBatch{Reports: e.stamp(tooMany)},
 				status: 413, code: proto.CodeTooLarge, msg: "1001 in one batch, at most 1000"},
 			{name: "unknown field", method: "POST", path: "/v1/agent/reports?rack=r1", auth: e.agent1,
 				body:   `{"reports":[],"extra":1}`,
@@ -416,13 +446,13 @@ func TestAPIAgentReports(t *testing.T) {
 				body:   proto.ReportBatch{Reports: []proto.AgentReport{{ID: "x", Kind: proto.ReportMACSeen, Rack: "r2", Time: t0, MAC: mac(112)}}},
 				status: 403, code: proto.CodeForbidden, msg: "bound to rack r1, not r2"},
 			{name: "reader posts", method: "POST", path: "/v1/agent/reports?rack=r1", auth: reader,
-				body:   proto.ReportBatch{Reports: []proto.AgentReport{valid}},
+				body:   proto.ReportBatch{Reports: e.stamp([]proto.AgentReport{valid})},
 				status: 403, code: proto.CodeForbidden, msg: "a reader token may not POST /v1/agent/reports (needs agent)"},
 			{name: "admin without a rack", method: "POST", path: "/v1/agent/reports",
-				body:   proto.ReportBatch{Reports: []proto.AgentReport{valid}},
+				body:   proto.ReportBatch{Reports: e.stamp([]proto.AgentReport{valid})},
 				status: 400, code: proto.CodeInvalid, msg: "say which rack"},
 			{name: "admin on an unknown rack", method: "POST", path: "/v1/agent/reports?rack=nosuch",
-				body:   proto.ReportBatch{Reports: []proto.AgentReport{valid}},
+				body:   proto.ReportBatch{Reports: e.stamp([]proto.AgentReport{valid})},
 				status: 404, code: proto.CodeNotFound, msg: `rack "nosuch" not found`},
 		})
 		// Nothing of a refused batch was applied, not even its valid
@@ -578,7 +608,8 @@ func TestAPINodeIPAndAgents(t *testing.T) {
 		t.Errorf("ips listed in r1: %v, want %v", ips, want)
 	}
 
-	// Agents: none until gossip brings some.
+	// Agents: none until one calls (or gossip brings some); see
+	// TestAPIAgentsFromAPICalls.
 	reader := bearer(e.createToken(proto.RoleReader, "").Secret)
 	for _, auth := range []string{asAdmin, reader} {
 		var ags []proto.AgentInfo
@@ -587,11 +618,6 @@ func TestAPINodeIPAndAgents(t *testing.T) {
 			t.Errorf("GET /v1/agents: %s, want []", r.Body)
 		}
 		r.index(t)
-	}
-	// Even after an agent has called.
-	e.report("r1", e.agent1, proto.AgentReport{ID: "x", Kind: proto.ReportMACSeen, Rack: "r1", Agent: "agent-a", Time: time.Now().UTC(), MAC: mac(50)})
-	if r := e.ok(200, "GET", "/v1/agents?rack=r1", asAdmin, nil, nil); strings.TrimSpace(string(r.Body)) != "[]" {
-		t.Errorf("GET /v1/agents?rack=r1: %s, want []", r.Body)
 	}
 	wantError(t, "agents as an agent", e.call("GET", "/v1/agents", e.agent1, nil), 403, proto.CodeForbidden, "an agent token may not GET /v1/agents")
 }

@@ -65,6 +65,10 @@ type Config struct {
 	MaxWait time.Duration
 	// ApplyTimeout bounds one write's wait for commit (default 10 s).
 	ApplyTimeout time.Duration
+	// AgentAlive is how long after its last API call an agent that gossip
+	// does not know of is listed as alive (default 2 min); after it,
+	// "unknown".
+	AgentAlive time.Duration
 	// Now and NewID decide time and ids before a command is proposed;
 	// tests replace them.
 	Now   func() time.Time
@@ -83,6 +87,9 @@ func (c *Config) fill() {
 	}
 	if c.ApplyTimeout == 0 {
 		c.ApplyTimeout = 10 * time.Second
+	}
+	if c.AgentAlive == 0 {
+		c.AgentAlive = 2 * time.Minute
 	}
 	if c.Now == nil {
 		c.Now = func() time.Time { return time.Now().UTC() }

@@ -267,6 +267,28 @@ func TestOpenAPINodeListFilters(t *testing.T) {
 	check(opKey{"GET", "/v1/instances"}, map[string]string{"node": "string"})
 }
 
+// TestOpenAPIPagination: every paged list documents ?limit, ?after and the
+// next-page header.
+func TestOpenAPIPagination(t *testing.T) {
+	doc := loadOpenAPI(t)
+	ops := operations(t, doc)
+	for _, path := range []string{"/v1/nodes", "/v1/racks", "/v1/flavors", "/v1/images", "/v1/instances", "/v1/tokens", "/v1/sightings"} {
+		op := ops[opKey{"GET", path}]
+		got := map[string]bool{}
+		for _, pv := range asSlice(op["parameters"]) {
+			p := resolve(t, doc, pv)
+			got[fmt.Sprint(p["in"], ":", p["name"])] = true
+		}
+		if !got["query:limit"] || !got["query:after"] {
+			t.Errorf("GET %s: limit or after not documented (%v)", path, got)
+		}
+		r := resolve(t, doc, obj(t, obj(t, op, "responses", path), "200", path))
+		if h, _ := r["headers"].(jsonObj); h[NextHeader] == nil {
+			t.Errorf("GET %s: the %s header is not documented", path, NextHeader)
+		}
+	}
+}
+
 func asSlice(v any) []any {
 	s, _ := v.([]any)
 	return s
@@ -374,7 +396,7 @@ func TestOpenAPIRefsResolve(t *testing.T) {
 
 // jsonFields returns the JSON names of t's fields (embedded structs
 // flattened, "-" skipped) and which of them are always present (no
-// omitempty).
+// omitempty or omitzero).
 func jsonFields(t reflect.Type) (names []string, always map[string]bool) {
 	always = map[string]bool{}
 	var visit func(t reflect.Type)
@@ -394,7 +416,7 @@ func jsonFields(t reflect.Type) (names []string, always map[string]bool) {
 				name = f.Name
 			}
 			names = append(names, name)
-			if !slices.Contains(strings.Split(opts, ","), "omitempty") {
+			if o := strings.Split(opts, ","); !slices.Contains(o, "omitempty") && !slices.Contains(o, "omitzero") {
 				always[name] = true
 			}
 		}
@@ -420,7 +442,7 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		{"Flavor", proto.Flavor{}, true},
 		{"Image", proto.Image{}, true},
 		{"Instance", proto.Instance{}, true},
-		{"Settings", proto.Settings{}, true},
+		{"Settings", proto.SettingsView{}, true}, // GET and PATCH /v1/settings answer the view
 		{"Token", proto.Token{}, true},
 		{"TokenCreated", proto.TokenCreated{}, true},
 		{"Status", proto.Status{}, true},

@@ -5,11 +5,13 @@ import (
 	"encoding/base32"
 	"encoding/hex"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
 
 	"github.com/google/uuid"
 
+	"github.com/metalfleet/metalfleet/coordinator/decide"
 	"github.com/metalfleet/metalfleet/coordinator/fsm"
 	"github.com/metalfleet/metalfleet/coordinator/state"
 	"github.com/metalfleet/metalfleet/proto"
@@ -129,10 +131,15 @@ func (a *API) listNodes(c *call) (any, error) {
 	if f.Maintenance, err = boolParam(q.Get("maintenance"), "maintenance"); err != nil {
 		return nil, err
 	}
-	nodes := a.b.Store().Nodes(f)
+	limit, after, err := c.pageParams()
+	if err != nil {
+		return nil, err
+	}
+	nodes, next := nodesPage(a.b.Store(), f, after, limit)
 	for i, n := range nodes {
 		nodes[i] = n.Redacted()
 	}
+	c.setNext(next)
 	return nodes, nil
 }
 
@@ -277,7 +284,9 @@ func pathName(c *call, create bool, name *string) error {
 	return nil
 }
 
-func (a *API) listRacks(c *call) (any, error) { return a.b.Store().Racks(), nil }
+func (a *API) listRacks(c *call) (any, error) {
+	return page(c, a.b.Store().Racks(), func(r *proto.Rack) string { return r.Name })
+}
 
 func (a *API) getRack(c *call) (any, error) {
 	return found(a.b.Store().Rack(c.r.PathValue("name")))("rack", c.r.PathValue("name"))
@@ -309,7 +318,9 @@ func (a *API) deleteRack(c *call) (any, error) {
 	return nil, err
 }
 
-func (a *API) listFlavors(c *call) (any, error) { return a.b.Store().Flavors(), nil }
+func (a *API) listFlavors(c *call) (any, error) {
+	return page(c, a.b.Store().Flavors(), func(f *proto.Flavor) string { return f.Name })
+}
 
 func (a *API) getFlavor(c *call) (any, error) {
 	return found(a.b.Store().Flavor(c.r.PathValue("name")))("flavor", c.r.PathValue("name"))
@@ -341,7 +352,9 @@ func (a *API) deleteFlavor(c *call) (any, error) {
 	return nil, err
 }
 
-func (a *API) listImages(c *call) (any, error) { return a.b.Store().Images(), nil }
+func (a *API) listImages(c *call) (any, error) {
+	return page(c, a.b.Store().Images(), func(im *proto.Image) string { return im.Name })
+}
 
 func (a *API) getImage(c *call) (any, error) {
 	return found(a.b.Store().Image(c.r.PathValue("name")))("image", c.r.PathValue("name"))
@@ -392,26 +405,52 @@ func (a *API) listInstances(c *call) (any, error) {
 			return nil, proto.Errorf(proto.CodeNotFound, "node %q not found", node)
 		}
 	}
-	return a.b.Store().Instances(node), nil
+	insts := a.b.Store().Instances(node)
+	key := func(i *proto.Instance) string { return i.Name + "\x00" + i.UUID }
+	sort.SliceStable(insts, func(i, j int) bool { return key(insts[i]) < key(insts[j]) })
+	return page(c, insts, key)
 }
 
 func (a *API) getInstance(c *call) (any, error) {
 	return found(a.b.Store().Instance(c.r.PathValue("id")))("instance", c.r.PathValue("id"))
 }
 
-func (a *API) getSettings(c *call) (any, error) { return a.b.Store().Settings(), nil }
+func (a *API) getSettings(c *call) (any, error) { return a.settingsView(a.b.Store().Settings()), nil }
 
 func (a *API) patchSettings(c *call) (any, error) {
 	var p proto.SettingsPatch
 	if err := c.decode(&p); err != nil {
 		return nil, err
 	}
-	return c.apply(fsm.SettingsUpdate{Patch: p})
+	v, err := c.apply(fsm.SettingsUpdate{Patch: p})
+	if err != nil {
+		return nil, err
+	}
+	switch s := v.(type) {
+	case proto.Settings:
+		return a.settingsView(s), nil
+	case *proto.Settings:
+		return a.settingsView(*s), nil
+	}
+	return v, nil
+}
+
+// settingsView adds to the settings whether discovery is active, and why
+// not (decide.DiscoveryBoot: the same decision the boot state makes).
+func (a *API) settingsView(s proto.Settings) proto.SettingsView {
+	images := map[string]*proto.Image{}
+	for _, im := range a.b.Store().Images() {
+		images[im.Name] = im
+	}
+	d := decide.DiscoveryBoot(s, images)
+	return proto.SettingsView{Settings: s, DiscoveryActive: d.Active, DiscoveryInactiveReason: d.Reason}
 }
 
 // --- tokens ---
 
-func (a *API) listTokens(c *call) (any, error) { return a.b.Store().Tokens(), nil }
+func (a *API) listTokens(c *call) (any, error) {
+	return page(c, a.b.Store().Tokens(), func(t *proto.Token) string { return t.ID })
+}
 
 // NewSecret returns a fresh token secret: "mf_" and 32 random bytes.
 func NewSecret() string {
