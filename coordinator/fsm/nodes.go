@@ -3,6 +3,7 @@ package fsm
 import (
 	"encoding/binary"
 	"net/netip"
+	"time"
 
 	"github.com/metalfleet/metalfleet/coordinator/state"
 	"github.com/metalfleet/metalfleet/proto"
@@ -95,15 +96,29 @@ func assignIP(tx *state.Tx, n *proto.Node) error {
 		if id, ok := tx.NodeByIP(r.Name, a.String()); ok && id != n.UUID {
 			return proto.Errorf(proto.CodeConflict, "ip %s in rack %s belongs to node %s", a, r.Name, id)
 		}
+		if id, _ := tx.NodeByIP(r.Name, a.String()); id != n.UUID && tx.Lease(r.Name, a.String()) != nil {
+			l := tx.Lease(r.Name, a.String())
+			return proto.Errorf(proto.CodeConflict, "ip %s in rack %s is leased to %s (until %s)", a, r.Name, l.MAC, l.Expires.Format(time.RFC3339))
+		}
 		n.IP = a.String()
 		return nil
 	}
-	for a := prefix.Addr().Next(); prefix.Contains(a); a = a.Next() {
+	// The lowest free address, searched from the rack's hint (every
+	// address below it is taken): the same answer as a scan from the
+	// subnet's start, without one per new node. An address with a
+	// recorded lease (left from a pool that has since moved) is taken.
+	start := prefix.Addr().Next()
+	if h := tx.IPHint(r.Name); h.IsValid() && prefix.Contains(h) && start.Less(h) {
+		start = h
+	}
+	for a := start; prefix.Contains(a); a = a.Next() {
 		if reservedUnusable(r, prefix, a) != "" {
 			continue
 		}
-		if _, taken := tx.NodeByIP(r.Name, a.String()); !taken {
+		_, taken := tx.NodeByIP(r.Name, a.String())
+		if !taken && tx.Lease(r.Name, a.String()) == nil {
 			n.IP = a.String()
+			tx.SetIPHint(r.Name, a.Next())
 			return nil
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"context"
 	"encoding/base64"
 	"net"
+	"net/netip"
 	"sort"
 	"strings"
 	"sync"
@@ -63,6 +64,10 @@ type data struct {
 	agentSeqs map[string]*AgentSeq
 
 	nodeByIP  map[string]string          // rack+"/"+ip -> node uuid
+	// ipHint is, per rack, an address below which every address of the
+	// subnet is taken or unusable: the search for a node's reserved
+	// address starts there. Derived: not in snapshots.
+	ipHint map[string]netip.Addr
 	sightings map[string]*proto.Sighting // by MAC
 	// sightAge orders sightings by (last seen, MAC): the stalest is
 	// forgotten first when MaxSightings would be passed.
@@ -98,7 +103,7 @@ func newData() *data {
 		tokens: map[string]*proto.Token{}, tokenByHash: map[string]string{},
 		servers: map[string]*proto.Server{}, agentSeqs: map[string]*AgentSeq{},
 		nodeByIP: map[string]string{}, sightings: map[string]*proto.Sighting{},
-		sightAge: btree.NewG[sightKey](32, sightLess),
+		sightAge: btree.NewG[sightKey](32, sightLess), ipHint: map[string]netip.Addr{},
 		leases:   map[string]map[string]*proto.Lease{}, rackIdx: map[string]uint64{},
 	}
 }

@@ -3,6 +3,7 @@ package state
 import (
 	"bytes"
 	"encoding/json"
+	"net/netip"
 	"slices"
 	"sort"
 	"strings"
@@ -165,6 +166,7 @@ func (tx *Tx) unindexNode(n *proto.Node) {
 	tx.d.nodeOrder.Delete(nodeKey(n))
 	if n.IP != "" && tx.d.nodeByIP[n.Rack+"/"+n.IP] == n.UUID {
 		delete(tx.d.nodeByIP, n.Rack+"/"+n.IP)
+		tx.freedIP(n.Rack, n.IP)
 	}
 	if n.Name != "" && tx.d.nodeByName[n.Name] == n.UUID {
 		delete(tx.d.nodeByName, n.Name)
@@ -173,6 +175,23 @@ func (tx *Tx) unindexNode(n *proto.Node) {
 		if tx.d.nodeByMAC[strings.ToLower(m)] == n.UUID {
 			delete(tx.d.nodeByMAC, strings.ToLower(m))
 		}
+	}
+}
+
+// IPHint is where the search for a free reserved address in rack may
+// start: every address below it is taken or unusable. Invalid means the
+// start of the subnet.
+func (tx *Tx) IPHint(rack string) netip.Addr { return tx.d.ipHint[rack] }
+
+// SetIPHint records that every address of rack below a is taken or
+// unusable.
+func (tx *Tx) SetIPHint(rack string, a netip.Addr) { tx.d.ipHint[rack] = a }
+
+// freedIP lowers rack's hint to an address that may now be free.
+func (tx *Tx) freedIP(rack, ip string) {
+	a, err := netip.ParseAddr(ip)
+	if h, ok := tx.d.ipHint[rack]; err == nil && ok && a.Less(h) {
+		tx.d.ipHint[rack] = a
 	}
 }
 
@@ -193,6 +212,7 @@ func (tx *Tx) Rack(name string) *proto.Rack { return tx.d.racks[name] }
 // PutRack inserts or replaces r.
 func (tx *Tx) PutRack(r *proto.Rack) {
 	putObj(tx, tx.d.racks, r.Name, r)
+	delete(tx.d.ipHint, r.Name) // the subnet or pool may have moved
 	tx.bumpRack(r.Name)
 }
 
@@ -200,6 +220,7 @@ func (tx *Tx) PutRack(r *proto.Rack) {
 func (tx *Tx) DeleteRack(name string) {
 	delete(tx.d.racks, name)
 	delete(tx.d.leases, name)
+	delete(tx.d.ipHint, name)
 	tx.forgetRackAgents(name)
 	tx.bumpRack(name)
 	tx.changed = true
@@ -349,6 +370,7 @@ func (tx *Tx) PutLease(rack string, l *proto.Lease) {
 func (tx *Tx) DeleteLease(rack, ip string) {
 	if _, ok := tx.d.leases[rack][ip]; ok {
 		delete(tx.d.leases[rack], ip)
+		tx.freedIP(rack, ip)
 		tx.bumpRack(rack)
 		tx.changed = true
 	}
