@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -12,7 +13,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -31,24 +34,45 @@ import (
 type devFlags struct {
 	dataDir, httpAddr, raftAddr string
 	agentHTTP, dhcpAddr, tftp   string
-	machines                    int
-	autoEnroll                  bool
+	racks, machines             int
+	spread                      time.Duration
+	autoEnroll, nameNodes       bool
+	untilDone                   bool
+	coordinator                 string
 	logLevel                    string
 }
+
+// Dev racks: rack k (0-based) is 127.k.0.0/16, its agent (boot server and
+// DHCP relay) on 127.k.0.1, its dynamic pool the upper half, reserved
+// addresses (every discovered node gets one) the lower half.
+const (
+	devMaxRacks    = 200
+	devMaxMachines = 30000
+)
 
 func newDevCmd(g *globals) *cobra.Command {
 	var f devFlags
 	cmd := &cobra.Command{
 		Use:   "dev",
-		Short: "Run Metalfleet on one machine: a coordinator, a rack agent and a simulated rack",
-		Long: `Run a single-node coordinator, a rack agent serving relayed DHCP, TFTP and
-HTTP boot on loopback, and a handful of simulated machines that network-boot
-from it with the real protocols (DHCP through a relay address, iPXE's first
-stage over TFTP, the iPXE script, kernel and initrd over HTTP) and report a
-synthetic inventory with the nodeagent's own code. They appear as
-discovered nodes, then enrolled (with --auto-enroll). State lives in
---data-dir (./.metalfleet); start again and it is all still there. No root,
-QEMU or hardware needed. Stop with Ctrl-C.`,
+		Short: "Run Metalfleet on one machine: a coordinator, rack agents and simulated racks",
+		Long: `Run a single-node coordinator, one rack agent per rack (--racks) serving
+relayed DHCP, TFTP and HTTP boot on loopback, and simulated machines
+(--machines per rack) that are all powered on at once and network-boot
+from their rack's agent with the real protocols (DHCP through a relay
+address, iPXE's first stage over TFTP, the iPXE script, kernel and initrd
+over HTTP, from the address they leased) and report a synthetic inventory
+with the nodeagent's own code. They appear as discovered nodes, then
+enrolled (with --auto-enroll). A machine retries like firmware: DHCP with
+backoff, and the whole boot after a failure.
+
+Rack 1 is "dev" on 127.0.0.0/16 (agent on 127.0.0.1 at the --*-addr
+flags), rack K is "dev-K" on 127.(K-1).0.0/16 (agent on 127.(K-1).0.1, same
+ports). State lives in --data-dir (./.metalfleet); start again and it is
+all still there. With --coordinator, dev uses that coordinator (admin
+--token) instead of running its own. With --until-done it prints a
+summary (time to the last node enrolled, retries, addresses leased twice,
+where the time went) and exits. No root, QEMU or hardware needed. Stop
+with Ctrl-C.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runDev(cmd.Context(), g, f) },
 	}
@@ -56,16 +80,64 @@ QEMU or hardware needed. Stop with Ctrl-C.`,
 	fl.StringVar(&f.dataDir, "data-dir", ".metalfleet", "state directory")
 	fl.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:7480", "coordinator API listen address")
 	fl.StringVar(&f.raftAddr, "raft-addr", "127.0.0.1:7481", "coordinator Raft listen address")
-	fl.StringVar(&f.agentHTTP, "agent-http-addr", "127.0.0.1:7490", "rack agent HTTP boot address")
-	fl.StringVar(&f.dhcpAddr, "dhcp-addr", "127.0.0.1:6767", "rack agent relayed-DHCP address")
-	fl.StringVar(&f.tftp, "tftp-addr", "127.0.0.1:6969", "rack agent TFTP address")
-	fl.IntVar(&f.machines, "machines", 5, "simulated machines to boot")
+	fl.StringVar(&f.agentHTTP, "agent-http-addr", "127.0.0.1:7490", "rack agent HTTP boot address (rack 1's; rack K's is on 127.(K-1).0.1)")
+	fl.StringVar(&f.dhcpAddr, "dhcp-addr", "127.0.0.1:6767", "rack agent relayed-DHCP address (rack 1's)")
+	fl.StringVar(&f.tftp, "tftp-addr", "127.0.0.1:6969", "rack agent TFTP address (rack 1's)")
+	fl.IntVar(&f.racks, "racks", 1, fmt.Sprintf("simulated racks, each with its own rack agent (at most %d)", devMaxRacks))
+	fl.IntVar(&f.machines, "machines", 5, fmt.Sprintf("simulated machines per rack (at most %d)", devMaxMachines))
+	fl.DurationVar(&f.spread, "power-on-spread", time.Second, "machines power on at random moments within this time")
 	fl.BoolVar(&f.autoEnroll, "auto-enroll", true, "enroll discovered machines at once")
+	fl.BoolVar(&f.nameNodes, "name-nodes", true, "name each new node after its machine (sim-N, sim-K-N): one more write per node")
+	fl.BoolVar(&f.untilDone, "until-done", false, "exit once every machine is done, after a summary (status 1 if any failed or an address was leased twice)")
+	fl.StringVar(&f.coordinator, "coordinator", "", "use this coordinator's API (HOST:PORT, with an admin --token) instead of running one")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "debug, info, warn or error")
 	return cmd
 }
 
+// devRack is rack k's definition.
+func devRack(k int) proto.Rack {
+	name := "dev"
+	if k > 0 {
+		name = fmt.Sprintf("dev-%d", k+1)
+	}
+	p := fmt.Sprintf("127.%d.", k)
+	return proto.Rack{Name: name, Subnet: p + "0.0/16", BootServer: p + "0.1", PoolStart: p + "128.0", PoolEnd: p + "255.254",
+		LeaseTime: proto.Duration(time.Hour)}
+}
+
+// devAddr is rack k's address for a flag's: the flag's own for rack 0,
+// else the same port on the rack's agent address.
+func devAddr(flag string, k int) (string, error) {
+	if k == 0 {
+		return flag, nil
+	}
+	_, port, err := net.SplitHostPort(flag)
+	if err != nil {
+		return "", err
+	}
+	return net.JoinHostPort(fmt.Sprintf("127.%d.0.1", k), port), nil
+}
+
+// devMAC is the boot MAC of machine i (1-based) of rack k: 52:54:00:de:00:0i
+// for the first machines of rack 1, as dev mode always had.
+func devMAC(k, i int) net.HardwareAddr {
+	return net.HardwareAddr{0x52, 0x54, 0x00, byte(0xde + k), byte(i >> 8), byte(i)}
+}
+
+func devMachineName(k, i int) string {
+	if k == 0 {
+		return fmt.Sprintf("sim-%d", i)
+	}
+	return fmt.Sprintf("sim-%d-%d", k+1, i)
+}
+
 func runDev(ctx context.Context, g *globals, f devFlags) error {
+	if f.racks < 1 || f.racks > devMaxRacks {
+		return fmt.Errorf("--racks %d: want 1 to %d", f.racks, devMaxRacks)
+	}
+	if f.machines < 0 || f.machines > devMaxMachines {
+		return fmt.Errorf("--machines %d: want 0 to %d per rack", f.machines, devMaxMachines)
+	}
 	level, err := parseLevel(f.logLevel)
 	if err != nil {
 		return err
@@ -77,45 +149,87 @@ func runDev(ctx context.Context, g *globals, f devFlags) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	srv, err := server.New(server.Config{
-		NodeID: "dev", DataDir: filepath.Join(dir, "coordinator"), HTTPAddr: f.httpAddr, RaftAddr: f.raftAddr,
-		Bootstrap: true, Logger: log.With("process", "coordinator"), Out: os.Stdout,
-	})
-	if err != nil {
+	var (
+		admin      *apiclient.Client
+		apiAddr    string
+		adminToken string
+		coordDone  = make(chan error, 1)
+	)
+	if f.coordinator == "" {
+		srv, err := server.New(server.Config{
+			NodeID: "dev", DataDir: filepath.Join(dir, "coordinator"), HTTPAddr: f.httpAddr, RaftAddr: f.raftAddr,
+			Bootstrap: true, Logger: log.With("process", "coordinator"), Out: os.Stdout,
+		})
+		if err != nil {
+			return err
+		}
+		go func() { coordDone <- srv.Run(ctx) }()
+		tokBytes, err := os.ReadFile(filepath.Join(dir, "coordinator", server.AdminTokenFile))
+		if err != nil {
+			cancel()
+			<-coordDone
+			return err
+		}
+		apiAddr, adminToken = srv.HTTPAddr(), strings.TrimSpace(string(tokBytes))
+	} else {
+		if g.token == "" {
+			return errors.New("--coordinator needs an admin --token (or METALFLEET_TOKEN)")
+		}
+		apiAddr, adminToken = f.coordinator, g.token
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+	}
+	stopAll := func(err error) error {
+		cancel()
+		if f.coordinator == "" {
+			<-coordDone
+		}
 		return err
 	}
-	coordDone := make(chan error, 1)
-	go func() { coordDone <- srv.Run(ctx) }()
-	tokBytes, err := os.ReadFile(filepath.Join(dir, "coordinator", server.AdminTokenFile))
-	if err != nil {
-		cancel()
-		<-coordDone
-		return err
+	admin = apiclient.New(apiAddr, adminToken)
+	racks := make([]proto.Rack, f.racks)
+	for k := range racks {
+		racks[k] = devRack(k)
 	}
-	adminToken := strings.TrimSpace(string(tokBytes))
-	admin := apiclient.New(srv.HTTPAddr(), adminToken)
-	agentToken, err := devSetup(ctx, admin, dir, f.autoEnroll)
+	agentTokens, err := devSetup(ctx, g.stderr, admin, dir, f.autoEnroll, racks)
 	if err != nil {
-		cancel()
-		<-coordDone
-		return fmt.Errorf("dev setup: %w", err)
+		return stopAll(fmt.Errorf("dev setup: %w", err))
 	}
-	ag, err := agent.New(agent.Config{
-		Name: "dev-agent", Rack: "dev", DataDir: filepath.Join(dir, "agent"), Coordinators: []string{srv.HTTPAddr()}, Token: agentToken,
-		DHCPAddr: f.dhcpAddr, TFTPAddr: f.tftp, TFTPRoots: []string{filepath.Join(dir, "tftp"), "/usr/lib/ipxe"},
-		HTTPAddr: f.agentHTTP, AdvertiseIP: netip.MustParseAddr("127.0.0.1"), Logger: log.With("process", "rackagent"),
-	})
-	if err != nil {
-		cancel()
-		<-coordDone
-		return err
+	agents := make([]*agent.Agent, len(racks))
+	agentDone := make(chan error, len(racks))
+	for k, r := range racks {
+		var addrs [3]string
+		for j, fl := range []string{f.dhcpAddr, f.tftp, f.agentHTTP} {
+			if addrs[j], err = devAddr(fl, k); err != nil {
+				return stopAll(fmt.Errorf("rack %s: %w", r.Name, err))
+			}
+		}
+		name, ddir := "dev-agent", filepath.Join(dir, "agent")
+		if k > 0 {
+			name, ddir = fmt.Sprintf("dev-agent-%d", k+1), filepath.Join(dir, fmt.Sprintf("agent-%d", k+1))
+		}
+		ag, err := agent.New(agent.Config{
+			Name: name, Rack: r.Name, DataDir: ddir, Coordinators: []string{apiAddr}, Token: agentTokens[k],
+			DHCPAddr: addrs[0], TFTPAddr: addrs[1], TFTPRoots: []string{filepath.Join(dir, "tftp"), agent.IPXEDir},
+			HTTPAddr: addrs[2], AdvertiseIP: netip.MustParseAddr(r.BootServer), Logger: log.With("process", "rackagent", "rack", r.Name),
+		})
+		if err != nil {
+			return stopAll(fmt.Errorf("rack %s: %w", r.Name, err))
+		}
+		agents[k] = ag
+		go func() { agentDone <- ag.Run(ctx) }()
 	}
-	agentDone := make(chan error, 1)
-	go func() { agentDone <- ag.Run(ctx) }()
 
+	ag := agents[0]
+	what := fmt.Sprintf("a rack agent and %d simulated machines", f.machines)
+	if f.racks > 1 {
+		what = fmt.Sprintf("%d racks (an agent each) of %d simulated machines", f.racks, f.machines)
+	}
+	coordLine := fmt.Sprintf("http://%s/v1/  (OpenAPI: /v1/openapi.json, metrics: /metrics)", apiAddr)
 	fmt.Fprintf(g.stdout, `
-Metalfleet dev: a coordinator, a rack agent and %d simulated machines
-  API:         http://%s/v1/  (OpenAPI: /v1/openapi.json, metrics: /metrics)
+Metalfleet dev: a coordinator, %s
+  API:         %s
   rack agent:  DHCP %s (relayed), TFTP %s, HTTP http://%s/
   state:       %s
 
@@ -126,81 +240,132 @@ Try, in another shell:
   bin/metalfleet node show sim-1
   bin/metalfleet agents; bin/metalfleet sightings
 
-`, f.machines, srv.HTTPAddr(), ag.DHCPAddr(), ag.TFTPAddr(), ag.HTTPAddr(), dir, srv.HTTPAddr(), adminToken)
+`, what, coordLine, ag.DHCPAddr(), ag.TFTPAddr(), ag.HTTPAddr(), dir, apiAddr, adminToken)
 	_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)
 
-	go bootMachines(ctx, g.stdout, admin, ag, f.machines)
+	stormDone := make(chan error, 1)
+	go func() { stormDone <- devStorm(ctx, g.stdout, admin, agents, racks, f) }()
 	select {
 	case <-ctx.Done():
+	case err = <-stormDone:
+		if !f.untilDone {
+			select { // the machines are done; keep serving
+			case <-ctx.Done():
+			case err = <-agentDone:
+			case err = <-coordDone:
+			}
+		}
 	case err = <-agentDone:
 	case err = <-coordDone:
 	}
 	cancel()
-	for _, ch := range []chan error{agentDone, coordDone} {
+	timeout := time.NewTimer(10 * time.Second)
+	defer timeout.Stop()
+	pending := len(agents)
+	if f.coordinator == "" {
+		pending++
+	}
+	for ; pending > 0; pending-- {
 		select {
-		case e := <-ch:
+		case e := <-agentDone:
 			err = errors.Join(err, e)
-		case <-time.After(10 * time.Second):
+		case e := <-coordDone:
+			err = errors.Join(err, e)
+		case <-timeout.C:
+			return errors.Join(err, errors.New("dev: servers did not stop within 10s"))
 		}
 	}
 	return err
 }
 
-// devSetup creates, once, what dev mode needs in the coordinator: rack
-// "dev" on loopback, discovery images, the settings, and an agent token
-// (kept in DIR/agent.token). It returns the agent token.
-func devSetup(ctx context.Context, c *apiclient.Client, dir string, autoEnroll bool) (string, error) {
-	deadline := time.Now().Add(20 * time.Second)
+// waitLeader waits until the coordinator answers as leader.
+func waitLeader(ctx context.Context, c *apiclient.Client, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
 	for {
 		st, err := c.Status(ctx)
 		if err == nil && st.RaftState == "leader" {
-			break
-		}
-		if time.Now().After(deadline) {
-			return "", fmt.Errorf("coordinator did not become leader: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	ignoreExists := func(err error) error {
-		var ae *apiclient.Error
-		if errors.As(err, &ae) && ae.Code == proto.CodeConflict {
 			return nil
 		}
-		return err
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("coordinator did not become leader within %s: %v", limit, err)
+		case <-tick.C:
+		}
 	}
-	if _, err := c.Do(ctx, "POST", "/v1/racks", proto.Rack{Name: "dev", Subnet: "127.0.0.0/24", BootServer: "127.0.0.1",
-		PoolStart: "127.0.0.100", PoolEnd: "127.0.0.199", LeaseTime: proto.Duration(time.Hour)}, nil); ignoreExists(err) != nil {
-		return "", err
+}
+
+// devSetup creates, once, what dev mode needs in the coordinator: the
+// racks, discovery images, the settings, and an agent token per rack
+// (kept in DIR/agent.token, DIR/agent-K.token). A rack defined otherwise
+// by an earlier version is redefined if the coordinator allows. It
+// returns the agent tokens.
+func devSetup(ctx context.Context, warn io.Writer, c *apiclient.Client, dir string, autoEnroll bool, racks []proto.Rack) ([]string, error) {
+	if err := waitLeader(ctx, c, 20*time.Second); err != nil {
+		return nil, err
+	}
+	for _, r := range racks {
+		_, err := c.Do(ctx, "POST", "/v1/racks", r, nil)
+		var ae *apiclient.Error
+		if errors.As(err, &ae) && ae.Code == proto.CodeConflict {
+			var have proto.Rack
+			if _, err := c.Do(ctx, "GET", "/v1/racks/"+r.Name, nil, &have); err != nil {
+				return nil, err
+			}
+			if have.Subnet != r.Subnet || have.PoolStart != r.PoolStart || have.PoolEnd != r.PoolEnd || have.BootServer != r.BootServer {
+				if _, err := c.Do(ctx, "PUT", "/v1/racks/"+r.Name, r, nil); err != nil {
+					fmt.Fprintf(warn, "warning: rack %s keeps its earlier definition (subnet %s, pool %s-%s): %v\n",
+						r.Name, have.Subnet, have.PoolStart, have.PoolEnd, errorLine(err))
+				}
+			}
+			err = nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("rack %s: %w", r.Name, err)
+		}
 	}
 	kernel, initrd, err := devImages(dir)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	for _, im := range []proto.Image{kernel, initrd} {
 		if _, err := c.Do(ctx, "PUT", "/v1/images/"+im.Name, im, nil); err != nil {
 			var ae *apiclient.Error
 			if !errors.As(err, &ae) || ae.Status != http.StatusNotFound {
-				return "", err
+				return nil, err
 			}
 			if _, err := c.Do(ctx, "POST", "/v1/images", im, nil); err != nil {
-				return "", err
+				return nil, err
 			}
 		}
 	}
 	yes := true
 	if _, err := c.Do(ctx, "PATCH", "/v1/settings", proto.SettingsPatch{DiscoveryEnabled: &yes, AutoEnroll: &autoEnroll,
 		DiscoveryKernel: &kernel.Name, DiscoveryRamdisk: &initrd.Name}, nil); err != nil {
-		return "", err
+		return nil, err
 	}
-	tokPath := filepath.Join(dir, "agent.token")
-	if b, err := os.ReadFile(tokPath); err == nil {
-		return strings.TrimSpace(string(b)), nil
+	tokens := make([]string, len(racks))
+	for k, r := range racks {
+		tokPath := filepath.Join(dir, "agent.token")
+		if k > 0 {
+			tokPath = filepath.Join(dir, fmt.Sprintf("agent-%d.token", k+1))
+		}
+		if b, err := os.ReadFile(tokPath); err == nil {
+			tokens[k] = strings.TrimSpace(string(b))
+			continue
+		}
+		var tok proto.TokenCreated
+		if _, err := c.Do(ctx, "POST", "/v1/tokens", proto.TokenCreate{Role: proto.RoleAgent, Rack: r.Name, Description: "dev rack agent"}, &tok); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(tokPath, []byte(tok.Secret+"\n"), 0o600); err != nil {
+			return nil, err
+		}
+		tokens[k] = tok.Secret
 	}
-	var tok proto.TokenCreated
-	if _, err := c.Do(ctx, "POST", "/v1/tokens", proto.TokenCreate{Role: proto.RoleAgent, Rack: "dev", Description: "dev rack agent"}, &tok); err != nil {
-		return "", err
-	}
-	return tok.Secret, os.WriteFile(tokPath, []byte(tok.Secret+"\n"), 0o600)
+	return tokens, nil
 }
 
 // devImages registers the discovery kernel and ramdisk: the real ones of
@@ -251,48 +416,206 @@ func devImages(dir string) (kernel, initrd proto.Image, err error) {
 	return kernel, initrd, err
 }
 
-// bootMachines boots the simulated machines one after another and says
-// what became of each.
-func bootMachines(ctx context.Context, out io.Writer, admin *apiclient.Client, ag *agent.Agent, n int) {
-	for i := 1; i <= n && ctx.Err() == nil; i++ {
-		mac := net.HardwareAddr{0x52, 0x54, 0x00, 0xde, 0x00, byte(i)}
-		m := &sim.Machine{MAC: mac, DHCP: ag.DHCPAddr().(*net.UDPAddr), RelayIP: net.IPv4(127, 0, 0, 1),
-			TFTPPort: udpPort(ag.TFTPAddr()), Report: nodeagent.Report}
-		// Wait until the agent has the rack's boot state.
-		for ag.Boot().View() == nil && ctx.Err() == nil {
-			time.Sleep(50 * time.Millisecond)
-		}
-		res, err := m.Boot(ctx)
-		if err != nil {
-			fmt.Fprintf(out, "sim-%d %s: boot failed: %v\n", i, mac, err)
-			continue
-		}
-		if !res.Reported {
-			fmt.Fprintf(out, "sim-%d %s: known node, booted its local disk (%s)\n", i, mac, res.IP)
-			continue
-		}
-		// Name it once it exists, so `node show sim-N` works.
-		var node *proto.Node
-		for try := 0; try < 100 && ctx.Err() == nil; try++ {
-			if nd, err := admin.Node(ctx, mac.String()); err == nil {
-				node = nd
+// devStorm powers on every rack's machines at once and says what became
+// of each: a line per machine for a few, progress lines for many, and
+// with --until-done a summary of the whole storm.
+func devStorm(ctx context.Context, out io.Writer, admin *apiclient.Client, agents []*agent.Agent, racks []proto.Rack, f devFlags) error {
+	total := f.racks * f.machines
+	if total == 0 {
+		return nil
+	}
+	// Every agent needs its rack's boot state before it answers.
+	for _, ag := range agents {
+		for {
+			changed := ag.Boot().Changed()
+			if ag.Boot().View() != nil {
 				break
 			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		if node == nil {
-			fmt.Fprintf(out, "sim-%d %s: reported its inventory but no node appeared\n", i, mac)
-			continue
-		}
-		name := fmt.Sprintf("sim-%d", i)
-		if node.Name == "" {
-			if nd, err := admin.UpdateNode(ctx, node.UUID, proto.NodePatch{Name: &name}); err == nil {
-				node = nd
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-changed:
 			}
 		}
-		fmt.Fprintf(out, "%s %s: PXE-booted in %s, discovered as node %s (%s, %s)\n", name, mac,
-			res.Took.Round(time.Millisecond), node.UUID, node.ProvisionState, node.IP)
 	}
+	st := &sim.Storm{Spread: f.spread, BindLease: true, Report: devReport}
+	for k, ag := range agents {
+		boot := ag.Boot()
+		r := sim.StormRack{Name: racks[k].Name, DHCP: ag.DHCPAddr().(*net.UDPAddr), RelayIP: net.ParseIP(racks[k].BootServer),
+			TFTPPort: udpPort(ag.TFTPAddr()), Changed: boot.Changed,
+			Known: func(mac net.HardwareAddr) (string, string, bool) {
+				if v := boot.View(); v != nil {
+					if n, ok := v.Node(mac); ok {
+						return n.UUID, n.Name, true
+					}
+				}
+				return "", "", false
+			}}
+		for i := 1; i <= f.machines; i++ {
+			r.MACs = append(r.MACs, devMAC(k, i))
+			r.Names = append(r.Names, devMachineName(k, i))
+		}
+		st.Racks = append(st.Racks, r)
+	}
+	verbose := total <= 50
+	if !verbose {
+		st.Progress = out
+	}
+	st.OnDone = func(o *sim.Outcome) {
+		line := devOutcome(ctx, admin, o, f.nameNodes)
+		if verbose || o.Err != nil || o.NoNode {
+			fmt.Fprintln(out, line)
+		}
+	}
+	before := devFigures(ctx, admin, agents)
+	fmt.Fprintf(out, "Powering on %d machines in %d rack(s) (within %s)\n", total, f.racks, f.spread)
+	sum := st.Run(ctx)
+	if ctx.Err() != nil {
+		return nil
+	}
+	after := devFigures(ctx, admin, agents)
+	fmt.Fprintf(out, "\nStorm summary: %d rack(s) x %d machines\n", f.racks, f.machines)
+	sum.Print(out)
+	after.printDelta(out, before, f.coordinator == "")
+	if !f.untilDone {
+		return nil
+	}
+	if n := sum.Failed + sum.NoNode; n > 0 {
+		return fmt.Errorf("%d of %d machines did not end up as nodes", n, total)
+	}
+	if len(sum.Duplicates) > 0 {
+		return fmt.Errorf("%d addresses were ACKed to two MACs at once", len(sum.Duplicates))
+	}
+	return nil
+}
+
+// devReport makes one attempt at a ramdisk callback with the nodeagent's
+// own code, from the machine's client (the simulator retries).
+func devReport(ctx context.Context, client *http.Client, callbackURL, mac, token, step string, body any) error {
+	r := nodeagent.Reporter{Client: client, MaxElapsed: time.Nanosecond}
+	return r.Report(ctx, callbackURL, mac, token, step, body)
+}
+
+// devOutcome names a new node (once it exists, so `node show sim-N`
+// works) and says what became of a machine.
+func devOutcome(ctx context.Context, admin *apiclient.Client, o *sim.Outcome, name bool) string {
+	switch {
+	case o.Err != nil:
+		return fmt.Sprintf("%s %s: boot failed: %v", o.Name, o.MAC, o.Err)
+	case o.Result != nil && !o.Result.Reported:
+		return fmt.Sprintf("%s %s: known node, booted its local disk (%s)", o.Name, o.MAC, o.Result.IP)
+	case o.NoNode:
+		return fmt.Sprintf("%s %s: reported its inventory but no node appeared", o.Name, o.MAC)
+	}
+	state := "discovered"
+	if name && o.NodeName == "" {
+		if nd, err := admin.UpdateNode(ctx, o.Node, proto.NodePatch{Name: &o.Name}); err == nil {
+			return fmt.Sprintf("%s %s: PXE-booted in %s, discovered as node %s (%s, %s)", o.Name, o.MAC,
+				o.Result.Took.Round(time.Millisecond), nd.UUID, nd.ProvisionState, nd.IP)
+		}
+	}
+	return fmt.Sprintf("%s %s: PXE-booted in %s, discovered as node %s (%s)", o.Name, o.MAC, o.Result.Took.Round(time.Millisecond), o.Node, state)
+}
+
+// devFigureSet is what the coordinator's metrics and the agents' DHCP
+// counters say at one moment.
+type devFigureSet struct {
+	metrics map[string]float64
+	dhcp    struct{ received, answered, dropped, overflow, errors uint64 }
+}
+
+func devFigures(ctx context.Context, admin *apiclient.Client, agents []*agent.Agent) devFigureSet {
+	var s devFigureSet
+	s.metrics, _ = scrapeMetrics(ctx, admin.Addrs()[0]+"/metrics")
+	for _, ag := range agents {
+		d := ag.DHCPStats()
+		s.dhcp.received += d.Received.Load()
+		s.dhcp.answered += d.Answered.Load()
+		s.dhcp.dropped += d.Dropped.Load()
+		s.dhcp.overflow += d.Overflow.Load()
+		s.dhcp.errors += d.Errors.Load()
+	}
+	return s
+}
+
+func (s devFigureSet) printDelta(w io.Writer, before devFigureSet, inProcess bool) {
+	d := s.dhcp
+	b := before.dhcp
+	fmt.Fprintf(w, "agents' DHCP: %d packets received, %d answered, %d not answered on purpose, %d shed under load, %d errors\n",
+		d.received-b.received, d.answered-b.answered, d.dropped-b.dropped, d.overflow-b.overflow, d.errors-b.errors)
+	m, mb := s.metrics, before.metrics
+	if m == nil {
+		fmt.Fprintln(w, "coordinator metrics: not readable")
+		return
+	}
+	fmt.Fprintf(w, "coordinator: Raft entries applied %.0f (index %.0f to %.0f)\n",
+		m["metalfleet_raft_applied_index"]-mb["metalfleet_raft_applied_index"], mb["metalfleet_raft_applied_index"], m["metalfleet_raft_applied_index"])
+	const h = "metalfleet_raft_apply_duration_seconds"
+	if n := m[h+"_count"] - mb[h+"_count"]; n > 0 {
+		fmt.Fprintf(w, "coordinator: %.0f commands proposed, propose-to-applied mean %s (commit on disk and FSM apply)\n",
+			n, time.Duration((m[h+"_sum"]-mb[h+"_sum"])/n*float64(time.Second)).Round(10*time.Microsecond))
+	}
+	if inProcess {
+		var ru syscall.Rusage
+		if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+			cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+			fmt.Fprintf(w, "this process (coordinator, agents and simulator together): CPU %s since start, peak RSS %s\n",
+				cpu.Round(10*time.Millisecond), vmHWM("/proc/self/status"))
+		}
+	} else {
+		fmt.Fprintf(w, "coordinator process: CPU %.2fs since its start, RSS now %.0f MiB (peak: its /proc/PID/status VmHWM)\n",
+			m["process_cpu_seconds_total"], m["process_resident_memory_bytes"]/(1<<20))
+	}
+}
+
+// vmHWM reads a process's peak resident set from its status file.
+func vmHWM(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return "unknown"
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
+}
+
+// scrapeMetrics reads the unlabelled samples (and histogram _sum and
+// _count) of a Prometheus text page.
+func scrapeMetrics(ctx context.Context, url string) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' || strings.Contains(line, "{") {
+			continue
+		}
+		name, val, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
+		if v, err := strconv.ParseFloat(strings.Fields(val)[0], 64); err == nil {
+			out[name] = v
+		}
+	}
+	return out, sc.Err()
 }
 
 func udpPort(a net.Addr) int {

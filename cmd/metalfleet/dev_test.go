@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/metalfleet/metalfleet/coordinator/apiclient"
+	"github.com/metalfleet/metalfleet/ops/testkit"
 	"github.com/metalfleet/metalfleet/proto"
 )
 
@@ -45,34 +47,47 @@ func freeAddr(t *testing.T, network string) string {
 	return l.Addr().String()
 }
 
+// devArgs are dev's flags on free ports in dir.
+func devArgs(t *testing.T, dir string) []string {
+	return []string{"dev", "--data-dir", dir, "--http-addr", freeAddr(t, "tcp"), "--raft-addr", freeAddr(t, "tcp"),
+		"--agent-http-addr", freeAddr(t, "tcp"), "--dhcp-addr", freeAddr(t, "udp"), "--tftp-addr", freeAddr(t, "udp")}
+}
+
+// startDev runs the CLI with args until the test ends (or stop is
+// called), its output in the returned buffer.
+func startDev(t *testing.T, args []string) (out *lockedBuf, stop func() error) {
+	t.Helper()
+	out = &lockedBuf{}
+	root := newRoot(out, out)
+	root.SetArgs(args)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx) }()
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() { cancel(); err = <-done })
+		return err
+	}
+	t.Cleanup(func() { stop() })
+	return out, stop
+}
+
 // TestDevMode runs `metalfleet dev` as a newcomer would (on free ports):
 // the simulated machines PXE-boot through the rack agent, report their
 // inventory and end up enrolled nodes with the inventory they reported;
 // a second run finds the same state and the machines boot their disks.
 func TestDevMode(t *testing.T) {
 	dir := t.TempDir()
-	api := freeAddr(t, "tcp")
-	args := []string{"dev", "--data-dir", dir, "--http-addr", api, "--raft-addr", freeAddr(t, "tcp"),
-		"--agent-http-addr", freeAddr(t, "tcp"), "--dhcp-addr", freeAddr(t, "udp"), "--tftp-addr", freeAddr(t, "udp"), "--machines", "3"}
+	args := append(devArgs(t, dir), "--machines", "3")
+	api := args[4]
 	run := func(want string) string {
 		t.Helper()
-		out := &lockedBuf{}
-		root := newRoot(out, out)
-		root.SetArgs(args)
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- root.ExecuteContext(ctx) }()
-		deadline := time.Now().Add(60 * time.Second)
-		for strings.Count(out.String(), want) < 3 {
-			if time.Now().After(deadline) {
-				cancel()
-				<-done
-				t.Fatalf("dev mode: no %q for every machine within 60s; output:\n%s", want, out)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		cancel()
-		if err := <-done; err != nil {
+		out, stop := startDev(t, args)
+		testkit.Eventually(t, 60*time.Second, fmt.Sprintf("%q for every machine", want), func() bool {
+			return strings.Count(out.String(), want) >= 3
+		})
+		if err := stop(); err != nil {
 			t.Fatalf("dev mode returned %v; output:\n%s", err, out)
 		}
 		return out.String()
@@ -85,29 +100,70 @@ func TestDevMode(t *testing.T) {
 	run("known node, booted its local disk")
 
 	// The state is still there and right: start dev once more and read it.
-	outBuf := &lockedBuf{}
-	root := newRoot(outBuf, outBuf)
-	root.SetArgs(append(append([]string{}, args...), "--machines", "0"))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- root.ExecuteContext(ctx) }()
-	defer func() { cancel(); <-done }()
+	startDev(t, append(append([]string{}, args...), "--machines", "0"))
 	c := apiclient.New(api, strings.TrimSpace(string(tok)))
 	var nodes []*proto.Node
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testkit.Until(t, 30*time.Second, "the 3 nodes after dev", func() error {
 		var err error
-		if nodes, _, err = c.Nodes(context.Background(), nil); err == nil && len(nodes) == 3 {
-			break
+		if nodes, _, err = c.Nodes(context.Background(), nil); err == nil && len(nodes) != 3 {
+			err = fmt.Errorf("%d nodes", len(nodes))
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nodes after dev: %d, %v", len(nodes), err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return err
+	})
 	for _, n := range nodes {
 		if n.ProvisionState != proto.StateEnrolled || !strings.HasPrefix(n.Name, "sim-") || len(n.Inventory) == 0 || n.IP == "" || n.Rack != "dev" {
 			t.Errorf("node after dev mode: %s %s state=%s ip=%s rack=%s inventory=%d bytes", n.Name, n.UUID, n.ProvisionState, n.IP, n.Rack, len(n.Inventory))
 		}
+	}
+}
+
+// TestDevStorm: `dev --racks 2 --machines 150 --until-done` powers 300
+// machines on at once, more than the 100 addresses dev's one rack used
+// to have; every one ends up an enrolled node of its own rack, with an
+// address of its own, and no address is ever ACKed to two MACs. (Before
+// racks were sized for their machines, a rack of 150 left 50 without a
+// DHCP answer.)
+func TestDevStorm(t *testing.T) {
+	dir := t.TempDir()
+	base := devArgs(t, dir)
+	api := base[4]
+	args := append(append([]string{}, base...), "--racks", "2", "--machines", "150", "--until-done", "--name-nodes=false", "--power-on-spread", "2s")
+	out := &lockedBuf{}
+	root := newRoot(out, out)
+	root.SetArgs(args)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := root.ExecuteContext(ctx); err != nil {
+		t.Fatalf("dev --until-done: %v; output:\n%s", err, out)
+	}
+	for _, want := range []string{"enrolled 300, booted their disk (known) 0, failed 0", "addresses ACKed to two MACs at once: 0",
+		"time from power-on to the last node enrolled", "inventory POST", "Raft entries applied"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("the storm's summary does not say %q:\n%s", want, out)
+		}
+	}
+
+	// The state is right: start dev again without machines and read it.
+	startDev(t, append(base, "--racks", "2", "--machines", "0"))
+	tok, _ := os.ReadFile(filepath.Join(dir, "coordinator", "admin.token"))
+	c := apiclient.New(api, strings.TrimSpace(string(tok)))
+	var nodes []*proto.Node
+	testkit.Until(t, 30*time.Second, "the 300 nodes", func() error {
+		var err error
+		if nodes, _, err = c.Nodes(context.Background(), nil); err == nil && len(nodes) != 300 {
+			err = fmt.Errorf("%d nodes", len(nodes))
+		}
+		return err
+	})
+	perRack, ips := map[string]int{}, map[string]string{}
+	for _, n := range nodes {
+		perRack[n.Rack]++
+		if other, dup := ips[n.IP]; dup || n.IP == "" || n.ProvisionState != proto.StateEnrolled {
+			t.Errorf("node %s: rack %s ip %q (also %s's) state %s", n.UUID, n.Rack, n.IP, other, n.ProvisionState)
+		}
+		ips[n.IP] = n.UUID
+	}
+	if perRack["dev"] != 150 || perRack["dev-2"] != 150 {
+		t.Errorf("nodes per rack = %v, want 150 in dev and dev-2", perRack)
 	}
 }

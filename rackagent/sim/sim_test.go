@@ -1,0 +1,140 @@
+package sim
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+
+	"github.com/metalfleet/metalfleet/proto"
+)
+
+// TestInventoryIdentity: every simulated machine reports a system
+// identity of its own that is no firmware placeholder, and an inventory
+// the size of a real one.
+func TestInventoryIdentity(t *testing.T) {
+	seen := map[string]string{}
+	serials := map[string]bool{}
+	for k := range 3 {
+		for i := 1; i <= 2000; i++ {
+			mac := net.HardwareAddr{0x52, 0x54, 0x00, byte(0xde + k), byte(i >> 8), byte(i)}
+			inv := Inventory(mac)
+			id := proto.SystemIdentity(inv.System)
+			if id == "" || proto.IsPlaceholderID(inv.System.UUID) || proto.IsPlaceholderID(inv.System.Serial) {
+				t.Fatalf("Inventory(%s).System = %+v: a placeholder identity", mac, inv.System)
+			}
+			if other, dup := seen[id]; dup {
+				t.Fatalf("Inventory(%s) and Inventory(%s) share identity %s", mac, other, id)
+			}
+			if serials[inv.System.Serial] {
+				t.Fatalf("Inventory(%s): serial %s repeats", mac, inv.System.Serial)
+			}
+			seen[id], serials[inv.System.Serial] = mac.String(), true
+			if inv.Interfaces[1].MAC == inv.Interfaces[0].MAC {
+				t.Fatalf("Inventory(%s): both NICs have MAC %s", mac, inv.Interfaces[0].MAC)
+			}
+		}
+	}
+	b, _ := json.Marshal(Inventory(net.HardwareAddr{0x52, 0x54, 0, 0xde, 0, 1}))
+	if len(b) < 3000 || len(b) > 8000 {
+		t.Errorf("inventory is %d bytes of JSON; a real one is 3-8 KB", len(b))
+	}
+}
+
+// TestDHCPRetransmit: a DHCP message that gets no answer is sent again
+// after the firmware's timeout, and the retry is counted (a real UDP
+// server on loopback that ignores the first DISCOVER and the first
+// REQUEST).
+func TestDHCPRetransmit(t *testing.T) {
+	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	var got atomic.Int64
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := srv.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			req, err := dhcpv4.FromBytes(buf[:n])
+			if err != nil {
+				continue
+			}
+			if got.Add(1)%2 == 1 { // every first transmission is lost
+				continue
+			}
+			typ := dhcpv4.MessageTypeOffer
+			if req.MessageType() == dhcpv4.MessageTypeRequest {
+				typ = dhcpv4.MessageTypeAck
+			}
+			resp, _ := dhcpv4.NewReplyFromRequest(req, dhcpv4.WithMessageType(typ), dhcpv4.WithYourIP(net.IPv4(127, 0, 0, 50)),
+				dhcpv4.WithServerIP(net.IPv4(127, 0, 0, 1)), dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IPv4(127, 0, 0, 1))),
+				dhcpv4.WithLeaseTime(3600))
+			srv.WriteTo(resp.ToBytes(), from)
+		}
+	}()
+	var acked []string
+	m := &Machine{MAC: net.HardwareAddr{0x52, 0x54, 0, 0xde, 0, 1}, DHCP: srv.LocalAddr().(*net.UDPAddr), RelayIP: net.IPv4(127, 0, 0, 1),
+		Firmware: Firmware{DHCPTimeouts: []time.Duration{50 * time.Millisecond, 100 * time.Millisecond}},
+		OnLease: func(mac net.HardwareAddr, ip net.IP, d time.Duration) {
+			acked = append(acked, ip.String())
+		}}
+	var r Retries
+	ack, err := m.dora(context.Background(), m.Firmware.withDefaults(), nil, &r)
+	if err != nil {
+		t.Fatalf("dora with a lossy server: %v (retries %+v)", err, r)
+	}
+	if ack.YourIPAddr.String() != "127.0.0.50" || len(acked) != 1 {
+		t.Errorf("dora: ACK of %s, OnLease heard %v; want 127.0.0.50 once", ack.YourIPAddr, acked)
+	}
+	if r.DHCP != 2 {
+		t.Errorf("DHCP retries = %d, want 2 (DISCOVER and REQUEST each sent twice)", r.DHCP)
+	}
+}
+
+// TestLeaseBook: an address ACKed to a second MAC while the first MAC's
+// lease runs is a duplicate; after it ended, or to the same MAC, it is
+// not.
+func TestLeaseBook(t *testing.T) {
+	now := time.Date(2026, 11, 30, 4, 0, 0, 0, time.UTC)
+	b := LeaseBook{Now: func() time.Time { return now }}
+	a, c := net.HardwareAddr{2, 0, 0, 0, 0, 1}, net.HardwareAddr{2, 0, 0, 0, 0, 2}
+	ip := net.IPv4(127, 1, 128, 1)
+	b.Ack(a, ip, time.Hour)
+	b.Ack(a, ip, time.Hour)
+	b.Ack(a, net.IPv4(127, 2, 128, 1), time.Hour)
+	if d := b.Duplicates(); len(d) != 0 {
+		t.Fatalf("Duplicates() = %v, want none", d)
+	}
+	b.Ack(c, ip, time.Hour)
+	if d := b.Duplicates(); len(d) != 1 {
+		t.Fatalf("Duplicates() = %v, want one", d)
+	}
+	b.Ack(a, net.IPv4(127, 3, 128, 1), time.Minute)
+	now = now.Add(time.Minute + time.Second)
+	b.Ack(c, net.IPv4(127, 3, 128, 1), time.Hour)
+	if d := b.Duplicates(); len(d) != 1 {
+		t.Errorf("Duplicates() = %v; an ended lease's address may go to another MAC", d)
+	}
+}
+
+func TestQuantiles(t *testing.T) {
+	var ds []time.Duration
+	for i := 100; i >= 1; i-- {
+		ds = append(ds, time.Duration(i)*time.Millisecond)
+	}
+	p50, p99, mx := Quantiles(ds)
+	if p50 != 50*time.Millisecond || p99 != 99*time.Millisecond || mx != 100*time.Millisecond {
+		t.Errorf("Quantiles(1..100 ms) = %s, %s, %s; want 50ms, 99ms, 100ms", p50, p99, mx)
+	}
+	if a, b, c := Quantiles(nil); a != 0 || b != 0 || c != 0 {
+		t.Errorf("Quantiles(nil) = %s, %s, %s; want zeros", a, b, c)
+	}
+}
