@@ -11,10 +11,12 @@ import (
 const module = "github.com/metalfleet/metalfleet"
 
 type pkg struct {
-	ImportPath string
-	Name       string
-	Doc        string
-	Imports    []string
+	ImportPath   string
+	Name         string
+	Doc          string
+	Imports      []string
+	TestImports  []string
+	XTestImports []string
 }
 
 func listPackages(t *testing.T) []pkg {
@@ -80,6 +82,38 @@ func TestLayers(t *testing.T) {
 						t.Errorf("%s imports %s, which its layer may not use", p.ImportPath, imp)
 					}
 				}
+			}
+		}
+	}
+}
+
+// TestNodeagentImportsProtoOnly: the program inside every task ramdisk is
+// small and static; of ours it uses only the wire types.
+func TestNodeagentImportsProtoOnly(t *testing.T) {
+	for _, p := range listPackages(t) {
+		if p.ImportPath != module+"/rackagent/nodeagent" && p.ImportPath != module+"/cmd/nodeagent" {
+			continue
+		}
+		for _, imp := range p.Imports {
+			if strings.HasPrefix(imp, module+"/") && imp != module+"/proto" && imp != module+"/rackagent/nodeagent" {
+				t.Errorf("%s imports %s: nodeagent may use only proto", p.ImportPath, imp)
+			}
+		}
+	}
+}
+
+// TestRackAgentTestsOffCoordinatorInternals: rack-agent tests reach a
+// coordinator the way an agent does (its API client) or start whole
+// ones (coordtest); never its state, FSM, API handlers or server.
+func TestRackAgentTestsOffCoordinatorInternals(t *testing.T) {
+	allowed := []string{module + "/coordinator/apiclient", module + "/coordinator/coordtest"}
+	for _, p := range listPackages(t) {
+		if !strings.HasPrefix(p.ImportPath, module+"/rackagent") {
+			continue
+		}
+		for _, imp := range append(p.TestImports, p.XTestImports...) {
+			if strings.HasPrefix(imp, module+"/coordinator") && imp != allowed[0] && imp != allowed[1] {
+				t.Errorf("tests of %s import %s: rack-agent tests use the API client or coordtest only", p.ImportPath, imp)
 			}
 		}
 	}
