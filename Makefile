@@ -51,6 +51,15 @@ e2e: deps build ramdisk ## boot QEMU VMs (BIOS and UEFI) from a rack agent and c
 bench-dhcp: build ## DHCP DORA rate: rack agent vs Kea vs dnsmasq under perfdhcp (root, about 5 min)
 	METALFLEET_BIN=$(CURDIR)/$(BIN) ops/bench/dhcp-perf.sh
 
+.PHONY: bench-storm
+bench-storm: build ## boot storm: 10 racks x 100 simulated machines powered on at once, enrolled by a coordinator process (RUNS=3 for three)
+	METALFLEET_BIN=$(CURDIR)/$(BIN) ops/bench/storm.sh
+
+.PHONY: bench-scale
+bench-scale: ## the coordinator's state at 100,000 nodes: memory, snapshot, restore, discovery apply, a 100-node page (a few minutes)
+	METALFLEET_SCALE=1 $(GO) test -count=1 -timeout 30m -v -run 'TestScale100k' ./coordinator/fsm/
+	$(GO) test -count=1 -timeout 30m -run '^$$' -bench 'Scale' -benchtime 200x ./coordinator/fsm/
+
 .PHONY: ci
 ci: ## exactly what CI runs (.ci/run)
 	bash .ci/run

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Boot storm: RACKS racks of MACHINES simulated machines each, all powered
+# on at once (within SPREAD), discovered and enrolled through real rack
+# agents by one coordinator. Prints the storm's summary (time from
+# power-on to the last node enrolled, retries, addresses ACKed to two MACs
+# at once, DHCP counters, Raft entries applied, where the time goes) and
+# the coordinator process's CPU seconds and peak RSS.
+#
+# Wiring (all on loopback, no root):
+#   metalfleet coordinator   a process of its own, so its CPU and memory
+#                            are its alone (read from /proc/PID)
+#   metalfleet dev --coordinator ...
+#                            one process: RACKS rack agents (rack K on
+#                            127.(K-1).0.1, subnet 127.(K-1).0.0/16) and
+#                            the simulated machines, each a goroutine
+#                            speaking DHCP (relayed), TFTP and HTTP from
+#                            its leased address, as in `metalfleet dev`
+#
+# Both share this machine's cores. Each run starts from empty state.
+#
+# Usage: ops/bench/storm.sh
+#   RACKS=10 MACHINES=100    machines per rack
+#   SPREAD=1s                power-on spread
+#   RUNS=1                   runs, one after another
+#   API=127.0.0.1:17480 RAFT=127.0.0.1:17481
+#   METALFLEET_BIN=bin/metalfleet (built if missing)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+RACKS=${RACKS:-10}
+MACHINES=${MACHINES:-100}
+SPREAD=${SPREAD:-1s}
+RUNS=${RUNS:-1}
+API=${API:-127.0.0.1:17480}
+RAFT=${RAFT:-127.0.0.1:17481}
+BIN=${METALFLEET_BIN:-bin/metalfleet}
+if [[ ! -x $BIN ]]; then
+	go build -o "$BIN" ./cmd/metalfleet
+fi
+
+work=$(mktemp -d /tmp/mfstorm.XXXXXX)
+coord=""
+cleanup() {
+	if [[ -n $coord ]]; then
+		kill "$coord" 2>/dev/null || true
+		wait "$coord" 2>/dev/null || true
+	fi
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+status=0
+tck=$(getconf CLK_TCK)
+cpu_of() { # user+system CPU seconds of a pid
+	awk -v t="$tck" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / t }' "/proc/$1/stat"
+}
+hwm_of() { awk '/^VmHWM:/ { printf "%.0f MiB", $2 / 1024 }' "/proc/$1/status"; }
+
+for run in $(seq 1 "$RUNS"); do
+	d="$work/run$run"
+	mkdir -p "$d"
+	"$BIN" coordinator --node-id storm --data-dir "$d/coordinator" --http-addr "$API" --raft-addr "$RAFT" \
+		--bootstrap --log-level warn >"$d/coordinator.log" 2>&1 &
+	coord=$!
+	for _ in $(seq 1 200); do
+		[[ -s $d/coordinator/admin.token ]] && curl -fsS "http://$API/metrics" >/dev/null 2>&1 && break
+		kill -0 "$coord" || { cat "$d/coordinator.log"; exit 1; }
+		sleep 0.1 # a poll: the coordinator is another process
+	done
+	cpu0=$(cpu_of "$coord")
+	echo "== run $run of $RUNS: $RACKS racks x $MACHINES machines, power-on spread $SPREAD =="
+	TIMEFORMAT="dev process (agents and simulator): %R s wall, %U s user + %S s system CPU"
+	time "$BIN" dev --coordinator "$API" --token "$(cat "$d/coordinator/admin.token")" --data-dir "$d/dev" \
+		--racks "$RACKS" --machines "$MACHINES" --power-on-spread "$SPREAD" --until-done --name-nodes=false \
+		--agent-http-addr 127.0.0.1:0 --dhcp-addr 127.0.0.1:0 --tftp-addr 127.0.0.1:0 --log-level error \
+		| sed -n '/^Storm summary/,$p' || status=1
+	cpu1=$(cpu_of "$coord")
+	echo "coordinator process: $(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.2f", b - a }') s CPU during the storm ($cpu1 s since its start), peak RSS $(hwm_of "$coord")"
+	kill "$coord"
+	wait "$coord" 2>/dev/null || true
+	coord=""
+done
+exit $status
