@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/metalfleet/metalfleet/ops/testkit"
 	"go.uber.org/goleak"
 )
 
@@ -92,17 +93,10 @@ func newMember(t testing.TB, cfg Config) *Gossip {
 	return g
 }
 
-// waitFor polls cond until it holds and returns how long that took.
+// waitFor waits until cond holds and returns how long that took.
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > timeout {
-			t.Fatalf("after %v: still waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return time.Since(start)
+	return testkit.Eventually(t, timeout, what, cond)
 }
 
 func memberOf(g *Gossip, name string) (Member, bool) {

@@ -344,19 +344,23 @@ func summary(inv proto.Inventory) string {
 // the deadline, or if the VM powers off first.
 func waitUntil(t *testing.T, deadline time.Time, what string, v *vm, cond func() bool) {
 	t.Helper()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	var stopped time.Time
 	for !cond() {
 		if !v.Running() {
-			// One last look: the VM may power off right after its report.
-			time.Sleep(time.Second)
-			if cond() {
-				return
+			// The VM may power off right after its report, before the
+			// report lands: give the report a second to arrive.
+			if stopped.IsZero() {
+				stopped = time.Now()
+			} else if time.Since(stopped) > time.Second {
+				t.Fatalf("waiting for %s: the VM (%s) stopped after %.1fs: %v", what, v.Name, v.Exited.Sub(v.PowerOn).Seconds(), v.Err)
 			}
-			t.Fatalf("waiting for %s: the VM (%s) stopped after %.1fs: %v", what, v.Name, v.Exited.Sub(v.PowerOn).Seconds(), v.Err)
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("waiting for %s: gave up after %.1fs from power-on", what, time.Since(v.PowerOn).Seconds())
 		}
-		time.Sleep(100 * time.Millisecond)
+		<-tick.C
 	}
 }
 

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/metalfleet/metalfleet/ops/netlab"
+	"github.com/metalfleet/metalfleet/ops/testkit"
 	"github.com/metalfleet/metalfleet/proto"
 )
 
@@ -117,7 +118,7 @@ func ramdisk(t *testing.T, dir string) ramdiskFiles {
 		}
 	}
 	var f ramdiskFiles
-	for try := 0; ; try++ {
+	testkit.Eventually(t, time.Minute, "build/ramdisk to agree with its BUILD-INFO (a build may be writing it)", func() bool {
 		var err error
 		f.Kernel, f.KernelSHA, err = copySHA(kernel, filepath.Join(dir, "vmlinuz"))
 		if err != nil {
@@ -129,14 +130,9 @@ func ramdisk(t *testing.T, dir string) ramdiskFiles {
 		}
 		b, err := os.ReadFile(filepath.Join(src, "BUILD-INFO"))
 		f.Info = strings.TrimSpace(string(b))
-		if err != nil || (strings.Contains(f.Info, "kernel_sha256="+f.KernelSHA) && strings.Contains(f.Info, "ramdisk_sha256="+f.RamdiskSHA)) {
-			return f
-		}
-		if try == 30 {
-			t.Fatalf("build/ramdisk keeps changing (BUILD-INFO disagrees with the files for 60 s):\n%s", f.Info)
-		}
-		time.Sleep(2 * time.Second)
-	}
+		return err != nil || (strings.Contains(f.Info, "kernel_sha256="+f.KernelSHA) && strings.Contains(f.Info, "ramdisk_sha256="+f.RamdiskSHA))
+	})
+	return f
 }
 
 func copySHA(from, to string) (string, string, error) {
@@ -226,16 +222,12 @@ func newLab(t *testing.T, ipv6 string) *lab {
 // if proc (when not nil) has exited.
 func (l *lab) wait(d time.Duration, what string, p *netlab.Proc, cond func() bool) {
 	l.t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
+	testkit.Eventually(l.t, d, what, func() bool {
 		if p != nil && !p.Running() {
 			l.t.Fatalf("waiting for %s: %s exited: %v\n%s", what, p.Name, p.Err, netlab.Tail(p.LogPath, 30))
 		}
-		if time.Now().After(deadline) {
-			l.t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return cond()
+	})
 }
 
 // call sends a JSON request to the coordinator's API (inside the
