@@ -23,13 +23,14 @@ func applyRackPut(tx *state.Tx, c *RackPut) (any, error) {
 	// Nodes keep their reserved addresses: a new subnet or pool must
 	// still leave every one of them usable.
 	var bad []string
+	ra := r.Addrs()
 	tx.EachNodeInRack(r.Name, func(n *proto.Node) {
 		if n.IP == "" {
 			return
 		}
 		if r.Subnet == "" {
 			bad = append(bad, nodeRef(n)+" ("+n.IP+": no subnet)")
-		} else if why := reservedUnusable(&r, netip.MustParsePrefix(r.Subnet), netip.MustParseAddr(n.IP)); why != "" {
+		} else if why := reservedUnusable(ra, netip.MustParseAddr(n.IP)); why != "" {
 			bad = append(bad, nodeRef(n)+" ("+n.IP+": "+why+")")
 		}
 	})

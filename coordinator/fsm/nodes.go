@@ -84,13 +84,14 @@ func assignIP(tx *state.Tx, n *proto.Node) error {
 		}
 		return nil
 	}
-	prefix := netip.MustParsePrefix(r.Subnet)
+	ra := r.Addrs()
+	prefix := ra.Subnet
 	if n.IP != "" {
 		a, err := netip.ParseAddr(n.IP)
 		if err != nil || !a.Is4() {
 			return proto.Errorf(proto.CodeInvalid, "ip %q: want an IPv4 address", n.IP)
 		}
-		if why := reservedUnusable(r, prefix, a); why != "" {
+		if why := reservedUnusable(ra, a); why != "" {
 			return proto.Errorf(proto.CodeInvalid, "ip %s: %s", a, why)
 		}
 		if id, ok := tx.NodeByIP(r.Name, a.String()); ok && id != n.UUID {
@@ -112,7 +113,7 @@ func assignIP(tx *state.Tx, n *proto.Node) error {
 		start = h
 	}
 	for a := start; prefix.Contains(a); a = a.Next() {
-		if reservedUnusable(r, prefix, a) != "" {
+		if reservedUnusable(ra, a) != "" {
 			continue
 		}
 		_, taken := tx.NodeByIP(r.Name, a.String())
@@ -125,11 +126,12 @@ func assignIP(tx *state.Tx, n *proto.Node) error {
 	return proto.Errorf(proto.CodeConflict, "rack %s has no free address outside its pool for node %s", r.Name, nodeRef(n))
 }
 
-// reservedUnusable says why a cannot be a node's reserved address in r,
-// or "" if it can.
-func reservedUnusable(r *proto.Rack, prefix netip.Prefix, a netip.Addr) string {
+// reservedUnusable says why a cannot be a node's reserved address in a
+// rack with addresses ra, or "" if it can.
+func reservedUnusable(ra proto.RackAddrs, a netip.Addr) string {
+	prefix := ra.Subnet
 	if !prefix.Contains(a) {
-		return "outside subnet " + r.Subnet
+		return "outside subnet " + prefix.String()
 	}
 	if a == prefix.Addr() {
 		return "the subnet's network address"
@@ -141,16 +143,11 @@ func reservedUnusable(r *proto.Rack, prefix netip.Prefix, a netip.Addr) string {
 			return "the subnet's broadcast address"
 		}
 	}
-	for _, own := range append([]string{r.Gateway, r.BootServer}, r.DNS...) {
-		if own == a.String() {
-			return "an address of the rack's own (gateway, boot server or DNS)"
-		}
+	if ra.Own(a) {
+		return "an address of the rack's own (gateway, boot server or DNS)"
 	}
-	if r.PoolStart != "" {
-		lo, hi := netip.MustParseAddr(r.PoolStart), netip.MustParseAddr(r.PoolEnd)
-		if !a.Less(lo) && !hi.Less(a) {
-			return "inside the dynamic pool " + r.PoolStart + "-" + r.PoolEnd
-		}
+	if ra.InPool(a) {
+		return "inside the dynamic pool " + ra.PoolStart.String() + "-" + ra.PoolEnd.String()
 	}
 	return ""
 }

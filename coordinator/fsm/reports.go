@@ -164,8 +164,7 @@ func applyLease(tx *state.Tx, rack, mac string, r *proto.AgentReport) error {
 	if err != nil || !ip.Is4() {
 		return proto.Errorf(proto.CodeInvalid, "lease ip %q: want an IPv4 address", l.IP)
 	}
-	rk := tx.Rack(rack)
-	if rk.PoolStart == "" || ip.Less(netip.MustParseAddr(rk.PoolStart)) || netip.MustParseAddr(rk.PoolEnd).Less(ip) {
+	if !tx.Rack(rack).Addrs().InPool(ip) {
 		return proto.Errorf(proto.CodeInvalid, "lease ip %s is outside rack %s's pool", ip, rack)
 	}
 	old := tx.Lease(rack, ip.String())
