@@ -122,6 +122,7 @@ type Agent struct {
 	rep    *groupReporter
 	pool   *dhcp.Pool
 	dhcp   *dhcp.Server
+	dhcpH  *dhcp.Handler
 	tftp   *tftp.Server
 	tftpLn net.PacketConn
 	http   *httpboot.Server
@@ -218,6 +219,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	h := dhcp.NewHandler(dhcp.Config{Rack: cfg.Rack, Agent: cfg.Name, ServerIP: cfg.AdvertiseIP, HTTPBase: httpBase,
 		Logger: a.log.With("component", "dhcp")}, a.boot, a.pool, split, a.rep)
+	a.dhcpH = h
 	a.dhcp = dhcp.NewServer(h, dconn, cfg.Interface, a.log.With("component", "dhcp"))
 	a.dhcpConn = dconn
 
@@ -319,6 +321,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	run("outbox", func(ctx context.Context) error { return a.out.Run(ctx, sender{a.client, a.cfg.Rack}) })
 	run("reports", a.rep.run)
 	run("dhcp", a.dhcp.Serve)
+	run("sightings", func(ctx context.Context) error { return a.dhcpH.RunSightings(ctx, nil) })
 	run("http", func(ctx context.Context) error { return a.http.Serve(ctx, a.httpLn) })
 	if a.tftp != nil {
 		run("tftp", func(ctx context.Context) error { return a.tftp.Serve(ctx, a.tftpLn) })

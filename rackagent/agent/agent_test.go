@@ -15,10 +15,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/insomniacslk/dhcp/dhcpv4"
+
 	"github.com/metalfleet/metalfleet/coordinator/apiclient"
 	"github.com/metalfleet/metalfleet/coordinator/coordtest"
+	"github.com/metalfleet/metalfleet/ops/testkit"
 	"github.com/metalfleet/metalfleet/proto"
 	"github.com/metalfleet/metalfleet/rackagent/agent"
+	"github.com/metalfleet/metalfleet/rackagent/dhcp"
 	"github.com/metalfleet/metalfleet/rackagent/dhcp/dhcptest"
 )
 
@@ -170,7 +174,8 @@ func TestAgentServesAndReportsThroughOutages(t *testing.T) {
 	if code, body := get(t, kernelURL); code != 200 || string(body) != string(f.kernel) {
 		t.Fatalf("kernel with the coordinator down: %d", code)
 	}
-	coordtest.WaitFor(t, 5*time.Second, "reports queued", func() bool { return a.Outbox().Len() >= 10 })
+	// Sightings are reported every few seconds, with a count.
+	coordtest.WaitFor(t, 20*time.Second, "reports queued", func() bool { return a.Outbox().Len() >= 10 })
 
 	// It comes back: every report arrives, once.
 	s := f.c.Restart(0)
@@ -182,8 +187,10 @@ func TestAgentServesAndReportsThroughOutages(t *testing.T) {
 				sg = x
 			}
 		}
-		if sg == nil || sg.Count != 1 {
-			t.Fatalf("sighting of %s = %+v, want exactly one", mac, sg)
+		// One report of two sightings (DISCOVER and REQUEST): applied
+		// twice it would count 4.
+		if sg == nil || sg.Count != 2 {
+			t.Fatalf("sighting of %s = %+v, want one report of count 2, applied once", mac, sg)
 		}
 	}
 	got := map[string]string{}
@@ -315,5 +322,78 @@ func TestRebuiltAgentNeverHandsOutLeasedAddresses(t *testing.T) {
 		if have[mac] != ip {
 			t.Errorf("rebuilt agent's pool has %s -> %q, want %s", mac, have[mac], ip)
 		}
+	}
+}
+
+// TestAgentDHCPFlood: a flood of 1,000 unknown MACs through the relay
+// becomes at most DefaultMaxNewSightings sighting reports per interval
+// (the rest counted on /metrics), and the lease of a real client in the
+// middle of it reaches the coordinator.
+func TestAgentDHCPFlood(t *testing.T) {
+	f := newFleet(t)
+	a, _ := startAgent(t, f, t.TempDir())
+	coordtest.WaitFor(t, 10*time.Second, "agent synced", a.Boot().Synced)
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const flood = 1000
+	// A real client's lease, queued just before the flood (whose offers
+	// take the whole pool).
+	client := net.HardwareAddr{0x52, 0x54, 0, 0, 0x60, 1}
+	clientIP := dora(t, a.DHCPAddr(), client)
+	for i := range flood {
+		mac := net.HardwareAddr{0x02, 0x00, 0x00, 0x01, byte(i >> 8), byte(i)}
+		d, err := dhcpv4.NewDiscovery(mac, dhcptest.PXE...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.GatewayIPAddr = net.IPv4(127, 0, 0, 1)
+		if _, err := c.WriteTo(d.ToBytes(), a.DHCPAddr()); err != nil {
+			t.Fatal(err)
+		}
+		if i == flood/2 {
+			// The known node boots in the middle of it (retransmitting,
+			// as clients do: the socket may shed under the flood).
+			testkit.Until(t, 20*time.Second, "the known node's DORA during the flood", func() error {
+				ip, err := dhcptest.DORA(a.DHCPAddr(), net.HardwareAddr{0x52, 0x54, 0, 0, 0, 1}, time.Second)
+				if err == nil && ip != f.knownIP {
+					t.Fatalf("known node got %s during the flood, want %s", ip, f.knownIP)
+				}
+				return err
+			})
+		}
+	}
+	base := "http://" + a.HTTPAddr().String()
+	coordtest.WaitFor(t, 20*time.Second, "sightings left out on /metrics", func() bool {
+		_, body := get(t, base+"/metrics")
+		for _, line := range strings.Split(string(body), "\n") {
+			if v, ok := strings.CutPrefix(line, "metalfleet_dhcp_sightings_left_out_total "); ok && v != "0" {
+				return true
+			}
+		}
+		return false
+	})
+	// Every packet was received (none shed), yet sightings stayed bounded.
+	if got := a.DHCPStats().Received.Load(); got < flood {
+		t.Logf("received %d of %d flood packets", got, flood)
+	}
+	// The cap of the flood's MACs per interval reaches the coordinator
+	// (the flood, under a second, spans at most two intervals), plus
+	// perhaps the client's own sighting.
+	var sg []*proto.Sighting
+	coordtest.WaitFor(t, 30*time.Second, "the capped sightings at the coordinator", func() bool {
+		var err error
+		sg, err = f.admin.Sightings(context.Background(), "r1")
+		return err == nil && len(sg) >= dhcp.DefaultMaxNewSightings
+	})
+	coordtest.WaitFor(t, 30*time.Second, "outbox drained", func() bool { return a.Outbox().Len() == 0 })
+	if len(sg) > 2*dhcp.DefaultMaxNewSightings+1 {
+		t.Errorf("%d sightings at the coordinator from a flood of %d, want at most %d", len(sg), flood, 2*dhcp.DefaultMaxNewSightings+1)
+	}
+	t.Logf("flood of %d MACs: %d sightings reported", flood, len(sg))
+	if got := coordLeases(t, f)[client.String()]; got != clientIP {
+		t.Errorf("the coordinator's lease of %s = %q, want %s", client, got, clientIP)
 	}
 }

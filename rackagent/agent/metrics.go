@@ -28,6 +28,10 @@ func (a *Agent) metrics() http.Handler {
 		counter("metalfleet_dhcp_malformed_total", "Malformed DHCP packets.", func() float64 { return float64(st.Malformed.Load()) }),
 		counter("metalfleet_dhcp_overflow_total", "DHCP packets shed under overload.", func() float64 { return float64(st.Overflow.Load()) }),
 		counter("metalfleet_dhcp_errors_total", "DHCP requests that failed.", func() float64 { return float64(st.Errors.Load()) }),
+		counter("metalfleet_dhcp_sightings_left_out_total", "Sightings of unknown MACs not reported: an interval already held the most new MACs it reports.",
+			func() float64 { return float64(a.dhcpH.SightingsLeftOut()) }),
+		counter("metalfleet_agent_outbox_sightings_dropped_total", "Sighting reports refused by the outbox: its sightings budget was full.",
+			func() float64 { return float64(a.out.Stats().SightingsDropped) }),
 		gauge("metalfleet_agent_outbox_reports", "Reports waiting for the coordinator.", func() float64 { return float64(a.out.Len()) }),
 		gauge("metalfleet_agent_leases", "Dynamic leases this agent holds.", func() float64 { return float64(len(a.pool.Leases())) }),
 		gauge("metalfleet_agent_bootstate_synced", "1 once the boot state came from a coordinator since start.", func() float64 {

@@ -57,8 +57,15 @@ type Config struct {
 	// SeenEvery rate-limits reports about one MAC (default 30 s): repeats
 	// in between are counted and folded into the next report.
 	SeenEvery time.Duration
-	Now       func() time.Time
-	Logger    *slog.Logger
+	// SightingInterval is how often sightings of unknown MACs are
+	// reported, one report per MAC with a count (default
+	// DefaultSightingInterval); MaxNewSightings bounds the MACs in one
+	// interval (default DefaultMaxNewSightings). RunSightings does the
+	// reporting.
+	SightingInterval time.Duration
+	MaxNewSightings  int
+	Now              func() time.Time
+	Logger           *slog.Logger
 }
 
 // Handler decides the answer to each DHCP request. It does no socket I/O:
@@ -72,7 +79,8 @@ type Handler struct {
 	log      *slog.Logger
 
 	seenMu sync.Mutex
-	seen   map[string]seenRec
+	seen   map[string]seenRec // known nodes' DHCP boot events
+	sight  *sightings         // unknown MACs
 }
 
 type seenRec struct {
@@ -94,6 +102,12 @@ func NewHandler(cfg Config, backend Backend, pool *Pool, split Splitter, reporte
 	if cfg.SeenEvery == 0 {
 		cfg.SeenEvery = 30 * time.Second
 	}
+	if cfg.SightingInterval <= 0 {
+		cfg.SightingInterval = DefaultSightingInterval
+	}
+	if cfg.MaxNewSightings <= 0 {
+		cfg.MaxNewSightings = DefaultMaxNewSightings
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -103,7 +117,8 @@ func NewHandler(cfg Config, backend Backend, pool *Pool, split Splitter, reporte
 	if split == nil {
 		split = allMine{}
 	}
-	return &Handler{cfg: cfg, backend: backend, pool: pool, split: split, reporter: reporter, log: cfg.Logger, seen: map[string]seenRec{}}
+	return &Handler{cfg: cfg, backend: backend, pool: pool, split: split, reporter: reporter, log: cfg.Logger, seen: map[string]seenRec{},
+		sight: newSightings(cfg.MaxNewSightings, cfg.SeenEvery)}
 }
 
 // Request is one received packet and where it came from.
@@ -488,11 +503,20 @@ func (h *Handler) broadcast(req Request) bool {
 	return !ok || ci.IsUnspecified()
 }
 
-// noteSeen reports an unknown MAC's sighting or a known node's DHCP boot
-// event, at most once per SeenEvery per MAC, folding repeats into a count.
+// noteSeen reports an unknown MAC's sighting (gathered, and reported by
+// FlushSightings) or a known node's DHCP boot event, at most once per
+// SeenEvery per MAC, folding repeats into a count.
 func (h *Handler) noteSeen(req Request, node *proto.BootNode) {
 	m := req.Msg
 	mac := m.ClientHWAddr.String()
+	if node == nil {
+		r := proto.AgentReport{Kind: proto.ReportMACSeen, MAC: mac, Arch: ArchName(Arch(m)), Interface: req.Iface}
+		if gi := m.GatewayIPAddr; gi != nil && !gi.IsUnspecified() {
+			r.Giaddr = gi.String()
+		}
+		h.sight.note(r)
+		return
+	}
 	now := h.cfg.Now()
 	h.seenMu.Lock()
 	rec := h.seen[mac]
@@ -522,11 +546,7 @@ func (h *Handler) noteSeen(req Request, node *proto.BootNode) {
 	if gi := m.GatewayIPAddr; gi != nil && !gi.IsUnspecified() {
 		r.Giaddr = gi.String()
 	}
-	if node != nil {
-		r.Kind, r.Node, r.Event = proto.ReportBootEvent, node.UUID, "dhcp"
-	} else {
-		r.Kind = proto.ReportMACSeen
-	}
+	r.Kind, r.Node, r.Event = proto.ReportBootEvent, node.UUID, "dhcp"
 	h.report(r)
 }
 

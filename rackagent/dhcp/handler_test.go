@@ -253,8 +253,12 @@ func TestUnknownMACs(t *testing.T) {
 	if ack.YourIPAddr.String() != "10.99.0.100" {
 		t.Fatalf("first pool address = %s, want 10.99.0.100", ack.YourIPAddr)
 	}
-	if got := e.rep.kinds(); strings.Join(got, ",") != "mac_seen,lease:bound" {
+	e.h.FlushSightings()
+	if got := e.rep.kinds(); strings.Join(got, ",") != "lease:bound,mac_seen" {
 		t.Fatalf("reports = %v", got)
+	}
+	if c := e.rep.rs[1].Count; c != 2 {
+		t.Errorf("mac_seen count = %d, want 2 (DISCOVER and REQUEST)", c)
 	}
 	// The same MAC asks again: the same address.
 	if again := e.dora(unknownMAC, pxeBIOS...); !again.YourIPAddr.Equal(ack.YourIPAddr) {
@@ -669,5 +673,65 @@ func TestDropInvalid(t *testing.T) {
 	e.open(nil)
 	if ls := e.pool.Leases(); len(ls) != 1 || ls[0].IP != keep.String() {
 		t.Errorf("after reopen the pool holds %v, want only %s", ls, keep)
+	}
+}
+
+// TestSightingsFlood: a flood of unknown MACs becomes at most
+// MaxNewSightings mac_seen reports per interval, each with its count; the
+// rest is counted as left out; a MAC reported is held back for SeenEvery;
+// lease reports are not held back at all.
+func TestSightingsFlood(t *testing.T) {
+	e := newEnv(t)
+	e.h = NewHandler(Config{Rack: "r1", Agent: "a1", ServerIP: serverIP, MaxNewSightings: 50, SeenEvery: 30 * time.Second,
+		Now: func() time.Time { return e.now }}, e.be, e.pool, nil, e.rep)
+	ack := e.dora(unknownMAC, pxeBIOS...) // a lease among the flood
+	for i := range 300 {
+		mac := net.HardwareAddr{0x02, 0x00, 0x00, 0x00, byte(i >> 8), byte(i)}
+		for range 3 {
+			e.handle(pkt(t, dhcpv4.MessageTypeDiscover, mac, pxeBIOS...))
+		}
+	}
+	if got := e.rep.kinds(); strings.Join(got, ",") != "lease:bound" {
+		t.Fatalf("reports before the flush = %v, want only the lease", got)
+	}
+	e.h.FlushSightings()
+	seen := 0
+	for _, r := range e.rep.rs[1:] {
+		if r.Kind != proto.ReportMACSeen {
+			t.Fatalf("report %+v, want mac_seen", r)
+		}
+		seen++
+		want := 3
+		if r.MAC == unknownMAC.String() {
+			want = 2
+		}
+		if r.Count != want {
+			t.Errorf("mac_seen %s count %d, want %d", r.MAC, r.Count, want)
+		}
+	}
+	if seen != 50 {
+		t.Errorf("%d mac_seen reports for 301 MACs, want the cap 50", seen)
+	}
+	// unknownMAC (2 sightings) and 49 flood MACs made it; 251 flood MACs
+	// of 3 sightings each were left out.
+	if got := e.h.SightingsLeftOut(); got != 251*3 {
+		t.Errorf("SightingsLeftOut() = %d, want %d", got, 251*3)
+	}
+	if !ack.YourIPAddr.Equal(net.ParseIP("10.99.0.100")) {
+		t.Errorf("lease %s", ack.YourIPAddr)
+	}
+
+	// A MAC just reported is held back for SeenEvery, then reported with
+	// what it gathered meanwhile.
+	e.rep.rs = nil
+	e.handle(pkt(t, dhcpv4.MessageTypeDiscover, unknownMAC, pxeBIOS...))
+	e.h.FlushSightings()
+	if len(e.rep.rs) != 0 {
+		t.Fatalf("reports %v within SeenEvery of the last, want none", e.rep.kinds())
+	}
+	e.now = e.now.Add(31 * time.Second)
+	e.h.FlushSightings()
+	if len(e.rep.rs) != 1 || e.rep.rs[0].MAC != unknownMAC.String() || e.rep.rs[0].Count != 1 {
+		t.Fatalf("after SeenEvery: reports %+v, want one mac_seen of %s with count 1", e.rep.rs, unknownMAC)
 	}
 }
