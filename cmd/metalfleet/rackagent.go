@@ -58,6 +58,9 @@ Create its token with: metalfleet token create --role agent --rack RACK`,
 				return fmt.Errorf("--pool-share %q: want K/N with 0 <= K < N, e.g. 0/2 and 1/2 for a rack's two agents", poolShare)
 			}
 			cfg.TFTPRoots = tftpRoots
+			// The default address gives way to a free loopback port when
+			// taken (two agents on one host); one asked for does not.
+			cfg.MgmtAddrSoft = !cmd.Flags().Changed("mgmt-addr")
 			cfg.GossipJoin = splitList(gossipJoin)
 			if cfg.GossipKey, err = readGossipKey(gossipKeyFile); err != nil {
 				return err
@@ -84,6 +87,7 @@ Create its token with: metalfleet token create --role agent --rack RACK`,
 	f.StringVar(&cfg.TFTPAddr, "tftp-addr", ":69", "TFTP listen address (empty: no TFTP)")
 	f.StringSliceVar(&tftpRoots, "tftp-root", nil, "directories of first-stage boot files, searched in order (default DATA_DIR/tftp, /usr/lib/ipxe)")
 	f.StringVar(&cfg.HTTPAddr, "http-addr", ":8080", "HTTP boot listen address")
+	f.StringVar(&cfg.MgmtAddr, "mgmt-addr", agent.DefaultMgmtAddr, "authenticated management listener HOST:PORT (a bearer token: this rack's agent token or an admin token); if the default is taken, a free loopback port is used")
 	f.StringVar(&advertise, "advertise-ip", "", "this agent's IP on the rack network (required)")
 	f.StringVar(&poolShare, "pool-share", "0/1", "this agent's share K/N of the rack's dynamic pool")
 	f.Int64Var(&cfg.CacheMaxBytes, "cache-max-bytes", 20<<30, "artifact cache size limit")

@@ -2,6 +2,19 @@
 // its durable state (boot state copy, leases, outbox), the DHCP, TFTP and
 // HTTP boot servers, the link to the coordinator, and gossip with the
 // rack's other agent and the coordinators.
+//
+// The HTTP boot server faces untrusted nodes and authenticates nothing
+// but task tokens. Apart from it, the agent serves an authenticated
+// management listener (--mgmt-addr, default 127.0.0.1:7492): every
+// request needs "Authorization: Bearer <token>", where the token is this
+// rack's agent token (the one the agent runs with, compared in constant
+// time) or an admin token, which the agent verifies by asking the
+// coordinator (an admin-only read answered 200; a verified token is
+// remembered for a minute). It serves GET /v1/health and GET /v1/diag;
+// console and power routes come next. The agent tells the coordinator
+// this address on every API call, boot-state polls included, in the
+// X-Metalfleet-Agent-Mgmt header (an unspecified host replaced by the
+// advertise IP).
 package agent
 
 import (
@@ -107,6 +120,11 @@ type Config struct {
 	NoRouterAdverts bool
 	// CacheMaxBytes bounds the artifact cache (default 20 GiB).
 	CacheMaxBytes int64
+	// MgmtAddr is the authenticated management listener (default
+	// 127.0.0.1:0). MgmtAddrSoft: if it cannot be bound, bind
+	// 127.0.0.1:0 instead and log it (the CLI's default address).
+	MgmtAddr     string
+	MgmtAddrSoft bool
 
 	Logger *slog.Logger
 }
@@ -130,6 +148,10 @@ type Agent struct {
 	gossip *gossip.Gossip
 
 	dhcpConn net.PacketConn
+
+	mgmtLn     net.Listener
+	mgmtAdvert string
+	mgmtAuth   *mgmtAuth
 }
 
 // New opens the agent's state and binds its sockets; Run serves.
@@ -183,6 +205,23 @@ func New(cfg Config) (*Agent, error) {
 	db.MaxBatchDelay = 2 * time.Millisecond
 	a.client = apiclient.New(joinAddrs(cfg.Coordinators), cfg.Token)
 	a.client.SetHeader("X-Metalfleet-Agent", cfg.Name)
+	if cfg.MgmtAddr == "" {
+		cfg.MgmtAddr = "127.0.0.1:0"
+	}
+	if a.mgmtLn, err = net.Listen("tcp", cfg.MgmtAddr); err != nil {
+		if !cfg.MgmtAddrSoft {
+			return nil, fmt.Errorf("management listener on %s: %w", cfg.MgmtAddr, err)
+		}
+		a.log.Warn("management listener: address taken; using a free loopback port", "addr", cfg.MgmtAddr, "err", err)
+		if a.mgmtLn, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			return nil, fmt.Errorf("management listener: %w", err)
+		}
+	}
+	a.mgmtAdvert = mgmtAdvertise(a.mgmtLn, cfg.AdvertiseIP.String())
+	// The coordinator learns the management address from every call
+	// (boot-state polls included), so it knows it with gossip off.
+	a.client.SetHeader(proto.AgentMgmtHeader, a.mgmtAdvert)
+	a.mgmtAuth = &mgmtAuth{own: cfg.Token, addrs: a.client.Addrs, now: time.Now, good: map[[32]byte]time.Time{}}
 	if a.boot, err = bootstate.Open(db, cfg.Rack, a.log.With("component", "bootstate")); err != nil {
 		return nil, err
 	}
@@ -327,6 +366,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		run("tftp", func(ctx context.Context) error { return a.tftp.Serve(ctx, a.tftpLn) })
 	}
 	run("leases", a.leaseLoop)
+	run("mgmt", a.serveMgmt)
 	if a.cfg.Interface != "" && !a.cfg.NoRouterAdverts {
 		run("router-adverts", func(ctx context.Context) error {
 			if err := ra.Run(ctx, a.cfg.Interface, ra.DefaultInterval, a.log.With("component", "ra")); err != nil {
@@ -340,7 +380,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		run("gossip", a.gossip.Run)
 		run("coordinators", a.followCoordinators)
 	}
-	a.log.Info("rack agent serving", "dhcp", a.dhcp.Addr().String(), "http", a.httpLn.Addr().String(),
+	a.log.Info("rack agent serving", "dhcp", a.dhcp.Addr().String(), "http", a.httpLn.Addr().String(), "mgmt", a.mgmtLn.Addr().String(),
 		"tftp", fmt.Sprint(a.TFTPAddr()), "coordinators", a.client.Addrs())
 	var err error
 	select {
@@ -367,6 +407,9 @@ func (a *Agent) close() {
 	}
 	if a.httpLn != nil {
 		a.httpLn.Close()
+	}
+	if a.mgmtLn != nil {
+		a.mgmtLn.Close()
 	}
 	if a.tftpLn != nil {
 		a.tftpLn.Close()

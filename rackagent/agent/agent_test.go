@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -395,5 +396,57 @@ func TestAgentDHCPFlood(t *testing.T) {
 	t.Logf("flood of %d MACs: %d sightings reported", flood, len(sg))
 	if got := coordLeases(t, f)[client.String()]; got != clientIP {
 		t.Errorf("the coordinator's lease of %s = %q, want %s", client, got, clientIP)
+	}
+}
+
+// TestMgmtListener: the management listener refuses a request without a
+// token, or with a wrong or operator's token (401), and serves the rack's
+// agent token and an admin token (verified with the coordinator). The
+// agent sends its management address to the coordinator.
+func TestMgmtListener(t *testing.T) {
+	f := newFleet(t)
+	a, _ := startAgent(t, f, t.TempDir())
+	coordtest.WaitFor(t, 10*time.Second, "agent synced", a.Boot().Synced)
+	var op proto.TokenCreated
+	if _, err := f.admin.Do(context.Background(), "POST", "/v1/tokens", proto.TokenCreate{Role: proto.RoleOperator}, &op); err != nil {
+		t.Fatal(err)
+	}
+	call := func(path, token string) (int, []byte) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", "http://"+a.MgmtAddr()+path, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+	for _, tc := range []struct{ name, token string }{{"none", ""}, {"wrong", "nope"}, {"operator", op.Secret}} {
+		for _, path := range []string{"/v1/health", "/v1/diag"} {
+			if code, body := call(path, tc.token); code != http.StatusUnauthorized {
+				t.Errorf("%s token: GET %s = %d %s, want 401", tc.name, path, code, body)
+			}
+		}
+	}
+	for _, tc := range []struct{ name, token string }{{"agent", f.agentToken}, {"admin", f.c.Token}} {
+		code, body := call("/v1/diag", tc.token)
+		var d agent.Diag
+		if code != 200 || json.Unmarshal(body, &d) != nil {
+			t.Fatalf("%s token: GET /v1/diag = %d %s, want 200 and a diag", tc.name, code, body)
+		}
+		if d.Name != "a1" || d.Rack != "r1" || !proto.IsUUID(d.Incarnation) || d.BootStateIndex == 0 || !d.BootSynced {
+			t.Errorf("diag = %+v", d)
+		}
+		if code, _ := call("/v1/health", tc.token); code != 200 {
+			t.Errorf("%s token: GET /v1/health = %d, want 200", tc.name, code)
+		}
+	}
+	// The boot server does not serve the management routes.
+	if code, _ := get(t, "http://"+a.HTTPAddr().String()+"/v1/diag"); code == 200 {
+		t.Errorf("the boot server serves /v1/diag")
 	}
 }
