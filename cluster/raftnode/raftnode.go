@@ -248,6 +248,31 @@ func (n *Node) VerifyLeader() error {
 	return nil
 }
 
+// Barrier waits until every entry committed before it, by this leader or
+// a predecessor, has been applied to the local FSM, or ctx ends. A new
+// leader runs it before it answers consistent reads.
+func (n *Node) Barrier(ctx context.Context) error {
+	timeout := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+		if timeout <= 0 {
+			return context.DeadlineExceeded
+		}
+	}
+	f := n.Raft.Barrier(timeout)
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			return ErrNotLeader
+		}
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // Shutdown stops Raft and closes the transport and the store.
 func (n *Node) Shutdown() error {
 	err := n.Raft.Shutdown().Error()

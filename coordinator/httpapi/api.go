@@ -363,7 +363,14 @@ func (c *call) blockOn(stale bool, waitFn func(context.Context, uint64) uint64, 
 		}
 	}
 	if !stale {
+		// VerifyLeader also holds a newly elected leader's read until it
+		// has applied its predecessor's log; both refusals are retryable.
 		if err := c.a.b.VerifyLeader(); err != nil {
+			c.w.Header().Set("Retry-After", "1")
+			var pe *proto.Error
+			if errors.As(err, &pe) {
+				return pe
+			}
 			return proto.Errorf(proto.CodeNoLeader, "this server lost leadership; try again (or read with ?stale)")
 		}
 	}

@@ -1,6 +1,6 @@
 // Package server is the coordinator's composition root: it wires the state
-// store, the FSM, a Raft node and the HTTP API together, runs the
-// leader-only duties, bootstraps or joins a cluster, and shuts it all down
+// store, the FSM, a Raft node, the leader loops (package leader) and the
+// HTTP API together, bootstraps or joins a cluster, and shuts it all down
 // on cancel.
 package server
 
@@ -23,11 +23,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/term"
 
+	"github.com/metalfleet/metalfleet/cluster/clock"
 	"github.com/metalfleet/metalfleet/cluster/gossip"
 	"github.com/metalfleet/metalfleet/cluster/raftnode"
 	"github.com/metalfleet/metalfleet/coordinator/fsm"
 	"github.com/metalfleet/metalfleet/coordinator/httpapi"
+	"github.com/metalfleet/metalfleet/coordinator/leader"
 	"github.com/metalfleet/metalfleet/coordinator/state"
 	"github.com/metalfleet/metalfleet/proto"
 )
@@ -64,9 +67,17 @@ type Config struct {
 	// API settings; zero fields take the defaults.
 	API httpapi.Config
 
+	// ReadyWait bounds how long a consistent read on a newly elected
+	// leader waits for the leader to have applied its predecessor's log
+	// before it answers 503 with Retry-After (default 5 s).
+	ReadyWait time.Duration
+	// Clock drives the leader loops (default the system clock).
+	Clock clock.Clock
+
 	Logger *slog.Logger
-	// Out receives the one-time print of a new admin token (default
-	// stdout).
+	// Out receives the notice of a new admin token: the secret itself
+	// only if Out is a terminal, else only the file that holds it
+	// (default stdout).
 	Out *os.File
 }
 
@@ -84,11 +95,9 @@ type Server struct {
 
 	applyLatency prometheus.Histogram
 	gossip       *gossip.Gossip
+	leader       *leader.Leader
 
 	bootstrapSecret string // admin secret still to be stored, if any
-
-	mu      sync.Mutex
-	leading context.CancelFunc // stops the leader duties
 }
 
 // AdminTokenFile is the name of the bootstrap admin token's file in DataDir.
@@ -108,6 +117,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Out == nil {
 		cfg.Out = os.Stdout
+	}
+	if cfg.ReadyWait <= 0 {
+		cfg.ReadyWait = 5 * time.Second
 	}
 	if cfg.Bootstrap && cfg.JoinURL != "" {
 		return nil, errors.New("--bootstrap and --join exclude each other: bootstrap the first server, join the others")
@@ -143,6 +155,14 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.raft = rn
+	lc := leader.Config{
+		Self:  proto.Server{ID: cfg.NodeID, RaftAddr: rn.Addr(), HTTPAddr: s.cfg.HTTPAdvertise},
+		Clock: cfg.Clock, Logger: s.log.With("component", "leader"),
+	}
+	if s.bootstrapSecret != "" {
+		lc.BootstrapSecretHash = httpapi.HashSecret(s.bootstrapSecret)
+	}
+	s.leader = leader.New(leaderBackend{s}, lc)
 
 	s.applyLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name: "metalfleet_raft_apply_duration_seconds", Help: "Time from proposing a command to its being applied.",
@@ -154,6 +174,8 @@ func New(cfg Config) (*Server, error) {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "metalfleet_raft_leader", Help: "1 if this server is the Raft leader."},
 			func() float64 { return b2f(rn.IsLeader()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "metalfleet_leader_ready", Help: "1 if this server leads and has applied its predecessor's log (serves consistent reads)."},
+			func() float64 { return b2f(s.leader.Ready()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "metalfleet_raft_state", Help: "Raft state: 0 follower, 1 candidate, 2 leader, 3 shutdown."},
 			func() float64 { return float64(rn.Raft.State()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "metalfleet_raft_applied_index", Help: "Last Raft index applied to the FSM."},
@@ -189,9 +211,14 @@ func b2f(b bool) float64 {
 	return 0
 }
 
+// isTerminal reports whether f is a terminal; tests replace it.
+var isTerminal = func(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
+
 // bootstrapToken returns the admin secret of a bootstrapping server: read
-// from DataDir/admin.token, or made and written there (0600) and printed
-// once. The token reaches the FSM when this server first leads.
+// from DataDir/admin.token, or made and written there (0600). The secret
+// is printed once, only to a terminal: under systemd stdout is the
+// journal, which must not hold it, so there only the file is named. The
+// token reaches the FSM when this server first leads.
 func (s *Server) bootstrapToken() (string, error) {
 	path := filepath.Join(s.cfg.DataDir, AdminTokenFile)
 	b, err := os.ReadFile(path)
@@ -209,7 +236,11 @@ func (s *Server) bootstrapToken() (string, error) {
 	if err := os.Rename(tmp, path); err != nil {
 		return "", fmt.Errorf("admin token: %w", err)
 	}
-	fmt.Fprintf(s.cfg.Out, "Admin token (shown once; also saved to %s):\n  %s\n", path, secret)
+	if isTerminal(s.cfg.Out) {
+		fmt.Fprintf(s.cfg.Out, "Admin token (shown once; also saved to %s):\n  %s\n", path, secret)
+	} else {
+		fmt.Fprintf(s.cfg.Out, "Admin token written to %s (mode 0600)\n", path)
+	}
 	return secret, nil
 }
 
@@ -230,6 +261,8 @@ func (s *Server) IsLeader() bool { return s.raft.IsLeader() }
 
 // Run serves until ctx ends, then shuts down the API and Raft.
 func (s *Server) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	errc := make(chan error, 1)
 	go func() {
 		if err := s.http.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -238,7 +271,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}()
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); s.watchLeadership(ctx) }()
+	go func() { defer wg.Done(); s.leader.Watch(ctx, s.raft.Raft.LeaderCh()) }()
 	if s.cfg.JoinURL != "" {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.joinLoop(ctx) }()
@@ -255,6 +288,7 @@ func (s *Server) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
+	cancel()
 	return errors.Join(err, s.shutdown(&wg))
 }
 
@@ -266,11 +300,6 @@ func (s *Server) shutdown(wg *sync.WaitGroup) error {
 		s.http.Close() // blocking queries still open: cut them
 		herr = nil
 	}
-	s.mu.Lock()
-	if s.leading != nil {
-		s.leading()
-	}
-	s.mu.Unlock()
 	if s.gossip != nil {
 		_ = s.gossip.Leave(time.Second)
 	}
@@ -287,73 +316,6 @@ func (s *Server) shutdown(wg *sync.WaitGroup) error {
 func (s *Server) Close() error {
 	s.ln.Close()
 	return s.raft.Shutdown()
-}
-
-// watchLeadership starts the leader duties when this server becomes
-// leader and stops them when it stops leading.
-func (s *Server) watchLeadership(ctx context.Context) {
-	ch := s.raft.Raft.LeaderCh()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case leader := <-ch:
-			s.mu.Lock()
-			if s.leading != nil {
-				s.leading()
-				s.leading = nil
-			}
-			if leader {
-				lctx, cancel := context.WithCancel(ctx)
-				s.leading = cancel
-				go s.leaderDuties(lctx)
-			}
-			s.mu.Unlock()
-			s.log.Info("leadership changed", "leader", leader)
-		}
-	}
-}
-
-// leaderDuties runs while this server leads: it makes sure the state
-// records this server's addresses and holds the bootstrap admin token.
-// Each step is idempotent and retried, so a leader that dies half-way
-// leaves its successor nothing to undo.
-func (s *Server) leaderDuties(ctx context.Context) {
-	retry := func(what string, fn func() error) bool {
-		for backoff := 50 * time.Millisecond; ; backoff = min(backoff*2, 2*time.Second) {
-			err := fn()
-			if err == nil {
-				return true
-			}
-			s.log.Warn("leader duty failed; retrying", "duty", what, "err", err)
-			select {
-			case <-ctx.Done():
-				return false
-			case <-time.After(backoff):
-			}
-		}
-	}
-	if !retry("barrier", func() error { return s.raft.Raft.Barrier(10 * time.Second).Error() }) {
-		return
-	}
-	if !retry("record self", func() error {
-		_, err := s.apply(ctx, fsm.ServerPut{Server: proto.Server{ID: s.cfg.NodeID, RaftAddr: s.RaftAddr(), HTTPAddr: s.cfg.HTTPAdvertise}})
-		return err
-	}) {
-		return
-	}
-	if s.bootstrapSecret != "" && len(s.store.Tokens()) == 0 {
-		// Only into an empty token table: an operator who has since
-		// revoked the bootstrap token does not get it back on a restart.
-		retry("bootstrap admin token", func() error {
-			_, err := s.apply(ctx, fsm.TokenCreate{
-				Token:      proto.Token{ID: "admin-bootstrap", Description: "created by --bootstrap", Role: proto.RoleAdmin, CreatedAt: time.Now().UTC()},
-				SecretHash: httpapi.HashSecret(s.bootstrapSecret),
-				IfAbsent:   true,
-			})
-			return err
-		})
-	}
 }
 
 // advertiseLeader keeps this server's gossip meta naming the Raft
@@ -444,8 +406,57 @@ type backend struct{ s *Server }
 func (b backend) NodeID() string       { return b.s.cfg.NodeID }
 func (b backend) Store() *state.Store  { return b.s.store }
 func (b backend) IsLeader() bool       { return b.s.raft.IsLeader() }
-func (b backend) VerifyLeader() error  { return b.s.raft.VerifyLeader() }
 func (b backend) Status() proto.Status { return b.s.Status() }
+
+// VerifyLeader answers whether this server may serve a consistent read
+// from its store now: it leads, a quorum confirms it, and it has applied
+// everything committed before its election (its barrier). A newly elected
+// leader holds the read up to ReadyWait for the barrier, then refuses with
+// a retryable 503. VerifyLeader alone is not enough: a new leader learns
+// that its predecessor's last entries are committed only when its own
+// first entry commits, and until it applies them its store is older than
+// writes the cluster acknowledged.
+func (b backend) VerifyLeader() error {
+	if !b.s.raft.IsLeader() {
+		return httpapi.ErrNotLeader
+	}
+	if !b.s.leader.Ready() {
+		ctx, cancel := context.WithTimeout(context.Background(), b.s.cfg.ReadyWait)
+		ok := b.s.leader.WaitReady(ctx)
+		cancel()
+		if !ok {
+			if !b.s.raft.IsLeader() {
+				return httpapi.ErrNotLeader
+			}
+			return proto.Errorf(proto.CodeUnavailable, "this server was just elected leader and is still applying its predecessor's log (waited %s); try again", b.s.cfg.ReadyWait)
+		}
+	}
+	if err := b.s.raft.VerifyLeader(); err != nil {
+		return httpapi.ErrNotLeader
+	}
+	// Still the leadership whose barrier was applied: a term that moved
+	// on while we verified needs its own.
+	if !b.s.leader.Ready() {
+		return proto.Errorf(proto.CodeUnavailable, "leadership changed while the read was verified; try again")
+	}
+	return nil
+}
+
+// applyError turns a Raft error of a proposal into what the API answers.
+// None of them may become a 4xx: a 4xx says the write was not applied,
+// and after most of these the outcome is unknown.
+func applyError(err error) error {
+	switch {
+	case errors.Is(err, raftnode.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost),
+		errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, raft.ErrAbortedByRestore):
+		return httpapi.ErrNotLeader // 503, "may or may not have been applied"
+	case errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, context.DeadlineExceeded):
+		return context.DeadlineExceeded // 504
+	case errors.Is(err, raft.ErrRaftShutdown):
+		return proto.Errorf(proto.CodeUnavailable, "this server is shutting down; the write may or may not have been applied")
+	}
+	return proto.Errorf(proto.CodeInternal, "raft: %v; the write may or may not have been applied", err)
+}
 
 func (b backend) Apply(ctx context.Context, c fsm.Command) (any, uint64, error) {
 	data, err := fsm.Encode(c)
@@ -455,13 +466,7 @@ func (b backend) Apply(ctx context.Context, c fsm.Command) (any, uint64, error) 
 	start := time.Now()
 	resp, idx, err := b.s.raft.Apply(ctx, data)
 	if err != nil {
-		if errors.Is(err, raftnode.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
-			return nil, 0, httpapi.ErrNotLeader
-		}
-		if errors.Is(err, raft.ErrEnqueueTimeout) {
-			return nil, 0, context.DeadlineExceeded
-		}
-		return nil, 0, err
+		return nil, 0, applyError(err)
 	}
 	b.s.applyLatency.Observe(time.Since(start).Seconds())
 	res, ok := resp.(*fsm.Result)
@@ -568,6 +573,22 @@ func (b backend) Agents() []proto.AgentInfo {
 	}
 	return out
 }
+
+// leaderBackend adapts Server to leader.Backend.
+type leaderBackend struct{ s *Server }
+
+func (l leaderBackend) Store() *state.Store { return l.s.store }
+func (l leaderBackend) Term() uint64        { return l.s.raft.Raft.CurrentTerm() }
+
+func (l leaderBackend) Apply(ctx context.Context, c fsm.Command) (any, error) {
+	return l.s.apply(ctx, c)
+}
+
+func (l leaderBackend) Barrier(ctx context.Context) error { return l.s.raft.Barrier(ctx) }
+
+// Ready reports whether this server leads and has applied everything
+// committed before its election, so it serves consistent reads.
+func (s *Server) Ready() bool { return s.leader.Ready() }
 
 // Status describes this server and its view of the cluster.
 func (s *Server) Status() proto.Status {

@@ -17,25 +17,19 @@ import (
 	"time"
 
 	"github.com/metalfleet/metalfleet/coordinator/apiclient"
+	"github.com/metalfleet/metalfleet/ops/testkit"
 )
 
-// Binary returns the metalfleet binary to drill: $METALFLEET_BIN if set,
-// else one built into a temporary directory.
+// Binary returns the metalfleet binary to drill (testkit.Binary: $METALFLEET_BIN
+// if set, else one built once per test process), as an absolute path.
 func Binary(t testing.TB) string {
 	t.Helper()
-	if b := os.Getenv("METALFLEET_BIN"); b != "" {
-		abs, err := filepath.Abs(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return abs
+	b := testkit.Binary(t)
+	abs, err := filepath.Abs(b)
+	if err != nil {
+		t.Fatal(err)
 	}
-	out := filepath.Join(t.TempDir(), "metalfleet")
-	cmd := exec.Command("go", "build", "-o", out, "github.com/metalfleet/metalfleet/cmd/metalfleet")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, b)
-	}
-	return out
+	return abs
 }
 
 // FreePort returns a loopback address with a port that was free a moment
@@ -167,16 +161,10 @@ func (p *Proc) Term(limit time.Duration) (time.Duration, error) {
 // Client returns an API client for the process.
 func (p *Proc) Client(token string) *apiclient.Client { return apiclient.New(p.HTTPAddr, token) }
 
-// WaitFor polls cond every 20 ms until it holds or d passes.
+// WaitFor waits until cond holds or d passes (testkit.Eventually).
 func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.Eventually(t, d, what, cond)
 }
 
 // Ctx returns a context that ends after d.
