@@ -175,8 +175,9 @@ func TestAgentServesAndReportsThroughOutages(t *testing.T) {
 	if code, body := get(t, kernelURL); code != 200 || string(body) != string(f.kernel) {
 		t.Fatalf("kernel with the coordinator down: %d", code)
 	}
-	// Sightings are reported every few seconds, with a count.
-	coordtest.WaitFor(t, 20*time.Second, "reports queued", func() bool { return a.Outbox().Len() >= 10 })
+	// Sightings are reported every few seconds, with a count: wait for
+	// the five new MACs' to be queued too.
+	coordtest.WaitFor(t, 20*time.Second, "reports queued", func() bool { return a.Outbox().Len() >= 10 && a.Outbox().Sightings() >= 5 })
 
 	// It comes back: every report arrives, once.
 	s := f.c.Restart(0)

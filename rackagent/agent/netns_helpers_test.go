@@ -55,6 +55,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 
 	"github.com/metalfleet/metalfleet/ops/netlab"
+	"github.com/metalfleet/metalfleet/ops/testkit"
 	"github.com/metalfleet/metalfleet/proto"
 )
 
@@ -153,16 +154,12 @@ func (l *nsLab) prefix() string { return fmt.Sprintf("10.77.%d", l.X) }
 // early if proc (when not nil) has exited.
 func (l *nsLab) wait(d time.Duration, what string, proc *netlab.Proc, cond func() bool) {
 	l.t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
+	testkit.Eventually(l.t, d, what, func() bool {
 		if proc != nil && !proc.Running() {
 			l.t.Fatalf("waiting for %s: %s exited: %v", what, proc.Name, proc.Err)
 		}
-		if time.Now().After(deadline) {
-			l.t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return cond()
+	})
 }
 
 // call sends a JSON request to the coordinator's API (inside namespace A).

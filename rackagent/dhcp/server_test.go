@@ -15,6 +15,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"go.etcd.io/bbolt"
 
+	"github.com/metalfleet/metalfleet/ops/testkit"
 	"github.com/metalfleet/metalfleet/proto"
 )
 
@@ -160,23 +161,15 @@ func TestHostilePackets(t *testing.T) {
 	if off := r.exchange(disc); off.MessageType() != dhcpv4.MessageTypeOffer {
 		t.Fatalf("after garbage: %s", off.MessageType())
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for !strings.Contains(logs.String(), "src="+bad.LocalAddr().String()) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no log line names the bad packets' source %s; log:\n%s", bad.LocalAddr(), logs)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.Eventually(t, 2*time.Second, "a log line naming the bad packets' source "+bad.LocalAddr().String(), func() bool {
+		return strings.Contains(logs.String(), "src="+bad.LocalAddr().String())
+	})
 	// Rate limited: seven bad packets, one line.
 	if n := strings.Count(logs.String(), "malformed DHCP packet"); n != 1 {
 		t.Fatalf("%d log lines for one source's burst, want 1", n)
 	}
 	// Packets are handled concurrently: the count may trail the log line.
-	for deadline := time.Now().Add(2 * time.Second); s.Stats.Malformed.Load() < 5; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("malformed count %d, want at least 5", s.Stats.Malformed.Load())
-		}
-	}
+	testkit.Eventually(t, 2*time.Second, "a malformed count of at least 5", func() bool { return s.Stats.Malformed.Load() >= 5 })
 }
 
 // FuzzHandle: no input makes the parser or the handler panic.

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/metalfleet/metalfleet/ops/testkit"
 	"github.com/metalfleet/metalfleet/proto"
 )
 
@@ -236,9 +237,7 @@ func TestReportStopsWithContext(t *testing.T) {
 	r := &Reporter{InitialBackoff: time.Hour, MaxBackoff: time.Hour, MaxElapsed: 2 * time.Hour} // the real clock: only ctx ends the wait
 	done := make(chan error, 1)
 	go func() { done <- r.Report(ctx, cs.URL+"/v1/callback", "52:54:00:12:34:56", "", StepInventory, 1) }()
-	for len(cs.requests()) == 0 {
-		time.Sleep(time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, "the first attempt", func() bool { return len(cs.requests()) > 0 })
 	cancel()
 	select {
 	case err := <-done:

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	ptftp "github.com/pin/tftp/v3"
+
+	"github.com/metalfleet/metalfleet/ops/testkit"
 )
 
 const (
@@ -144,6 +146,8 @@ func benchFetch(b *testing.B, addr, name string, size int64, clients int) {
 // waitReady polls a small fetch until the server at addr() answers.
 func waitReady(addr func() string) error {
 	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(testkit.Poll)
+	defer tick.Stop()
 	for {
 		if a := addr(); a != "" {
 			c, err := ptftp.NewClient(a)
@@ -161,7 +165,7 @@ func waitReady(addr func() string) error {
 		if time.Now().After(deadline) {
 			return errors.New("server did not become ready")
 		}
-		time.Sleep(20 * time.Millisecond)
+		<-tick.C
 	}
 }
 

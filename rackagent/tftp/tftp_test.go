@@ -24,6 +24,8 @@ import (
 
 	ptftp "github.com/pin/tftp/v3"
 	"go.uber.org/goleak"
+
+	"github.com/metalfleet/metalfleet/ops/testkit"
 )
 
 // TestMain fails the package if any test leaves a goroutine behind.
@@ -212,13 +214,7 @@ func (l *logCapture) String() string {
 // the client's final packet).
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, what, cond)
 }
 
 // ---------------------------------------------------------------------
