@@ -47,6 +47,10 @@ ramdisk: ## build the task ramdisk (nodeagent as /init), its kernel and BUILD-IN
 e2e: deps build ramdisk ## boot QEMU VMs (BIOS and UEFI) from a rack agent and check they are discovered (root)
 	METALFLEET_E2E=1 METALFLEET_E2E_UEFI=1 METALFLEET_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 15m -v -run QEMU ./ops/e2e/
 
+.PHONY: drill-linearizable
+drill-linearizable: build ## linearizability drill: 3 coordinator processes, KILLS (60) leader SIGKILLs and cluster restarts, checked with porcupine
+	METALFLEET_BIN=$(CURDIR)/$(BIN) METALFLEET_DRILL_KILLS=$(or $(KILLS),60) $(GO) test -count=1 -timeout 60m -v -run TestLinearizableUnderLeaderKills ./ops/drills/
+
 .PHONY: bench-dhcp
 bench-dhcp: build ## DHCP DORA rate: rack agent vs Kea vs dnsmasq under perfdhcp (root, about 5 min)
 	METALFLEET_BIN=$(CURDIR)/$(BIN) ops/bench/dhcp-perf.sh

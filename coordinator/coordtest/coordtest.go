@@ -16,6 +16,7 @@ import (
 
 	"github.com/metalfleet/metalfleet/cluster/raftnode"
 	"github.com/metalfleet/metalfleet/coordinator/server"
+	"github.com/metalfleet/metalfleet/ops/testkit"
 )
 
 // Logger returns a slog logger that writes to t.Log at level warn and
@@ -107,16 +108,10 @@ func AdminToken(t testing.TB, dir string) string {
 	return strings.TrimSpace(string(b))
 }
 
-// WaitFor polls cond every 10 ms until it holds or d passes.
+// WaitFor waits until cond holds or d passes (testkit.Eventually).
 func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.Eventually(t, d, what, cond)
 }
 
 var _ io.Writer = tWriter{}

@@ -59,6 +59,9 @@ type Leader struct {
 	done      chan struct{}      // closed when the running loops have returned
 	readyTerm uint64             // term whose barrier has been applied; 0: none
 	changed   chan struct{}      // closed and replaced when readiness changes
+	// barrierTook is how long the last leadership waited for its
+	// barrier: how much a failover's reads were held for it.
+	barrierTook time.Duration
 }
 
 // New returns loops over b; Watch runs them.
@@ -158,6 +161,14 @@ func (l *Leader) WaitReady(ctx context.Context) bool {
 	}
 }
 
+// BarrierTook is how long the last leadership waited, from winning the
+// election, until its barrier was applied.
+func (l *Leader) BarrierTook() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.barrierTook
+}
+
 func (l *Leader) setReadyLocked(term uint64) {
 	if l.readyTerm == term {
 		return
@@ -172,6 +183,7 @@ func (l *Leader) setReadyLocked(term uint64) {
 // retried, so a leader that dies half-way leaves its successor nothing to
 // undo.
 func (l *Leader) run(ctx context.Context) {
+	start := l.clk.Now()
 	if !l.retry(ctx, "barrier", func() error {
 		term := l.b.Term()
 		if err := l.b.Barrier(ctx); err != nil {
@@ -182,12 +194,14 @@ func (l *Leader) run(ctx context.Context) {
 		// since needs its own barrier.
 		if ctx.Err() == nil && l.b.Term() == term {
 			l.setReadyLocked(term)
+			l.barrierTook = l.clk.Now().Sub(start)
 		}
 		l.mu.Unlock()
 		return nil
 	}) {
 		return
 	}
+	l.log.Info("ready for consistent reads", "barrier_took", l.BarrierTook())
 	if l.cfg.Self.ID != "" && !l.retry(ctx, "record self", func() error {
 		_, err := l.b.Apply(ctx, fsm.ServerPut{Server: l.cfg.Self})
 		return err

@@ -72,11 +72,19 @@ func TestClusterFailover(t *testing.T) {
 					t.Errorf("write during failover: unexpected error %v", err)
 				}
 				failures++
-				time.Sleep(20 * time.Millisecond)
+				select { // pace the retries
+				case <-stop:
+				case <-time.After(20 * time.Millisecond):
+				}
 			}
 		}
 	}()
-	time.Sleep(100 * time.Millisecond)
+	// The writer is writing when the leader dies.
+	coordtest.WaitFor(t, 10*time.Second, "writes acknowledged through the survivor", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acked) >= 15
+	})
 	killed := time.Now()
 	c.Kill(old)
 	nl := c.Leader()

@@ -176,6 +176,8 @@ func New(cfg Config) (*Server, error) {
 			func() float64 { return b2f(rn.IsLeader()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "metalfleet_leader_ready", Help: "1 if this server leads and has applied its predecessor's log (serves consistent reads)."},
 			func() float64 { return b2f(s.leader.Ready()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "metalfleet_leader_barrier_seconds", Help: "How long this server's last leadership held consistent reads: from winning the election until its barrier was applied."},
+			func() float64 { return s.leader.BarrierTook().Seconds() }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "metalfleet_raft_state", Help: "Raft state: 0 follower, 1 candidate, 2 leader, 3 shutdown."},
 			func() float64 { return float64(rn.Raft.State()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "metalfleet_raft_applied_index", Help: "Last Raft index applied to the FSM."},

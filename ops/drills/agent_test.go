@@ -22,9 +22,9 @@ func TestAgentSIGKILLWithQueuedReports(t *testing.T) {
 	ctx := context.Background()
 	c, admin, agentToken, _ := coordinatorForRack(t, bin)
 
-	dhcpAddr := freeUDP(t)
+	dhcpAddr, httpAddr := freeUDP(t), FreePort(t)
 	a := NewAgentProc(t, bin, "a1", "--rack", "r1", "--coordinator", c.HTTPAddr, "--token-file", agentToken,
-		"--dhcp-addr", dhcpAddr, "--tftp-addr", "", "--http-addr", FreePort(t), "--advertise-ip", "127.0.0.1")
+		"--dhcp-addr", dhcpAddr, "--tftp-addr", "", "--http-addr", httpAddr, "--advertise-ip", "127.0.0.1")
 	a.Start(t)
 	server, _ := net.ResolveUDPAddr("udp4", dhcpAddr)
 	// The agent answers once it has the rack's boot state.
@@ -40,8 +40,13 @@ func TestAgentSIGKILLWithQueuedReports(t *testing.T) {
 		mac := net.HardwareAddr{0x52, 0x54, 0, 0, 0x40, byte(i)}
 		leases[mac.String()] = dhcptest.MustDORA(t, server, mac)
 	}
-	time.Sleep(500 * time.Millisecond) // past the reporter's few-millisecond gathering window
-	a.Kill()                           // SIGKILL with reports queued
+	// The lease reports are in the agent's outbox (past the reporter's
+	// gathering window) before the SIGKILL.
+	WaitFor(t, 10*time.Second, "the lease reports queued", func() bool {
+		n, ok := Metric(httpAddr, "metalfleet_agent_outbox_reports")
+		return ok && n >= float64(len(leases))
+	})
+	a.Kill() // SIGKILL with reports queued
 
 	c.Start(t)
 	a.Start(t)

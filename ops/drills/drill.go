@@ -6,10 +6,13 @@ package drills
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -166,6 +169,29 @@ func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	testkit.Eventually(t, d, what, cond)
 }
+
+// Metric reads one unlabelled sample from the Prometheus text at
+// http://addr/metrics; ok is false if the page or the sample is missing.
+func Metric(addr, name string) (v float64, ok bool) {
+	resp, err := metricsClient.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if rest, found := strings.CutPrefix(line, name+" "); found {
+			f, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
+}
+
+var metricsClient = &http.Client{Timeout: 2 * time.Second}
 
 // Ctx returns a context that ends after d.
 func Ctx(t testing.TB, d time.Duration) context.Context {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/metalfleet/metalfleet/coordinator/apiclient"
+	"github.com/metalfleet/metalfleet/ops/testkit"
 	"github.com/metalfleet/metalfleet/proto"
 )
 
@@ -84,23 +85,22 @@ func killLeaderDrill(t testing.TB, procs []*Proc, token string) (time.Duration, 
 	killed := time.Now()
 	procs[li].Kill()
 	var took time.Duration
-	for i := 100; ; i++ {
-		if time.Since(killed) > 30*time.Second {
-			t.Fatalf("no write succeeded within 30s of killing the leader")
-		}
+	i := 100
+	testkit.Until(t, 30*time.Second, "a successful write through a survivor after killing the leader", func() error {
+		i++
 		name := fmt.Sprintf("post-%d", i)
 		n, err := procs[fi].Client(token).CreateNode(Ctx(t, 10*time.Second), proto.NodeCreate{Name: name, MACs: []string{mac(i)}})
 		if err == nil {
 			took = time.Since(killed)
 			acked[name] = n.UUID
-			break
+			return nil
 		}
 		var ae *apiclient.Error
 		if !errors.As(err, &ae) || (ae.Status != 503 && ae.Status != 504) {
 			t.Fatalf("write during failover: %v (want success or 503/504)", err)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return err
+	})
 	return took, li, acked
 }
 

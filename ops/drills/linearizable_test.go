@@ -307,7 +307,7 @@ func runLinearizable(t *testing.T, d linDrill) {
 	// fifth, ...) SIGKILLs all three and restarts them instead: a
 	// restarted leader must not answer from its snapshot before it has
 	// replayed the log its predecessors committed.
-	var recovery []time.Duration
+	var recovery, barriers []time.Duration
 	killErr := func() error {
 		prober := &linClient{http: &http.Client{Timeout: 8 * time.Second}, token: token}
 		for k := 0; k < d.Kills; k++ {
@@ -344,11 +344,17 @@ func runLinearizable(t *testing.T, d linDrill) {
 				return fmt.Errorf("no consistent read served within 30s of killing %s", procs[li].ID)
 			}
 			took := time.Since(killed)
+			// How much of that the new leader held reads for its barrier.
+			var held time.Duration
+			if v, ok := Metric(procs[leaderOf(t, procs, token)].HTTPAddr, "metalfleet_leader_barrier_seconds"); ok {
+				held = time.Duration(v * float64(time.Second))
+				barriers = append(barriers, held)
+			}
 			if all {
-				t.Logf("kill %d: all three SIGKILLed and restarted; first consistent read served %s later", k+1, took.Round(time.Millisecond))
+				t.Logf("kill %d: all three SIGKILLed and restarted; first consistent read served %s later (barrier %s)", k+1, took.Round(time.Millisecond), held.Round(time.Microsecond))
 			} else {
 				recovery = append(recovery, took)
-				t.Logf("kill %d: leader %s SIGKILLed; first consistent read served %s later", k+1, procs[li].ID, took.Round(time.Millisecond))
+				t.Logf("kill %d: leader %s SIGKILLed; first consistent read served %s later (barrier %s)", k+1, procs[li].ID, took.Round(time.Millisecond), held.Round(time.Microsecond))
 				procs[li].Start(t)
 			}
 			if err := waitVoters(ctx, procs, token, 30*time.Second); err != nil {
@@ -387,6 +393,11 @@ func runLinearizable(t *testing.T, d linDrill) {
 	sort.Slice(recovery, func(i, j int) bool { return recovery[i] < recovery[j] })
 	t.Logf("first consistent read after a leader SIGKILL: p50 %s, max %s over %d kills",
 		recovery[len(recovery)/2].Round(time.Millisecond), recovery[len(recovery)-1].Round(time.Millisecond), len(recovery))
+	if len(barriers) > 0 {
+		sort.Slice(barriers, func(i, j int) bool { return barriers[i] < barriers[j] })
+		t.Logf("new leaders held consistent reads for their barrier: p50 %s, max %s over %d elections",
+			barriers[len(barriers)/2].Round(time.Microsecond), barriers[len(barriers)-1].Round(time.Microsecond), len(barriers))
+	}
 
 	bad := staleIndexes(h.ops)
 	res, info := porcupine.CheckOperationsVerbose(registerModel, h.ops, 2*time.Minute)

@@ -74,10 +74,12 @@ func TestTwoAgentsOneRack(t *testing.T) {
 	coordHTTP := c.HTTPAddr
 	var servers []net.Addr
 	var agents []*Proc
+	var httpAddrs []string
 	for i, name := range []string{"a1", "a2"} {
-		dhcpAddr := freeUDP(t)
+		dhcpAddr, httpAddr := freeUDP(t), FreePort(t)
+		httpAddrs = append(httpAddrs, httpAddr)
 		a := NewAgentProc(t, bin, name, "--rack", "r1", "--coordinator", coordHTTP, "--token-file", agentToken,
-			"--dhcp-addr", dhcpAddr, "--tftp-addr", "", "--http-addr", FreePort(t), "--advertise-ip", "127.0.0.1",
+			"--dhcp-addr", dhcpAddr, "--tftp-addr", "", "--http-addr", httpAddr, "--advertise-ip", "127.0.0.1",
 			"--pool-share", []string{"0/2", "1/2"}[i], "--gossip-addr", freeUDP(t), "--gossip-join", coordGossip, "--gossip-profile", "local")
 		a.Start(t)
 		agents = append(agents, a)
@@ -142,14 +144,17 @@ func TestTwoAgentsOneRack(t *testing.T) {
 	}
 	t.Logf("split: a1 answered %d MACs, a2 %d", len(macs)-n2, n2)
 	// Every lease reaches the coordinator, and so a1's copy of the state.
+	var withLeases uint64
 	WaitFor(t, 20*time.Second, "leases at the coordinator", func() bool {
 		var st proto.RackBootState
-		if _, err := admin.Do(context.Background(), "GET", "/v1/agent/bootstate?rack=r1", nil, &st); err != nil {
-			return false
-		}
-		return len(st.Leases) >= len(macs)
+		idx, err := admin.Do(context.Background(), "GET", "/v1/agent/bootstate?rack=r1", nil, &st)
+		withLeases = idx
+		return err == nil && len(st.Leases) >= len(macs)
 	})
-	time.Sleep(time.Second) // a1's long poll picks the last lease up
+	WaitFor(t, 20*time.Second, "a1's long poll picks the last lease up", func() bool {
+		n, ok := Metric(httpAddrs[0], "metalfleet_agent_bootstate_index")
+		return ok && n >= float64(withLeases)
+	})
 
 	var a2MAC net.HardwareAddr
 	for _, m := range macs {
