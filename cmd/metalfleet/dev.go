@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -40,6 +41,7 @@ type devFlags struct {
 	untilDone                   bool
 	coordinator                 string
 	logLevel                    string
+	cpuProfile                  string
 }
 
 // Dev racks: rack k (0-based) is 127.k.0.0/16, its agent (boot server and
@@ -91,6 +93,7 @@ with Ctrl-C.`,
 	fl.BoolVar(&f.untilDone, "until-done", false, "exit once every machine is done, after a summary (status 1 if any failed or an address was leased twice)")
 	fl.StringVar(&f.coordinator, "coordinator", "", "use this coordinator's API (HOST:PORT, with an admin --token) instead of running one")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "debug, info, warn or error")
+	fl.StringVar(&f.cpuProfile, "cpu-profile", "", "write a CPU profile of this process (pprof) to this file")
 	return cmd
 }
 
@@ -143,6 +146,17 @@ func runDev(ctx context.Context, g *globals, f devFlags) error {
 		return err
 	}
 	log := newLogger(os.Stderr, level)
+	if f.cpuProfile != "" {
+		pf, err := os.Create(f.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	dir, err := filepath.Abs(f.dataDir)
 	if err != nil {
 		return err
@@ -245,34 +259,42 @@ Try, in another shell:
 
 	stormDone := make(chan error, 1)
 	go func() { stormDone <- devStorm(ctx, g.stdout, admin, agents, racks, f) }()
-	select {
-	case <-ctx.Done():
-	case err = <-stormDone:
-		if !f.untilDone {
-			select { // the machines are done; keep serving
-			case <-ctx.Done():
-			case err = <-agentDone:
-			case err = <-coordDone:
-			}
+	agentsLeft, coordLeft := len(agents), 0
+	if f.coordinator == "" {
+		coordLeft = 1
+	}
+	// wait takes one server's end (or the storm's, or ctx's).
+	wait := func(storm <-chan error) (error, bool) {
+		select {
+		case <-ctx.Done():
+			return nil, false
+		case e := <-storm:
+			return e, true
+		case e := <-agentDone:
+			agentsLeft--
+			return e, false
+		case e := <-coordDone:
+			coordLeft--
+			return e, false
 		}
-	case err = <-agentDone:
-	case err = <-coordDone:
+	}
+	err, stormEnded := wait(stormDone)
+	if stormEnded && !f.untilDone && err == nil {
+		err, _ = wait(nil) // the machines are done; keep serving
 	}
 	cancel()
 	timeout := time.NewTimer(10 * time.Second)
 	defer timeout.Stop()
-	pending := len(agents)
-	if f.coordinator == "" {
-		pending++
-	}
-	for ; pending > 0; pending-- {
+	for agentsLeft+coordLeft > 0 {
 		select {
 		case e := <-agentDone:
+			agentsLeft--
 			err = errors.Join(err, e)
 		case e := <-coordDone:
+			coordLeft--
 			err = errors.Join(err, e)
 		case <-timeout.C:
-			return errors.Join(err, errors.New("dev: servers did not stop within 10s"))
+			return errors.Join(err, fmt.Errorf("dev: %d rack agents and %d coordinators did not stop within 10s", agentsLeft, coordLeft))
 		}
 	}
 	return err
