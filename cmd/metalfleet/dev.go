@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -14,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -574,8 +576,14 @@ func (s devFigureSet) printDelta(w io.Writer, before devFigureSet, inProcess boo
 		m["metalfleet_raft_applied_index"]-mb["metalfleet_raft_applied_index"], mb["metalfleet_raft_applied_index"], m["metalfleet_raft_applied_index"])
 	const h = "metalfleet_raft_apply_duration_seconds"
 	if n := m[h+"_count"] - mb[h+"_count"]; n > 0 {
-		fmt.Fprintf(w, "coordinator: %.0f commands proposed, propose-to-applied mean %s (commit on disk and FSM apply)\n",
+		fmt.Fprintf(w, "coordinator: %.0f commands proposed; propose to applied (Raft commit on disk and FSM apply) mean %s",
 			n, time.Duration((m[h+"_sum"]-mb[h+"_sum"])/n*float64(time.Second)).Round(10*time.Microsecond))
+		for _, q := range []float64{0.5, 0.99} {
+			if v, ok := histQuantile(m, mb, h, q); ok {
+				fmt.Fprintf(w, ", p%.0f <= %s", q*100, time.Duration(v*float64(time.Second)).Round(10*time.Microsecond))
+			}
+		}
+		fmt.Fprintln(w)
 	}
 	if inProcess {
 		var ru syscall.Rusage
@@ -606,8 +614,8 @@ func vmHWM(path string) string {
 	return "unknown"
 }
 
-// scrapeMetrics reads the unlabelled samples (and histogram _sum and
-// _count) of a Prometheus text page.
+// scrapeMetrics reads the unlabelled samples of a Prometheus text page,
+// and histogram buckets as NAME_bucket:LE.
 func scrapeMetrics(ctx context.Context, url string) (map[string]float64, error) {
 	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
 	if err != nil {
@@ -626,18 +634,54 @@ func scrapeMetrics(ctx context.Context, url string) (map[string]float64, error) 
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if line == "" || line[0] == '#' || strings.Contains(line, "{") {
+		if line == "" || line[0] == '#' {
 			continue
 		}
 		name, val, ok := strings.Cut(line, " ")
 		if !ok {
 			continue
 		}
+		if base, labels, ok := strings.Cut(name, "{"); ok {
+			le, ok := strings.CutPrefix(labels, `le="`)
+			if !ok || !strings.HasSuffix(base, "_bucket") {
+				continue
+			}
+			name = base + ":" + strings.TrimSuffix(le, `"}`)
+		}
 		if v, err := strconv.ParseFloat(strings.Fields(val)[0], 64); err == nil {
 			out[name] = v
 		}
 	}
 	return out, sc.Err()
+}
+
+// histQuantile estimates quantile q of histogram h from the change of its
+// buckets between two scrapes: the upper bound of the bucket it falls in.
+func histQuantile(after, before map[string]float64, h string, q float64) (float64, bool) {
+	type bucket struct{ le, n float64 }
+	var bs []bucket
+	for k, v := range after {
+		le, ok := strings.CutPrefix(k, h+"_bucket:")
+		if !ok {
+			continue
+		}
+		bound, err := strconv.ParseFloat(le, 64)
+		if err != nil {
+			continue
+		}
+		bs = append(bs, bucket{bound, v - before[k]})
+	}
+	slices.SortFunc(bs, func(a, b bucket) int { return cmp.Compare(a.le, b.le) })
+	if len(bs) == 0 || bs[len(bs)-1].n == 0 {
+		return 0, false
+	}
+	want := q * bs[len(bs)-1].n
+	for _, b := range bs {
+		if b.n >= want {
+			return b.le, true
+		}
+	}
+	return 0, false
 }
 
 func udpPort(a net.Addr) int {

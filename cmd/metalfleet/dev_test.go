@@ -167,3 +167,22 @@ func TestDevStorm(t *testing.T) {
 		t.Errorf("nodes per rack = %v, want 150 in dev and dev-2", perRack)
 	}
 }
+
+// TestHistQuantile: the storm summary's Raft apply quantiles come from
+// the change of a histogram's buckets between two scrapes.
+func TestHistQuantile(t *testing.T) {
+	h := "metalfleet_raft_apply_duration_seconds"
+	before := map[string]float64{h + "_bucket:0.001": 5, h + "_bucket:0.01": 5, h + "_bucket:0.1": 5, h + "_bucket:+Inf": 5}
+	after := map[string]float64{h + "_bucket:0.001": 55, h + "_bucket:0.01": 104, h + "_bucket:0.1": 105, h + "_bucket:+Inf": 105}
+	for _, c := range []struct {
+		q    float64
+		want float64
+	}{{0.5, 0.001}, {0.9, 0.01}, {0.99, 0.01}, {1, 0.1}} {
+		if got, ok := histQuantile(after, before, h, c.q); !ok || got != c.want {
+			t.Errorf("histQuantile(q=%v) = %v, %v; want %v", c.q, got, ok, c.want)
+		}
+	}
+	if _, ok := histQuantile(before, before, h, 0.5); ok {
+		t.Errorf("histQuantile of no change: ok, want none")
+	}
+}
