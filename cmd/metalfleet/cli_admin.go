@@ -58,6 +58,9 @@ discovery_enabled, discovery_kernel, discovery_ramdisk and discovery_cmdline are
 				if err != nil {
 					return err
 				}
+				if s.DiscoveryEnabled && !s.DiscoveryActive {
+					fmt.Fprintf(g.stderr, "warning: discovery is enabled but INACTIVE: %s\n", s.DiscoveryInactiveReason)
+				}
 				return g.showSettings(s)
 			},
 		},
@@ -117,13 +120,17 @@ func parseBool(key, v string) (*bool, error) {
 	return &b, nil
 }
 
-func (g *globals) showSettings(s *proto.Settings) error {
+func (g *globals) showSettings(s *proto.SettingsView) error {
 	if g.json() {
 		return g.printJSON(s)
 	}
+	enabled := strconv.FormatBool(s.DiscoveryEnabled)
+	if s.DiscoveryEnabled && !s.DiscoveryActive {
+		enabled += " (INACTIVE: " + s.DiscoveryInactiveReason + ")"
+	}
 	return g.printKV(cells([]kv{
 		{"auto_enroll", strconv.FormatBool(s.AutoEnroll)},
-		{"discovery.enabled", strconv.FormatBool(s.DiscoveryEnabled)},
+		{"discovery.enabled", enabled},
 		{"discovery.kernel", s.DiscoveryKernel},
 		{"discovery.ramdisk", s.DiscoveryRamdisk},
 		{"discovery.cmdline", s.DiscoveryCmdline},

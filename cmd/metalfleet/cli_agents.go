@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/metalfleet/metalfleet/coordinator/apiclient"
 	"github.com/metalfleet/metalfleet/proto"
 )
 
@@ -13,6 +14,7 @@ import (
 
 func newSightingsCmd(g *globals) *cobra.Command {
 	var rack string
+	var limit int
 	cmd := &cobra.Command{
 		Use:   "sightings [--rack R]",
 		Short: "List unknown MACs rack agents have seen",
@@ -27,7 +29,11 @@ boot file, by MAC. A MAC is forgotten once a node with it is created.`,
 			if err != nil {
 				return err
 			}
-			sg, err := c.Sightings(cmd.Context(), rack)
+			q := url.Values{}
+			if rack != "" {
+				q.Set("rack", rack)
+			}
+			sg, err := apiclient.Pages[*proto.Sighting](cmd.Context(), c, "/v1/sightings", q, listPageSize, limit)
 			if err != nil {
 				return err
 			}
@@ -42,6 +48,7 @@ boot file, by MAC. A MAC is forgotten once a node with it is created.`,
 		},
 	}
 	cmd.Flags().StringVar(&rack, "rack", "", "only MACs seen in this rack")
+	cmd.Flags().IntVar(&limit, "limit", 0, "print at most this many (default: every one)")
 	return cmd
 }
 
@@ -50,9 +57,12 @@ func newAgentsCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "agents [--rack R]",
 		Short: "List the rack agents the coordinators know of",
-		Long: `List the rack agents the coordinators know of through gossip, by name.
-LAST_CONTACT is the later of the last gossip contact and the agent's last
-API call.`,
+		Long: `List the rack agents the coordinators know of, by name: those gossip
+knows of and those that called the leader's API (so agents are listed with
+gossip off, as in metalfleet dev). LAST_CONTACT is the later of the last
+gossip contact and the agent's last API call; an agent known only from its
+API calls is alive if it called within the last 2 minutes, else unknown.
+MGMT is the management address the agent gave on its calls.`,
 		Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := g.checkOutput(); err != nil {
@@ -76,9 +86,9 @@ API call.`,
 			}
 			rows := make([][]string, 0, len(ags))
 			for _, a := range ags {
-				rows = append(rows, []string{a.Name, a.Rack, a.Status, a.Address, a.Version, fmtTime(a.LastContact)})
+				rows = append(rows, []string{a.Name, a.Rack, a.Status, a.Address, a.MgmtAddr, a.Version, fmtTime(a.LastContact)})
 			}
-			return g.printTable([]string{"NAME", "RACK", "STATUS", "ADDRESS", "VERSION", "LAST_CONTACT"}, rows)
+			return g.printTable([]string{"NAME", "RACK", "STATUS", "ADDRESS", "MGMT", "VERSION", "LAST_CONTACT"}, rows)
 		},
 	}
 	cmd.Flags().StringVar(&rack, "rack", "", "only the agents of this rack")

@@ -29,9 +29,14 @@ func newNodeCmd(g *globals) *cobra.Command {
 	)
 }
 
+// listPageSize is how many items a list command asks for per request
+// (0: apiclient.DefaultPageSize); tests make it small.
+var listPageSize = 0
+
 func newNodeListCmd(g *globals) *cobra.Command {
 	var state, rack, instance string
 	var discovered, enrolled, maintenance bool
+	var limit int
 	cmd := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
@@ -65,7 +70,12 @@ func newNodeListCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			nodes, _, err := c.Nodes(cmd.Context(), &apiclient.Query{Values: q})
+			if limit < 0 {
+				return fmt.Errorf("--limit %d: want a positive number (0: every node)", limit)
+			}
+			// Page through the list (a few thousand nodes a request);
+			// JSON output is still one array of every node.
+			nodes, err := apiclient.Pages[*proto.Node](cmd.Context(), c, "/v1/nodes", q, listPageSize, limit)
 			if err != nil {
 				return err
 			}
@@ -87,6 +97,7 @@ func newNodeListCmd(g *globals) *cobra.Command {
 	f.BoolVar(&enrolled, "enrolled", false, "only enrolled nodes (--enrolled=false: only discovered ones)")
 	f.BoolVar(&maintenance, "maintenance", false, "only nodes in maintenance (--maintenance=false: only those not)")
 	f.StringVar(&instance, "instance", "", "only the node holding this instance (name or uuid)")
+	f.IntVar(&limit, "limit", 0, "print at most this many nodes (default: every one, read page by page)")
 	cmd.MarkFlagsMutuallyExclusive("discovered", "enrolled")
 	return cmd
 }

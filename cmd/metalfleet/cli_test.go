@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -477,10 +478,23 @@ func TestSettingsCommands(t *testing.T) {
 		t.Errorf("settings show: got %v, want %v", kv, want)
 	}
 
-	c.ok("settings", "set", "auto_enroll=true", "discovery.enabled=on")
+	// Enabled without images: on, but inactive, and said so.
+	_, stderr, err := c.runAs(c.token, "settings", "set", "auto_enroll=true", "discovery.enabled=on")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inactive := "INACTIVE: discovery.kernel is not set; discovery.ramdisk is not set"
+	if !strings.Contains(stderr, "warning: discovery is enabled but "+inactive) {
+		t.Errorf("settings set discovery.enabled=on without images: stderr %q, want a warning that discovery is inactive", stderr)
+	}
 	kv = parseKVOut(t, c.ok("settings", "show"))
-	if kv["auto_enroll"] != "true" || kv["discovery.enabled"] != "true" {
-		t.Errorf("after set: got %v, want auto_enroll and discovery.enabled true", kv)
+	if kv["auto_enroll"] != "true" || kv["discovery.enabled"] != "true ("+inactive+")" {
+		t.Errorf("after set: got %v, want auto_enroll true and discovery.enabled true (%s)", kv, inactive)
+	}
+	var sv proto.SettingsView
+	c.json(&sv, "settings", "show")
+	if !sv.DiscoveryEnabled || sv.DiscoveryActive || sv.DiscoveryInactiveReason == "" {
+		t.Errorf("settings show -o json: got %+v, want enabled, not active, with a reason", sv)
 	}
 
 	sum := strings.Repeat("0f", 32)
@@ -509,6 +523,70 @@ func TestSettingsCommands(t *testing.T) {
 	if s.DiscoveryKernel != "" || s.DiscoveryRamdisk != "rd1" {
 		t.Errorf("after clearing discovery.kernel: got %+v, want no kernel and ramdisk rd1", s)
 	}
+
+	// With both images, enabled is active: no warning, no INACTIVE.
+	_, stderr, err = c.runAs(c.token, "settings", "set", "discovery.kernel=k1", "discovery.enabled=true")
+	if err != nil || stderr != "" {
+		t.Errorf("settings set with both images: err %v, stderr %q; want no warning", err, stderr)
+	}
+	if kv := parseKVOut(t, c.ok("settings", "show")); kv["discovery.enabled"] != "true" {
+		t.Errorf("settings show with discovery active: discovery.enabled %q, want true", kv["discovery.enabled"])
+	}
+}
+
+// TestTokenNotInHelp: --help never shows the token's value, even when it
+// comes from METALFLEET_TOKEN.
+func TestTokenNotInHelp(t *testing.T) {
+	const secret = "mf_thisisthesecretvalue"
+	t.Setenv("METALFLEET_TOKEN", secret)
+	for _, args := range [][]string{{"--help"}, {"node", "list", "--help"}, {"settings", "--help"}} {
+		var out, errb bytes.Buffer
+		root := newRoot(&out, &errb)
+		root.SetArgs(args)
+		if err := root.Execute(); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+		help := out.String() + errb.String()
+		if strings.Contains(help, secret) || strings.Contains(help, "thisisthesecret") {
+			t.Errorf("metalfleet %v prints the token:\n%s", args, help)
+		}
+		if !strings.Contains(help, "$METALFLEET_TOKEN") {
+			t.Errorf("metalfleet %v: help does not say the token comes from $METALFLEET_TOKEN:\n%s", args, help)
+		}
+	}
+	// The value is still used.
+	root := newRoot(&bytes.Buffer{}, &bytes.Buffer{})
+	if err := root.ParseFlags(nil); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := root.PersistentFlags().GetString("token"); v != secret {
+		t.Errorf("--token from the environment: %q, want the variable's value", v)
+	}
+}
+
+// TestNodeListPages: node list reads the list page by page and prints
+// every node (one JSON array with -o json) unless --limit is given.
+func TestNodeListPages(t *testing.T) {
+	old := listPageSize
+	listPageSize = 2
+	t.Cleanup(func() { listPageSize = old })
+	c := startCLI(t)
+	for i := 0; i < 7; i++ {
+		c.ok("node", "create", "--name", fmt.Sprintf("n%d", i), "--mac", fmt.Sprintf("52:54:00:00:03:%02x", i))
+	}
+	var nodes []proto.Node
+	c.json(&nodes, "node", "list")
+	if len(nodes) != 7 || nodes[0].Name != "n0" || nodes[6].Name != "n6" {
+		t.Errorf("node list -o json with pages of 2: %d nodes, want n0..n6 in one array", len(nodes))
+	}
+	if rows := parseTable(t, c.ok("node", "list")); len(rows) != 7 {
+		t.Errorf("node list: %d rows, want 7", len(rows))
+	}
+	c.json(&nodes, "node", "list", "--limit", "3")
+	if len(nodes) != 3 || nodes[2].Name != "n2" {
+		t.Errorf("node list --limit 3: %d nodes, want n0..n2", len(nodes))
+	}
+	wantContains(t, "negative limit", c.fail("node", "list", "--limit", "-1"), "--limit -1")
 }
 
 func TestTokenCommands(t *testing.T) {
@@ -697,9 +775,9 @@ func TestAgentCommands(t *testing.T) {
 			t.Errorf("sightings -o json before any report: got %q, want []", out)
 		}
 		ack, err := agent.Reports(ctx, "r1", []proto.AgentReport{
-			{ID: "s1", Kind: proto.ReportMACSeen, Rack: "r1", Agent: "agent-a", Time: t0, MAC: "52:54:00:AA:BB:01", Arch: "00:07", Count: 2},
-			{ID: "s2", Kind: proto.ReportMACSeen, Rack: "r1", Agent: "agent-a", Time: t0.Add(time.Minute), MAC: "52:54:00:aa:bb:01"},
-			{ID: "s3", Kind: proto.ReportMACSeen, Rack: "r1", Agent: "agent-a", Time: t0, MAC: "52:54:00:aa:bb:02"},
+			{ID: "s1", Kind: proto.ReportMACSeen, Rack: "r1", Agent: "agent-a", Incarnation: "i1", Seq: 1, Time: t0, MAC: "52:54:00:AA:BB:01", Arch: "00:07", Count: 2},
+			{ID: "s2", Kind: proto.ReportMACSeen, Rack: "r1", Agent: "agent-a", Incarnation: "i1", Seq: 2, Time: t0.Add(time.Minute), MAC: "52:54:00:aa:bb:01"},
+			{ID: "s3", Kind: proto.ReportMACSeen, Rack: "r1", Agent: "agent-a", Incarnation: "i1", Seq: 3, Time: t0, MAC: "52:54:00:aa:bb:02"},
 		})
 		if err != nil || !reflect.DeepEqual(ack.Acked, []string{"s1", "s2", "s3"}) {
 			t.Fatalf("reports: got %+v, %v; want s1, s2, s3 acked", ack, err)
@@ -721,6 +799,9 @@ func TestAgentCommands(t *testing.T) {
 		if rows := parseTable(t, c.ok("sightings", "--rack", "r2")); len(rows) != 0 {
 			t.Errorf("sightings --rack r2: got %v, want none", rows)
 		}
+		if rows := parseTable(t, c.ok("sightings", "--limit", "1")); len(rows) != 1 || rows[0]["MAC"] != "52:54:00:aa:bb:01" {
+			t.Errorf("sightings --limit 1: got %v, want the first", rows)
+		}
 		var sg []proto.Sighting
 		c.json(&sg, "sightings")
 		if len(sg) != 2 || sg[0].MAC != "52:54:00:aa:bb:01" || sg[0].Count != 3 || sg[0].Agent != "agent-a" || !sg[0].LastSeen.Equal(t0.Add(time.Minute)) {
@@ -740,17 +821,32 @@ func TestAgentCommands(t *testing.T) {
 	})
 
 	t.Run("agents", func(t *testing.T) {
+		// Without gossip, the agents that called the API are listed: an
+		// agent that names itself and its management address, as rack
+		// agents do, and agent-a of the reports above.
+		named := apiclient.New(c.addr, tok.Secret)
+		named.SetHeader("X-Metalfleet-Agent", "rack1-agent")
+		named.SetHeader(proto.AgentMgmtHeader, "10.0.0.2:7481")
+		if _, err := named.BootState(ctx, "r1", 0, 0); err != nil {
+			t.Fatal(err)
+		}
 		out := c.ok("agents")
-		if h := strings.Fields(strings.SplitN(out, "\n", 2)[0]); !reflect.DeepEqual(h, []string{"NAME", "RACK", "STATUS", "ADDRESS", "VERSION", "LAST_CONTACT"}) {
+		if h := strings.Fields(strings.SplitN(out, "\n", 2)[0]); !reflect.DeepEqual(h, []string{"NAME", "RACK", "STATUS", "ADDRESS", "MGMT", "VERSION", "LAST_CONTACT"}) {
 			t.Errorf("agents header: got %v", h)
 		}
-		if rows := parseTable(t, out); len(rows) != 0 {
-			t.Errorf("agents without gossip: got %v, want none", rows)
+		rows := parseTable(t, out)
+		if len(rows) != 2 || rows[0]["NAME"] != "agent-a" || rows[1]["NAME"] != "rack1-agent" || rows[1]["MGMT"] != "10.0.0.2:7481" ||
+			rows[1]["RACK"] != "r1" || rows[1]["STATUS"] != "alive" {
+			t.Errorf("agents without gossip: got %v, want agent-a and rack1-agent (alive in r1, mgmt 10.0.0.2:7481)", rows)
 		}
-		for _, args := range [][]string{{"-o", "json", "agents"}, {"-o", "json", "agents", "--rack", "r1"}} {
-			if out := c.ok(args...); strings.TrimSpace(out) != "[]" {
-				t.Errorf("%v: got %q, want []", args, out)
-			}
+		var ags []proto.AgentInfo
+		c.json(&ags, "agents", "--rack", "r2")
+		if len(ags) != 0 {
+			t.Errorf("agents --rack r2: got %+v, want none", ags)
+		}
+		c.json(&ags, "agents", "--rack", "r1")
+		if len(ags) != 2 || ags[1].MgmtAddr != "10.0.0.2:7481" || ags[1].Source != "api" {
+			t.Errorf("agents --rack r1 -o json: got %+v", ags)
 		}
 	})
 
@@ -784,7 +880,7 @@ func TestAgentCommands(t *testing.T) {
 		// The last boot step an agent saw shows in node show.
 		n1 := c.node("n1")
 		ack, err := agent.Reports(ctx, "r1", []proto.AgentReport{{ID: "b1", Kind: proto.ReportBootEvent, Rack: "r1", Agent: "agent-a",
-			Time: t0.Add(time.Hour), Node: n1.UUID, Event: "kernel"}})
+			Incarnation: "i1", Seq: 4, Time: t0.Add(time.Hour), Node: n1.UUID, Event: "kernel"}})
 		if err != nil || !reflect.DeepEqual(ack.Acked, []string{"b1"}) {
 			t.Fatalf("boot event report: got %+v, %v", ack, err)
 		}

@@ -69,6 +69,10 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.addr, "addr", envOr("METALFLEET_ADDR", "127.0.0.1:7480"), "coordinator API address (env METALFLEET_ADDR)")
 	pf.StringVar(&g.token, "token", os.Getenv("METALFLEET_TOKEN"), "API token (env METALFLEET_TOKEN)")
+	// Help must never print the token: name the variable it came from.
+	if os.Getenv("METALFLEET_TOKEN") != "" {
+		pf.Lookup("token").DefValue = "$METALFLEET_TOKEN"
+	}
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 
 	root.AddCommand(

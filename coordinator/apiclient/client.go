@@ -87,11 +87,18 @@ func (e *Error) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.Message, e
 // Do sends a request with an optional JSON body and decodes a JSON answer
 // into out (if not nil). It returns the answer's X-Metalfleet-Index.
 func (c *Client) Do(ctx context.Context, method, path string, in, out any) (uint64, error) {
+	idx, _, err := c.DoHeader(ctx, method, path, in, out)
+	return idx, err
+}
+
+// DoHeader is Do that also returns the answer's headers (nil when no
+// answer came).
+func (c *Client) DoHeader(ctx context.Context, method, path string, in, out any) (uint64, http.Header, error) {
 	var payload []byte
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 		payload = b
 	}
@@ -99,38 +106,38 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) (uint
 	bases, start, header := c.bases, c.cur, c.header.Clone()
 	c.mu.Unlock()
 	if len(bases) == 0 {
-		return 0, fmt.Errorf("no coordinator address")
+		return 0, nil, fmt.Errorf("no coordinator address")
 	}
 	var lastErr error
 	for i := range bases {
 		k := (start + i) % len(bases)
-		idx, err, sent := c.do(ctx, bases[k], method, path, payload, in != nil, header, out)
+		idx, hdr, err, sent := c.do(ctx, bases[k], method, path, payload, in != nil, header, out)
 		if sent {
 			if k != start {
 				c.mu.Lock()
 				c.cur = k
 				c.mu.Unlock()
 			}
-			return idx, err
+			return idx, hdr, err
 		}
 		lastErr = err
 		if ctx.Err() != nil {
 			break
 		}
 	}
-	return 0, lastErr
+	return 0, nil, lastErr
 }
 
 // do sends one request to base. sent is false when no answer came (the
 // address could not be reached), so another address may be tried.
-func (c *Client) do(ctx context.Context, base, method, path string, payload []byte, hasBody bool, header http.Header, out any) (idx uint64, err error, sent bool) {
+func (c *Client) do(ctx context.Context, base, method, path string, payload []byte, hasBody bool, header http.Header, out any) (idx uint64, hdr http.Header, err error, sent bool) {
 	var body io.Reader
 	if hasBody {
 		body = bytes.NewReader(payload)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, base+path, body)
 	if err != nil {
-		return 0, err, true
+		return 0, nil, err, true
 	}
 	for k, vs := range header {
 		req.Header[k] = vs
@@ -147,24 +154,25 @@ func (c *Client) do(ctx context.Context, base, method, path string, payload []by
 		// dialled) may go to another address: one that failed later may
 		// have been applied, and a write must not be made twice.
 		var op *net.OpError
-		return 0, err, !(errors.As(err, &op) && op.Op == "dial")
+		return 0, nil, err, !(errors.As(err, &op) && op.Op == "dial")
 	}
 	defer resp.Body.Close()
 	idx, _ = strconv.ParseUint(resp.Header.Get(proto.IndexHeader), 10, 64)
+	hdr = resp.Header
 	if resp.StatusCode >= 300 {
 		var eb proto.ErrorBody
 		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		if json.Unmarshal(raw, &eb) == nil && eb.Error != nil {
-			return idx, &Error{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}, true
+			return idx, hdr, &Error{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message}, true
 		}
-		return idx, &Error{Status: resp.StatusCode, Code: proto.CodeInternal, Message: strings.TrimSpace(resp.Status + " " + string(raw))}, true
+		return idx, hdr, &Error{Status: resp.StatusCode, Code: proto.CodeInternal, Message: strings.TrimSpace(resp.Status + " " + string(raw))}, true
 	}
 	if out != nil && resp.StatusCode != http.StatusNoContent {
 		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-			return idx, fmt.Errorf("decoding answer to %s %s: %w", method, path, err), true
+			return idx, hdr, fmt.Errorf("decoding answer to %s %s: %w", method, path, err), true
 		}
 	}
-	return idx, nil, true
+	return idx, hdr, nil, true
 }
 
 // BootState reads rack's boot state, blocking until it passes index (if
@@ -194,7 +202,8 @@ func (c *Client) Sightings(ctx context.Context, rack string) ([]*proto.Sighting,
 	return out, err
 }
 
-// Agents lists the rack agents the coordinators know of through gossip.
+// Agents lists the rack agents the coordinators know of: through gossip
+// and from the agents' API calls.
 func (c *Client) Agents(ctx context.Context) ([]proto.AgentInfo, error) {
 	var out []proto.AgentInfo
 	_, err := c.Do(ctx, "GET", "/v1/agents", nil, &out)
@@ -426,16 +435,16 @@ func (c *Client) Instance(ctx context.Context, id string) (*proto.Instance, erro
 	return &out, err
 }
 
-// Settings returns the fleet settings.
-func (c *Client) Settings(ctx context.Context) (*proto.Settings, error) {
-	var out proto.Settings
+// Settings returns the fleet settings and whether discovery is active.
+func (c *Client) Settings(ctx context.Context) (*proto.SettingsView, error) {
+	var out proto.SettingsView
 	_, err := c.Do(ctx, "GET", "/v1/settings", nil, &out)
 	return &out, err
 }
 
 // UpdateSettings changes the settings p names and returns them all.
-func (c *Client) UpdateSettings(ctx context.Context, p proto.SettingsPatch) (*proto.Settings, error) {
-	var out proto.Settings
+func (c *Client) UpdateSettings(ctx context.Context, p proto.SettingsPatch) (*proto.SettingsView, error) {
+	var out proto.SettingsView
 	_, err := c.Do(ctx, "PATCH", "/v1/settings", p, &out)
 	return &out, err
 }
@@ -459,4 +468,65 @@ func (c *Client) CreateToken(ctx context.Context, req proto.TokenCreate) (*proto
 func (c *Client) RevokeToken(ctx context.Context, id string) error {
 	_, err := c.Do(ctx, "DELETE", "/v1/tokens/"+esc(id), nil, nil)
 	return err
+}
+
+// NextHeader carries the marker of a list's next page (absent on the
+// last page); pass it back as ?after=.
+const NextHeader = "X-Metalfleet-Next"
+
+// DefaultPageSize is how many items Pages asks for at a time.
+const DefaultPageSize = 1000
+
+// Page reads one page of the list at path (with the filters in q): at
+// most limit items (every one if limit is 0) after the marker after (""
+// for the first page). next is the marker of the following page, "" on
+// the last.
+func Page[T any](ctx context.Context, c *Client, path string, q url.Values, after string, limit int) (items []T, next string, err error) {
+	v := url.Values{}
+	for k, vs := range q {
+		v[k] = vs
+	}
+	if limit > 0 {
+		v.Set("limit", strconv.Itoa(limit))
+	}
+	if after != "" {
+		v.Set("after", after)
+	}
+	if len(v) > 0 {
+		path += "?" + v.Encode()
+	}
+	_, hdr, err := c.DoHeader(ctx, "GET", path, nil, &items)
+	if err != nil {
+		return nil, "", err
+	}
+	return items, hdr.Get(NextHeader), nil
+}
+
+// Pages reads the list at path page by page, pageSize items at a time
+// (DefaultPageSize if 0), until the last page or until it holds max items
+// (every item if max is 0).
+func Pages[T any](ctx context.Context, c *Client, path string, q url.Values, pageSize, max int) ([]T, error) {
+	if pageSize <= 0 {
+		pageSize = DefaultPageSize
+	}
+	out := []T{}
+	after := ""
+	for {
+		n := pageSize
+		if max > 0 && max-len(out) < n {
+			n = max - len(out)
+		}
+		items, next, err := Page[T](ctx, c, path, q, after, n)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, items...)
+		if next == "" || max > 0 && len(out) >= max {
+			return out, nil
+		}
+		if next == after {
+			return out, fmt.Errorf("GET %s: the server answered the same page marker twice", path)
+		}
+		after = next
+	}
 }
