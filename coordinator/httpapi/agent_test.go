@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/metalfleet/metalfleet/coordinator/httpapi"
+	"github.com/metalfleet/metalfleet/ops/testkit"
 	"github.com/metalfleet/metalfleet/proto"
 )
 
@@ -112,13 +113,49 @@ func bootNode(t *testing.T, st proto.RackBootState, name string) proto.BootNode 
 	return proto.BootNode{}
 }
 
-// sendAfter sends a request from another goroutine after delay, for a
-// blocking read to wake on; the channel gets the write's index, or an
-// error.
-func (e *apiEnv) sendAfter(delay time.Duration, method, path, body string) <-chan sent {
+// inFlight reads how many requests to route ("GET /v1/nodes") the server
+// is serving now, from its metalfleet_api_requests_in_flight gauge.
+func (e *apiEnv) inFlight(route string) (int, error) {
+	resp, err := e.client.Get(e.base + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	prefix := `metalfleet_api_requests_in_flight{route="` + route + `"} `
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, prefix); ok {
+			n, err := strconv.ParseFloat(v, 64)
+			return int(n), err
+		}
+	}
+	return 0, nil
+}
+
+// sendWhenBlocked sends a request from another goroutine once a request
+// to route is being served (a blocking read parked on its index), for that
+// read to wake on; the channel gets the write's index, or an error.
+func (e *apiEnv) sendWhenBlocked(route, method, path, body string) <-chan sent {
 	done := make(chan sent, 1)
 	go func() {
-		time.Sleep(delay)
+		// Wait (bounded) for the blocking read to be in flight; e.t
+		// must not be used from this goroutine.
+		deadline := time.Now().Add(10 * time.Second)
+		tick := time.NewTicker(testkit.Poll)
+		defer tick.Stop()
+		for {
+			if n, err := e.inFlight(route); err == nil && n > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				done <- sent{err: "the blocking read " + route + " was never in flight"}
+				return
+			}
+			<-tick.C
+		}
 		s := sent{at: time.Now()}
 		// e.call would t.Fatal from the wrong goroutine.
 		req, _ := http.NewRequest(method, e.base+path, strings.NewReader(body))
@@ -265,7 +302,7 @@ func TestAPIAgentBootStateBlocking(t *testing.T) {
 	idx0 := r.index(t)
 
 	t.Run("wakes on a change to its rack", func(t *testing.T) {
-		done := e.sendAfter(300*time.Millisecond, "POST", "/v1/nodes", `{"name":"late","rack":"r1","macs":["`+mac(7)+`"]}`)
+		done := e.sendWhenBlocked("GET /v1/agent/bootstate", "POST", "/v1/nodes", `{"name":"late","rack":"r1","macs":["`+mac(7)+`"]}`)
 		start := time.Now()
 		st, r := e.bootState(fmt.Sprintf("?rack=r1&index=%d&wait=5s", idx0), e.agent1)
 		returned := time.Now()
@@ -290,7 +327,7 @@ func TestAPIAgentBootStateBlocking(t *testing.T) {
 	t.Run("another rack's change does not wake it", func(t *testing.T) {
 		_, r := e.bootState("?rack=r1", e.agent1)
 		idx := r.index(t)
-		done := e.sendAfter(100*time.Millisecond, "POST", "/v1/nodes", `{"name":"elsewhere","rack":"r2","macs":["`+mac(8)+`"]}`)
+		done := e.sendWhenBlocked("GET /v1/agent/bootstate", "POST", "/v1/nodes", `{"name":"elsewhere","rack":"r2","macs":["`+mac(8)+`"]}`)
 		st, r := e.bootState(fmt.Sprintf("?rack=r1&index=%d&wait=700ms", idx), e.agent1)
 		w := <-done
 		if w.err != "" {
@@ -317,7 +354,7 @@ func TestAPIAgentBootStateBlocking(t *testing.T) {
 	t.Run("settings wake every rack", func(t *testing.T) {
 		_, r := e.bootState("?rack=r2", e.agent2)
 		idx := r.index(t)
-		done := e.sendAfter(200*time.Millisecond, "PATCH", "/v1/settings", `{"discovery_enabled":true}`)
+		done := e.sendWhenBlocked("GET /v1/agent/bootstate", "PATCH", "/v1/settings", `{"discovery_enabled":true}`)
 		st, r := e.bootState(fmt.Sprintf("?rack=r2&index=%d&wait=5s", idx), e.agent2)
 		w := <-done
 		if w.err != "" {

@@ -112,6 +112,7 @@ type API struct {
 	fwd     *http.Client
 	reqs    *prometheus.CounterVec
 	latency *prometheus.HistogramVec
+	flight  *prometheus.GaugeVec
 
 	contacts contacts
 }
@@ -166,9 +167,12 @@ func New(b Backend, cfg Config, log *slog.Logger, reg prometheus.Registerer) *AP
 			Name: "metalfleet_api_request_duration_seconds", Help: "API request latency by route.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"route"}),
+		flight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "metalfleet_api_requests_in_flight", Help: "API requests being served (blocking reads included), by route.",
+		}, []string{"route"}),
 	}
 	if reg != nil {
-		reg.MustRegister(a.reqs, a.latency)
+		reg.MustRegister(a.reqs, a.latency, a.flight)
 	}
 	a.fwd = &http.Client{
 		// No overall timeout: a forwarded blocking read lasts as long as
@@ -248,7 +252,10 @@ func (a *API) wrap(rt Route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w}
+		inFlight := a.flight.WithLabelValues(name)
+		inFlight.Inc()
 		defer func() {
+			inFlight.Dec()
 			code := sw.code
 			if code == 0 {
 				code = http.StatusOK

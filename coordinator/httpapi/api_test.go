@@ -535,33 +535,8 @@ func TestAPIBlockingQuery(t *testing.T) {
 	}
 
 	t.Run("wakes on a write", func(t *testing.T) {
-		const delay = 300 * time.Millisecond
-		type write struct {
-			sent  time.Time
-			index uint64
-			err   string
-		}
-		done := make(chan write, 1)
-		go func() {
-			time.Sleep(delay)
-			w := write{sent: time.Now()}
-			// e.call would t.Fatal from the wrong goroutine: use the
-			// client directly.
-			req, _ := http.NewRequest("POST", e.base+"/v1/nodes", strings.NewReader(`{"name":"late","macs":["`+mac(7)+`"]}`))
-			req.Header.Set("Authorization", bearer(e.admin))
-			resp, err := e.client.Do(req)
-			if err != nil {
-				w.err = err.Error()
-			} else {
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusCreated {
-					w.err = resp.Status
-				}
-				w.index, _ = strconv.ParseUint(resp.Header.Get(proto.IndexHeader), 10, 64)
-			}
-			done <- w
-		}()
+		// The write is sent once the blocking read is being served.
+		done := e.sendWhenBlocked("GET /v1/nodes", "POST", "/v1/nodes", `{"name":"late","macs":["`+mac(7)+`"]}`)
 		start := time.Now()
 		var nodes []proto.Node
 		r := e.ok(200, "GET", fmt.Sprintf("/v1/nodes?index=%d&wait=5s", idx0), asAdmin, nil, &nodes)
@@ -570,9 +545,9 @@ func TestAPIBlockingQuery(t *testing.T) {
 		if w.err != "" {
 			t.Fatalf("the write failed: %s", w.err)
 		}
-		if returned.Before(w.sent) {
+		if returned.Before(w.at) {
 			t.Errorf("the blocking read returned %s after it started, before the write was sent (%s after)",
-				returned.Sub(start), w.sent.Sub(start))
+				returned.Sub(start), w.at.Sub(start))
 		}
 		if r.Took >= 4*time.Second {
 			t.Errorf("the blocking read took %s: it should wake on the write, not wait out 5s", r.Took)
