@@ -273,13 +273,28 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request, rt Route) {
 	leader := a.b.IsLeader()
 	if rt.Role != "" {
 		tok, err := a.authenticate(r)
-		if err != nil {
-			// A follower's copy of the tokens may lag a token just made:
-			// let the leader decide before refusing.
-			if !leader && !forwarded && rt.kind != kindLocal && proto.CodeOf(err) == proto.CodeUnauthorized && r.Header.Get("Authorization") != "" {
+		if err != nil && rt.kind != kindLocal && proto.CodeOf(err) == proto.CodeUnauthorized && r.Header.Get("Authorization") != "" {
+			// Only a leader that has applied its predecessor's log may
+			// refuse a token: another server's copy of the tokens may
+			// lag (a token just made, a server just restarted).
+			switch {
+			case leader:
+				if verr := a.b.VerifyLeader(); verr != nil {
+					w.Header().Set("Retry-After", "1")
+					writeError(w, retryable(verr))
+					return
+				}
+				tok, err = a.authenticate(r)
+			case !forwarded:
 				a.forward(w, r)
 				return
+			default:
+				w.Header().Set("Retry-After", "1")
+				writeError(w, proto.Errorf(proto.CodeNoLeader, "leadership moved while the request was forwarded; try again"))
+				return
 			}
+		}
+		if err != nil {
 			writeError(w, err)
 			return
 		}
@@ -374,11 +389,7 @@ func (c *call) blockOn(stale bool, waitFn func(context.Context, uint64) uint64, 
 		// has applied its predecessor's log; both refusals are retryable.
 		if err := c.a.b.VerifyLeader(); err != nil {
 			c.w.Header().Set("Retry-After", "1")
-			var pe *proto.Error
-			if errors.As(err, &pe) {
-				return pe
-			}
-			return proto.Errorf(proto.CodeNoLeader, "this server lost leadership; try again (or read with ?stale)")
+			return retryable(err)
 		}
 	}
 	// Read the index before the handler reads the data: the answer is then
@@ -386,6 +397,17 @@ func (c *call) blockOn(stale bool, waitFn func(context.Context, uint64) uint64, 
 	// misses a change.
 	c.index = index()
 	return nil
+}
+
+// retryable is what a consistent read answers when VerifyLeader refuses:
+// the backend's own 503 (a new leader still applying its predecessor's
+// log), else no_leader.
+func retryable(err error) error {
+	var pe *proto.Error
+	if errors.As(err, &pe) {
+		return pe
+	}
+	return proto.Errorf(proto.CodeNoLeader, "this server lost leadership; try again (or read with ?stale)")
 }
 
 func min64(a, b time.Duration) time.Duration {
