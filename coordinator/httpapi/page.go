@@ -5,7 +5,6 @@ import (
 	"sort"
 	"strconv"
 
-	"github.com/metalfleet/metalfleet/coordinator/state"
 	"github.com/metalfleet/metalfleet/proto"
 )
 
@@ -76,32 +75,4 @@ func page[T any](c *call, items []T, key func(T) string) ([]T, error) {
 		c.setNext(marker(key(items[limit-1])))
 	}
 	return items, nil
-}
-
-// nodeKey is the nodes' sort key: name, then uuid.
-func nodeKey(n *proto.Node) string { return n.Name + "\x00" + n.UUID }
-
-// nodesPager is the store's paged node list (state.Store.NodesPage).
-type nodesPager interface {
-	NodesPage(f state.NodeFilter, after string, limit int) ([]*proto.Node, string)
-}
-
-// nodesPage reads one page of nodes: from the store's NodesPage where it
-// has one, else over Nodes.
-func nodesPage(st *state.Store, f state.NodeFilter, after string, limit int) ([]*proto.Node, string) {
-	if p, ok := any(st).(nodesPager); ok {
-		return p.NodesPage(f, after, limit)
-	}
-	nodes := st.Nodes(f)
-	start := 0
-	if after != "" {
-		k, _ := base64.RawURLEncoding.DecodeString(after)
-		start = sort.Search(len(nodes), func(i int) bool { return nodeKey(nodes[i]) > string(k) })
-	}
-	nodes = nodes[start:]
-	if limit > 0 && len(nodes) > limit {
-		nodes = nodes[:limit]
-		return nodes, marker(nodeKey(nodes[limit-1]))
-	}
-	return nodes, ""
 }

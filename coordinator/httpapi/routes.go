@@ -135,7 +135,7 @@ func (a *API) listNodes(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	nodes, next := nodesPage(a.b.Store(), f, after, limit)
+	nodes, next := a.b.Store().NodesPage(f, after, limit)
 	for i, n := range nodes {
 		nodes[i] = n.Redacted()
 	}
