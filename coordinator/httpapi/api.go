@@ -478,7 +478,7 @@ func (a *API) forwardTo(w http.ResponseWriter, r *http.Request, addr string, bod
 	if err != nil {
 		return err
 	}
-	for _, h := range []string{"Authorization", "Content-Type", "Accept", AgentHeader} {
+	for _, h := range []string{"Authorization", "Content-Type", "Accept", AgentHeader, proto.AgentMgmtHeader} {
 		if v := r.Header.Get(h); v != "" {
 			req.Header.Set(h, v)
 		}
