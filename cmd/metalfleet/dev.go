@@ -500,9 +500,20 @@ func devStorm(ctx context.Context, out io.Writer, admin *apiclient.Client, agent
 	after := devFigures(ctx, admin, agents)
 	fmt.Fprintf(out, "\nStorm summary: %d rack(s) x %d machines\n", f.racks, f.machines)
 	sum.Print(out)
+	held := heldTwice(agents)
+	fmt.Fprintf(out, "addresses held by two MACs in the final boot states (leases and reserved addresses, every rack): %d\n", len(held))
+	for i, h := range held {
+		if i == 10 {
+			break
+		}
+		fmt.Fprintf(out, "  %s\n", h)
+	}
 	after.printDelta(out, before, f.coordinator == "")
 	if !f.untilDone {
 		return nil
+	}
+	if len(held) > 0 {
+		return fmt.Errorf("%d addresses are held by two MACs", len(held))
 	}
 	if n := sum.Failed + sum.NoNode; n > 0 {
 		return fmt.Errorf("%d of %d machines did not end up as nodes", n, total)
@@ -511,6 +522,45 @@ func devStorm(ctx context.Context, out io.Writer, admin *apiclient.Client, agent
 		return fmt.Errorf("%d addresses were ACKed to two MACs at once", len(sum.Duplicates))
 	}
 	return nil
+}
+
+// heldTwice checks the agents' boot states, as the coordinator sent
+// them: every lease and every node's reserved address, across racks; an
+// address held for two machines is listed.
+func heldTwice(agents []*agent.Agent) []string {
+	owner := map[string]string{} // ip -> node uuid or lease MAC
+	var out []string
+	claim := func(ip, who string) {
+		if ip == "" {
+			return
+		}
+		if o, ok := owner[ip]; ok && o != who {
+			out = append(out, fmt.Sprintf("%s: %s and %s", ip, o, who))
+			return
+		}
+		owner[ip] = who
+	}
+	for _, ag := range agents {
+		v := ag.Boot().View()
+		if v == nil {
+			continue
+		}
+		macNode := map[string]string{}
+		for _, n := range v.State.Nodes {
+			claim(n.IP, "node "+n.UUID)
+			for _, m := range n.MACs {
+				macNode[m] = "node " + n.UUID
+			}
+		}
+		for _, l := range v.State.Leases {
+			who := "MAC " + l.MAC
+			if n, ok := macNode[l.MAC]; ok {
+				who = n
+			}
+			claim(l.IP, who)
+		}
+	}
+	return out
 }
 
 // devReport makes one attempt at a ramdisk callback with the nodeagent's

@@ -137,6 +137,7 @@ func TestDevStorm(t *testing.T) {
 		t.Fatalf("dev --until-done: %v; output:\n%s", err, out)
 	}
 	for _, want := range []string{"enrolled 300, booted their disk (known) 0, failed 0", "addresses ACKed to two MACs at once: 0",
+		"addresses held by two MACs in the final boot states (leases and reserved addresses, every rack): 0",
 		"time from power-on to the last node enrolled", "inventory POST", "Raft entries applied"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("the storm's summary does not say %q:\n%s", want, out)
