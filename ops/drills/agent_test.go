@@ -40,11 +40,12 @@ func TestAgentSIGKILLWithQueuedReports(t *testing.T) {
 		mac := net.HardwareAddr{0x52, 0x54, 0, 0, 0x40, byte(i)}
 		leases[mac.String()] = dhcptest.MustDORA(t, server, mac)
 	}
-	// The lease reports are in the agent's outbox (past the reporter's
-	// gathering window) before the SIGKILL.
-	WaitFor(t, 10*time.Second, "the lease reports queued", func() bool {
+	// Every report is in the agent's outbox before the SIGKILL: a lease
+	// report and a sighting per MAC (sightings are gathered for up to
+	// dhcp.DefaultSightingInterval before they are queued).
+	WaitFor(t, 20*time.Second, "a lease report and a sighting per MAC queued", func() bool {
 		n, ok := Metric(httpAddr, "metalfleet_agent_outbox_reports")
-		return ok && n >= float64(len(leases))
+		return ok && n >= float64(2*len(leases))
 	})
 	a.Kill() // SIGKILL with reports queued
 
@@ -63,10 +64,13 @@ func TestAgentSIGKILLWithQueuedReports(t *testing.T) {
 		}
 		return seen == len(leases)
 	})
+	// One DORA is two packets (DISCOVER, REQUEST), sighted twice in all,
+	// whether gathered into one report or two: a report applied twice
+	// would count more.
 	sg, _ := admin.Sightings(ctx, "r1")
 	for _, s := range sg {
-		if _, ok := leases[s.MAC]; ok && s.Count != 1 {
-			t.Errorf("sighting of %s counted %d times, want once", s.MAC, s.Count)
+		if _, ok := leases[s.MAC]; ok && s.Count != 2 {
+			t.Errorf("sighting of %s counted %d times, want 2 (DISCOVER and REQUEST, each once)", s.MAC, s.Count)
 		}
 	}
 	var st proto.RackBootState
