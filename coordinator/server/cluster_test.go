@@ -164,3 +164,35 @@ func TestNoLeaderAnswers503(t *testing.T) {
 		t.Fatalf("stale read without quorum: %v", err)
 	}
 }
+
+// TestAgentMgmtAddrThroughFollower: an agent whose calls reach a follower
+// is still listed by the leader with its management address (the
+// follower forwards the agent's headers).
+func TestAgentMgmtAddrThroughFollower(t *testing.T) {
+	c := coordtest.StartCluster(t, 3)
+	ctx := context.Background()
+	admin := apiclient.New(c.Servers[c.Leader()].HTTPAddr(), c.Token)
+	if _, err := admin.CreateRack(ctx, proto.Rack{Name: "r1", Subnet: "10.9.0.0/24", PoolStart: "10.9.0.100", PoolEnd: "10.9.0.199"}); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := admin.CreateToken(ctx, proto.TokenCreate{Role: proto.RoleAgent, Rack: "r1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := apiclient.New(c.Servers[c.Follower()].HTTPAddr(), tok.Secret)
+	agent.SetHeader("X-Metalfleet-Agent", "agent-r1")
+	agent.SetHeader(proto.AgentMgmtHeader, "127.0.0.1:7492")
+	if _, err := agent.BootState(ctx, "r1", 0, 0); err != nil {
+		t.Fatalf("boot state through a follower: %v", err)
+	}
+	ags, err := admin.Agents(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range ags {
+		if a.Name == "agent-r1" && a.MgmtAddr == "127.0.0.1:7492" {
+			return
+		}
+	}
+	t.Fatalf("agents = %+v, want agent-r1 with its management address", ags)
+}
