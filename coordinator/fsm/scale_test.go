@@ -34,6 +34,9 @@ import (
 
 const scaleRackSize = 100 // nodes per rack: 1,000 racks at 100,000 nodes
 
+// scaleT0 is when the fleet's reports start.
+var scaleT0 = time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
+
 func scaleNodes(tb testing.TB) int {
 	if os.Getenv("METALFLEET_SCALE") == "" {
 		tb.Skip("fleet-scale figures: set METALFLEET_SCALE=1 (make bench-scale)")
@@ -130,7 +133,7 @@ func (s *scaleFleet) report(i int, id string) proto.AgentReport {
 	agent := "agent-" + rack
 	s.seq[agent]++
 	return proto.AgentReport{ID: id, Kind: proto.ReportCallback, Step: proto.StepInventory, Rack: rack, Agent: agent,
-		Incarnation: "inc-" + agent, Seq: s.seq[agent], Time: t0.Add(time.Duration(s.index) * time.Millisecond),
+		Incarnation: "inc-" + agent, Seq: s.seq[agent], Time: scaleT0.Add(time.Duration(s.index) * time.Millisecond),
 		MAC: scaleMAC(i, 0), Data: s.inventory(i)}
 }
 
