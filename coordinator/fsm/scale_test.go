@@ -391,7 +391,7 @@ func TestScale100k(t *testing.T) {
 	}
 	t.Logf("a 100-node page: no filter %s", quantiles(unfiltered))
 	t.Logf("a 100-node page of enrolled nodes (half the fleet): first %s; from the middle %s", quantiles(first), quantiles(middle))
-	t.Logf("the page of one rack's nodes (0.1%% of the fleet, a filter that steps over the rest): %s", quantiles(rackPage))
+	t.Logf("the page of one rack's nodes (%d of %d, a filter that steps over the rest): %s", scaleRackSize, n, quantiles(rackPage))
 	// The goal is on the median: on a shared 2-core machine the tail
 	// holds other processes' time slices and this heap's GC.
 	if m := median(middle); n >= 100_000 && m > 10*time.Millisecond {
