@@ -60,10 +60,10 @@ func checkNodeFields(tx *state.Tx, n *proto.Node, self string) error {
 	if n.Rack != "" && tx.Rack(n.Rack) == nil {
 		return proto.Errorf(proto.CodeInvalid, "rack %q does not exist", n.Rack)
 	}
-	if err := assignIP(tx, n); err != nil {
+	if err := n.BMC.Check(); err != nil {
 		return err
 	}
-	return n.BMC.Check()
+	return assignIP(tx, n)
 }
 
 // assignIP checks a node's reserved address, or allocates the lowest free
@@ -119,7 +119,11 @@ func assignIP(tx *state.Tx, n *proto.Node) error {
 		_, taken := tx.NodeByIP(r.Name, a.String())
 		if !taken && tx.Lease(r.Name, a.String()) == nil {
 			n.IP = a.String()
-			tx.SetIPHint(r.Name, a.Next())
+			// The hint moves only if this node is stored with the
+			// address: a command that fails after this point must leave
+			// no trace, or replicas that restored from a snapshot would
+			// allocate differently.
+			tx.ProposeIPHint(r.Name, a, a.Next())
 			return nil
 		}
 	}

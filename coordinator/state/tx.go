@@ -20,6 +20,12 @@ type Tx struct {
 	d       *data
 	index   uint64
 	changed bool
+	// hint is an IP hint proposed by an allocation, taken when a node is
+	// stored with the allocated address (see ProposeIPHint).
+	hint struct {
+		rack     string
+		ip, next netip.Addr
+	}
 }
 
 // Index is the Raft index of this change.
@@ -85,6 +91,10 @@ func (tx *Tx) PutNode(n *proto.Node) {
 	}
 	if n.IP != "" {
 		tx.d.nodeByIP[n.Rack+"/"+n.IP] = n.UUID
+		if tx.hint.rack == n.Rack && tx.hint.ip.IsValid() && tx.hint.ip.String() == n.IP {
+			tx.d.ipHint[n.Rack] = tx.hint.next
+			tx.hint.rack, tx.hint.ip = "", netip.Addr{}
+		}
 	}
 	tx.stamp(&n.Meta, !exists)
 	tx.d.nodes[n.UUID] = n
@@ -183,9 +193,14 @@ func (tx *Tx) unindexNode(n *proto.Node) {
 // start of the subnet.
 func (tx *Tx) IPHint(rack string) netip.Addr { return tx.d.ipHint[rack] }
 
-// SetIPHint records that every address of rack below a is taken or
-// unusable.
-func (tx *Tx) SetIPHint(rack string, a netip.Addr) { tx.d.ipHint[rack] = a }
+// ProposeIPHint says that every address of rack below next is taken or
+// unusable once a node holds ip. The hint moves to next only when PutNode
+// stores a node of rack with ip: a command that allocated but failed
+// leaves the hint where it was, so the hint never depends on failed
+// commands (which a replica restored from a snapshot never saw).
+func (tx *Tx) ProposeIPHint(rack string, ip, next netip.Addr) {
+	tx.hint.rack, tx.hint.ip, tx.hint.next = rack, ip, next
+}
 
 // freedIP lowers rack's hint to an address that may now be free.
 func (tx *Tx) freedIP(rack, ip string) {
