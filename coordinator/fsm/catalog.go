@@ -59,7 +59,7 @@ func applyRackDelete(tx *state.Tx, c *RackDelete) (any, error) {
 	if tx.Rack(c.Name) == nil {
 		return nil, proto.Errorf(proto.CodeNotFound, "rack %q not found", c.Name)
 	}
-	if k := tx.CountNodes(func(n *proto.Node) bool { return n.Rack == c.Name }); k > 0 {
+	if k := tx.CountNodesInRack(c.Name); k > 0 {
 		return nil, proto.Errorf(proto.CodeConflict, "rack %q is in use by %d node(s)", c.Name, k)
 	}
 	var users []string

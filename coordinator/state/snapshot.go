@@ -39,7 +39,7 @@ func (s *Store) Snapshot() *Snapshot {
 		d.leases[r] = maps.Clone(m)
 	}
 	// Indexes are rebuilt on restore, not written.
-	d.nodeByIP, d.rackIdx, d.nodeOrder, d.nodeByIdent, d.identOf, d.sightAge, d.ipHint = nil, nil, nil, nil, nil, nil, nil
+	d.nodeByIP, d.rackIdx, d.nodeOrder, d.nodeByIdent, d.identOf, d.sightAge, d.ipHint, d.nodesByRack = nil, nil, nil, nil, nil, nil, nil, nil
 	return &Snapshot{d: &d}
 }
 

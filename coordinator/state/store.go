@@ -46,6 +46,9 @@ type data struct {
 	// reverse. Discovery finds a machine by them in O(1).
 	nodeByIdent map[string][]string
 	identOf     map[string]string
+	// nodesByRack holds the uuids of each rack's nodes, so a rack's boot
+	// state costs its own nodes, not the fleet's.
+	nodesByRack map[string]map[string]struct{}
 
 	racks     map[string]*proto.Rack
 	flavors   map[string]*proto.Flavor
@@ -69,8 +72,9 @@ type data struct {
 	// address starts there. Derived: not in snapshots.
 	ipHint map[string]netip.Addr
 	sightings map[string]*proto.Sighting // by MAC
-	// sightAge orders sightings by (last seen, MAC): the stalest is
-	// forgotten first when MaxSightings would be passed.
+	// sightAge orders sightings for eviction (sightKey): the stalest
+	// without a conflict is forgotten first when MaxSightings would be
+	// passed.
 	sightAge *btree.BTreeG[sightKey]
 	leases   map[string]map[string]*proto.Lease // rack -> ip -> lease
 
@@ -82,12 +86,19 @@ type data struct {
 	bootIdx uint64
 }
 
+// sightKey orders sightings for eviction: those without a conflict
+// first (a flood of unknown MACs never pushes out the conflict records an
+// operator has to see), then by last seen, then by MAC.
 type sightKey struct {
-	seen time.Time
-	mac  string
+	conflict bool
+	seen     time.Time
+	mac      string
 }
 
 func sightLess(a, b sightKey) bool {
+	if a.conflict != b.conflict {
+		return !a.conflict
+	}
 	if !a.seen.Equal(b.seen) {
 		return a.seen.Before(b.seen)
 	}
@@ -98,6 +109,7 @@ func newData() *data {
 	return &data{
 		nodes: map[string]*proto.Node{}, nodeByName: map[string]string{}, nodeByMAC: map[string]string{},
 		nodeOrder: btree.NewOrderedG[string](32), nodeByIdent: map[string][]string{}, identOf: map[string]string{},
+		nodesByRack: map[string]map[string]struct{}{},
 		racks: map[string]*proto.Rack{}, flavors: map[string]*proto.Flavor{}, images: map[string]*proto.Image{},
 		instances: map[string]*proto.Instance{}, instByNm: map[string]string{},
 		tokens: map[string]*proto.Token{}, tokenByHash: map[string]string{},
@@ -386,11 +398,9 @@ func (s *Store) BootIndex(rack string) uint64 {
 func (s *Store) ReadRack(rack string, fn func(r *proto.Rack, nodes []*proto.Node, leases []*proto.Lease, settings proto.Settings, images map[string]*proto.Image)) uint64 {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	var nodes []*proto.Node
-	for _, n := range s.d.nodes {
-		if n.Rack == rack {
-			nodes = append(nodes, n)
-		}
+	nodes := make([]*proto.Node, 0, len(s.d.nodesByRack[rack]))
+	for id := range s.d.nodesByRack[rack] {
+		nodes = append(nodes, s.d.nodes[id])
 	}
 	sort.Slice(nodes, func(i, j int) bool { return nodes[i].UUID < nodes[j].UUID })
 	var leases []*proto.Lease

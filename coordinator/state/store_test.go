@@ -156,3 +156,24 @@ func TestIdentityIndex(t *testing.T) {
 	put(t, r, func(tx *Tx) { tx.DeleteNode("a") })
 	check(r, "uuid:5b2f0c1e-0000-4000-8000-0000000000aa")
 }
+
+// TestConflictsOutliveFloods: a flood of unknown MACs never pushes out a
+// sighting that records a conflict.
+func TestConflictsOutliveFloods(t *testing.T) {
+	s := New()
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	put(t, s, func(tx *Tx) {
+		tx.PutSighting(&proto.Sighting{MAC: "52:54:00:ff:00:01", Rack: "r", LastSeen: t0, Conflict: "MAC belongs to node n1"})
+		for i := 0; i < 2*MaxSightings; i++ {
+			tx.PutSighting(&proto.Sighting{MAC: fmt.Sprintf("52:54:01:%02x:%02x:%02x", i>>16&0xff, i>>8&0xff, i&0xff), Rack: "r",
+				LastSeen: t0.Add(time.Duration(i+1) * time.Millisecond)})
+		}
+	})
+	sg := s.Sightings("")
+	if len(sg) != MaxSightings {
+		t.Fatalf("%d sightings, want %d", len(sg), MaxSightings)
+	}
+	if sg[0].MAC != "52:54:00:ff:00:01" || sg[0].Conflict == "" {
+		t.Fatalf("the conflict was evicted by the flood")
+	}
+}

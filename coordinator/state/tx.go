@@ -99,6 +99,14 @@ func (tx *Tx) PutNode(n *proto.Node) {
 	tx.stamp(&n.Meta, !exists)
 	tx.d.nodes[n.UUID] = n
 	tx.d.nodeOrder.ReplaceOrInsert(nodeKey(n))
+	if n.Rack != "" {
+		m := tx.d.nodesByRack[n.Rack]
+		if m == nil {
+			m = map[string]struct{}{}
+			tx.d.nodesByRack[n.Rack] = m
+		}
+		m[n.UUID] = struct{}{}
+	}
 	if n.Name != "" {
 		tx.d.nodeByName[n.Name] = n.UUID
 	}
@@ -174,6 +182,12 @@ func (tx *Tx) DeleteNode(uuid string) {
 
 func (tx *Tx) unindexNode(n *proto.Node) {
 	tx.d.nodeOrder.Delete(nodeKey(n))
+	if m := tx.d.nodesByRack[n.Rack]; m != nil {
+		delete(m, n.UUID)
+		if len(m) == 0 {
+			delete(tx.d.nodesByRack, n.Rack)
+		}
+	}
 	if n.IP != "" && tx.d.nodeByIP[n.Rack+"/"+n.IP] == n.UUID {
 		delete(tx.d.nodeByIP, n.Rack+"/"+n.IP)
 		tx.freedIP(n.Rack, n.IP)
@@ -248,14 +262,15 @@ func (tx *Tx) EachNode(fn func(*proto.Node)) {
 	}
 }
 
-// EachNodeInRack calls fn for every node in rack.
+// EachNodeInRack calls fn for every node in rack, in no set order.
 func (tx *Tx) EachNodeInRack(rack string, fn func(*proto.Node)) {
-	for _, n := range tx.d.nodes {
-		if n.Rack == rack {
-			fn(n)
-		}
+	for id := range tx.d.nodesByRack[rack] {
+		fn(tx.d.nodes[id])
 	}
 }
+
+// CountNodesInRack returns how many nodes are in rack.
+func (tx *Tx) CountNodesInRack(rack string) int { return len(tx.d.nodesByRack[rack]) }
 
 // Flavor returns the named flavor, or nil.
 func (tx *Tx) Flavor(name string) *proto.Flavor { return tx.d.flavors[name] }
@@ -341,12 +356,13 @@ const MaxSightings = 10000
 func (tx *Tx) Sighting(mac string) *proto.Sighting { return tx.d.sightings[mac] }
 
 // PutSighting inserts or replaces a sighting, forgetting the stalest one
-// (by last seen, then MAC) when MaxSightings would be passed: O(log n).
+// without a conflict (by last seen, then MAC; conflicts go last) when
+// MaxSightings would be passed: O(log n).
 func (tx *Tx) PutSighting(sg *proto.Sighting) {
 	old, exists := tx.d.sightings[sg.MAC]
 	if exists {
 		sg.CreateIndex = old.CreateIndex
-		tx.d.sightAge.Delete(sightKey{old.LastSeen, old.MAC})
+		tx.d.sightAge.Delete(sightKey{old.Conflict != "", old.LastSeen, old.MAC})
 	} else if len(tx.d.sightings) >= MaxSightings {
 		if k, ok := tx.d.sightAge.DeleteMin(); ok {
 			delete(tx.d.sightings, k.mac)
@@ -354,14 +370,14 @@ func (tx *Tx) PutSighting(sg *proto.Sighting) {
 	}
 	tx.stamp(&sg.Meta, !exists)
 	tx.d.sightings[sg.MAC] = sg
-	tx.d.sightAge.ReplaceOrInsert(sightKey{sg.LastSeen, sg.MAC})
+	tx.d.sightAge.ReplaceOrInsert(sightKey{sg.Conflict != "", sg.LastSeen, sg.MAC})
 }
 
 // DeleteSighting forgets mac's sighting.
 func (tx *Tx) DeleteSighting(mac string) {
 	if old, ok := tx.d.sightings[mac]; ok {
 		delete(tx.d.sightings, mac)
-		tx.d.sightAge.Delete(sightKey{old.LastSeen, old.MAC})
+		tx.d.sightAge.Delete(sightKey{old.Conflict != "", old.LastSeen, old.MAC})
 		tx.changed = true
 	}
 }
