@@ -12,16 +12,22 @@
 // Keys in the bucket are the bucket's NextSequence as big-endian uint64,
 // so key order is insertion order; values are the reports as JSON.
 //
-// Every report is stamped at Add with the outbox's Incarnation (a random
-// id made once, when the bucket is first created, and kept beside it) and
-// its Seq, which is its key: (agent, incarnation, seq) lets the
-// coordinator apply each report once for any backlog. Delivery is strictly
-// oldest first, so the coordinator sees one incarnation's reports in Seq
-// order.
+// Every report is stamped at Add with the outbox's Incarnation and its
+// Seq, which is its key, and both are stored inside the report: (agent,
+// incarnation, seq) lets the coordinator apply each report once for any
+// backlog. The incarnation is a random id made at every Open (every agent
+// start), so a data directory restored from a backup, whose sequence went
+// back, still sends reports the coordinator takes as new; reports queued
+// before a restart keep the incarnation they were added with. Delivery is
+// strictly oldest first, so the coordinator sees one incarnation's reports
+// in Seq order and an older incarnation's before a newer one's.
 //
-// mac_seen reports (sightings) have a budget of their own (MaxSightings):
-// past it, sightings are refused, and they never take room from leases
-// and callbacks, which are refused only past the much larger MaxQueued.
+// Reports that untrusted traffic on the provisioning network can cause
+// have budgets of their own: mac_seen (sightings, MaxSightings) and
+// boot_event (MaxBootEvents). Past its budget such a report is refused
+// (Add) or left out and counted (AddBatch), and it never takes room from
+// leases, callbacks and the agent's other reports, which are refused only
+// past the much larger MaxQueued.
 package outbox
 
 import (
@@ -68,9 +74,15 @@ type Config struct {
 	// MinBackoff and MaxBackoff bound the jittered exponential wait after
 	// a failed Send. Defaults 200ms and 30s.
 	MinBackoff, MaxBackoff time.Duration
-	// MaxQueued is the most reports other than sightings queued; beyond
-	// it Add returns ErrFull. Default 100000.
+	// MaxQueued is the most reports other than sightings and boot events
+	// queued (leases, callbacks, power); beyond it Add returns ErrFull.
+	// Default 100000.
 	MaxQueued int
+	// MaxBootEvents is the most boot_event reports queued; beyond it Add
+	// returns ErrFull for one and AddBatch leaves them out (counted in
+	// Stats.BootEventsDropped). They never count against MaxQueued.
+	// Default 10000.
+	MaxBootEvents int
 	// MaxSightings is the most mac_seen reports queued; beyond it Add
 	// returns ErrFull for a sighting and AddBatch leaves sightings out
 	// (counted in Stats.SightingsDropped). Sightings never count against
@@ -86,14 +98,15 @@ type Config struct {
 // DefaultConfig returns the defaults that Open fills into a zero Config.
 func DefaultConfig() Config {
 	return Config{
-		Bucket:       "outbox",
-		MaxBatch:     256,
-		MinBackoff:   200 * time.Millisecond,
-		MaxBackoff:   30 * time.Second,
-		MaxQueued:    100000,
-		MaxSightings: 10000,
-		Logger:       slog.New(slog.DiscardHandler),
-		Now:          time.Now,
+		Bucket:        "outbox",
+		MaxBatch:      256,
+		MinBackoff:    200 * time.Millisecond,
+		MaxBackoff:    30 * time.Second,
+		MaxQueued:     100000,
+		MaxSightings:  10000,
+		MaxBootEvents: 10000,
+		Logger:        slog.New(slog.DiscardHandler),
+		Now:           time.Now,
 	}
 }
 
@@ -120,6 +133,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxSightings <= 0 {
 		c.MaxSightings = d.MaxSightings
 	}
+	if c.MaxBootEvents <= 0 {
+		c.MaxBootEvents = d.MaxBootEvents
+	}
 	if c.Logger == nil {
 		c.Logger = d.Logger
 	}
@@ -137,6 +153,9 @@ type Stats struct {
 	// SightingsDropped counts mac_seen reports left out because
 	// MaxSightings were queued.
 	SightingsDropped uint64
+	// BootEventsDropped counts boot_event reports left out because
+	// MaxBootEvents were queued.
+	BootEventsDropped uint64
 }
 
 // Outbox is a durable queue of reports. Add and Len are safe for
@@ -152,16 +171,39 @@ type Outbox struct {
 	mu        sync.Mutex
 	queued    atomic.Int64 // all reports
 	sightings atomic.Int64 // mac_seen reports among them
-	inc       string
+	events    atomic.Int64 // boot_event reports among them
+	inc       string       // this Open's incarnation
+	legacyInc string       // for reports queued before they carried one
 
 	wake    chan struct{} // a token: something was added
 	running atomic.Bool
 
-	sent, rejected, retries, sightingsDropped atomic.Uint64
+	sent, rejected, retries, sightingsDropped, eventsDropped atomic.Uint64
 }
 
-// metaKey holds the incarnation in the bucket named Bucket+".meta".
+// metaKey holds, in the bucket named Bucket+".meta", the incarnation given
+// to reports queued before reports carried one (the incarnation of every
+// report before incarnations were made per Open).
 var metaKey = []byte("incarnation")
+
+// budget names the budget a report kind counts against.
+type budget int
+
+const (
+	budgetQueued    budget = iota // leases, callbacks, power: MaxQueued
+	budgetSightings               // mac_seen: MaxSightings
+	budgetEvents                  // boot_event: MaxBootEvents
+)
+
+func budgetOf(k proto.ReportKind) budget {
+	switch k {
+	case proto.ReportMACSeen:
+		return budgetSightings
+	case proto.ReportBootEvent:
+		return budgetEvents
+	}
+	return budgetQueued
+}
 
 // Open creates the bucket if needed and counts what is queued in it. The
 // db stays the caller's, shared with other buckets; closing it is the
@@ -185,26 +227,33 @@ func Open(db *bbolt.DB, cfg Config) (*Outbox, error) {
 			return err
 		}
 		if v := meta.Get(metaKey); len(v) > 0 {
-			o.inc = string(v)
+			o.legacyInc = string(v)
 		} else {
-			o.inc = uuid.NewString()
-			if err := meta.Put(metaKey, []byte(o.inc)); err != nil {
+			o.legacyInc = uuid.NewString()
+			if err := meta.Put(metaKey, []byte(o.legacyInc)); err != nil {
 				return err
 			}
 		}
-		var n, sightings int64
+		o.inc = uuid.NewString()
+		var n, sightings, events int64
 		err = b.ForEach(func(_, v []byte) error {
 			n++
 			var r struct {
 				Kind proto.ReportKind `json:"kind"`
 			}
-			if json.Unmarshal(v, &r) == nil && r.Kind == proto.ReportMACSeen {
-				sightings++
+			if json.Unmarshal(v, &r) == nil {
+				switch budgetOf(r.Kind) {
+				case budgetSightings:
+					sightings++
+				case budgetEvents:
+					events++
+				}
 			}
 			return nil
 		})
 		o.queued.Store(n)
 		o.sightings.Store(sightings)
+		o.events.Store(events)
 		return err
 	})
 	if err != nil {
@@ -219,20 +268,23 @@ func (o *Outbox) Len() int { return int(o.queued.Load()) }
 // Sightings is the number of mac_seen reports queued.
 func (o *Outbox) Sightings() int { return int(o.sightings.Load()) }
 
-// Incarnation is the id stamped on every report of this outbox: made
-// when its bucket was first created and kept with it.
+// BootEvents is the number of boot_event reports queued.
+func (o *Outbox) BootEvents() int { return int(o.events.Load()) }
+
+// Incarnation is the id stamped on every report added since Open: made
+// anew at every Open.
 func (o *Outbox) Incarnation() string { return o.inc }
 
 // Stats returns the delivery counters.
 func (o *Outbox) Stats() Stats {
 	return Stats{Sent: o.sent.Load(), Rejected: o.rejected.Load(), Retries: o.retries.Load(),
-		SightingsDropped: o.sightingsDropped.Load()}
+		SightingsDropped: o.sightingsDropped.Load(), BootEventsDropped: o.eventsDropped.Load()}
 }
 
 // Add queues r and returns its id once it is committed to disk. An empty
 // ID gets a random uuid and a zero Time gets Now; Incarnation and Seq are
-// always set by the outbox. A sighting past MaxSightings, or any other
-// report past MaxQueued, gets ErrFull.
+// always set by the outbox. A sighting past MaxSightings, a boot event
+// past MaxBootEvents, or any other report past MaxQueued, gets ErrFull.
 func (o *Outbox) Add(r proto.AgentReport) (string, error) {
 	rs := []proto.AgentReport{r}
 	if err := o.add(rs, true); err != nil {
@@ -241,12 +293,13 @@ func (o *Outbox) Add(r proto.AgentReport) (string, error) {
 	return rs[0].ID, nil
 }
 
-// AddBatch queues rs in one transaction. Reports other than sightings go
-// in all together or, on error (ErrFull past MaxQueued), none of them;
-// sightings past MaxSightings are left out and counted (never an error).
-// IDs, times, the incarnation and sequence numbers are filled in as by
-// Add; rs is changed in place, so the caller can read them (a sighting
-// left out keeps Seq 0).
+// AddBatch queues rs in one transaction. Leases, callbacks and power
+// reports go in all together or, on error (ErrFull past MaxQueued), none
+// of rs; sightings past MaxSightings and boot events past MaxBootEvents
+// are left out and counted, never an error, so they can never cause the
+// others to be refused. IDs, times, the incarnation and sequence numbers
+// are filled in as by Add; rs is changed in place, so the caller can read
+// them (a report left out keeps Seq 0).
 func (o *Outbox) AddBatch(rs []proto.AgentReport) error {
 	if len(rs) == 0 {
 		return nil
@@ -267,33 +320,47 @@ func (o *Outbox) add(rs []proto.AgentReport, strict bool) error {
 
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	var others, sightings int
+	var others, sightings, events int
 	for i := range rs {
-		if rs[i].Kind == proto.ReportMACSeen {
+		switch budgetOf(rs[i].Kind) {
+		case budgetSightings:
 			sightings++
-		} else {
+		case budgetEvents:
+			events++
+		default:
 			others++
 		}
 	}
-	if nq := int(o.queued.Load() - o.sightings.Load()); nq+others > o.cfg.MaxQueued {
+	if nq := int(o.queued.Load() - o.sightings.Load() - o.events.Load()); nq+others > o.cfg.MaxQueued {
 		return fmt.Errorf("%w: %d queued, max %d", ErrFull, nq, o.cfg.MaxQueued)
 	}
-	room := o.cfg.MaxSightings - int(o.sightings.Load())
-	if strict && sightings > room {
+	roomS := o.cfg.MaxSightings - int(o.sightings.Load())
+	roomE := o.cfg.MaxBootEvents - int(o.events.Load())
+	if strict && sightings > roomS {
 		o.sightingsDropped.Add(uint64(sightings))
 		return fmt.Errorf("%w: %d sightings queued, max %d", ErrFull, o.sightings.Load(), o.cfg.MaxSightings)
 	}
-	added, addedSightings := 0, 0
+	if strict && events > roomE {
+		o.eventsDropped.Add(uint64(events))
+		return fmt.Errorf("%w: %d boot events queued, max %d", ErrFull, o.events.Load(), o.cfg.MaxBootEvents)
+	}
+	added, addedS, addedE := 0, 0, 0
 	err := o.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(o.bucket)
-		added, addedSightings = 0, 0
+		added, addedS, addedE = 0, 0, 0
 		for i := range rs {
 			rs[i].Seq = 0
-			if rs[i].Kind == proto.ReportMACSeen {
-				if addedSightings >= room {
+			switch budgetOf(rs[i].Kind) {
+			case budgetSightings:
+				if addedS >= roomS {
 					continue
 				}
-				addedSightings++
+				addedS++
+			case budgetEvents:
+				if addedE >= roomE {
+					continue
+				}
+				addedE++
 			}
 			seq, err := b.NextSequence()
 			if err != nil {
@@ -318,9 +385,13 @@ func (o *Outbox) add(rs []proto.AgentReport, strict bool) error {
 		return fmt.Errorf("outbox: add: %w", err)
 	}
 	o.queued.Add(int64(added))
-	o.sightings.Add(int64(addedSightings))
-	if left := sightings - addedSightings; left > 0 {
+	o.sightings.Add(int64(addedS))
+	o.events.Add(int64(addedE))
+	if left := sightings - addedS; left > 0 {
 		o.sightingsDropped.Add(uint64(left))
+	}
+	if left := events - addedE; left > 0 {
+		o.eventsDropped.Add(uint64(left))
 	}
 
 	select {
@@ -463,8 +534,9 @@ func (o *Outbox) oldest() (items []item, bad []item, err error) {
 				continue
 			}
 			if r.Seq == 0 && len(key) == 8 {
-				// Queued before reports carried their sequence.
-				r.Seq, r.Incarnation = binary.BigEndian.Uint64(key), o.inc
+				// Queued before reports carried their sequence: they
+				// share the sequence of the incarnation kept in meta.
+				r.Seq, r.Incarnation = binary.BigEndian.Uint64(key), o.legacyInc
 			}
 			items = append(items, item{key: key, r: r})
 		}
@@ -479,10 +551,10 @@ func (o *Outbox) delete(items []item) error {
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	n, ns := 0, 0
+	n, ns, ne := 0, 0, 0
 	err := o.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(o.bucket)
-		n, ns = 0, 0
+		n, ns, ne = 0, 0, 0
 		for _, it := range items {
 			if b.Get(it.key) == nil {
 				continue
@@ -491,8 +563,11 @@ func (o *Outbox) delete(items []item) error {
 				return err
 			}
 			n++
-			if it.r.Kind == proto.ReportMACSeen {
+			switch budgetOf(it.r.Kind) {
+			case budgetSightings:
 				ns++
+			case budgetEvents:
+				ne++
 			}
 		}
 		return nil
@@ -502,6 +577,7 @@ func (o *Outbox) delete(items []item) error {
 	}
 	o.queued.Add(-int64(n))
 	o.sightings.Add(-int64(ns))
+	o.events.Add(-int64(ne))
 	return nil
 }
 

@@ -821,9 +821,12 @@ func BenchmarkAddBatch100(b *testing.B) {
 	b.ReportMetric(float64(100*b.N)/b.Elapsed().Seconds(), "reports/s")
 }
 
-// TestIncarnationAndSeq: every report gets the outbox's incarnation, made
-// once with the db and kept across reopens, and a Seq that grows in the
-// order of Add; a fresh db (a rebuilt agent) gets another incarnation.
+// TestIncarnationAndSeq: every report gets the outbox's incarnation,
+// made anew at every Open (every agent start), stored in the report when
+// it is added, and a Seq that grows in the order of Add. Reports queued
+// before a reopen keep their incarnation; a copy of an old db (a data
+// directory rolled back) sends its new reports under a new incarnation, so
+// the coordinator cannot take them for repeats of the lost ones.
 func TestIncarnationAndSeq(t *testing.T) {
 	cfg := testConfig(t)
 	o, db, path := newOutbox(t, cfg)
@@ -842,14 +845,23 @@ func TestIncarnationAndSeq(t *testing.T) {
 		}
 	}
 	db.Close()
-	db = openDB(t, path)
-	defer db.Close()
-	o, err := Open(db, cfg)
+	// A backup of the data directory, taken now.
+	backup := filepath.Join(t.TempDir(), "backup.db")
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.Incarnation() != inc {
-		t.Errorf("Incarnation() after reopen = %q, want %q", o.Incarnation(), inc)
+	if err := os.WriteFile(backup, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	db = openDB(t, path)
+	o, err = Open(db, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inc2 := o.Incarnation()
+	if inc2 == inc || !proto.IsUUID(inc2) {
+		t.Errorf("Incarnation() after reopen = %q, want a new uuid (not %q)", inc2, inc)
 	}
 	addAll(t, o, reports("after", 1))
 	f := newFakeSender()
@@ -860,17 +872,125 @@ func TestIncarnationAndSeq(t *testing.T) {
 	}
 	for i, id := range f.appliedIDs() {
 		r := f.reports[id]
-		if r.Seq != uint64(i+1) || r.Incarnation != inc {
-			t.Errorf("report %d (%s) delivered with seq %d incarnation %q, want %d %q", i, id, r.Seq, r.Incarnation, i+1, inc)
+		want := inc
+		if i == 5 {
+			want = inc2
+		}
+		if r.Seq != uint64(i+1) || r.Incarnation != want {
+			t.Errorf("report %d (%s) delivered with seq %d incarnation %q, want %d %q", i, id, r.Seq, r.Incarnation, i+1, want)
 		}
 	}
 	if len(f.appliedIDs()) != 6 {
 		t.Errorf("delivered %d, want 6", len(f.appliedIDs()))
 	}
+	db.Close()
 
-	o2, _, _ := newOutbox(t, cfg)
-	if o2.Incarnation() == inc || !proto.IsUUID(o2.Incarnation()) {
-		t.Errorf("a fresh db's Incarnation() = %q, want a new uuid (not %q)", o2.Incarnation(), inc)
+	// Rolled back to the backup: its queued reports keep their
+	// incarnation, new ones get a third, though their seq repeats.
+	db = openDB(t, backup)
+	defer db.Close()
+	o, err = Open(db, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inc3 := o.Incarnation()
+	if inc3 == inc || inc3 == inc2 {
+		t.Errorf("Incarnation() after a rollback = %q, want a new one", inc3)
+	}
+	nr := reports("rolled", 1)
+	addAll(t, o, nr)
+	for o.Len() > 0 {
+		if _, err := o.deliver(t.Context(), f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r, ok := f.reports[nr[0].ID]; !ok || r.Incarnation != inc3 || r.Seq != 6 {
+		t.Errorf("the rolled-back db's new report = %+v (delivered %v), want seq 6 of incarnation %q", r, ok, inc3)
+	}
+}
+
+// TestLegacyReportsKeepOneIncarnation: reports queued without incarnation
+// and seq (before reports carried them) are sent with the incarnation kept
+// in the db and their key as seq, the same at every Open.
+func TestLegacyReportsKeepOneIncarnation(t *testing.T) {
+	cfg := testConfig(t)
+	o, db, path := newOutbox(t, cfg)
+	_ = o
+	rs := reports("old", 2)
+	if err := db.Update(func(tx *bbolt.Tx) error {
+		b := tx.Bucket([]byte("outbox"))
+		for _, r := range rs {
+			seq, _ := b.NextSequence()
+			v, _ := json.Marshal(r)
+			if err := b.Put(binary.BigEndian.AppendUint64(nil, seq), v); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var incs []string
+	for range 2 {
+		db.Close()
+		db = openDB(t, path)
+		o, err := Open(db, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		items, _, err := o.oldest()
+		if err != nil || len(items) != 2 {
+			t.Fatalf("oldest = %d items, %v", len(items), err)
+		}
+		if items[1].r.Seq != 2 || items[1].r.Incarnation == "" || items[1].r.Incarnation == o.Incarnation() {
+			t.Errorf("legacy report read as seq %d incarnation %q (this Open's: %q), want 2 and the db's kept one",
+				items[1].r.Seq, items[1].r.Incarnation, o.Incarnation())
+		}
+		incs = append(incs, items[1].r.Incarnation)
+	}
+	db.Close()
+	if incs[0] != incs[1] {
+		t.Errorf("legacy reports' incarnation changed across opens: %v", incs)
+	}
+}
+
+// TestBootEventsBudget: boot events (caused by untrusted HTTP requests)
+// have a budget of their own; past it they are left out and counted, and
+// a batch mixing them with a lease still queues the lease.
+func TestBootEventsBudget(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MaxQueued, cfg.MaxBootEvents = 20, 5
+	o, _, _ := newOutbox(t, cfg)
+	var batch []proto.AgentReport
+	for i := range 30 {
+		batch = append(batch, proto.AgentReport{Kind: proto.ReportBootEvent, Event: "script", MAC: fmt.Sprintf("02:00:00:00:00:%02x", i)})
+	}
+	batch = append(batch, proto.AgentReport{Kind: proto.ReportLease, LeaseEvent: "bound", MAC: "02:00:00:00:01:01"})
+	if err := o.AddBatch(batch); err != nil {
+		t.Fatalf("AddBatch(30 boot events + a lease) = %v, want nil", err)
+	}
+	if o.Len() != 6 || o.BootEvents() != 5 || o.Stats().BootEventsDropped != 25 {
+		t.Errorf("Len, BootEvents, BootEventsDropped = %d, %d, %d, want 6, 5, 25", o.Len(), o.BootEvents(), o.Stats().BootEventsDropped)
+	}
+	if batch[30].Seq == 0 {
+		t.Errorf("the lease of the batch was not queued")
+	}
+	if _, err := o.Add(batch[0]); !errors.Is(err, ErrFull) {
+		t.Errorf("Add(boot event) past the budget = %v, want ErrFull", err)
+	}
+	for i := range 19 {
+		if _, err := o.Add(proto.AgentReport{Kind: proto.ReportCallback, Step: "inventory", MAC: "02:00:00:00:02:01"}); err != nil {
+			t.Fatalf("Add(callback %d) with %d boot events queued = %v, want nil", i, o.BootEvents(), err)
+		}
+	}
+	f := newFakeSender()
+	for o.Len() > 0 {
+		if _, err := o.deliver(t.Context(), f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if o.BootEvents() != 0 {
+		t.Errorf("BootEvents() after delivery = %d, want 0", o.BootEvents())
 	}
 }
 
