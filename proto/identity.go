@@ -47,15 +47,19 @@ func IsPlaceholderID(s string) bool {
 }
 
 // SystemIdentity is a machine's identity for discovery: "uuid:" and its
-// SMBIOS system uuid, else "serial:" and its serial, else "" when firmware
-// gave only placeholders. Two inventories with the same non-empty identity
-// are of the same machine.
+// SMBIOS system uuid, else "serial:" and its vendor, product and serial
+// (serials are unique per vendor and product line, not across them), else
+// "" when firmware gave only placeholders. Two inventories with the same
+// non-empty identity claim to be of the same machine; an identity is no
+// secret (PXE sends the uuid in DHCP option 97), so discovery never trusts
+// it alone.
 func SystemIdentity(s System) string {
 	switch {
 	case !IsPlaceholderID(s.UUID):
 		return "uuid:" + strings.ToLower(strings.TrimSpace(s.UUID))
 	case !IsPlaceholderID(s.Serial):
-		return "serial:" + strings.TrimSpace(s.Serial)
+		return "serial:" + strings.ToLower(strings.TrimSpace(s.Vendor)) + "/" + strings.ToLower(strings.TrimSpace(s.Product)) +
+			"/" + strings.TrimSpace(s.Serial)
 	}
 	return ""
 }

@@ -56,7 +56,7 @@ func applyDiscovery(tx *state.Tx, rack, mac string, r *proto.AgentReport) error 
 		return proto.Errorf(proto.CodeConflict, "%s; recorded as a conflict", why)
 	}
 
-	// The node this machine already is.
+	// The node this machine already is: the one holding its boot MAC...
 	var found *proto.Node
 	if id, ok := tx.NodeByMAC(mac); ok {
 		found = tx.Node(id)
@@ -65,42 +65,54 @@ func applyDiscovery(tx *state.Tx, rack, mac string, r *proto.AgentReport) error 
 				mac, nodeRef(found), identName(have), identName(ident)))
 		}
 	} else if ids := tx.NodesByIdentity(ident); len(ids) > 0 {
+		// ...or the one with its identity, booting from a NIC not on
+		// record. An identity is no secret (PXE sends the SMBIOS uuid in
+		// DHCP option 97), so the NIC must be one that node's own
+		// recorded inventory lists; else an operator decides.
 		found = tx.Node(ids[0]) // the lowest uuid of several
+		if !slices.Contains(inventoryMACs(found), mac) {
+			return conflict(fmt.Sprintf("system %s is node %s, but MAC %s is not among the NICs its recorded inventory lists "+
+				"(a new NIC: add it with metalfleet node set %s --macs ...)", identName(ident), nodeRef(found), mac, nodeRef(found)))
+		}
 	}
 	if found != nil && found.Rack != rack {
 		return conflict(fmt.Sprintf("system %s is node %s in rack %q, but booted in rack %q", identName(ident), nodeRef(found), found.Rack, rack))
 	}
 
-	// The inventory's other MACs: those another node holds are never
-	// attached.
-	var free, taken []string
+	// Only the MAC the machine booted from is attached: the inventory's
+	// other NICs join the node when they are seen booting (a ramdisk
+	// could list any MAC). One that another node holds is recorded as a
+	// conflict: two machines claim one NIC.
+	var taken []string
 	for _, ifc := range inv.Interfaces {
 		m, err := proto.NormalizeMAC(ifc.MAC)
-		if err != nil || m == mac || slices.Contains(free, m) {
+		if err != nil || m == mac {
 			continue
 		}
-		if id, ok := tx.NodeByMAC(m); ok {
-			if found == nil || id != found.UUID {
-				taken = append(taken, fmt.Sprintf("%s (node %s)", m, nodeRef(tx.Node(id))))
-			}
-			continue
+		if id, ok := tx.NodeByMAC(m); ok && (found == nil || id != found.UUID) {
+			taken = append(taken, fmt.Sprintf("%s (node %s)", m, nodeRef(tx.Node(id))))
 		}
-		free = append(free, m)
 	}
 	if len(taken) > 0 {
-		recordConflict(tx, rack, mac, r, fmt.Sprintf("the inventory of system %s lists MACs of other nodes, not attached: %s",
+		slices.Sort(taken)
+		taken = slices.Compact(taken)
+		recordConflict(tx, rack, mac, r, fmt.Sprintf("the inventory of system %s lists MACs of other nodes: %s",
 			identName(ident), strings.Join(taken, ", ")))
+	}
+	bmcAddr := inv.BMCAddress
+	if (&proto.BMC{Address: bmcAddr}).Check() != nil {
+		bmcAddr = "" // not an address a BMC can have: ignored, not fatal
 	}
 
 	event := &proto.BootEvent{Event: "inventory", Agent: r.Agent, Time: r.Time}
+	newer := func(n *proto.Node) bool { return n.LastBoot == nil || !r.Time.Before(n.LastBoot.Time) }
 	if found != nil && found.Enrolled {
 		n := found.Clone()
-		if n.LastBoot == nil || !r.Time.Before(n.LastBoot.Time) {
+		if newer(n) {
 			n.LastBoot = event
 		}
 		if !slices.Contains(n.MACs, mac) {
-			// Booted from a NIC not on record, and no node holds it:
-			// it is this machine's (same system identity).
+			// A NIC its inventory lists, not on record, no node holds.
 			n.MACs = append(n.MACs, mac)
 			n.UpdatedAt = r.Time
 			if err := checkNodeFields(tx, n, n.UUID); err != nil {
@@ -113,19 +125,20 @@ func applyDiscovery(tx *state.Tx, rack, mac string, r *proto.AgentReport) error 
 	}
 	raw, _ := json.Marshal(inv)
 	if found != nil {
+		// The same machine, still discovered: its inventory is the one
+		// it just sent. (Per agent, reports arrive in order; the boot
+		// event's time, which both agents' clocks write, does not order
+		// inventories.)
 		n := found.Clone()
-		if n.LastBoot != nil && r.Time.Before(n.LastBoot.Time) {
-			return nil // an older inventory (a backlog) never replaces a newer one
+		if newer(n) {
+			n.LastBoot = event
 		}
-		n.LastBoot = event
-		for _, m := range append([]string{mac}, free...) {
-			if !slices.Contains(n.MACs, m) {
-				n.MACs = append(n.MACs, m)
-			}
+		if !slices.Contains(n.MACs, mac) {
+			n.MACs = append(n.MACs, mac)
 		}
 		n.Inventory, n.UpdatedAt = raw, r.Time
-		if inv.BMCAddress != "" && n.BMC.Address == "" {
-			n.BMC.Address = inv.BMCAddress
+		if bmcAddr != "" && n.BMC.Address == "" {
+			n.BMC.Address = bmcAddr
 		}
 		if err := checkNodeFields(tx, n, n.UUID); err != nil {
 			return err
@@ -135,12 +148,12 @@ func applyDiscovery(tx *state.Tx, rack, mac string, r *proto.AgentReport) error 
 		return nil
 	}
 	n := &proto.Node{
-		UUID: discoveredUUID(rack, r), Rack: rack, MACs: append([]string{mac}, free...),
+		UUID: discoveredUUID(rack, r), Rack: rack, MACs: []string{mac},
 		ProvisionState: proto.StateDiscovered, PowerState: proto.PowerUnknown,
 		Inventory: raw, CreatedAt: r.Time, UpdatedAt: r.Time, LastBoot: event,
 	}
-	if inv.BMCAddress != "" {
-		n.BMC = proto.BMC{Driver: "ipmi", Address: inv.BMCAddress}
+	if bmcAddr != "" {
+		n.BMC = proto.BMC{Driver: "ipmi", Address: bmcAddr}
 	}
 	if tx.Settings().AutoEnroll {
 		n.ProvisionState, n.Enrolled = proto.StateEnrolled, true
@@ -151,6 +164,24 @@ func applyDiscovery(tx *state.Tx, rack, mac string, r *proto.AgentReport) error 
 	tx.PutNode(n)
 	forgetSightings(tx, n.MACs)
 	return nil
+}
+
+// inventoryMACs lists the MACs of the NICs a node's recorded inventory
+// names.
+func inventoryMACs(n *proto.Node) []string {
+	var inv struct {
+		Interfaces []proto.Interface `json:"interfaces"`
+	}
+	if len(n.Inventory) == 0 || json.Unmarshal(n.Inventory, &inv) != nil {
+		return nil
+	}
+	var out []string
+	for _, ifc := range inv.Interfaces {
+		if m, err := proto.NormalizeMAC(ifc.MAC); err == nil {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // discoveredUUID is the uuid of the node a report discovers: made from

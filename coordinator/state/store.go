@@ -474,3 +474,15 @@ func sortedKeys[V any](m map[string]V) []string {
 	sort.Strings(keys)
 	return keys
 }
+
+// Sighting returns a copy of mac's sighting.
+func (s *Store) Sighting(mac string) (*proto.Sighting, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	sg, ok := s.d.sightings[mac]
+	if !ok {
+		return nil, false
+	}
+	c := *sg
+	return &c, true
+}
