@@ -52,9 +52,12 @@ type contact struct {
 }
 
 // contacts remembers when each agent last called (and from which rack,
-// with which management address), for GET /v1/agents. It holds at most
-// max entries, evicting the least recently heard of; only names that
-// passed proto.CheckAgentName are kept.
+// with which management address), for GET /v1/agents. An agent is keyed
+// by its rack (the one its token is bound to) and name, so an agent of
+// one rack cannot overwrite another rack's agent of the same name (its
+// management address above all). It holds at most max entries, evicting
+// the least recently heard of; only names that passed
+// proto.CheckAgentName are kept.
 type contacts struct {
 	mu    sync.Mutex
 	max   int
@@ -77,9 +80,10 @@ func (k *contacts) touch(name, rack, mgmt string, t time.Time) {
 	if k.max <= 0 {
 		k.max = MaxContacts
 	}
-	if e, ok := k.byKey[name]; ok {
+	key := rack + "/" + name
+	if e, ok := k.byKey[key]; ok {
 		ct := e.Value.(*contact)
-		ct.rack, ct.last = rack, t
+		ct.last = t
 		if mgmt != "" {
 			ct.mgmt = mgmt
 		}
@@ -89,9 +93,10 @@ func (k *contacts) touch(name, rack, mgmt string, t time.Time) {
 	for k.order.Len() >= k.max {
 		old := k.order.Back()
 		k.order.Remove(old)
-		delete(k.byKey, old.Value.(*contact).name)
+		oc := old.Value.(*contact)
+		delete(k.byKey, oc.rack+"/"+oc.name)
 	}
-	k.byKey[name] = k.order.PushFront(&contact{name: name, rack: rack, mgmt: mgmt, last: t})
+	k.byKey[key] = k.order.PushFront(&contact{name: name, rack: rack, mgmt: mgmt, last: t})
 }
 
 // all returns copies of every contact.
@@ -180,12 +185,23 @@ func (a *API) agentReports(c *call) (any, error) {
 		if len(rr) > proto.MaxReportBytes {
 			return nil, proto.Errorf(proto.CodeTooLarge, "%s: %d bytes, at most %d", field, len(rr), proto.MaxReportBytes)
 		}
+		// Unknown fields are ignored: a newer agent's report must not
+		// be refused (and dropped by the agent) for a field this
+		// coordinator does not know yet.
 		var r proto.AgentReport
-		if err := decodeStrict(rr, &r); err != nil {
+		if err := decodeLenient(rr, &r); err != nil {
 			return nil, proto.Errorf(proto.CodeOf(err), "%s: %s", field, err.Error())
 		}
 		if r.ID == "" {
 			return nil, proto.Errorf(proto.CodeInvalid, "%s: id is required", field)
+		}
+		if legacyReport(r, rack) {
+			// A sound report of an agent from before reports were
+			// numbered: answered with a retryable 503, never a
+			// rejection (the agent would drop its reports, leases
+			// included); they stay queued until the agent is upgraded.
+			c.w.Header().Set("Retry-After", "30")
+			return nil, proto.Errorf(proto.CodeUnavailable, "%s: %s", field, LegacyReportMessage)
 		}
 		if len(r.ID) > proto.MaxReportIDLen {
 			return nil, proto.Errorf(proto.CodeTooLarge, "%s.id: %d bytes, at most %d", field, len(r.ID), proto.MaxReportIDLen)
@@ -231,12 +247,24 @@ func (a *API) agentReports(c *call) (any, error) {
 // (then the report cannot be named in an ack, and the batch is refused).
 func isIDError(e *proto.Error) bool { return strings.HasPrefix(e.Message, "id:") }
 
-// decodeStrict decodes one JSON value, refusing unknown fields, with
+// LegacyReportMessage answers a batch from a rack agent older than this
+// coordinator.
+const LegacyReportMessage = "a report without incarnation and seq, from a rack agent older than this coordinator: upgrade the agent; its reports stay queued"
+
+// legacyReport reports whether r is a report an older agent would send:
+// sound in every way but lacking incarnation and seq.
+func legacyReport(r proto.AgentReport, rack string) bool {
+	if r.Incarnation != "" || r.Seq != 0 || r.Rack != rack {
+		return false
+	}
+	r.Incarnation, r.Seq = "legacy", 1
+	return r.Validate() == nil
+}
+
+// decodeLenient decodes one JSON value, ignoring unknown fields, with
 // errors that name the field.
-func decodeStrict(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+func decodeLenient(b []byte, v any) error {
+	if err := json.NewDecoder(bytes.NewReader(b)).Decode(v); err != nil {
 		return bodyError(err, 0)
 	}
 	return nil
@@ -260,26 +288,26 @@ const (
 )
 
 // agents lists the agents gossip knows of and those that called this
-// server's API (gossip may be off), merged by name: for a gossip member
-// the later contact and the management address are added.
+// server's API (gossip may be off), merged by rack and name: for a gossip
+// member the later contact and the management address are added.
 func (a *API) agents(c *call) (any, error) {
 	byName := map[string]*proto.AgentInfo{}
 	if l, ok := a.b.(AgentLister); ok {
 		for _, ag := range l.Agents() {
 			ag := ag
 			ag.Source = "gossip"
-			byName[ag.Name] = &ag
+			byName[ag.Rack+"/"+ag.Name] = &ag
 		}
 	}
 	now := a.cfg.Now()
 	for _, ct := range a.contacts.all() {
-		ag, ok := byName[ct.name]
+		ag, ok := byName[ct.rack+"/"+ct.name]
 		if !ok {
 			status := AgentAlive
 			if now.Sub(ct.last) > a.cfg.AgentAlive {
 				status = AgentUnknown
 			}
-			byName[ct.name] = &proto.AgentInfo{Name: ct.name, Rack: ct.rack, Status: status,
+			byName[ct.rack+"/"+ct.name] = &proto.AgentInfo{Name: ct.name, Rack: ct.rack, Status: status,
 				LastContact: ct.last, MgmtAddr: ct.mgmt, Source: "api"}
 			continue
 		}
@@ -298,6 +326,11 @@ func (a *API) agents(c *call) (any, error) {
 		}
 		out = append(out, *ag)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Name != out[j].Name {
+			return out[i].Name < out[j].Name
+		}
+		return out[i].Rack < out[j].Rack
+	})
 	return out, nil
 }

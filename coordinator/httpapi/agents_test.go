@@ -6,6 +6,7 @@ package httpapi_test
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -215,10 +216,53 @@ func TestAPIReportLimits(t *testing.T) {
 			body: proto.ReportBatch{Reports: []proto.AgentReport{ctrlID}}, status: 400, code: proto.CodeInvalid, msg: "reports[0].id: byte 2 (0x01) is not printable"},
 		{name: "one report over its size", method: "POST", path: "/v1/agent/reports?rack=r1", auth: e.agent1,
 			body: proto.ReportBatch{Reports: []proto.AgentReport{tooBig}}, status: 413, code: proto.CodeTooLarge, msg: "reports[0]: 262"},
-		{name: "an unknown field in a report", method: "POST", path: "/v1/agent/reports?rack=r1", auth: e.agent1,
-			body: `{"reports":[{"id":"x","bogus":1}]}`, status: 400, code: proto.CodeInvalid, msg: `reports[0]: unknown field "bogus"`},
+		{name: "a field of the wrong type", method: "POST", path: "/v1/agent/reports?rack=r1", auth: e.agent1,
+			body: `{"reports":[{"id":"x","seq":"one"}]}`, status: 400, code: proto.CodeInvalid, msg: `reports[0]`},
 	})
 	if got := e.srv.Store().Index(); got != idx1 {
 		t.Errorf("state index moved from %d to %d: a refused batch reached Raft", idx1, got)
+	}
+
+	// A newer agent's field this coordinator does not know is ignored,
+	// not refused: the agent would drop the report.
+	newer, _ := json.Marshal(ok)
+	newer = append(newer[:len(newer)-1], []byte(`,"from_the_future":1}`)...)
+	newer = bytes.Replace(newer, []byte(`"id":"fine"`), []byte(`"id":"newer"`), 1)
+	newer = bytes.Replace(newer, []byte(fmt.Sprintf(`"seq":%d`, ok.Seq)), []byte(`"seq":200`), 1)
+	e.ok(200, "POST", "/v1/agent/reports?rack=r1", e.agent1, json.RawMessage(`{"reports":[`+string(newer)+`]}`), &ack)
+	if len(ack.Acked) != 1 || ack.Acked[0] != "newer" {
+		t.Errorf("a report with an unknown field: %+v, want acked", ack)
+	}
+	idx1 = e.srv.Store().Index()
+
+	// An older agent's sound report (no incarnation, no seq) gets a
+	// retryable 503, never a rejection it would drop.
+	old := base("legacy")
+	old.Incarnation, old.Seq = "", 0
+	e.runErrCases([]errCase{
+		{name: "a report of an older agent", method: "POST", path: "/v1/agent/reports?rack=r1", auth: e.agent1,
+			body: proto.ReportBatch{Reports: []proto.AgentReport{old}}, status: 503, code: proto.CodeUnavailable, msg: "upgrade the agent"},
+	})
+	if got := e.srv.Store().Index(); got != idx1 {
+		t.Errorf("state index moved from %d to %d: a refused batch reached Raft", idx1, got)
+	}
+}
+
+// TestContactsKeyedByRack: an agent of one rack cannot overwrite another
+// rack's agent of the same name (its management address above all).
+func TestContactsKeyedByRack(t *testing.T) {
+	var k contacts
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	k.touch("agent-a", "r1", "10.0.1.2:7492", now)
+	k.touch("agent-a", "r2", "10.6.6.6:7492", now.Add(time.Second)) // another rack's token, same name
+	var r1 *contact
+	for _, ct := range k.all() {
+		if ct.rack == "r1" {
+			ct := ct
+			r1 = &ct
+		}
+	}
+	if k.len() != 2 || r1 == nil || r1.mgmt != "10.0.1.2:7492" {
+		t.Fatalf("contacts %+v: rack r1's agent was overwritten", k.all())
 	}
 }
