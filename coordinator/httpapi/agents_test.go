@@ -247,22 +247,3 @@ func TestAPIReportLimits(t *testing.T) {
 		t.Errorf("state index moved from %d to %d: a refused batch reached Raft", idx1, got)
 	}
 }
-
-// TestContactsKeyedByRack: an agent of one rack cannot overwrite another
-// rack's agent of the same name (its management address above all).
-func TestContactsKeyedByRack(t *testing.T) {
-	var k contacts
-	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	k.touch("agent-a", "r1", "10.0.1.2:7492", now)
-	k.touch("agent-a", "r2", "10.6.6.6:7492", now.Add(time.Second)) // another rack's token, same name
-	var r1 *contact
-	for _, ct := range k.all() {
-		if ct.rack == "r1" {
-			ct := ct
-			r1 = &ct
-		}
-	}
-	if k.len() != 2 || r1 == nil || r1.mgmt != "10.0.1.2:7492" {
-		t.Fatalf("contacts %+v: rack r1's agent was overwritten", k.all())
-	}
-}
