@@ -50,6 +50,15 @@ type Backend interface {
 	RemovePeer(ctx context.Context, id string) error
 }
 
+// ReadyWaiter is implemented by a Backend whose leader must apply its
+// predecessor's log before it may act on its store (coordinator/server's:
+// a new leader's barrier). WaitReady returns nil at once on a ready
+// leader; on a new one it waits a bounded time, then returns a retryable
+// error.
+type ReadyWaiter interface {
+	WaitReady() error
+}
+
 // ErrNotLeader is what a Backend returns when a leader-only call reaches a
 // follower.
 var ErrNotLeader = errors.New("not the leader")
@@ -271,6 +280,19 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request, rt Route) {
 	c := &call{a: a, r: r, w: w, status: http.StatusOK}
 	forwarded := r.Header.Get(ForwardedHeader) != ""
 	leader := a.b.IsLeader()
+	if leader && rt.kind != kindLocal {
+		// A new leader authenticates and checks preconditions against
+		// its own store only once it holds what its predecessor
+		// committed: a token revoked just before the election must not
+		// let a write through, nor a rack just created answer 404.
+		if rw, ok := a.b.(ReadyWaiter); ok {
+			if err := rw.WaitReady(); err != nil {
+				w.Header().Set("Retry-After", "1")
+				writeError(w, retryable(err))
+				return
+			}
+		}
+	}
 	if rt.Role != "" {
 		tok, err := a.authenticate(r)
 		if err != nil && rt.kind != kindLocal && proto.CodeOf(err) == proto.CodeUnauthorized && r.Header.Get("Authorization") != "" {

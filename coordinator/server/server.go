@@ -419,6 +419,24 @@ func (b backend) Status() proto.Status { return b.s.Status() }
 // first entry commits, and until it applies them its store is older than
 // writes the cluster acknowledged.
 func (b backend) VerifyLeader() error {
+	if err := b.WaitReady(); err != nil {
+		return err
+	}
+	if err := b.s.raft.VerifyLeader(); err != nil {
+		return httpapi.ErrNotLeader
+	}
+	// Still the leadership whose barrier was applied: a term that moved
+	// on while we verified needs its own.
+	if !b.s.leader.Ready() {
+		return proto.Errorf(proto.CodeUnavailable, "leadership changed while the read was verified; try again")
+	}
+	return nil
+}
+
+// WaitReady returns once this leader has applied everything committed
+// before its election (httpapi.ReadyWaiter): at once on a ready leader,
+// after up to ReadyWait on a new one, then a retryable error.
+func (b backend) WaitReady() error {
 	if !b.s.raft.IsLeader() {
 		return httpapi.ErrNotLeader
 	}
@@ -432,14 +450,6 @@ func (b backend) VerifyLeader() error {
 			}
 			return proto.Errorf(proto.CodeUnavailable, "this server was just elected leader and is still applying its predecessor's log (waited %s); try again", b.s.cfg.ReadyWait)
 		}
-	}
-	if err := b.s.raft.VerifyLeader(); err != nil {
-		return httpapi.ErrNotLeader
-	}
-	// Still the leadership whose barrier was applied: a term that moved
-	// on while we verified needs its own.
-	if !b.s.leader.Ready() {
-		return proto.Errorf(proto.CodeUnavailable, "leadership changed while the read was verified; try again")
 	}
 	return nil
 }
