@@ -202,3 +202,29 @@ func TestReservedSkipsLeases(t *testing.T) {
 	c.Node.Rack, c.Node.IP = "r1", "10.9.0.1"
 	h.fails(c, proto.CodeConflict, "leased to 52:54:00:99:00:01")
 }
+
+// TestLeaseOutsideMovedPoolKept: when a pool moves, the agent ends the
+// leases left outside it and reports them released; the coordinator
+// keeps the record (the client may use the address until its renewal
+// time) until the leader's LeasesExpire forgets it, an hour past its end.
+// Until then no node is given the address.
+func TestLeaseOutsideMovedPoolKept(t *testing.T) {
+	h := newHarness(t)
+	h.must(RackPut{Create: true, Rack: proto.Rack{Name: "r1", Subnet: "10.9.0.0/24", PoolStart: "10.9.0.1", PoolEnd: "10.9.0.9"}})
+	t1 := t0.Add(time.Minute)
+	lease := proto.Lease{IP: "10.9.0.1", Expires: t1.Add(time.Hour)}
+	h.must(AgentReports{Rack: "r1", Reports: []proto.AgentReport{{ID: "l1", Kind: proto.ReportLease, Rack: "r1", Time: t1,
+		MAC: "52:54:00:99:00:01", LeaseEvent: "bound", Lease: &lease}}})
+	h.must(RackPut{Rack: proto.Rack{Name: "r1", Subnet: "10.9.0.0/24", PoolStart: "10.9.0.100", PoolEnd: "10.9.0.199"}})
+	res := h.must(AgentReports{Rack: "r1", Reports: []proto.AgentReport{{ID: "l2", Kind: proto.ReportLease, Rack: "r1", Time: t1,
+		MAC: "52:54:00:99:00:01", LeaseEvent: "released", Lease: &lease}}}).(*AgentReportsResult)
+	if !strings.Contains(res.Rejected["l2"], "outside") || len(h.f.Store().Leases("r1")) != 1 {
+		t.Fatalf("release outside the moved pool: %+v, leases %v; want refused and the record kept", res, h.f.Store().Leases("r1"))
+	}
+	if r := h.must(LeasesExpire{Before: lease.Expires}).(*LeasesExpireResult); r.Expired != 0 {
+		t.Fatalf("expired a lease not yet past its end")
+	}
+	if r := h.must(LeasesExpire{Before: lease.Expires.Add(LeaseKeep + time.Second)}).(*LeasesExpireResult); r.Expired != 1 || len(h.f.Store().Leases("r1")) != 0 {
+		t.Fatalf("LeasesExpire past the keep time: %+v", r)
+	}
+}

@@ -352,6 +352,11 @@ func TestScale100k(t *testing.T) {
 		t.Logf("discovery apply at %d nodes, one report per command: new machine %s; re-discovery of a known machine %s", small, quantiles(smallFresh), quantiles(smallAgain))
 	}
 	t.Logf("discovery apply at %d nodes, one report per command: new machine %s; re-discovery of a known machine %s", n, quantiles(fresh), quantiles(again))
+	// The same with the collector paused: what the heap's size costs.
+	gc := debug.SetGCPercent(-1)
+	fresh, again = discoveries()
+	debug.SetGCPercent(gc)
+	t.Logf("the same with GC paused: new machine %s; re-discovery %s", quantiles(fresh), quantiles(again))
 
 	// List pages.
 	enrolled := proto.StateEnrolled
