@@ -3,7 +3,11 @@ package sim
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -136,5 +140,60 @@ func TestQuantiles(t *testing.T) {
 	}
 	if a, b, c := Quantiles(nil); a != 0 || b != 0 || c != 0 {
 		t.Errorf("Quantiles(nil) = %s, %s, %s; want zeros", a, b, c)
+	}
+}
+
+// TestRebootAfterFailedBoot: a boot that fails (here: no DHCP answer at
+// all to the first DISCOVER) is started over after RebootAfter, like
+// firmware, and the reboot is counted; the second boot runs to its
+// local-disk script (from the address it leased).
+func TestRebootAfterFailedBoot(t *testing.T) {
+	var scriptFrom atomic.Value
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		scriptFrom.Store(r.RemoteAddr)
+		io.WriteString(w, "#!ipxe\nsanboot --no-describe --drive 0x80\n")
+	}))
+	defer web.Close()
+	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	var got atomic.Int64
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := srv.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			req, err := dhcpv4.FromBytes(buf[:n])
+			if err != nil || got.Add(1) == 1 { // the first boot's DISCOVER is lost
+				continue
+			}
+			typ := dhcpv4.MessageTypeOffer
+			if req.MessageType() == dhcpv4.MessageTypeRequest {
+				typ = dhcpv4.MessageTypeAck
+			}
+			resp, _ := dhcpv4.NewReplyFromRequest(req, dhcpv4.WithMessageType(typ), dhcpv4.WithYourIP(net.IPv4(127, 0, 0, 51)),
+				dhcpv4.WithServerIP(net.IPv4(127, 0, 0, 1)), dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IPv4(127, 0, 0, 1))),
+				dhcpv4.WithOption(dhcpv4.OptBootFileName(web.URL+"/boot/script.ipxe")))
+			srv.WriteTo(resp.ToBytes(), from)
+		}
+	}()
+	m := &Machine{MAC: net.HardwareAddr{0x52, 0x54, 0, 0xde, 0, 2}, DHCP: srv.LocalAddr().(*net.UDPAddr), RelayIP: net.IPv4(127, 0, 0, 1),
+		BindLease: true, Firmware: Firmware{DHCPTimeouts: []time.Duration{50 * time.Millisecond}, RebootAfter: 10 * time.Millisecond, MaxBoots: 3}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := m.Run(ctx)
+	if err != nil {
+		t.Fatalf("Run: %v (result %+v)", err, res)
+	}
+	if res.Retries.Boots != 1 || len(res.Errors) != 1 || res.Reported || res.IP != "127.0.0.51" {
+		t.Errorf("Run = boots retried %d, errors %v, reported %v, ip %s; want 1 reboot after 1 error, a local boot from 127.0.0.51",
+			res.Retries.Boots, res.Errors, res.Reported, res.IP)
+	}
+	if from, _ := scriptFrom.Load().(string); !strings.HasPrefix(from, "127.0.0.51:") {
+		t.Errorf("script fetched from %q, want the leased 127.0.0.51", from)
 	}
 }
