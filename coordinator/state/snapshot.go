@@ -2,6 +2,7 @@ package state
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,7 +40,7 @@ func (s *Store) Snapshot() *Snapshot {
 		d.leases[r] = maps.Clone(m)
 	}
 	// Indexes are rebuilt on restore, not written.
-	d.nodeByIP, d.rackIdx, d.nodeOrder, d.nodeByIdent, d.identOf, d.sightAge, d.ipHint, d.nodesByRack = nil, nil, nil, nil, nil, nil, nil, nil
+	d.nodeByIP, d.rackIdx, d.nodeOrder, d.nodeByIdent, d.identOf, d.sightAge, d.ipHint, d.rackOrder = nil, nil, nil, nil, nil, nil, nil, nil
 	return &Snapshot{d: &d}
 }
 
@@ -69,13 +70,22 @@ type leaseRecord struct {
 func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
 	bw := bufio.NewWriterSize(w, 1<<16)
 	cw := &countWriter{w: bw}
-	enc := json.NewEncoder(cw)
+	// Each record is the line json.Encoder would write for record{t, v},
+	// put together by hand: v is marshalled (and so validated and
+	// compacted) once, not a second time as a json.RawMessage.
 	put := func(t string, v any) error {
 		b, err := json.Marshal(v)
 		if err != nil {
 			return fmt.Errorf("snapshot %s: %w", t, err)
 		}
-		return enc.Encode(record{T: t, V: b})
+		if _, err := cw.Write([]byte(`{"t":"` + t + `","v":`)); err != nil {
+			return err
+		}
+		if _, err := cw.Write(b); err != nil {
+			return err
+		}
+		_, err = cw.Write([]byte("}\n"))
+		return err
 	}
 	d := sn.d
 	if err := put("header", header{Version: snapshotVersion, Index: d.index}); err != nil {
@@ -147,12 +157,12 @@ func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
 // swaps it in whole; on any error the store is left as it was.
 func (s *Store) Restore(r io.Reader) error {
 	d := newData()
-	dec := json.NewDecoder(bufio.NewReaderSize(r, 1<<16))
+	br := bufio.NewReaderSize(r, 1<<16)
 	tx := &Tx{d: d}
 	sawHeader, sawEnd := false, false
 	for !sawEnd {
-		var rec record
-		if err := dec.Decode(&rec); err != nil {
+		rec, err := readRecord(br)
+		if err != nil {
 			if errors.Is(err, io.EOF) {
 				return errors.New("snapshot ends before its end record")
 			}
@@ -161,7 +171,6 @@ func (s *Store) Restore(r io.Reader) error {
 		if !sawHeader && rec.T != "header" {
 			return fmt.Errorf("snapshot starts with %q, want header", rec.T)
 		}
-		var err error
 		switch rec.T {
 		case "header":
 			var h header
@@ -256,6 +265,29 @@ func (s *Store) Restore(r io.Reader) error {
 	d.bootIdx = d.index
 	s.replace(d)
 	return nil
+}
+
+// readRecord reads one line of a snapshot. The lines WriteTo writes,
+// {"t":"TYPE","v":VALUE}, are split without decoding VALUE (it is decoded
+// once, into its type); any other line is decoded as a record.
+func readRecord(br *bufio.Reader) (record, error) {
+	line, err := br.ReadBytes('\n')
+	if err != nil && (err != io.EOF || len(bytes.TrimSpace(line)) == 0) {
+		return record{}, err
+	}
+	line = bytes.TrimSpace(line)
+	if rest, ok := bytes.CutPrefix(line, []byte(`{"t":"`)); ok {
+		if i := bytes.IndexByte(rest, '"'); i > 0 {
+			if v, ok := bytes.CutPrefix(rest[i+1:], []byte(`,"v":`)); ok && len(v) > 0 && v[len(v)-1] == '}' {
+				return record{T: string(rest[:i]), V: v[:len(v)-1]}, nil
+			}
+		}
+	}
+	var rec record
+	if err := json.Unmarshal(line, &rec); err != nil {
+		return record{}, err
+	}
+	return rec, nil
 }
 
 type countWriter struct {

@@ -46,9 +46,10 @@ type data struct {
 	// reverse. Discovery finds a machine by them in O(1).
 	nodeByIdent map[string][]string
 	identOf     map[string]string
-	// nodesByRack holds the uuids of each rack's nodes, so a rack's boot
-	// state costs its own nodes, not the fleet's.
-	nodesByRack map[string]map[string]struct{}
+	// rackOrder holds each rack's nodes' nodeKeys in list order, so a
+	// rack's boot state, and a page of one rack's nodes, cost that
+	// rack's nodes, not the fleet's.
+	rackOrder map[string]*btree.BTreeG[string]
 
 	racks     map[string]*proto.Rack
 	flavors   map[string]*proto.Flavor
@@ -66,11 +67,11 @@ type data struct {
 	// report seq applied of each of its recent incarnations.
 	agentSeqs map[string]*AgentSeq
 
-	nodeByIP  map[string]string          // rack+"/"+ip -> node uuid
+	nodeByIP map[string]string // rack+"/"+ip -> node uuid
 	// ipHint is, per rack, an address below which every address of the
 	// subnet is taken or unusable: the search for a node's reserved
 	// address starts there. Derived: not in snapshots.
-	ipHint map[string]netip.Addr
+	ipHint    map[string]netip.Addr
 	sightings map[string]*proto.Sighting // by MAC
 	// sightAge orders sightings for eviction (sightKey): the stalest
 	// without a conflict is forgotten first when MaxSightings would be
@@ -109,20 +110,22 @@ func newData() *data {
 	return &data{
 		nodes: map[string]*proto.Node{}, nodeByName: map[string]string{}, nodeByMAC: map[string]string{},
 		nodeOrder: btree.NewOrderedG[string](32), nodeByIdent: map[string][]string{}, identOf: map[string]string{},
-		nodesByRack: map[string]map[string]struct{}{},
-		racks: map[string]*proto.Rack{}, flavors: map[string]*proto.Flavor{}, images: map[string]*proto.Image{},
+		rackOrder: map[string]*btree.BTreeG[string]{},
+		racks:     map[string]*proto.Rack{}, flavors: map[string]*proto.Flavor{}, images: map[string]*proto.Image{},
 		instances: map[string]*proto.Instance{}, instByNm: map[string]string{},
 		tokens: map[string]*proto.Token{}, tokenByHash: map[string]string{},
 		servers: map[string]*proto.Server{}, agentSeqs: map[string]*AgentSeq{},
 		nodeByIP: map[string]string{}, sightings: map[string]*proto.Sighting{},
 		sightAge: btree.NewG[sightKey](32, sightLess), ipHint: map[string]netip.Addr{},
-		leases:   map[string]map[string]*proto.Lease{}, rackIdx: map[string]uint64{},
+		leases: map[string]map[string]*proto.Lease{}, rackIdx: map[string]uint64{},
 	}
 }
 
 // nodeKey is a node's place in list order: by name, then uuid (nodes
 // without a name first). The uuid alone is the marker of a page.
 func nodeKey(n *proto.Node) string { return n.Name + "\x00" + n.UUID }
+
+func uuidOfKey(k string) string { return k[strings.LastIndexByte(k, 0)+1:] }
 
 // New returns an empty store.
 func New() *Store {
@@ -217,7 +220,8 @@ func (s *Store) Nodes(f NodeFilter) []*proto.Node {
 // after ("" for the first page); next is the opaque marker of the
 // following page, "" after the last. A marker stays valid when its node
 // is deleted. The page is read under one lock: it is consistent with
-// itself and with Index. It costs O(log n) plus the nodes it steps over.
+// itself and with Index. It costs O(log n) plus the nodes it steps over
+// (with a rack filter, only that rack's nodes are stepped over).
 func (s *Store) NodesPage(f NodeFilter, after string, limit int) (nodes []*proto.Node, next string) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -247,9 +251,15 @@ func (s *Store) NodesPage(f NodeFilter, after string, limit int) (nodes []*proto
 		}
 		start = string(k) + "\x00" // just past it
 	}
+	order := d.nodeOrder
+	if f.Rack != "" {
+		if order = d.rackOrder[f.Rack]; order == nil {
+			return out, ""
+		}
+	}
 	var last string
-	d.nodeOrder.AscendGreaterOrEqual(start, func(k string) bool {
-		n := d.nodes[k[strings.LastIndexByte(k, 0)+1:]]
+	order.AscendGreaterOrEqual(start, func(k string) bool {
+		n := d.nodes[uuidOfKey(k)]
 		if !match(n) {
 			return true
 		}
@@ -398,9 +408,13 @@ func (s *Store) BootIndex(rack string) uint64 {
 func (s *Store) ReadRack(rack string, fn func(r *proto.Rack, nodes []*proto.Node, leases []*proto.Lease, settings proto.Settings, images map[string]*proto.Image)) uint64 {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	nodes := make([]*proto.Node, 0, len(s.d.nodesByRack[rack]))
-	for id := range s.d.nodesByRack[rack] {
-		nodes = append(nodes, s.d.nodes[id])
+	var nodes []*proto.Node
+	if t := s.d.rackOrder[rack]; t != nil {
+		nodes = make([]*proto.Node, 0, t.Len())
+		t.Ascend(func(k string) bool {
+			nodes = append(nodes, s.d.nodes[uuidOfKey(k)])
+			return true
+		})
 	}
 	sort.Slice(nodes, func(i, j int) bool { return nodes[i].UUID < nodes[j].UUID })
 	var leases []*proto.Lease

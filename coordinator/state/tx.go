@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/btree"
 	"github.com/metalfleet/metalfleet/proto"
 )
 
@@ -100,12 +101,12 @@ func (tx *Tx) PutNode(n *proto.Node) {
 	tx.d.nodes[n.UUID] = n
 	tx.d.nodeOrder.ReplaceOrInsert(nodeKey(n))
 	if n.Rack != "" {
-		m := tx.d.nodesByRack[n.Rack]
-		if m == nil {
-			m = map[string]struct{}{}
-			tx.d.nodesByRack[n.Rack] = m
+		t := tx.d.rackOrder[n.Rack]
+		if t == nil {
+			t = btree.NewOrderedG[string](16)
+			tx.d.rackOrder[n.Rack] = t
 		}
-		m[n.UUID] = struct{}{}
+		t.ReplaceOrInsert(nodeKey(n))
 	}
 	if n.Name != "" {
 		tx.d.nodeByName[n.Name] = n.UUID
@@ -182,10 +183,10 @@ func (tx *Tx) DeleteNode(uuid string) {
 
 func (tx *Tx) unindexNode(n *proto.Node) {
 	tx.d.nodeOrder.Delete(nodeKey(n))
-	if m := tx.d.nodesByRack[n.Rack]; m != nil {
-		delete(m, n.UUID)
-		if len(m) == 0 {
-			delete(tx.d.nodesByRack, n.Rack)
+	if t := tx.d.rackOrder[n.Rack]; t != nil {
+		t.Delete(nodeKey(n))
+		if t.Len() == 0 {
+			delete(tx.d.rackOrder, n.Rack)
 		}
 	}
 	if n.IP != "" && tx.d.nodeByIP[n.Rack+"/"+n.IP] == n.UUID {
@@ -262,15 +263,20 @@ func (tx *Tx) EachNode(fn func(*proto.Node)) {
 	}
 }
 
-// EachNodeInRack calls fn for every node in rack, in no set order.
+// EachNodeInRack calls fn for every node in rack, in list order.
 func (tx *Tx) EachNodeInRack(rack string, fn func(*proto.Node)) {
-	for id := range tx.d.nodesByRack[rack] {
-		fn(tx.d.nodes[id])
+	if t := tx.d.rackOrder[rack]; t != nil {
+		t.Ascend(func(k string) bool { fn(tx.d.nodes[uuidOfKey(k)]); return true })
 	}
 }
 
 // CountNodesInRack returns how many nodes are in rack.
-func (tx *Tx) CountNodesInRack(rack string) int { return len(tx.d.nodesByRack[rack]) }
+func (tx *Tx) CountNodesInRack(rack string) int {
+	if t := tx.d.rackOrder[rack]; t != nil {
+		return t.Len()
+	}
+	return 0
+}
 
 // Flavor returns the named flavor, or nil.
 func (tx *Tx) Flavor(name string) *proto.Flavor { return tx.d.flavors[name] }
