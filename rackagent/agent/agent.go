@@ -639,6 +639,14 @@ func (b bootBackend) Boot(mac string) (*proto.BootNode, proto.BootConfig, bool) 
 	return nil, v.State.Discovery, true
 }
 
+func (b bootBackend) NodeByUUID(uuid string) (*proto.BootNode, bool) {
+	v := b.s.View()
+	if v == nil {
+		return nil, false
+	}
+	return v.NodeByUUID(uuid)
+}
+
 func (b bootBackend) ArtifactBySHA(sha string) (proto.Artifact, bool) {
 	v := b.s.View()
 	if v == nil {

@@ -43,6 +43,7 @@ type View struct {
 	DNS []netip.Addr
 
 	byMAC      map[string]*proto.BootNode
+	byUUID     map[string]*proto.BootNode
 	byIP       map[netip.Addr]*proto.BootNode
 	nodeIP     map[*proto.BootNode]netip.Addr
 	leaseByMAC map[string]proto.Lease
@@ -51,7 +52,7 @@ type View struct {
 
 // NewView indexes a boot state.
 func NewView(st *proto.RackBootState) *View {
-	v := &View{State: st, byMAC: map[string]*proto.BootNode{}, byIP: map[netip.Addr]*proto.BootNode{}, nodeIP: map[*proto.BootNode]netip.Addr{},
+	v := &View{State: st, byMAC: map[string]*proto.BootNode{}, byUUID: map[string]*proto.BootNode{}, byIP: map[netip.Addr]*proto.BootNode{}, nodeIP: map[*proto.BootNode]netip.Addr{},
 		leaseByMAC: map[string]proto.Lease{}, leaseByIP: map[netip.Addr]proto.Lease{}}
 	rk := &st.Rack
 	if p, err := netip.ParsePrefix(rk.Subnet); err == nil {
@@ -75,6 +76,9 @@ func NewView(st *proto.RackBootState) *View {
 	}
 	for i := range st.Nodes {
 		n := &st.Nodes[i]
+		if n.UUID != "" {
+			v.byUUID[n.UUID] = n
+		}
 		for _, m := range n.MACs {
 			if hw, err := net.ParseMAC(m); err == nil {
 				v.byMAC[hw.String()] = n
@@ -92,6 +96,12 @@ func NewView(st *proto.RackBootState) *View {
 		}
 	}
 	return v
+}
+
+// NodeByUUID finds a node by its uuid.
+func (v *View) NodeByUUID(uuid string) (*proto.BootNode, bool) {
+	n, ok := v.byUUID[uuid]
+	return n, ok
 }
 
 // HasPool reports whether the rack has a dynamic pool.

@@ -55,7 +55,7 @@ func TestSourceBinding(t *testing.T) {
 		}
 	}
 	inventory := func(mac string) (int, string) {
-		st, body, _ := h.do("POST", "/v1/callback/inventory", map[string]string{proto.MACHeader: mac}, strings.NewReader(`{"cpus":1}`))
+		st, body, _ := h.do("POST", "/v1/callback/inventory", map[string]string{proto.MACHeader: mac}, strings.NewReader(`{"cpus":{"count":1}}`))
 		return st, body
 	}
 	if st, body := inventory(leasedHere); st != 202 {

@@ -20,6 +20,7 @@ import (
 
 func TestArtifactServe(t *testing.T) {
 	h := newHarness(t, 1<<20)
+	h.backend.addNode(ramdiskNode()) // testNodeID, aa:bb:cc:00:00:02
 	data := content(1, 100_000)
 	a := h.artifact("vmlinuz", data)
 	path := "/artifacts/" + a.SHA256
@@ -50,8 +51,10 @@ func TestArtifactServe(t *testing.T) {
 	}{
 		{"range", "GET", "?node=" + testNodeID, "bytes=1000-1999", 206, string(data[1000:2000]), nil},
 		{"suffix range", "GET", "", "bytes=-10", 206, string(data[len(data)-10:]), nil},
-		{"range from zero reports", "GET", "?node=aa-bb-cc-00-00-01", "bytes=0-99", 206, string(data[:100]),
-			&proto.AgentReport{Kind: proto.ReportBootEvent, Event: "artifact:vmlinuz", MAC: "aa:bb:cc:00:00:01"}},
+		{"range from zero reports", "GET", "?node=aa-bb-cc-00-00-02", "bytes=0-99", 206, string(data[:100]),
+			&proto.AgentReport{Kind: proto.ReportBootEvent, Event: "artifact:vmlinuz", MAC: "aa:bb:cc:00:00:02", Node: testNodeID}},
+		{"an unknown MAC, no report", "GET", "?node=aa-bb-cc-00-00-01", "", 200, string(data), nil},
+		{"an unknown uuid, no report", "GET", "?node=11111111-2222-4333-8444-555555555555", "", 200, string(data), nil},
 		{"full with uuid reports", "GET", "?node=" + strings.ToUpper(testNodeID), "", 200, string(data),
 			&proto.AgentReport{Kind: proto.ReportBootEvent, Event: "artifact:vmlinuz", Node: testNodeID}},
 		{"no node, no report", "GET", "", "", 200, string(data), nil},
@@ -61,6 +64,7 @@ func TestArtifactServe(t *testing.T) {
 	h.reporter.take()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			h.clock.Advance(time.Minute) // past BootEventEvery
 			hdrs := map[string]string{}
 			if tt.rng != "" {
 				hdrs["Range"] = tt.rng

@@ -2,19 +2,22 @@ package httpboot
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
+	"net/netip"
 	"regexp"
 	"strings"
 
 	"github.com/metalfleet/metalfleet/proto"
 )
 
-// MaxCallbackBytes bounds a callback's body.
-const MaxCallbackBytes = 1 << 20
+// MaxCallbackBytes bounds a callback's body: the coordinator's bound on a
+// report's data, so nothing the agent accepts is refused there.
+const MaxCallbackBytes = proto.MaxCallbackBytes
 
 // MACHeader names the MAC a ramdisk's callback is about (or ?mac=).
 const MACHeader = proto.MACHeader
@@ -47,6 +50,7 @@ func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log := s.log.With("mac", mac, "step", step, "remote", r.RemoteAddr)
+	discovery := false // a tokenless inventory, bound to its discovery boot
 
 	node, boot, known := s.cfg.Backend.Boot(mac)
 	var uuid string
@@ -77,6 +81,13 @@ func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
 		log.Warn("inventory refused: not from the address this agent leased to the MAC", "source", ip, "err", err)
 		writeError(w, proto.Errorf(proto.CodeForbidden, "an inventory for %s is accepted only from the address this agent leased to it: %v", mac, err))
 		return
+	} else if to, _ := s.recent.servedTo(mac, s.now().Add(-s.cfg.DiscoveryWindow)); to != srcAddr(r) {
+		// ... and the address the discovery script was served to.
+		log.Warn("inventory refused: not from the address the discovery script was served to", "source", ip, "served_to", to.String())
+		writeError(w, proto.Errorf(proto.CodeForbidden, "an inventory for %s is accepted only from the address its discovery script was served to (%s), not %s", mac, to, ip))
+		return
+	} else {
+		discovery = true
 	}
 
 	body, err := readJSON(w, r)
@@ -84,6 +95,31 @@ func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
 		log.Warn("callback refused", "err", err)
 		writeError(w, err)
 		return
+	}
+	if step == proto.StepInventory {
+		var inv proto.Inventory
+		if err := json.Unmarshal(body, &inv); err != nil {
+			log.Warn("inventory refused: does not decode", "source", ip, "err", err)
+			writeError(w, proto.Errorf(proto.CodeInvalid, "inventory: %v", err))
+			return
+		}
+		if err := inv.Validate(); err != nil {
+			log.Warn("inventory refused", "source", ip, "err", err)
+			writeError(w, prefixErr("inventory: ", err))
+			return
+		}
+	}
+	if discovery {
+		switch s.recent.claim(mac, sha256.Sum256(body), s.now()) {
+		case claimRepeat:
+			log.Info("inventory repeated (a retry): answered, not queued again")
+			writeJSON(w, http.StatusAccepted, map[string]bool{"accepted": true})
+			return
+		case claimTaken:
+			log.Warn("inventory refused: this discovery boot already posted its inventory", "source", ip)
+			writeError(w, proto.Errorf(proto.CodeConflict, "%s already posted the inventory of its discovery boot; one is accepted per boot", mac))
+			return
+		}
 	}
 	s.cfg.Reporter.Report(proto.AgentReport{
 		Kind: proto.ReportCallback, Time: s.now(), Step: step, MAC: mac, Node: uuid, Data: body,
@@ -141,6 +177,21 @@ func bearer(r *http.Request) (string, bool) {
 	}
 	token = strings.TrimSpace(token)
 	return token, token != ""
+}
+
+// srcAddr is the request's source address (invalid if it does not parse).
+func srcAddr(r *http.Request) netip.Addr {
+	a, _ := netip.ParseAddr(sourceIP(r))
+	return a.Unmap()
+}
+
+// prefixErr puts prefix before a proto error's message, keeping its code.
+func prefixErr(prefix string, err error) error {
+	var pe *proto.Error
+	if errors.As(err, &pe) {
+		return &proto.Error{Code: pe.Code, Message: prefix + pe.Message}
+	}
+	return proto.Errorf(proto.CodeInvalid, "%s%v", prefix, err)
 }
 
 func sourceIP(r *http.Request) string {

@@ -24,8 +24,8 @@ func TestCallbacks(t *testing.T) {
 	}
 	h.reporter.take()
 
-	const body = `{"cpus": 64, "memory_mib": 524288}`
-	const compact = `{"cpus":64,"memory_mib":524288}`
+	const body = `{"cpus": {"count": 64}, "memory": {"total_bytes": 549755813888}}`
+	const compact = `{"cpus":{"count":64},"memory":{"total_bytes":549755813888}}`
 	bearer := func(tok string) string { return "Bearer " + tok }
 	tests := []struct {
 		name    string
@@ -90,16 +90,21 @@ func TestCallbacks(t *testing.T) {
 			hdr:  map[string]string{MACHeader: "AA:BB:CC:00:00:01"},
 			body: body, status: 202,
 			report: &proto.AgentReport{Kind: proto.ReportCallback, Step: "inventory", MAC: "aa:bb:cc:00:00:01", Data: json.RawMessage(compact)}},
+		{name: "the same inventory again (a retry): answered, not queued again", step: "inventory",
+			hdr:  map[string]string{MACHeader: "AA:BB:CC:00:00:01"},
+			body: body, status: 202},
+		{name: "another inventory of the same discovery boot", step: "inventory",
+			hdr:  map[string]string{MACHeader: "AA:BB:CC:00:00:01"},
+			body: `{"cpus":{"count":1}}`, status: 409, code: proto.CodeConflict},
 		{name: "discovery inventory from another MAC", step: "inventory",
 			hdr:  map[string]string{MACHeader: "aa:bb:cc:00:00:09"},
 			body: body, status: 403, code: proto.CodeForbidden},
 		{name: "discovery MAC, another step", step: "burnin",
 			hdr:  map[string]string{MACHeader: "aa:bb:cc:00:00:01"},
 			body: body, status: 403, code: proto.CodeForbidden},
-		{name: "discovery inventory, 9 minutes on", step: "inventory", advance: 9 * time.Minute,
+		{name: "discovery inventory, 9 minutes on: taken already", step: "inventory", advance: 9 * time.Minute,
 			hdr:  map[string]string{MACHeader: "aa:bb:cc:00:00:01"},
-			body: body, status: 202,
-			report: &proto.AgentReport{Kind: proto.ReportCallback, Step: "inventory", MAC: "aa:bb:cc:00:00:01", Data: json.RawMessage(compact)}},
+			body: body, status: 409, code: proto.CodeConflict},
 		{name: "discovery inventory, 11 minutes on", step: "inventory", advance: 2 * time.Minute,
 			hdr:  map[string]string{MACHeader: "aa:bb:cc:00:00:01"},
 			body: body, status: 403, code: proto.CodeForbidden},

@@ -85,6 +85,17 @@ func (b *fakeBackend) setAddr(mac string, a netip.Addr) {
 	b.addrs[mac] = a
 }
 
+func (b *fakeBackend) NodeByUUID(uuid string) (*proto.BootNode, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, n := range b.nodes {
+		if n.UUID == uuid {
+			return n, true
+		}
+	}
+	return nil, false
+}
+
 func (b *fakeBackend) ArtifactBySHA(sha string) (proto.Artifact, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

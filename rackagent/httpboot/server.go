@@ -30,6 +30,8 @@ type Backend interface {
 	// with a task token are accepted from, and served to, only this
 	// address.
 	Address(mac string) (ip netip.Addr, ok bool)
+	// NodeByUUID finds a node of the boot state by its uuid.
+	NodeByUUID(uuid string) (node *proto.BootNode, ok bool)
 }
 
 // Reporter takes the reports the server produces. Report must not block;
@@ -59,6 +61,9 @@ type Config struct {
 	// DiscoveryWindow is how long after serving the discovery script a
 	// MAC may post its inventory without a token. Default 10 minutes.
 	DiscoveryWindow time.Duration
+	// BootEventEvery is the least time between two boot events reported
+	// for one node and one event ("script", "artifact:NAME"). Default 5s.
+	BootEventEvery time.Duration
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
 	// Files, if set, serves first-stage boot files (the TFTP server's)
@@ -82,6 +87,7 @@ type Server struct {
 	mux     *http.ServeMux
 	recent  *recentSet
 	limiter *limiter
+	events  *eventLimiter
 }
 
 // New returns a Server; it listens only in Serve.
@@ -107,6 +113,9 @@ func New(cfg Config) *Server {
 	if cfg.DiscoveryWindow <= 0 {
 		cfg.DiscoveryWindow = 10 * time.Minute
 	}
+	if cfg.BootEventEvery <= 0 {
+		cfg.BootEventEvery = 5 * time.Second
+	}
 	s := &Server{
 		cfg:     cfg,
 		log:     cfg.Logger,
@@ -114,6 +123,7 @@ func New(cfg Config) *Server {
 		mux:     http.NewServeMux(),
 		recent:  newRecentSet(),
 		limiter: newLimiter(cfg.CallbackRate, cfg.CallbackBurst),
+		events:  newEventLimiter(cfg.BootEventEvery),
 	}
 	s.mux.HandleFunc("GET /boot/{file}", s.handleScript)
 	s.mux.HandleFunc("GET /artifacts/{sha256}", s.handleArtifact)
@@ -208,10 +218,29 @@ func (s *Server) handleScript(w http.ResponseWriter, r *http.Request) {
 		return // HEAD: nothing is booting
 	}
 	if boot.Kind == proto.BootDiscovery {
-		s.recent.add(mac, s.now())
+		// Arms the one inventory this boot may post, from this address.
+		src, _ := netip.ParseAddr(sourceIP(r))
+		s.recent.add(mac, src, s.now())
 	}
-	log.Info("served boot script", "kind", boot.Kind, "task", boot.Task)
-	s.cfg.Reporter.Report(proto.AgentReport{Kind: proto.ReportBootEvent, Time: s.now(), Event: "script", MAC: mac, Node: uuid})
+	log.Debug("served boot script", "kind", boot.Kind, "task", boot.Task)
+	s.bootEvent(proto.AgentReport{Event: "script", MAC: mac, Node: uuid})
+}
+
+// bootEvent reports a boot event of a known node, at most one per node
+// and event per BootEventEvery. An unknown MAC's is not reported: its
+// DHCP sighting already tells the coordinator of it (gathered per
+// interval, capped), and an unauthenticated GET must not become a report.
+func (s *Server) bootEvent(r proto.AgentReport) {
+	if r.Node == "" {
+		return
+	}
+	now := s.now()
+	if !s.events.allow(r.Node, r.Event, now) {
+		return
+	}
+	r.Kind, r.Time = proto.ReportBootEvent, now
+	s.log.Info("boot event", "node", r.Node, "mac", r.MAC, "event", r.Event)
+	s.cfg.Reporter.Report(r)
 }
 
 // fromOwnAddress checks that r comes from the address mac holds (its
@@ -283,10 +312,9 @@ func (s *Server) handleArtifact(w http.ResponseWriter, r *http.Request) {
 	defer f.Close()
 
 	if r.Method == http.MethodGet && startsAtZero(r.Header.Get("Range")) {
-		if rep, ok := nodeOf(r.URL.Query().Get("node")); ok {
-			rep.Kind, rep.Time, rep.Event = proto.ReportBootEvent, s.now(), "artifact:"+artifactName(a)
-			s.cfg.Reporter.Report(rep)
-			log.Info("node fetching artifact", "artifact", a.Name, "node", rep.Node, "mac", rep.MAC)
+		if rep, ok := s.nodeOf(r.URL.Query().Get("node")); ok {
+			rep.Event = "artifact:" + artifactName(a)
+			s.bootEvent(rep)
 		}
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
@@ -315,16 +343,22 @@ func startsAtZero(rng string) bool {
 	return strings.HasPrefix(strings.TrimSpace(spec), "0-")
 }
 
-// nodeOf reads the ?node= of an artifact URL: a uuid or a MAC.
-func nodeOf(v string) (proto.AgentReport, bool) {
+// nodeOf reads the ?node= of an artifact URL, a uuid or a MAC, and finds
+// its node in the boot state; ok is false for anything else.
+func (s *Server) nodeOf(v string) (proto.AgentReport, bool) {
 	if v == "" {
 		return proto.AgentReport{}, false
 	}
 	if proto.IsUUID(v) {
-		return proto.AgentReport{Node: strings.ToLower(v)}, true
+		if n, ok := s.cfg.Backend.NodeByUUID(strings.ToLower(v)); ok && n != nil {
+			return proto.AgentReport{Node: n.UUID}, true
+		}
+		return proto.AgentReport{}, false
 	}
 	if mac, err := parseMAC(v); err == nil {
-		return proto.AgentReport{MAC: mac}, true
+		if n, _, ok := s.cfg.Backend.Boot(mac); ok && n != nil {
+			return proto.AgentReport{Node: n.UUID, MAC: mac}, true
+		}
 	}
 	return proto.AgentReport{}, false
 }
@@ -358,6 +392,7 @@ func (noBackend) Boot(string) (*proto.BootNode, proto.BootConfig, bool) {
 }
 func (noBackend) ArtifactBySHA(string) (proto.Artifact, bool) { return proto.Artifact{}, false }
 func (noBackend) Address(string) (netip.Addr, bool)           { return netip.Addr{}, false }
+func (noBackend) NodeByUUID(string) (*proto.BootNode, bool)   { return nil, false }
 
 type noReporter struct{}
 
