@@ -27,6 +27,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -578,7 +579,8 @@ func (s sender) Send(ctx context.Context, rs []proto.AgentReport) (proto.ReportA
 		}
 		return a1, err
 	case len(rs) == 1 && ae.Status >= 400 && ae.Status < 500 && ae.Status != http.StatusTooManyRequests &&
-		ae.Status != http.StatusUnauthorized && ae.Status != http.StatusForbidden && ae.Status != http.StatusRequestTimeout:
+		ae.Status != http.StatusUnauthorized && ae.Status != http.StatusForbidden && ae.Status != http.StatusRequestTimeout &&
+		!undecodable(ae):
 		// The coordinator will never take this one report as it is:
 		// reject it, loudly, rather than retry forever.
 		return proto.ReportAck{Rejected: map[string]string{rs[0].ID: ae.Error()}}, nil
@@ -598,6 +600,23 @@ func (s sender) Send(ctx context.Context, rs []proto.AgentReport) (proto.ReportA
 		return out, nil
 	}
 	return ack, err // retried later with the same reports
+}
+
+// undecodable reports whether a 400 says the coordinator could not decode
+// the body (a field it does not know, from a newer agent; a type it does
+// not expect): the agent writes its reports itself, so that is a version
+// skew to wait out, never a report to drop. The coordinator words these
+// answers in bodyError (coordinator/httpapi).
+func undecodable(ae *apiclient.Error) bool {
+	if ae.Status != http.StatusBadRequest {
+		return false
+	}
+	for _, s := range []string{"unknown field", "not valid JSON", "bad body", "body is empty", ": want "} {
+		if strings.Contains(ae.Message, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // bootBackend adapts the boot state and the pool to httpboot's Backend.

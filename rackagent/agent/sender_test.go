@@ -114,3 +114,38 @@ func TestMgmtHeaderSent(t *testing.T) {
 		return false
 	})
 }
+
+// TestSenderRetriesUndecodableAndUnavailable: a single report answered 400
+// because the coordinator could not decode it (a field it does not know,
+// from a newer agent) or answered 5xx is kept and sent again; a 400 about
+// its content is a rejection.
+func TestSenderRetriesUndecodableAndUnavailable(t *testing.T) {
+	for _, tt := range []struct {
+		status int
+		msg    string
+		reject bool
+	}{
+		{400, "reports[0]: unknown field \"power_cycle\"", false},
+		{400, "reports[0]: body is not valid JSON at byte 3: x", false},
+		{400, "reports[0]: field seq: want a number, got string", false},
+		{503, "report without incarnation or seq; try again", false},
+		{500, "internal", false},
+		{400, "reports[0]: id is required", true},
+	} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(tt.status)
+			code := proto.CodeInvalid
+			if tt.status >= 500 {
+				code = proto.CodeUnavailable
+			}
+			json.NewEncoder(w).Encode(proto.ErrorBody{Error: proto.Errorf(code, "%s", tt.msg)})
+		}))
+		s := sender{c: apiclient.New(srv.URL, "tok"), rack: "r1"}
+		ack, err := s.Send(context.Background(), []proto.AgentReport{{ID: "r-1", Kind: proto.ReportLease, Seq: 1, Incarnation: "inc"}})
+		srv.Close()
+		if rejected := len(ack.Rejected) == 1; rejected != tt.reject || (!tt.reject && err == nil) {
+			t.Errorf("%d %q: ack %+v err %v; want rejected=%v (else an error, to retry)", tt.status, tt.msg, ack, err, tt.reject)
+		}
+	}
+}
