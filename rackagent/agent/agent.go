@@ -9,8 +9,8 @@
 // request needs "Authorization: Bearer <token>", where the token is this
 // rack's agent token (the one the agent runs with, compared in constant
 // time) or an admin token, which the agent verifies by asking the
-// coordinator (an admin-only read answered 200; a verified token is
-// remembered for a minute). It serves GET /v1/health and GET /v1/diag;
+// coordinator (an admin-only read answered 200; a verified or refused
+// token is remembered for a minute; checks are bounded, see mgmtAuth). It serves GET /v1/health and GET /v1/diag;
 // console and power routes come next. The agent tells the coordinator
 // this address on every API call, boot-state polls included, in the
 // X-Metalfleet-Agent-Mgmt header (an unspecified host replaced by the
@@ -222,7 +222,7 @@ func New(cfg Config) (*Agent, error) {
 	// The coordinator learns the management address from every call
 	// (boot-state polls included), so it knows it with gossip off.
 	a.client.SetHeader(proto.AgentMgmtHeader, a.mgmtAdvert)
-	a.mgmtAuth = &mgmtAuth{own: cfg.Token, addrs: a.client.Addrs, now: time.Now, good: map[[32]byte]time.Time{}}
+	a.mgmtAuth = newMgmtAuth(cfg.Token, a.client.Addrs, time.Now)
 	if a.boot, err = bootstate.Open(db, cfg.Rack, a.log.With("component", "bootstate")); err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/metalfleet/metalfleet/coordinator/apiclient"
@@ -40,20 +41,71 @@ type Diag struct {
 // (compared in constant time), or an admin token, which the coordinator
 // verifies (an admin-only read answered 200); a verified token is
 // remembered for a minute.
+//
+// Unauthenticated traffic must not become traffic to the coordinator: a
+// token the coordinator refused is remembered for a minute too (at most
+// mgmtBadMax of them), one check per token is in flight at a time (the
+// others wait for its answer), at most mgmtMaxChecks checks are in flight
+// in all, each waits at most mgmtCheckTimeout, and a source address past
+// mgmtFailBurst failures (refilled at mgmtFailRate a second) is answered
+// 429 without a check.
 type mgmtAuth struct {
 	own   string
 	addrs func() []string // the coordinators' API addresses
 	now   func() time.Time
 
-	mu   sync.Mutex
-	good map[[32]byte]time.Time // sha256 of a verified token -> until
+	mu       sync.Mutex
+	good     map[[32]byte]time.Time // sha256 of a verified token -> until
+	bad      map[[32]byte]time.Time // sha256 of a refused token -> until
+	inflight map[[32]byte]*mgmtCheck
+	fails    map[string]*failBucket // source IP -> failed authentications
+	sem      chan struct{}          // one token per check in flight
+	checks   atomic.Int64           // coordinator checks made (tests)
 }
 
-// mgmtVerifyFor is how long a token the coordinator verified is taken
-// without asking again.
-const mgmtVerifyFor = time.Minute
+// mgmtCheck is one coordinator check in flight; done closes when err is
+// set.
+type mgmtCheck struct {
+	done chan struct{}
+	err  error
+}
 
-func (m *mgmtAuth) check(ctx context.Context, token string) error {
+type failBucket struct {
+	tokens float64
+	last   time.Time
+}
+
+// Bounds of mgmtAuth.
+const (
+	// mgmtVerifyFor is how long a token the coordinator verified (or
+	// refused) is taken without asking again.
+	mgmtVerifyFor = time.Minute
+	// mgmtBadMax bounds the refused tokens remembered.
+	mgmtBadMax = 1024
+	// mgmtMaxChecks bounds the coordinator checks in flight.
+	mgmtMaxChecks = 4
+	// mgmtCheckTimeout bounds one check (and the wait for a free slot).
+	mgmtCheckTimeout = 2 * time.Second
+	// mgmtFailBurst and mgmtFailRate bound failed authentications per
+	// source address: a burst, then this many a second.
+	mgmtFailBurst = 10
+	mgmtFailRate  = 0.5
+	// mgmtFailMax bounds the source addresses tracked.
+	mgmtFailMax = 4096
+)
+
+func newMgmtAuth(own string, addrs func() []string, now func() time.Time) *mgmtAuth {
+	return &mgmtAuth{own: own, addrs: addrs, now: now, good: map[[32]byte]time.Time{}, bad: map[[32]byte]time.Time{},
+		inflight: map[[32]byte]*mgmtCheck{}, fails: map[string]*failBucket{}, sem: make(chan struct{}, mgmtMaxChecks)}
+}
+
+// codeRateLimited answers 429; proto has no code for it.
+const codeRateLimited proto.Code = "rate_limited"
+
+var errBadToken = proto.Errorf(proto.CodeUnauthorized, "the token is neither this rack's agent token nor an admin token")
+
+// check authenticates token, sent from source address ip.
+func (m *mgmtAuth) check(ctx context.Context, token, ip string) error {
 	if token == "" {
 		return proto.Errorf(proto.CodeUnauthorized, "want Authorization: Bearer <token> (this rack's agent token or an admin token)")
 	}
@@ -63,30 +115,128 @@ func (m *mgmtAuth) check(ctx context.Context, token string) error {
 	key := sha256.Sum256([]byte(token))
 	now := m.now()
 	m.mu.Lock()
-	until, ok := m.good[key]
-	m.mu.Unlock()
-	if ok && now.Before(until) {
+	if until, ok := m.good[key]; ok && now.Before(until) {
+		m.mu.Unlock()
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	if !m.mayFailLocked(ip, now) {
+		m.mu.Unlock()
+		return proto.Errorf(codeRateLimited, "too many failed authentications from %s; slow down", ip)
+	}
+	if until, ok := m.bad[key]; ok && now.Before(until) {
+		m.failLocked(ip, now)
+		m.mu.Unlock()
+		return errBadToken
+	}
+	c, waiting := m.inflight[key]
+	if !waiting {
+		c = &mgmtCheck{done: make(chan struct{})}
+		m.inflight[key] = c
+		// A check takes a failure from the source's budget until it
+		// passes: distinct tokens sent at once cannot outrun it.
+		m.failLocked(ip, now)
+	}
+	m.mu.Unlock()
+
+	if waiting {
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			return proto.Errorf(proto.CodeUnavailable, "cannot verify the token: %v", ctx.Err())
+		}
+	} else {
+		c.err = m.ask(ctx, token)
+		m.mu.Lock()
+		delete(m.inflight, key)
+		now = m.now()
+		if c.err != errBadToken {
+			m.refundLocked(ip)
+		}
+		switch {
+		case c.err == nil:
+			if len(m.good) >= mgmtBadMax {
+				clear(m.good)
+			}
+			m.good[key] = now.Add(mgmtVerifyFor)
+		case c.err == errBadToken:
+			if len(m.bad) >= mgmtBadMax {
+				for k, until := range m.bad {
+					if !now.Before(until) || len(m.bad) >= mgmtBadMax {
+						delete(m.bad, k)
+					}
+				}
+			}
+			m.bad[key] = now.Add(mgmtVerifyFor)
+		}
+		m.mu.Unlock()
+		close(c.done)
+	}
+	if waiting && c.err == errBadToken {
+		m.mu.Lock()
+		m.failLocked(ip, m.now())
+		m.mu.Unlock()
+	}
+	return c.err
+}
+
+// ask has the coordinator check token, in one of the mgmtMaxChecks slots.
+func (m *mgmtAuth) ask(ctx context.Context, token string) error {
+	ctx, cancel := context.WithTimeout(ctx, mgmtCheckTimeout)
 	defer cancel()
+	select {
+	case m.sem <- struct{}{}:
+		defer func() { <-m.sem }()
+	case <-ctx.Done():
+		return proto.Errorf(proto.CodeUnavailable, "cannot verify the token now: too many checks in flight")
+	}
+	m.checks.Add(1)
 	c := apiclient.New(strings.Join(m.addrs(), ","), token)
 	_, err := c.Do(ctx, "GET", "/v1/tokens", nil, nil)
 	var ae *apiclient.Error
 	switch {
 	case err == nil:
-		m.mu.Lock()
-		if len(m.good) > 1000 {
-			clear(m.good)
-		}
-		m.good[key] = now.Add(mgmtVerifyFor)
-		m.mu.Unlock()
 		return nil
 	case errors.As(err, &ae) && (ae.Status == http.StatusUnauthorized || ae.Status == http.StatusForbidden):
-		return proto.Errorf(proto.CodeUnauthorized, "the token is neither this rack's agent token nor an admin token")
+		return errBadToken
 	default:
 		return proto.Errorf(proto.CodeUnavailable, "cannot verify the token with the coordinator: %v", err)
 	}
+}
+
+// mayFailLocked reports whether ip has a failure left in its bucket.
+func (m *mgmtAuth) mayFailLocked(ip string, now time.Time) bool {
+	b := m.fails[ip]
+	if b == nil {
+		return true
+	}
+	b.tokens = min(mgmtFailBurst, b.tokens+now.Sub(b.last).Seconds()*mgmtFailRate)
+	b.last = now
+	return b.tokens >= 1
+}
+
+// refundLocked gives back the failure a check took from ip's budget.
+func (m *mgmtAuth) refundLocked(ip string) {
+	if b := m.fails[ip]; b != nil {
+		b.tokens = min(mgmtFailBurst, b.tokens+1)
+	}
+}
+
+// failLocked takes one failure from ip's bucket.
+func (m *mgmtAuth) failLocked(ip string, now time.Time) {
+	b := m.fails[ip]
+	if b == nil {
+		if len(m.fails) >= mgmtFailMax {
+			full := time.Duration(mgmtFailBurst / mgmtFailRate * float64(time.Second))
+			for k, x := range m.fails {
+				if now.Sub(x.last) >= full || len(m.fails) >= mgmtFailMax {
+					delete(m.fails, k)
+				}
+			}
+		}
+		b = &failBucket{tokens: mgmtFailBurst, last: now}
+		m.fails[ip] = b
+	}
+	b.tokens = max(0, b.tokens-1)
 }
 
 // mgmtHandler is the management listener's routes, every one behind
@@ -104,11 +254,20 @@ func (a *Agent) mgmtHandler() http.Handler {
 		if !strings.EqualFold(scheme, "Bearer") {
 			token = ""
 		}
-		if err := a.mgmtAuth.check(r.Context(), strings.TrimSpace(token)); err != nil {
+		ip, _, err := net.SplitHostPort(r.RemoteAddr)
+		if err != nil {
+			ip = r.RemoteAddr
+		}
+		if err := a.mgmtAuth.check(r.Context(), strings.TrimSpace(token), ip); err != nil {
 			a.log.Warn("management request refused", "remote", r.RemoteAddr, "path", r.URL.Path, "err", err)
 			var pe *proto.Error
 			errors.As(err, &pe)
-			writeJSON(w, pe.Code.Status(), proto.ErrorBody{Error: pe})
+			status := pe.Code.Status()
+			if pe.Code == codeRateLimited {
+				status = http.StatusTooManyRequests
+				w.Header().Set("Retry-After", "2")
+			}
+			writeJSON(w, status, proto.ErrorBody{Error: pe})
 			return
 		}
 		mux.ServeHTTP(w, r)

@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -147,5 +149,132 @@ func TestSenderRetriesUndecodableAndUnavailable(t *testing.T) {
 		if rejected := len(ack.Rejected) == 1; rejected != tt.reject || (!tt.reject && err == nil) {
 			t.Errorf("%d %q: ack %+v err %v; want rejected=%v (else an error, to retry)", tt.status, tt.msg, ack, err, tt.reject)
 		}
+	}
+}
+
+// TestMgmtAuthBoundsCoordinatorChecks: 200 requests with random bad
+// tokens to the management listener cause a small bounded number of token
+// checks at the coordinator (a per-source failure budget, a negative
+// cache, one check per token in flight), and are all refused.
+func TestMgmtAuthBoundsCoordinatorChecks(t *testing.T) {
+	var mu sync.Mutex
+	checks := 0
+	const admin = "admin-token"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/tokens" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		mu.Lock()
+		checks++
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		if r.Header.Get("Authorization") != "Bearer "+admin {
+			w.WriteHeader(http.StatusUnauthorized)
+			json.NewEncoder(w).Encode(proto.ErrorBody{Error: proto.Errorf(proto.CodeUnauthorized, "bad token")})
+			return
+		}
+		w.Write([]byte("[]"))
+	}))
+	defer srv.Close()
+	a, err := New(Config{Name: "a1", Rack: "r1", DataDir: t.TempDir(), Coordinators: []string{srv.URL}, Token: "tok",
+		DHCPAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", AdvertiseIP: netip.MustParseAddr("127.0.0.1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	get := func(token string) int {
+		req, _ := http.NewRequest("GET", "http://"+a.mgmtLn.Addr().String()+"/v1/health", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Error(err)
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if st := get(admin); st != 200 {
+		t.Fatalf("an admin token = %d, want 200", st)
+	}
+	var wg sync.WaitGroup
+	statuses := make(chan int, 200)
+	for g := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 10 {
+				statuses <- get(fmt.Sprintf("bad-%d-%d-%d", g, i, rand.Int64()))
+			}
+		}()
+	}
+	wg.Wait()
+	close(statuses)
+	for st := range statuses {
+		if st != http.StatusUnauthorized && st != http.StatusTooManyRequests {
+			t.Errorf("a bad token answered %d, want 401 or 429", st)
+		}
+	}
+	mu.Lock()
+	n := checks - 1 // the admin's
+	mu.Unlock()
+	if n > mgmtFailBurst+1 {
+		t.Errorf("200 bad tokens caused %d token checks at the coordinator, want at most %d", n, mgmtFailBurst+1)
+	}
+	t.Logf("200 bad tokens: %d coordinator checks", n)
+	if st := get(admin); st != 200 {
+		t.Errorf("the admin token (remembered) after the flood = %d, want 200", st)
+	}
+}
+
+// TestMgmtAuthNegativeCacheAndSingleFlight: one bad token sent many times
+// at once is checked once; then it is answered from the cache.
+func TestMgmtAuthNegativeCacheAndSingleFlight(t *testing.T) {
+	var mu sync.Mutex
+	checks := 0
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		checks++
+		mu.Unlock()
+		<-release
+		w.WriteHeader(http.StatusUnauthorized)
+	}))
+	defer srv.Close()
+	m := newMgmtAuth("own", func() []string { return []string{srv.URL} }, time.Now)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- m.check(context.Background(), "same-bad-token", fmt.Sprintf("10.0.0.%d", i))
+		}()
+	}
+	testkit.Eventually(t, 5*time.Second, "one check in flight", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return checks == 1
+	})
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != errBadToken {
+			t.Errorf("check = %v, want the bad-token error", err)
+		}
+	}
+	for range 5 {
+		if err := m.check(context.Background(), "same-bad-token", "10.0.1.1"); err != errBadToken {
+			t.Errorf("check again = %v, want the bad-token error", err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if checks != 1 {
+		t.Errorf("13 checks of one bad token asked the coordinator %d times, want 1", checks)
 	}
 }
