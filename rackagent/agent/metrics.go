@@ -32,6 +32,8 @@ func (a *Agent) metrics() http.Handler {
 			func() float64 { return float64(a.dhcpH.SightingsLeftOut()) }),
 		counter("metalfleet_agent_outbox_sightings_dropped_total", "Sighting reports refused by the outbox: its sightings budget was full.",
 			func() float64 { return float64(a.out.Stats().SightingsDropped) }),
+		counter("metalfleet_agent_outbox_boot_events_dropped_total", "Boot event reports refused by the outbox: its boot events budget was full.",
+			func() float64 { return float64(a.out.Stats().BootEventsDropped) }),
 		gauge("metalfleet_agent_outbox_reports", "Reports waiting for the coordinator.", func() float64 { return float64(a.out.Len()) }),
 		gauge("metalfleet_agent_leases", "Dynamic leases this agent holds.", func() float64 { return float64(len(a.pool.Leases())) }),
 		gauge("metalfleet_agent_bootstate_synced", "1 once the boot state came from a coordinator since start.", func() float64 {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -48,7 +49,14 @@ func (g *groupReporter) run(ctx context.Context) error {
 			return
 		}
 		if err := g.out.AddBatch(batch); err != nil {
-			g.log.Error("reports not queued", "n", len(batch), "err", err)
+			// Sightings and boot events never fail a batch (past their
+			// budgets they are left out and counted): this is the
+			// leases' and callbacks' own budget, or the disk.
+			kinds := map[proto.ReportKind]int{}
+			for _, r := range batch {
+				kinds[r.Kind]++
+			}
+			g.log.Error("reports not queued", "n", len(batch), "kinds", fmt.Sprint(kinds), "err", err)
 		}
 		batch = batch[:0]
 	}

@@ -9,4 +9,13 @@
 //	GET  /boot/{mac}.ipxe      the MAC's iPXE script (text)
 //	GET  /artifacts/{sha256}   a cached artifact (Range, HEAD, ETag)
 //	POST /v1/callback/{step}   a ramdisk's report (JSON, bearer task token)
+//
+// Nothing here authenticates the requester but a task token, so nothing
+// an unauthenticated request does may grow without bound: a script or
+// artifact GET is reported as a boot event only for a node of the boot
+// state, at most once per node and event per BootEventEvery (an unknown
+// MAC's boot is told by its DHCP sighting); a discovery inventory (no
+// token) is accepted once per served discovery script, only from the
+// address the script was served to and the MAC holds, checked with
+// proto.Inventory.Validate within proto.MaxCallbackBytes.
 package httpboot
