@@ -278,3 +278,42 @@ func TestMgmtAuthNegativeCacheAndSingleFlight(t *testing.T) {
 		t.Errorf("13 checks of one bad token asked the coordinator %d times, want 1", checks)
 	}
 }
+
+// TestMgmtAuthCapsChecksInFlight: distinct tokens from distinct sources
+// at once have at most mgmtMaxChecks coordinator checks in flight.
+func TestMgmtAuthCapsChecksInFlight(t *testing.T) {
+	var mu sync.Mutex
+	inFlight, most := 0, 0
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		inFlight++
+		most = max(most, inFlight)
+		mu.Unlock()
+		<-release
+		mu.Lock()
+		inFlight--
+		mu.Unlock()
+		w.WriteHeader(http.StatusUnauthorized)
+	}))
+	defer srv.Close()
+	m := newMgmtAuth("own", func() []string { return []string{srv.URL} }, time.Now)
+	var wg sync.WaitGroup
+	for i := range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = m.check(context.Background(), fmt.Sprintf("token-%d", i), fmt.Sprintf("10.0.2.%d", i))
+		}()
+	}
+	testkit.Eventually(t, 5*time.Second, "the checks in flight", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return inFlight == mgmtMaxChecks
+	})
+	close(release)
+	wg.Wait()
+	if most > mgmtMaxChecks {
+		t.Errorf("%d coordinator checks in flight at once, want at most %d", most, mgmtMaxChecks)
+	}
+}
