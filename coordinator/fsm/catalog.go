@@ -68,18 +68,16 @@ func applyRackDelete(tx *state.Tx, c *RackDelete) (any, error) {
 			users = append(users, f.Name)
 		}
 	})
-	if len(users) > 0 {
-		slices.Sort(users)
-		return nil, proto.Errorf(proto.CodeConflict, "rack %q is in use by flavor(s) %v", c.Name, users)
+	if err := inUse(users, "rack %q is in use by flavor(s) %v", c.Name); err != nil {
+		return nil, err
 	}
 	tx.EachToken(func(t *proto.Token) {
 		if t.Rack == c.Name {
 			users = append(users, t.ID)
 		}
 	})
-	if len(users) > 0 {
-		slices.Sort(users)
-		return nil, proto.Errorf(proto.CodeConflict, "rack %q is in use by agent token(s) %v; revoke them first", c.Name, users)
+	if err := inUse(users, "rack %q is in use by agent token(s) %v; revoke them first", c.Name); err != nil {
+		return nil, err
 	}
 	tx.DeleteRack(c.Name)
 	return nil, nil
@@ -115,9 +113,8 @@ func applyFlavorDelete(tx *state.Tx, c *FlavorDelete) (any, error) {
 			users = append(users, in.Name)
 		}
 	})
-	if len(users) > 0 {
-		slices.Sort(users)
-		return nil, proto.Errorf(proto.CodeConflict, "flavor %q is in use by instance(s) %v", c.Name, users)
+	if err := inUse(users, "flavor %q is in use by instance(s) %v", c.Name); err != nil {
+		return nil, err
 	}
 	tx.DeleteFlavor(c.Name)
 	return nil, nil
@@ -207,4 +204,15 @@ func applySettingsUpdate(tx *state.Tx, c *SettingsUpdate) (any, error) {
 	}
 	tx.PutSettings(s)
 	return tx.Settings(), nil
+}
+
+// inUse refuses a change while users (named in the message, sorted) refer
+// to the object; nil if there are none. format takes the object's name,
+// then the users.
+func inUse(users []string, format, name string) error {
+	if len(users) == 0 {
+		return nil
+	}
+	slices.Sort(users)
+	return proto.Errorf(proto.CodeConflict, format, name, users)
 }

@@ -345,17 +345,7 @@ func (p *Pool) Expire(now time.Time) ([]proto.Lease, error) {
 		}
 	}
 	p.mu.Unlock()
-	if len(gone) == 0 {
-		return nil, nil
-	}
-	return gone, p.db.Update(func(tx *bbolt.Tx) error {
-		for _, l := range gone {
-			if err := deleteIfSame(tx, l); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	return gone, p.deleteOnDisk(gone)
 }
 
 // Adopt takes l, a lease the coordinator records as this agent's, into
@@ -408,17 +398,7 @@ func (p *Pool) DropInvalid(valid func(netip.Addr) bool) ([]proto.Lease, error) {
 		}
 	}
 	p.mu.Unlock()
-	if len(gone) == 0 {
-		return nil, nil
-	}
-	return gone, p.db.Update(func(tx *bbolt.Tx) error {
-		for _, l := range gone {
-			if err := deleteIfSame(tx, l); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	return gone, p.deleteOnDisk(gone)
 }
 
 // Leases returns the leases held here.
@@ -430,4 +410,20 @@ func (p *Pool) Leases() []proto.Lease {
 		out = append(out, *l)
 	}
 	return out
+}
+
+// deleteOnDisk deletes leases ended in memory from the bucket, each only
+// if its key still holds it.
+func (p *Pool) deleteOnDisk(gone []proto.Lease) error {
+	if len(gone) == 0 {
+		return nil
+	}
+	return p.db.Update(func(tx *bbolt.Tx) error {
+		for _, l := range gone {
+			if err := deleteIfSame(tx, l); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
