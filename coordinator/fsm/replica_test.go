@@ -35,7 +35,7 @@ func TestRestoredReplicaAgrees(t *testing.T) {
 	log := []Command{
 		rackWithPool(),
 		mk(uuid1, "n1", "52:54:00:00:00:01", "ipmi"),
-		mk(uuid2, "n2", "52:54:00:00:00:02", "nosuch-driver"), // fails after choosing an address
+		mk(uuid2, "n2", "52:54:00:00:00:02", "nosuch-driver"),                            // fails after choosing an address
 		inv("52:54:00:00:0a:01", "5b2f0c1e-0000-4000-8000-00000000000a", "10.9.0.250 x"), // fails: bad BMC address
 		mk(uuid3, "n3", "52:54:00:00:00:03", "ipmi"),
 		inv("52:54:00:00:0b:01", "5b2f0c1e-0000-4000-8000-00000000000b", ""),
