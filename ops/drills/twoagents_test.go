@@ -24,7 +24,7 @@ import (
 func coordinatorForRack(t *testing.T, bin string) (*Proc, *apiclient.Client, string, string) {
 	t.Helper()
 	ctx := context.Background()
-	gossipAddr := freeUDP(t)
+	gossipAddr := freeGossip(t)
 	c := NewProc(t, bin, "c1", "--bootstrap", "--gossip-addr", gossipAddr)
 	c.Start(t)
 	tokenFile := filepath.Join(c.DataDir, "admin.token")
@@ -80,7 +80,7 @@ func TestTwoAgentsOneRack(t *testing.T) {
 		httpAddrs = append(httpAddrs, httpAddr)
 		a := NewAgentProc(t, bin, name, "--rack", "r1", "--coordinator", coordHTTP, "--token-file", agentToken,
 			"--dhcp-addr", dhcpAddr, "--tftp-addr", "", "--http-addr", httpAddr, "--advertise-ip", "127.0.0.1",
-			"--pool-share", []string{"0/2", "1/2"}[i], "--gossip-addr", freeUDP(t), "--gossip-join", coordGossip, "--gossip-profile", "local")
+			"--pool-share", []string{"0/2", "1/2"}[i], "--gossip-addr", freeGossip(t), "--gossip-join", coordGossip, "--gossip-profile", "local")
 		a.Start(t)
 		agents = append(agents, a)
 		s, _ := net.ResolveUDPAddr("udp4", dhcpAddr)
