@@ -311,8 +311,16 @@ func (s *Server) handleArtifact(w http.ResponseWriter, r *http.Request) {
 	}
 	defer f.Close()
 
-	if r.Method == http.MethodGet && startsAtZero(r.Header.Get("Range")) {
-		if rep, ok := s.nodeOf(r.URL.Query().Get("node")); ok {
+	if q := r.URL.Query().Get("node"); r.Method == http.MethodGet && startsAtZero(r.Header.Get("Range")) && q != "" {
+		// Logged for every booting machine (the boot's phases are read
+		// from this line); a boot event only for a known node.
+		rep, known := s.nodeOf(q)
+		mac := rep.MAC
+		if !known {
+			mac, _ = parseMAC(q)
+		}
+		log.Info("node fetching artifact", "artifact", a.Name, "node", rep.Node, "mac", mac)
+		if known {
 			rep.Event = "artifact:" + artifactName(a)
 			s.bootEvent(rep)
 		}
