@@ -90,13 +90,11 @@ func TestSenderKeepsSeqOrder(t *testing.T) {
 	}
 }
 
-// TestMgmtHeaderSent: the agent names its management listener on its
-// calls to the coordinator, boot-state polls included.
-func TestMgmtHeaderSent(t *testing.T) {
-	oc := &orderCoordinator{maxBatch: 100}
-	srv := httptest.NewServer(oc)
-	defer srv.Close()
-	a, err := New(Config{Name: "a1", Rack: "r1", DataDir: t.TempDir(), Coordinators: []string{srv.URL}, Token: "tok",
+// runAgent runs an agent named a1 of rack r1 against the coordinator at
+// url until the test ends.
+func runAgent(t *testing.T, url string) *Agent {
+	t.Helper()
+	a, err := New(Config{Name: "a1", Rack: "r1", DataDir: t.TempDir(), Coordinators: []string{url}, Token: "tok",
 		DHCPAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", AdvertiseIP: netip.MustParseAddr("127.0.0.1")})
 	if err != nil {
 		t.Fatal(err)
@@ -104,7 +102,17 @@ func TestMgmtHeaderSent(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	t.Cleanup(func() { cancel(); <-done })
+	return a
+}
+
+// TestMgmtHeaderSent: the agent names its management listener on its
+// calls to the coordinator, boot-state polls included.
+func TestMgmtHeaderSent(t *testing.T) {
+	oc := &orderCoordinator{maxBatch: 100}
+	srv := httptest.NewServer(oc)
+	defer srv.Close()
+	a := runAgent(t, srv.URL)
 	testkit.Eventually(t, 10*time.Second, "a boot-state poll", func() bool {
 		oc.mu.Lock()
 		defer oc.mu.Unlock()
@@ -177,15 +185,7 @@ func TestMgmtAuthBoundsCoordinatorChecks(t *testing.T) {
 		w.Write([]byte("[]"))
 	}))
 	defer srv.Close()
-	a, err := New(Config{Name: "a1", Rack: "r1", DataDir: t.TempDir(), Coordinators: []string{srv.URL}, Token: "tok",
-		DHCPAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", AdvertiseIP: netip.MustParseAddr("127.0.0.1")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	a := runAgent(t, srv.URL)
 	get := func(token string) int {
 		req, _ := http.NewRequest("GET", "http://"+a.mgmtLn.Addr().String()+"/v1/health", nil)
 		req.Header.Set("Authorization", "Bearer "+token)

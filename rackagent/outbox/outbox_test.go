@@ -865,11 +865,7 @@ func TestIncarnationAndSeq(t *testing.T) {
 	}
 	addAll(t, o, reports("after", 1))
 	f := newFakeSender()
-	for o.Len() > 0 {
-		if _, err := o.deliver(t.Context(), f); err != nil {
-			t.Fatal(err)
-		}
-	}
+	drainAll(t, o, f)
 	for i, id := range f.appliedIDs() {
 		r := f.reports[id]
 		want := inc
@@ -899,11 +895,7 @@ func TestIncarnationAndSeq(t *testing.T) {
 	}
 	nr := reports("rolled", 1)
 	addAll(t, o, nr)
-	for o.Len() > 0 {
-		if _, err := o.deliver(t.Context(), f); err != nil {
-			t.Fatal(err)
-		}
-	}
+	drainAll(t, o, f)
 	if r, ok := f.reports[nr[0].ID]; !ok || r.Incarnation != inc3 || r.Seq != 6 {
 		t.Errorf("the rolled-back db's new report = %+v (delivered %v), want seq 6 of incarnation %q", r, ok, inc3)
 	}
@@ -984,11 +976,7 @@ func TestBootEventsBudget(t *testing.T) {
 		}
 	}
 	f := newFakeSender()
-	for o.Len() > 0 {
-		if _, err := o.deliver(t.Context(), f); err != nil {
-			t.Fatal(err)
-		}
-	}
+	drainAll(t, o, f)
 	if o.BootEvents() != 0 {
 		t.Errorf("BootEvents() after delivery = %d, want 0", o.BootEvents())
 	}
@@ -1067,15 +1055,25 @@ func TestSightingsBudget(t *testing.T) {
 	}
 	// Delivery frees the sightings' budget.
 	f := newFakeSender()
-	for o.Len() > 0 {
-		if _, err := o.deliver(t.Context(), f); err != nil {
-			t.Fatal(err)
-		}
-	}
+	drainAll(t, o, f)
 	if o.Sightings() != 0 {
 		t.Errorf("Sightings() after delivery = %d, want 0", o.Sightings())
 	}
 	if _, err := o.Add(seen(10)); err != nil {
 		t.Errorf("Add(sighting) after delivery = %v, want nil", err)
+	}
+}
+
+// drainAll delivers until the queue is empty, failing the test if a
+// delivery errs or a thousand rounds leave reports queued.
+func drainAll(t *testing.T, o *Outbox, f *fakeSender) {
+	t.Helper()
+	for i := 0; o.Len() > 0; i++ {
+		if i == 1000 {
+			t.Fatalf("%d reports still queued after %d deliveries", o.Len(), i)
+		}
+		if _, err := o.deliver(t.Context(), f); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -54,36 +54,8 @@ func TestInventoryIdentity(t *testing.T) {
 // server on loopback that ignores the first DISCOVER and the first
 // REQUEST).
 func TestDHCPRetransmit(t *testing.T) {
-	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	var got atomic.Int64
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := srv.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			req, err := dhcpv4.FromBytes(buf[:n])
-			if err != nil {
-				continue
-			}
-			if got.Add(1)%2 == 1 { // every first transmission is lost
-				continue
-			}
-			typ := dhcpv4.MessageTypeOffer
-			if req.MessageType() == dhcpv4.MessageTypeRequest {
-				typ = dhcpv4.MessageTypeAck
-			}
-			resp, _ := dhcpv4.NewReplyFromRequest(req, dhcpv4.WithMessageType(typ), dhcpv4.WithYourIP(net.IPv4(127, 0, 0, 50)),
-				dhcpv4.WithServerIP(net.IPv4(127, 0, 0, 1)), dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IPv4(127, 0, 0, 1))),
-				dhcpv4.WithLeaseTime(3600))
-			srv.WriteTo(resp.ToBytes(), from)
-		}
-	}()
+	// Every first transmission is lost.
+	srv := lossyDHCP(t, net.IPv4(127, 0, 0, 50), func(n int64) bool { return n%2 == 1 })
 	var acked []string
 	m := &Machine{MAC: net.HardwareAddr{0x52, 0x54, 0, 0xde, 0, 1}, DHCP: srv.LocalAddr().(*net.UDPAddr), RelayIP: net.IPv4(127, 0, 0, 1),
 		Firmware: Firmware{DHCPTimeouts: []time.Duration{50 * time.Millisecond, 100 * time.Millisecond}},
@@ -154,33 +126,9 @@ func TestRebootAfterFailedBoot(t *testing.T) {
 		io.WriteString(w, "#!ipxe\nsanboot --no-describe --drive 0x80\n")
 	}))
 	defer web.Close()
-	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	var got atomic.Int64
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := srv.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			req, err := dhcpv4.FromBytes(buf[:n])
-			if err != nil || got.Add(1) == 1 { // the first boot's DISCOVER is lost
-				continue
-			}
-			typ := dhcpv4.MessageTypeOffer
-			if req.MessageType() == dhcpv4.MessageTypeRequest {
-				typ = dhcpv4.MessageTypeAck
-			}
-			resp, _ := dhcpv4.NewReplyFromRequest(req, dhcpv4.WithMessageType(typ), dhcpv4.WithYourIP(net.IPv4(127, 0, 0, 51)),
-				dhcpv4.WithServerIP(net.IPv4(127, 0, 0, 1)), dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IPv4(127, 0, 0, 1))),
-				dhcpv4.WithOption(dhcpv4.OptBootFileName(web.URL+"/boot/script.ipxe")))
-			srv.WriteTo(resp.ToBytes(), from)
-		}
-	}()
+	// The first boot's DISCOVER is lost.
+	srv := lossyDHCP(t, net.IPv4(127, 0, 0, 51), func(n int64) bool { return n == 1 },
+		dhcpv4.WithOption(dhcpv4.OptBootFileName(web.URL+"/boot/script.ipxe")))
 	m := &Machine{MAC: net.HardwareAddr{0x52, 0x54, 0, 0xde, 0, 2}, DHCP: srv.LocalAddr().(*net.UDPAddr), RelayIP: net.IPv4(127, 0, 0, 1),
 		BindLease: true, Firmware: Firmware{DHCPTimeouts: []time.Duration{50 * time.Millisecond}, RebootAfter: 10 * time.Millisecond, MaxBoots: 3}}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -196,4 +144,40 @@ func TestRebootAfterFailedBoot(t *testing.T) {
 	if from, _ := scriptFrom.Load().(string); !strings.HasPrefix(from, "127.0.0.51:") {
 		t.Errorf("script fetched from %q, want the leased 127.0.0.51", from)
 	}
+}
+
+// lossyDHCP is a DHCP server on loopback that offers and ACKs ip to any
+// client, but ignores the n-th message received (1-based) when lose(n);
+// extra options go into every answer. It stops with the test.
+func lossyDHCP(t *testing.T, ip net.IP, lose func(n int64) bool, extra ...dhcpv4.Modifier) *net.UDPConn {
+	t.Helper()
+	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	var got atomic.Int64
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := srv.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			req, err := dhcpv4.FromBytes(buf[:n])
+			if err != nil || lose(got.Add(1)) {
+				continue
+			}
+			typ := dhcpv4.MessageTypeOffer
+			if req.MessageType() == dhcpv4.MessageTypeRequest {
+				typ = dhcpv4.MessageTypeAck
+			}
+			mods := append([]dhcpv4.Modifier{dhcpv4.WithMessageType(typ), dhcpv4.WithYourIP(ip),
+				dhcpv4.WithServerIP(net.IPv4(127, 0, 0, 1)), dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IPv4(127, 0, 0, 1))),
+				dhcpv4.WithLeaseTime(3600)}, extra...)
+			resp, _ := dhcpv4.NewReplyFromRequest(req, mods...)
+			srv.WriteTo(resp.ToBytes(), from)
+		}
+	}()
+	return srv
 }
