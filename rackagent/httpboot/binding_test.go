@@ -61,14 +61,25 @@ func TestSourceBinding(t *testing.T) {
 	if st, body := inventory(leasedHere); st != 202 {
 		t.Errorf("inventory from the MAC's own lease = %d %s, want 202", st, body)
 	}
+	// Their scripts went to 127.0.0.1, not their own address: served,
+	// but no inventory armed, so theirs from 127.0.0.1 is refused.
 	for _, mac := range []string{leasedThere, noLease} {
 		st, body := inventory(mac)
-		if st != 403 || !strings.Contains(body, "leased") {
-			t.Errorf("inventory for %s from 127.0.0.1 = %d %s, want 403 naming the lease", mac, st, body)
+		if st != 403 {
+			t.Errorf("inventory for %s from 127.0.0.1 = %d %s, want 403", mac, st, body)
 		}
 	}
-	if !strings.Contains(logs.String(), "inventory refused") || !strings.Contains(logs.String(), "source=127.0.0.1") {
-		t.Errorf("no log line naming the refused source:\n%s", logs.String())
+	if !strings.Contains(logs.String(), "inventory not armed") || !strings.Contains(logs.String(), "source=127.0.0.1") {
+		t.Errorf("no log line naming the source the script went to:\n%s", logs.String())
+	}
+	// Armed from its own address, then posted from another: refused,
+	// naming the lease.
+	h.serveFrom("127.0.0.2:68", "GET", "/boot/"+leasedThere+".ipxe", nil, "")
+	if st, body := inventory(leasedThere); st != 403 || !strings.Contains(body, "127.0.0.2") {
+		t.Errorf("inventory for %s from 127.0.0.1, armed from its lease 127.0.0.2 = %d %s, want 403 naming it", leasedThere, st, body)
+	}
+	if !strings.Contains(logs.String(), "inventory refused") {
+		t.Errorf("no log line for the refused inventory:\n%s", logs.String())
 	}
 	// A lease but no discovery boot served: refused too.
 	if st, _ := inventory("aa:bb:cc:00:00:14"); st != 403 {

@@ -89,6 +89,9 @@ func TestDiscoveryInventoryBinding(t *testing.T) {
 	}
 
 	h.serveFrom("10.2.0.31:68", "GET", "/boot/"+mac+".ipxe", nil, "")
+	// Another host fetching the MAC's script does not re-arm (and so
+	// block) the MAC's own inventory.
+	h.serveFrom("10.2.0.66:5000", "GET", "/boot/"+mac+".ipxe", nil, "")
 	h.clock.Advance(7 * time.Minute)
 	if st, got := inv("10.2.0.31:5000", body); st != 202 {
 		t.Fatalf("inventory 7 minutes after the script = %d %s, want 202", st, got)

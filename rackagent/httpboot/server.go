@@ -218,9 +218,15 @@ func (s *Server) handleScript(w http.ResponseWriter, r *http.Request) {
 		return // HEAD: nothing is booting
 	}
 	if boot.Kind == proto.BootDiscovery {
-		// Arms the one inventory this boot may post, from this address.
-		src, _ := netip.ParseAddr(sourceIP(r))
-		s.recent.add(mac, src, s.now())
+		// Arms the one inventory this boot may post, from this address,
+		// but only when it is the MAC's own: a host fetching another
+		// MAC's script must not re-arm (and so block) its inventory.
+		if err := s.fromOwnAddress(r, mac); err != nil {
+			log.Info("discovery script served, inventory not armed: not from the MAC's own address", "source", sourceIP(r), "err", err)
+		} else {
+			src, _ := netip.ParseAddr(sourceIP(r))
+			s.recent.add(mac, src, s.now())
+		}
 	}
 	log.Debug("served boot script", "kind", boot.Kind, "task", boot.Task)
 	s.bootEvent(proto.AgentReport{Event: "script", MAC: mac, Node: uuid})
