@@ -1,6 +1,7 @@
 package proto
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -24,12 +25,18 @@ const (
 	CodeNotAllowed   Code = "not_allowed"   // 405
 	CodeTimeout      Code = "timeout"       // 504: a write did not commit in time
 	CodeUnsupported  Code = "not_supported" // 501: needs a later feature
+	// CodeUndecodable: 400, the body could not be decoded at all (not
+	// JSON, a field of another type, a field this side does not know).
+	// A rack agent waits such an answer out (version skew) rather than
+	// drop its report, which it does for a CodeInvalid content error.
+	CodeUndecodable Code = "undecodable"
+	CodeRateLimited Code = "rate_limited" // 429: slow down (Retry-After)
 )
 
 // Status is the HTTP status for the code.
 func (c Code) Status() int {
 	switch c {
-	case CodeInvalid:
+	case CodeInvalid, CodeUndecodable:
 		return http.StatusBadRequest
 	case CodeUnauthorized:
 		return http.StatusUnauthorized
@@ -49,6 +56,8 @@ func (c Code) Status() int {
 		return http.StatusGatewayTimeout
 	case CodeUnsupported:
 		return http.StatusNotImplemented
+	case CodeRateLimited:
+		return http.StatusTooManyRequests
 	}
 	return http.StatusInternalServerError
 }
@@ -70,6 +79,18 @@ func Errorf(code Code, format string, args ...any) *Error {
 // ErrorBody is the JSON envelope of an API error.
 type ErrorBody struct {
 	Error *Error `json:"error"`
+}
+
+// WriteError writes err as an API error: its code's status and the JSON
+// envelope (an error that is not an *Error is an internal one).
+func WriteError(w http.ResponseWriter, err error) {
+	var pe *Error
+	if !errors.As(err, &pe) {
+		pe = Errorf(CodeInternal, "%v", err)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(pe.Code.Status())
+	_ = json.NewEncoder(w).Encode(ErrorBody{Error: pe})
 }
 
 // CodeOf returns the code of err if it is (or wraps) an *Error, else

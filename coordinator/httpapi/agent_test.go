@@ -478,7 +478,7 @@ func TestAPIAgentReports(t *testing.T) {
 				status: 413, code: proto.CodeTooLarge, msg: "1001 in one batch, at most 1000"},
 			{name: "unknown field", method: "POST", path: "/v1/agent/reports?rack=r1", auth: e.agent1,
 				body:   `{"reports":[],"extra":1}`,
-				status: 400, code: proto.CodeInvalid, msg: `unknown field "extra"`},
+				status: 400, code: proto.CodeUndecodable, msg: `unknown field "extra"`},
 			{name: "r1 agent posts for r2", method: "POST", path: "/v1/agent/reports?rack=r2", auth: e.agent1,
 				body:   proto.ReportBatch{Reports: []proto.AgentReport{{ID: "x", Kind: proto.ReportMACSeen, Rack: "r2", Time: t0, MAC: mac(112)}}},
 				status: 403, code: proto.CodeForbidden, msg: "bound to rack r1, not r2"},

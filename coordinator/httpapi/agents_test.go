@@ -217,7 +217,7 @@ func TestAPIReportLimits(t *testing.T) {
 		{name: "one report over its size", method: "POST", path: "/v1/agent/reports?rack=r1", auth: e.agent1,
 			body: proto.ReportBatch{Reports: []proto.AgentReport{tooBig}}, status: 413, code: proto.CodeTooLarge, msg: "reports[0]: 262"},
 		{name: "a field of the wrong type", method: "POST", path: "/v1/agent/reports?rack=r1", auth: e.agent1,
-			body: `{"reports":[{"id":"x","seq":"one"}]}`, status: 400, code: proto.CodeInvalid, msg: `reports[0]`},
+			body: `{"reports":[{"id":"x","seq":"one"}]}`, status: 400, code: proto.CodeUndecodable, msg: `reports[0]`},
 	})
 	if got := e.srv.Store().Index(); got != idx1 {
 		t.Errorf("state index moved from %d to %d: a refused batch reached Raft", idx1, got)

@@ -613,22 +613,22 @@ func bodyError(err error, limit int64) error {
 	case errors.As(err, &big):
 		return proto.Errorf(proto.CodeTooLarge, "body is larger than %d bytes", limit)
 	case errors.Is(err, io.EOF):
-		return proto.Errorf(proto.CodeInvalid, "body is empty; want a JSON object")
+		return proto.Errorf(proto.CodeUndecodable, "body is empty; want a JSON object")
 	case errors.Is(err, io.ErrUnexpectedEOF):
-		return proto.Errorf(proto.CodeInvalid, "body is not valid JSON: it ends early")
+		return proto.Errorf(proto.CodeUndecodable, "body is not valid JSON: it ends early")
 	case errors.As(err, &syn):
-		return proto.Errorf(proto.CodeInvalid, "body is not valid JSON at byte %d: %v", syn.Offset, syn)
+		return proto.Errorf(proto.CodeUndecodable, "body is not valid JSON at byte %d: %v", syn.Offset, syn)
 	case errors.As(err, &typ):
 		if typ.Field == "" {
-			return proto.Errorf(proto.CodeInvalid, "body: want %s, got %s", jsonKind(typ.Type.Kind().String()), typ.Value)
+			return proto.Errorf(proto.CodeUndecodable, "body: want %s, got %s", jsonKind(typ.Type.Kind().String()), typ.Value)
 		}
-		return proto.Errorf(proto.CodeInvalid, "field %s: want %s, got %s", typ.Field, jsonKind(typ.Type.Kind().String()), typ.Value)
+		return proto.Errorf(proto.CodeUndecodable, "field %s: want %s, got %s", typ.Field, jsonKind(typ.Type.Kind().String()), typ.Value)
 	case errors.As(err, &pe):
 		return pe
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		return proto.Errorf(proto.CodeInvalid, "unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
+		return proto.Errorf(proto.CodeUndecodable, "unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
 	}
-	return proto.Errorf(proto.CodeInvalid, "bad body: %v", err)
+	return proto.Errorf(proto.CodeUndecodable, "bad body: %v", err)
 }
 
 func jsonKind(goKind string) string {

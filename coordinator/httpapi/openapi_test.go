@@ -559,7 +559,7 @@ func TestOpenAPIEnums(t *testing.T) {
 		{"InstanceState", strs(proto.InstanceBuilding, proto.InstanceRunning, proto.InstanceRescue, proto.InstanceDeleting, proto.InstanceError)},
 		{"ErrorCode", strs(proto.CodeInvalid, proto.CodeUnauthorized, proto.CodeForbidden, proto.CodeNotFound,
 			proto.CodeConflict, proto.CodeWrongState, proto.CodeTooLarge, proto.CodeNoLeader, proto.CodeUnavailable,
-			proto.CodeInternal, proto.CodeNotAllowed, proto.CodeTimeout, proto.CodeUnsupported)},
+			proto.CodeInternal, proto.CodeNotAllowed, proto.CodeTimeout, proto.CodeUnsupported, proto.CodeUndecodable, proto.CodeRateLimited)},
 	} {
 		if got := enum(tc.schema); !slices.Equal(got, tc.want) {
 			t.Errorf("schema %s: enum %v, want %v", tc.schema, got, tc.want)

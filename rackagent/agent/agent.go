@@ -27,7 +27,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -603,20 +602,11 @@ func (s sender) Send(ctx context.Context, rs []proto.AgentReport) (proto.ReportA
 }
 
 // undecodable reports whether a 400 says the coordinator could not decode
-// the body (a field it does not know, from a newer agent; a type it does
-// not expect): the agent writes its reports itself, so that is a version
-// skew to wait out, never a report to drop. The coordinator words these
-// answers in bodyError (coordinator/httpapi).
+// the body (proto.CodeUndecodable: a field it does not know, from a newer
+// agent; a type it does not expect): the agent writes its reports itself,
+// so that is a version skew to wait out, never a report to drop.
 func undecodable(ae *apiclient.Error) bool {
-	if ae.Status != http.StatusBadRequest {
-		return false
-	}
-	for _, s := range []string{"unknown field", "not valid JSON", "bad body", "body is empty", ": want "} {
-		if strings.Contains(ae.Message, s) {
-			return true
-		}
-	}
-	return false
+	return ae.Status == http.StatusBadRequest && ae.Code == proto.CodeUndecodable
 }
 
 // bootBackend adapts the boot state and the pool to httpboot's Backend.

@@ -99,9 +99,6 @@ func newMgmtAuth(own string, addrs func() []string, now func() time.Time) *mgmtA
 		inflight: map[[32]byte]*mgmtCheck{}, fails: map[string]*failBucket{}, sem: make(chan struct{}, mgmtMaxChecks)}
 }
 
-// codeRateLimited answers 429; proto has no code for it.
-const codeRateLimited proto.Code = "rate_limited"
-
 var errBadToken = proto.Errorf(proto.CodeUnauthorized, "the token is neither this rack's agent token nor an admin token")
 
 // check authenticates token, sent from source address ip.
@@ -121,7 +118,7 @@ func (m *mgmtAuth) check(ctx context.Context, token, ip string) error {
 	}
 	if !m.mayFailLocked(ip, now) {
 		m.mu.Unlock()
-		return proto.Errorf(codeRateLimited, "too many failed authentications from %s; slow down", ip)
+		return proto.Errorf(proto.CodeRateLimited, "too many failed authentications from %s; slow down", ip)
 	}
 	if until, ok := m.bad[key]; ok && now.Before(until) {
 		m.failLocked(ip, now)
@@ -260,14 +257,10 @@ func (a *Agent) mgmtHandler() http.Handler {
 		}
 		if err := a.mgmtAuth.check(r.Context(), strings.TrimSpace(token), ip); err != nil {
 			a.log.Warn("management request refused", "remote", r.RemoteAddr, "path", r.URL.Path, "err", err)
-			var pe *proto.Error
-			errors.As(err, &pe)
-			status := pe.Code.Status()
-			if pe.Code == codeRateLimited {
-				status = http.StatusTooManyRequests
+			if proto.CodeOf(err) == proto.CodeRateLimited {
 				w.Header().Set("Retry-After", "2")
 			}
-			writeJSON(w, status, proto.ErrorBody{Error: pe})
+			proto.WriteError(w, err)
 			return
 		}
 		mux.ServeHTTP(w, r)

@@ -132,24 +132,21 @@ func TestMgmtHeaderSent(t *testing.T) {
 func TestSenderRetriesUndecodableAndUnavailable(t *testing.T) {
 	for _, tt := range []struct {
 		status int
+		code   proto.Code
 		msg    string
 		reject bool
 	}{
-		{400, "reports[0]: unknown field \"power_cycle\"", false},
-		{400, "reports[0]: body is not valid JSON at byte 3: x", false},
-		{400, "reports[0]: field seq: want a number, got string", false},
-		{503, "report without incarnation or seq; try again", false},
-		{500, "internal", false},
-		{400, "reports[0]: id is required", true},
+		{400, proto.CodeUndecodable, "reports[0]: unknown field \"power_cycle\"", false},
+		{400, proto.CodeUndecodable, "reports[0]: body is not valid JSON at byte 3: x", false},
+		{400, proto.CodeUndecodable, "reports[0]: field seq: want a number, got string", false},
+		{503, proto.CodeUnavailable, "report without incarnation or seq; try again", false},
+		{500, proto.CodeInternal, "internal", false},
+		{400, proto.CodeInvalid, "reports[0]: id is required", true},
+		// A content error is a rejection whatever its wording.
+		{400, proto.CodeInvalid, "reports[0].mac \"x\": want an Ethernet MAC address", true},
 	} {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(tt.status)
-			code := proto.CodeInvalid
-			if tt.status >= 500 {
-				code = proto.CodeUnavailable
-			}
-			json.NewEncoder(w).Encode(proto.ErrorBody{Error: proto.Errorf(code, "%s", tt.msg)})
+			proto.WriteError(w, proto.Errorf(tt.code, "%s", tt.msg))
 		}))
 		s := sender{c: apiclient.New(srv.URL, "tok"), rack: "r1"}
 		ack, err := s.Send(context.Background(), []proto.AgentReport{{ID: "r-1", Kind: proto.ReportLease, Seq: 1, Incarnation: "inc"}})

@@ -26,9 +26,6 @@ const MACHeader = proto.MACHeader
 // token.
 const DiscoveryStep = proto.StepInventory
 
-// codeRateLimited answers 429; proto has no code for it (yet).
-const codeRateLimited proto.Code = "rate_limited"
-
 var stepRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 
 // handleCallback serves POST /v1/callback/{step}.
@@ -36,7 +33,7 @@ func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
 	ip := sourceIP(r)
 	if !s.limiter.allow(ip, s.now()) {
 		w.Header().Set("Retry-After", "1")
-		writeError(w, proto.Errorf(codeRateLimited, "too many callbacks from %s; slow down", ip))
+		writeError(w, proto.Errorf(proto.CodeRateLimited, "too many callbacks from %s; slow down", ip))
 		return
 	}
 	step := r.PathValue("step")
@@ -208,14 +205,4 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func writeError(w http.ResponseWriter, err error) {
-	var pe *proto.Error
-	if !errors.As(err, &pe) {
-		pe = proto.Errorf(proto.CodeInternal, "%v", err)
-	}
-	status := pe.Code.Status()
-	if pe.Code == codeRateLimited {
-		status = http.StatusTooManyRequests
-	}
-	writeJSON(w, status, proto.ErrorBody{Error: pe})
-}
+func writeError(w http.ResponseWriter, err error) { proto.WriteError(w, err) }
