@@ -60,7 +60,10 @@ func applyDiscovery(tx *state.Tx, rack, mac string, r *proto.AgentReport) error 
 	var found *proto.Node
 	if id, ok := tx.NodeByMAC(mac); ok {
 		found = tx.Node(id)
-		if have := tx.NodeIdentity(id); have != ident {
+		// A node without an inventory (created ahead by an operator)
+		// is the machine that boots from its MAC; one whose inventory
+		// gave only placeholders cannot be told to be this machine.
+		if have := tx.NodeIdentity(id); have != ident && !(have == "" && len(found.Inventory) == 0) {
 			return conflict(fmt.Sprintf("MAC %s belongs to node %s of system %s, but the inventory is of system %s",
 				mac, nodeRef(found), identName(have), identName(ident)))
 		}

@@ -217,3 +217,25 @@ func TestEnrolledNewNIC(t *testing.T) {
 		t.Fatalf("B's MAC moved to A")
 	}
 }
+
+// TestDiscoveryOfANodeCreatedAhead: an operator registers a node by MAC
+// before the machine first boots; its first inventory fills that node in
+// (it has no identity yet to conflict with).
+func TestDiscoveryOfANodeCreatedAhead(t *testing.T) {
+	h := newHarness(t)
+	h.must(rackWithPool())
+	c := node(uuid1, "pre", "52:54:00:12:34:56", proto.StateDiscovered)
+	c.Node.Rack = "r1"
+	h.must(c)
+	res := h.must(AgentReports{Rack: "r1", Reports: []proto.AgentReport{
+		inventoryReport(t, "inv-1", "52:54:00:12:34:56", "5b2f0c1e-0000-4000-8000-000000000001", "LAB-0001")}}).(*AgentReportsResult)
+	if len(res.Acked) != 1 {
+		t.Fatalf("the machine of a node created ahead was refused: %+v", res)
+	}
+	if n, _ := h.f.Store().Node("pre"); n.UUID != uuid1 || len(n.Inventory) == 0 {
+		t.Fatalf("node pre = %+v, want its inventory filled in", n)
+	}
+	if len(h.f.Store().Nodes(state.NodeFilter{})) != 1 {
+		t.Fatalf("a second node was made")
+	}
+}
