@@ -62,6 +62,9 @@ type Leader struct {
 	// barrierTook is how long the last leadership waited for its
 	// barrier: how much a failover's reads were held for it.
 	barrierTook time.Duration
+	// expiryRound, if set (tests only), is called after each round of
+	// the lease expiry loop.
+	expiryRound func()
 }
 
 // New returns loops over b; Watch runs them.
@@ -238,18 +241,26 @@ func (l *Leader) expireLeases(ctx context.Context) {
 			return
 		case <-tick.C():
 		}
-		before := l.clk.Now().Add(-fsm.LeaseKeep)
-		if !l.anyLeaseBefore(before) {
-			continue
+		l.expireRound(ctx)
+		if l.expiryRound != nil {
+			l.expiryRound()
 		}
-		v, err := l.b.Apply(ctx, fsm.LeasesExpire{Before: before})
-		if err != nil {
-			l.log.Warn("lease expiry failed; trying again next round", "err", err)
-			continue
-		}
-		if r, ok := v.(*fsm.LeasesExpireResult); ok {
-			l.log.Info("expired old leases", "count", r.Expired, "before", before)
-		}
+	}
+}
+
+// expireRound is one round of expireLeases.
+func (l *Leader) expireRound(ctx context.Context) {
+	before := l.clk.Now().Add(-fsm.LeaseKeep)
+	if !l.anyLeaseBefore(before) {
+		return
+	}
+	v, err := l.b.Apply(ctx, fsm.LeasesExpire{Before: before})
+	if err != nil {
+		l.log.Warn("lease expiry failed; trying again next round", "err", err)
+		return
+	}
+	if r, ok := v.(*fsm.LeasesExpireResult); ok {
+		l.log.Info("expired old leases", "count", r.Expired, "before", before)
 	}
 }
 
