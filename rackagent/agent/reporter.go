@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/metalfleet/metalfleet/proto"
+	"github.com/metalfleet/metalfleet/rackagent/httpboot"
 	"github.com/metalfleet/metalfleet/rackagent/outbox"
 )
 
@@ -39,6 +40,18 @@ func (g *groupReporter) Report(r proto.AgentReport) {
 	case <-g.done:
 		g.log.Warn("report after shutdown dropped", "kind", r.Kind, "mac", r.MAC)
 	}
+}
+
+// ReportNow stamps r as Report does and queues it at once, returning when
+// it is committed to disk (the outbox stamps its incarnation and sequence
+// number as for every report), or the error if it could not be queued.
+func (g *groupReporter) ReportNow(r proto.AgentReport) error {
+	r.Rack, r.Agent = g.rack, g.agent
+	if r.Time.IsZero() {
+		r.Time = time.Now().UTC()
+	}
+	_, err := g.out.Add(r)
+	return err
 }
 
 func (g *groupReporter) run(ctx context.Context) error {
@@ -90,3 +103,5 @@ func (g *groupReporter) run(ctx context.Context) error {
 		}
 	}
 }
+
+var _ httpboot.DurableReporter = (*groupReporter)(nil)

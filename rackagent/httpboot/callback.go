@@ -118,9 +118,22 @@ func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	s.cfg.Reporter.Report(proto.AgentReport{
-		Kind: proto.ReportCallback, Time: s.now(), Step: step, MAC: mac, Node: uuid, Data: body,
-	})
+	rep := proto.AgentReport{Kind: proto.ReportCallback, Time: s.now(), Step: step, MAC: mac, Node: uuid, Data: body}
+	if d, ok := s.cfg.Reporter.(DurableReporter); ok {
+		if err := d.ReportNow(rep); err != nil {
+			// Not queued: free the boot's inventory slot so the
+			// ramdisk's retry is queued, not answered as a repeat.
+			if discovery {
+				s.recent.release(mac, sha256.Sum256(body))
+			}
+			log.Error("callback not queued", "err", err)
+			w.Header().Set("Retry-After", "1")
+			writeError(w, proto.Errorf(proto.CodeUnavailable, "the callback could not be queued; retry: %v", err))
+			return
+		}
+	} else {
+		s.cfg.Reporter.Report(rep)
+	}
 	log.Info("callback accepted", "bytes", len(body))
 	writeJSON(w, http.StatusAccepted, map[string]bool{"accepted": true})
 }

@@ -174,6 +174,16 @@ func (s *recentSet) claim(mac string, sum [32]byte, now time.Time) int {
 	return claimTaken
 }
 
+// release arms mac's inventory slot again if it was taken by a body
+// hashing to sum (whose report could then not be queued).
+func (s *recentSet) release(mac string, sum [32]byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.at[mac]; ok && !e.armed && e.sum == sum {
+		e.armed, e.sum, e.taken = true, [32]byte{}, time.Time{}
+	}
+}
+
 // eventLimiter lets through at most one boot event per node and event
 // kind per interval: boot events are state changes (the node's last
 // boot), and a client fetching a script in a loop must not become a

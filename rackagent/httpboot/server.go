@@ -40,6 +40,16 @@ type Reporter interface {
 	Report(r proto.AgentReport)
 }
 
+// DurableReporter is a Reporter that can also queue a report durably
+// before returning. The server uses it, when the Reporter has it, for
+// callbacks: a callback is answered 202 only once its report is on disk,
+// and 503 (with Retry-After) if it could not be queued, so the ramdisk
+// retries instead of the report being lost.
+type DurableReporter interface {
+	Reporter
+	ReportNow(r proto.AgentReport) error
+}
+
 // Config configures a Server.
 type Config struct {
 	// Backend answers boot configs and artifacts. nil knows nothing.
