@@ -42,8 +42,12 @@ func (c *call) agentRack() (string, error) {
 }
 
 // MaxContacts bounds the agents whose last contact a server remembers;
-// past it the one heard of longest ago is forgotten.
-const MaxContacts = 4096
+// past it the one heard of longest ago is forgotten. MaxContactsPerRack
+// bounds one rack's (its agent token names them).
+const (
+	MaxContacts        = 4096
+	MaxContactsPerRack = 64
+)
 
 // contact is what a server remembers of an agent's API calls.
 type contact struct {
@@ -90,13 +94,31 @@ func (k *contacts) touch(name, rack, mgmt string, t time.Time) {
 		k.order.MoveToFront(e)
 		return
 	}
+	// One rack's token cannot push other racks' agents out: a rack
+	// holds at most MaxContactsPerRack, its own least recent going first.
+	inRack := 0
+	var oldestInRack *list.Element
+	for e := k.order.Back(); e != nil; e = e.Prev() {
+		if e.Value.(*contact).rack == rack {
+			inRack++
+			if oldestInRack == nil {
+				oldestInRack = e
+			}
+		}
+	}
+	if inRack >= MaxContactsPerRack {
+		k.remove(oldestInRack)
+	}
 	for k.order.Len() >= k.max {
-		old := k.order.Back()
-		k.order.Remove(old)
-		oc := old.Value.(*contact)
-		delete(k.byKey, oc.rack+"/"+oc.name)
+		k.remove(k.order.Back())
 	}
 	k.byKey[key] = k.order.PushFront(&contact{name: name, rack: rack, mgmt: mgmt, last: t})
+}
+
+func (k *contacts) remove(e *list.Element) {
+	k.order.Remove(e)
+	c := e.Value.(*contact)
+	delete(k.byKey, c.rack+"/"+c.name)
 }
 
 // all returns copies of every contact.
@@ -170,7 +192,7 @@ func (a *API) agentReports(c *call) (any, error) {
 		return nil, err
 	}
 	var raw rawBatch
-	if err := c.decode(&raw); err != nil {
+	if err := c.decodeBody(&raw, false); err != nil {
 		return nil, err
 	}
 	if len(raw.Reports) > MaxReportBatch {
@@ -219,7 +241,9 @@ func (a *API) agentReports(c *call) (any, error) {
 		}
 		valid = append(valid, r)
 		if caller == "" {
-			a.contacts.touch(r.Agent, rack, mgmt, now)
+			// A name from a report body: no management address (that
+			// comes only with the caller's own header).
+			a.contacts.touch(r.Agent, rack, "", now)
 		}
 	}
 	if caller != "" {

@@ -229,7 +229,7 @@ func TestAPIReportLimits(t *testing.T) {
 	newer = append(newer[:len(newer)-1], []byte(`,"from_the_future":1}`)...)
 	newer = bytes.Replace(newer, []byte(`"id":"fine"`), []byte(`"id":"newer"`), 1)
 	newer = bytes.Replace(newer, []byte(fmt.Sprintf(`"seq":%d`, ok.Seq)), []byte(`"seq":200`), 1)
-	e.ok(200, "POST", "/v1/agent/reports?rack=r1", e.agent1, json.RawMessage(`{"reports":[`+string(newer)+`]}`), &ack)
+	e.ok(200, "POST", "/v1/agent/reports?rack=r1", e.agent1, json.RawMessage(`{"reports":[`+string(newer)+`],"batch_field_from_the_future":1}`), &ack)
 	if len(ack.Acked) != 1 || ack.Acked[0] != "newer" {
 		t.Errorf("a report with an unknown field: %+v, want acked", ack)
 	}

@@ -587,9 +587,17 @@ func (c *call) apply(cmd fsm.Command) (any, error) {
 // decode reads a JSON body into v, refusing unknown fields, trailing data
 // and bodies over the limit, with a message that names the field. The
 // Content-Type is not checked: `curl -d` sends a form type with JSON in it.
-func (c *call) decode(v any) error {
+func (c *call) decode(v any) error { return c.decodeBody(v, true) }
+
+// decodeBody decodes the request's one JSON value; strict refuses fields
+// the type does not have (operators' bodies: a typo must not pass
+// silently), lenient ignores them (agents' reports: a newer agent's must
+// not be refused).
+func (c *call) decodeBody(v any, strict bool) error {
 	dec := json.NewDecoder(c.r.Body)
-	dec.DisallowUnknownFields()
+	if strict {
+		dec.DisallowUnknownFields()
+	}
 	if err := dec.Decode(v); err != nil {
 		return bodyError(err, c.a.cfg.MaxBodyBytes)
 	}

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"fmt"
 	"testing"
 	"time"
 )
@@ -21,5 +22,28 @@ func TestContactsKeyedByRack(t *testing.T) {
 	}
 	if k.len() != 2 || r1 == nil || r1.mgmt != "10.0.1.2:7492" {
 		t.Fatalf("contacts %+v: rack r1's agent was overwritten", k.all())
+	}
+}
+
+// TestContactsPerRackBound: one rack's token naming many agents pushes
+// out only that rack's oldest, never another rack's agents.
+func TestContactsPerRackBound(t *testing.T) {
+	var k contacts
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	k.touch("agent-a", "r1", "10.0.1.2:7492", now)
+	for i := 0; i < 10*MaxContactsPerRack; i++ {
+		k.touch(fmt.Sprintf("made-up-%d", i), "r2", "", now.Add(time.Duration(i+1)*time.Millisecond))
+	}
+	inR2, r1 := 0, false
+	for _, ct := range k.all() {
+		switch ct.rack {
+		case "r2":
+			inR2++
+		case "r1":
+			r1 = ct.name == "agent-a" && ct.mgmt == "10.0.1.2:7492"
+		}
+	}
+	if inR2 != MaxContactsPerRack || !r1 {
+		t.Fatalf("rack r2 holds %d contacts (want %d), rack r1's agent kept: %v", inR2, MaxContactsPerRack, r1)
 	}
 }

@@ -217,8 +217,8 @@ func TestContactsBounded(t *testing.T) {
 		t.Errorf("%d contacts after a flood, want at most 3", k.len())
 	}
 	var big contacts
-	for i := 0; i < MaxContacts+100; i++ {
-		big.touch("agent-"+strconv.Itoa(i), "r1", "", t0)
+	for i := 0; i < MaxContacts+100; i++ { // two agents a rack, as many racks as it takes
+		big.touch("agent-"+strconv.Itoa(i), "r"+strconv.Itoa(i/2), "", t0)
 	}
 	if big.len() != MaxContacts {
 		t.Errorf("%d contacts after %d agents, want the bound %d", big.len(), MaxContacts+100, MaxContacts)
