@@ -24,7 +24,8 @@ import (
 )
 
 // Binary returns the metalfleet binary to drill (testkit.Binary: $METALFLEET_BIN
-// if set, else one built once per test process), as an absolute path.
+// if set, else one built once per test process and removed by TestMain),
+// as an absolute path.
 func Binary(t testing.TB) string {
 	t.Helper()
 	b := testkit.Binary(t)

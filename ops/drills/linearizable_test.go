@@ -220,6 +220,9 @@ func runLinearizable(t *testing.T, d linDrill) {
 		next atomic.Int64 // unique write values
 		wg   sync.WaitGroup
 	)
+	// However the test ends (a t.Fatal in the killer included), the
+	// clients stop before it returns.
+	defer func() { cancel(); wg.Wait() }()
 	// client runs one client until ctx ends: writes (one in two, unless
 	// readOnly) and reads of random flavors through random servers.
 	const maxOpsPerClient = 50000
@@ -307,7 +310,9 @@ func runLinearizable(t *testing.T, d linDrill) {
 	// fifth, ...) SIGKILLs all three and restarts them instead: a
 	// restarted leader must not answer from its snapshot before it has
 	// replayed the log its predecessors committed.
-	var recovery, barriers []time.Duration
+	// First consistent read after a kill and how long the new leader
+	// held reads for its barrier, per kind of kill.
+	var recovery, restartRecovery, barriers, restartBarriers []time.Duration
 	killErr := func() error {
 		prober := &linClient{http: &http.Client{Timeout: 8 * time.Second}, token: token}
 		for k := 0; k < d.Kills; k++ {
@@ -333,13 +338,26 @@ func runLinearizable(t *testing.T, d linDrill) {
 			}
 			// The first consistent read served after the kill, through
 			// a survivor (forwarded to the new leader or served by it).
-			served := false
-			for i := 0; !served && time.Since(killed) < 30*time.Second; i++ {
-				srv := (li + 1 + i%2) % 3
-				var f proto.Flavor
-				o, _, _ := prober.do(Ctx(t, 9*time.Second), http.MethodGet, addrs[srv], "/v1/flavors/f0", nil, &f)
-				served = o == outOK
-			}
+			// A refused connection fails at once: pace the tries.
+			served := func() bool {
+				pctx, pcancel := context.WithTimeout(ctx, 30*time.Second)
+				defer pcancel()
+				pace := time.NewTicker(5 * time.Millisecond)
+				defer pace.Stop()
+				for i := 0; ; i++ {
+					srv := (li + 1 + i%2) % 3
+					var f proto.Flavor
+					o, _, _ := prober.do(pctx, http.MethodGet, addrs[srv], "/v1/flavors/f0", nil, &f)
+					if o == outOK {
+						return true
+					}
+					select {
+					case <-pctx.Done():
+						return false
+					case <-pace.C:
+					}
+				}
+			}()
 			if !served {
 				return fmt.Errorf("no consistent read served within 30s of killing %s", procs[li].ID)
 			}
@@ -348,9 +366,14 @@ func runLinearizable(t *testing.T, d linDrill) {
 			var held time.Duration
 			if v, ok := Metric(procs[leaderOf(t, procs, token)].HTTPAddr, "metalfleet_leader_barrier_seconds"); ok {
 				held = time.Duration(v * float64(time.Second))
-				barriers = append(barriers, held)
+				if all {
+					restartBarriers = append(restartBarriers, held)
+				} else {
+					barriers = append(barriers, held)
+				}
 			}
 			if all {
+				restartRecovery = append(restartRecovery, took)
 				t.Logf("kill %d: all three SIGKILLed and restarted; first consistent read served %s later (barrier %s)", k+1, took.Round(time.Millisecond), held.Round(time.Microsecond))
 			} else {
 				recovery = append(recovery, took)
@@ -390,14 +413,10 @@ func runLinearizable(t *testing.T, d linDrill) {
 	if h.writes < 50 || h.reads < 50 {
 		t.Fatalf("too few operations to check (%d writes, %d reads)", h.writes, h.reads)
 	}
-	sort.Slice(recovery, func(i, j int) bool { return recovery[i] < recovery[j] })
-	t.Logf("first consistent read after a leader SIGKILL: p50 %s, max %s over %d kills",
-		recovery[len(recovery)/2].Round(time.Millisecond), recovery[len(recovery)-1].Round(time.Millisecond), len(recovery))
-	if len(barriers) > 0 {
-		sort.Slice(barriers, func(i, j int) bool { return barriers[i] < barriers[j] })
-		t.Logf("new leaders held consistent reads for their barrier: p50 %s, max %s over %d elections",
-			barriers[len(barriers)/2].Round(time.Microsecond), barriers[len(barriers)-1].Round(time.Microsecond), len(barriers))
-	}
+	logSpread(t, "first consistent read after a leader SIGKILL", "leader kills", recovery, time.Millisecond)
+	logSpread(t, "first consistent read after all three SIGKILLed and restarted", "full restarts", restartRecovery, time.Millisecond)
+	logSpread(t, "new leaders held consistent reads for their barrier after a leader SIGKILL", "leader kills", barriers, time.Microsecond)
+	logSpread(t, "new leaders held consistent reads for their barrier after a full restart", "full restarts", restartBarriers, time.Microsecond)
 
 	bad := staleIndexes(h.ops)
 	res, info := porcupine.CheckOperationsVerbose(registerModel, h.ops, 2*time.Minute)
@@ -540,4 +559,15 @@ func trunc(s string, n int) string {
 		return s[:n]
 	}
 	return s
+}
+
+// logSpread logs the p50 and max of ds (sorted in place), if any, over
+// len(ds) of what.
+func logSpread(t *testing.T, title, what string, ds []time.Duration, round time.Duration) {
+	t.Helper()
+	if len(ds) == 0 {
+		return
+	}
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	t.Logf("%s: p50 %s, max %s over %d %s", title, ds[len(ds)/2].Round(round), ds[len(ds)-1].Round(round), len(ds), what)
 }

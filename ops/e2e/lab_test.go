@@ -118,7 +118,8 @@ func ramdisk(t *testing.T, dir string) ramdiskFiles {
 		}
 	}
 	var f ramdiskFiles
-	testkit.Eventually(t, time.Minute, "build/ramdisk to agree with its BUILD-INFO (a build may be writing it)", func() bool {
+	// Each try copies and hashes ~14 MB: once a second, not every Poll.
+	testkit.EventuallyEvery(t, time.Minute, time.Second, "build/ramdisk to agree with its BUILD-INFO (a build may be writing it)", func() bool {
 		var err error
 		f.Kernel, f.KernelSHA, err = copySHA(kernel, filepath.Join(dir, "vmlinuz"))
 		if err != nil {

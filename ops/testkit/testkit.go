@@ -4,6 +4,7 @@
 package testkit
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,9 +21,16 @@ const Poll = 10 * time.Millisecond
 // long the wait took.
 func Eventually(t testing.TB, limit time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
+	return EventuallyEvery(t, limit, Poll, what, cond)
+}
+
+// EventuallyEvery is Eventually checking every every instead of Poll: for
+// a condition that costs much to check.
+func EventuallyEvery(t testing.TB, limit, every time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
 	start := time.Now()
 	deadline := start.Add(limit)
-	tick := time.NewTicker(Poll)
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for !cond() {
 		if time.Now().After(deadline) {
@@ -53,36 +61,60 @@ func Until(t testing.TB, limit time.Duration, what string, cond func() error) {
 }
 
 var (
+	binDir    string // set by Main: where Binary builds, removed at exit
 	buildOnce sync.Once
 	buildPath string
 	buildErr  error
 )
 
+// Main runs a package's tests (call it from TestMain) with a directory of
+// its own for the binary Binary builds, and removes that directory when
+// they are done.
+func Main(m *testing.M) {
+	dir, err := os.MkdirTemp("", "metalfleet-bin-")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "testkit: %v\n", err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
 // Binary returns the metalfleet binary to run: $METALFLEET_BIN if set
-// (make test sets it), else one built once per test process from
-// ./cmd/metalfleet of the module that holds the working directory.
+// (make test sets it), else one built from ./cmd/metalfleet of the module
+// that holds the working directory: once per test process in a package
+// whose TestMain calls Main, else once per test into t.TempDir().
 func Binary(t testing.TB) string {
 	t.Helper()
 	if p := os.Getenv("METALFLEET_BIN"); p != "" {
 		return p
 	}
+	if binDir == "" {
+		p := filepath.Join(t.TempDir(), "metalfleet")
+		if err := build(p); err != nil {
+			t.Fatalf("building metalfleet: %v", err)
+		}
+		return p
+	}
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "metalfleet-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		buildPath = filepath.Join(dir, "metalfleet")
-		cmd := exec.Command("go", "build", "-o", buildPath, "github.com/metalfleet/metalfleet/cmd/metalfleet")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			buildErr = &buildError{err: err, out: string(out)}
-		}
+		buildPath = filepath.Join(binDir, "metalfleet")
+		buildErr = build(buildPath)
 	})
 	if buildErr != nil {
 		t.Fatalf("building metalfleet: %v", buildErr)
 	}
 	return buildPath
+}
+
+// build builds the metalfleet command into path.
+func build(path string) error {
+	cmd := exec.Command("go", "build", "-o", path, "github.com/metalfleet/metalfleet/cmd/metalfleet")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return &buildError{err: err, out: string(out)}
+	}
+	return nil
 }
 
 type buildError struct {
