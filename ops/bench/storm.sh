@@ -72,6 +72,16 @@ tck=$(getconf CLK_TCK)
 cpu_of() { # user+system CPU seconds of a pid
 	awk -v t="$tck" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / t }' "/proc/$1/stat"
 }
+# http_ok PATH: GET http://$API/PATH answers 200 (bash's /dev/tcp: no
+# curl needed).
+http_ok() {
+	(
+		exec 3<>"/dev/tcp/${API%:*}/${API##*:}" || exit 1
+		printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$1" "$API" >&3
+		IFS= read -r -t 2 line <&3 || exit 1
+		[[ $line == "HTTP/1."?" 200"* ]]
+	) 2>/dev/null
+}
 hwm_of() { awk '/^VmHWM:/ { printf "%.0f MiB", $2 / 1024 }' "/proc/$1/status"; }
 
 for run in $(seq 1 "$RUNS"); do
@@ -80,11 +90,17 @@ for run in $(seq 1 "$RUNS"); do
 	"$BIN" coordinator --node-id storm --data-dir "$d/coordinator" --http-addr "$API" --raft-addr "$RAFT" \
 		--bootstrap --log-level warn >"$d/coordinator.log" 2>&1 &
 	coord=$!
+	ready=""
 	for _ in $(seq 1 200); do
-		[[ -s $d/coordinator/admin.token ]] && curl -fsS "http://$API/metrics" >/dev/null 2>&1 && break
-		kill -0 "$coord" || { cat "$d/coordinator.log"; exit 1; }
+		[[ -s $d/coordinator/admin.token ]] && http_ok /metrics && { ready=1; break; }
+		kill -0 "$coord" 2>/dev/null || { echo "coordinator exited before it was ready; its log:" >&2; cat "$d/coordinator.log" >&2; exit 1; }
 		sleep 0.1 # a poll: the coordinator is another process
 	done
+	if [[ -z $ready ]]; then
+		echo "coordinator not ready within 20 s (no admin.token in $d/coordinator or http://$API/metrics not answering 200); its log:" >&2
+		cat "$d/coordinator.log" >&2
+		exit 1
+	fi
 	cpu0=$(cpu_of "$coord")
 	echo "== run $run of $RUNS: $RACKS racks x $MACHINES machines, power-on spread $SPREAD =="
 	TIMEFORMAT="dev process (agents and simulator): %R s wall, %U s user + %S s system CPU"
