@@ -23,11 +23,16 @@ const (
 // sightings gathers the sightings of unknown MACs between flushes, so a
 // DHCP flood of made-up MACs costs at most MaxNew reports per interval
 // instead of one per packet. A MAC reported less than SeenEvery ago is
-// held back and folded into a later report.
+// held back and folded into a later report; held-back MACs are not
+// charged to MaxNew (only MACs not reported in the last SeenEvery are), so
+// a few MACs resent continuously cannot keep a new machine's sighting out.
+// Memory stays bounded: a held-back MAC is one of last, which holds only
+// the MACs reported in one SeenEvery.
 type sightings struct {
 	mu      sync.Mutex
 	cur     map[string]*proto.AgentReport // this interval's, by MAC
 	last    map[string]time.Time          // when each MAC was last reported
+	fresh   int                           // MACs of cur not in last: charged to maxNew
 	maxNew  int
 	every   time.Duration
 	leftOut atomic.Uint64
@@ -45,11 +50,18 @@ func (s *sightings) note(r proto.AgentReport) {
 		c.Count++
 		return
 	}
-	if len(s.cur) >= s.maxNew {
+	r.Count = 1
+	if _, ok := s.last[r.MAC]; ok {
+		// Reported lately: held back, its count folded into a later
+		// report, not charged to maxNew.
+		s.cur[r.MAC] = &r
+		return
+	}
+	if s.fresh >= s.maxNew {
 		s.leftOut.Add(1)
 		return
 	}
-	r.Count = 1
+	s.fresh++
 	s.cur[r.MAC] = &r
 }
 
@@ -67,6 +79,9 @@ func (s *sightings) flush(now time.Time) []proto.AgentReport {
 		delete(s.cur, mac)
 		s.last[mac] = now
 	}
+	// What stays in cur was reported lately (it is in last): none of it
+	// is charged to maxNew.
+	s.fresh = 0
 	// Forget report times older than SeenEvery: they no longer hold
 	// anything back, and the map stays as small as the reports of one
 	// SeenEvery.
