@@ -21,6 +21,10 @@ const Version = 1
 // caller passes back as ?index=N to block until something changes.
 const IndexHeader = "X-Metalfleet-Index"
 
+// NextHeader carries the opaque marker of a list's next page (?after=);
+// absent on the last page.
+const NextHeader = "X-Metalfleet-Next"
+
 // Meta is embedded in every stored object: the Raft indexes at which it was
 // created and last modified.
 type Meta struct {

@@ -470,9 +470,8 @@ func (c *Client) RevokeToken(ctx context.Context, id string) error {
 	return err
 }
 
-// NextHeader carries the marker of a list's next page (absent on the
-// last page); pass it back as ?after=.
-const NextHeader = "X-Metalfleet-Next"
+// NextHeader carries the marker of a list's next page.
+const NextHeader = proto.NextHeader
 
 // DefaultPageSize is how many items Pages asks for at a time.
 const DefaultPageSize = 1000

@@ -280,11 +280,13 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request, rt Route) {
 	c := &call{a: a, r: r, w: w, status: http.StatusOK}
 	forwarded := r.Header.Get(ForwardedHeader) != ""
 	leader := a.b.IsLeader()
-	if leader && rt.kind != kindLocal {
+	stale := isStale(r)
+	if leader && rt.kind != kindLocal && (rt.kind == kindWrite || !stale) {
 		// A new leader authenticates and checks preconditions against
 		// its own store only once it holds what its predecessor
 		// committed: a token revoked just before the election must not
-		// let a write through, nor a rack just created answer 404.
+		// let a write through, nor a rack just created answer 404. A
+		// ?stale read asked for the local state now, and gets it.
 		if rw, ok := a.b.(ReadyWaiter); ok {
 			if err := rw.WaitReady(); err != nil {
 				w.Header().Set("Retry-After", "1")
@@ -326,7 +328,6 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request, rt Route) {
 		}
 		c.token = tok
 	}
-	stale := isStale(r)
 	switch {
 	case rt.kind == kindWrite && !leader, (rt.kind == kindRead || rt.kind == kindReadOwnWait) && !stale && !leader:
 		if forwarded {
@@ -337,6 +338,13 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request, rt Route) {
 		return
 	}
 	if rt.kind == kindRead {
+		// A bad page is refused before a blocking read waits, not after.
+		if q := r.URL.Query(); q.Has("limit") || q.Has("after") {
+			if _, _, err := c.pageParams(); err != nil {
+				writeError(w, err)
+				return
+			}
+		}
 		if err := c.block(stale); err != nil {
 			writeError(w, err)
 			return

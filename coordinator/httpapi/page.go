@@ -14,7 +14,7 @@ import (
 // answers every item (what old clients expect).
 
 // NextHeader carries the marker of the next page; absent on the last.
-const NextHeader = "X-Metalfleet-Next"
+const NextHeader = proto.NextHeader
 
 // MaxPageLimit is the largest ?limit a list takes.
 const MaxPageLimit = 10000

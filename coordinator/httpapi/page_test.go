@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/metalfleet/metalfleet/coordinator/httpapi"
 	"github.com/metalfleet/metalfleet/proto"
@@ -137,5 +138,25 @@ func TestAPISettingsDiscoveryActive(t *testing.T) {
 	}
 	if strings.Contains(string(r.Body), "discovery_inactive_reason\": \"\"") {
 		t.Errorf("an empty reason is written: %s", r.Body)
+	}
+}
+
+// TestBadPageBeforeBlocking: a bad ?limit on a blocking list read is
+// refused at once, not after the read has waited out its ?wait (here 10
+// minutes; the client gives up long before).
+func TestBadPageBeforeBlocking(t *testing.T) {
+	e := startAgentAPI(t)
+	req, err := http.NewRequest("GET", e.base+"/v1/nodes?index=999999&wait=10m&limit=abc", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", bearer(e.admin))
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatalf("a bad page on a blocking read was not refused at once: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 400 {
+		t.Fatalf("status %d, want 400", resp.StatusCode)
 	}
 }

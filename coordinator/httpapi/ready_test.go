@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"net/http/httptest"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -39,6 +40,14 @@ func TestWritesWaitForANewLeader(t *testing.T) {
 	}
 	if e.b.store.Index() != idx {
 		t.Fatalf("the write was applied")
+	}
+	// A ?stale read is answered at once from the local state.
+	req := httptest.NewRequest("GET", "/v1/agent/bootstate?rack=r1&stale", nil)
+	req.Header.Set("Authorization", e.agent)
+	rw := httptest.NewRecorder()
+	e.api.Handler().ServeHTTP(rw, req)
+	if rw.Code != 200 {
+		t.Fatalf("a stale read on a leader not yet ready: %d %s, want 200", rw.Code, rw.Body.Bytes())
 	}
 	b.ready.Store(true)
 	if w := e.post(body, "a1", ""); w.Code != 200 || e.b.store.Index() == idx {
