@@ -70,9 +70,6 @@ func newNodeListCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if limit < 0 {
-				return fmt.Errorf("--limit %d: want a positive number (0: every node)", limit)
-			}
 			// Page through the list (a few thousand nodes a request);
 			// JSON output is still one array of every node.
 			nodes, err := apiclient.Pages[*proto.Node](cmd.Context(), c, "/v1/nodes", q, listPageSize, limit)

@@ -587,6 +587,7 @@ func TestNodeListPages(t *testing.T) {
 		t.Errorf("node list --limit 3: %d nodes, want n0..n2", len(nodes))
 	}
 	wantContains(t, "negative limit", c.fail("node", "list", "--limit", "-1"), "--limit -1")
+	wantContains(t, "negative limit of sightings", c.fail("sightings", "--limit", "-5"), "--limit -5")
 }
 
 func TestTokenCommands(t *testing.T) {

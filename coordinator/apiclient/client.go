@@ -505,6 +505,9 @@ func Page[T any](ctx context.Context, c *Client, path string, q url.Values, afte
 // (DefaultPageSize if 0), until the last page or until it holds max items
 // (every item if max is 0).
 func Pages[T any](ctx context.Context, c *Client, path string, q url.Values, pageSize, max int) ([]T, error) {
+	if max < 0 {
+		return nil, fmt.Errorf("--limit %d: want a positive number (0: every one)", max)
+	}
 	if pageSize <= 0 {
 		pageSize = DefaultPageSize
 	}
