@@ -62,7 +62,8 @@ bench-storm: build ## boot storm: 10 racks x 100 simulated machines powered on a
 .PHONY: bench-scale
 bench-scale: ## the coordinator's state at 100,000 nodes: memory, snapshot, restore, discovery apply, a 100-node page (a few minutes)
 	METALFLEET_SCALE=1 $(GO) test -count=1 -timeout 30m -v -run 'TestScale100k' ./coordinator/fsm/
-	METALFLEET_SCALE=1 $(GO) test -count=1 -timeout 30m -run '^$$' -bench 'Scale' -benchtime 200x ./coordinator/fsm/
+	METALFLEET_SCALE=1 $(GO) test -count=1 -timeout 30m -run '^$$' -bench 'Scale' -benchtime 900x ./coordinator/fsm/
+	METALFLEET_SCALE=1 METALFLEET_SCALE_NODES=1000 $(GO) test -count=1 -timeout 30m -run '^$$' -bench 'Scale' -benchtime 900x ./coordinator/fsm/
 
 .PHONY: ci
 ci: ## exactly what CI runs (.ci/run)
