@@ -106,6 +106,16 @@ func checkRE(field, s string, limit int, re *regexp.Regexp, want string) error {
 	return nil
 }
 
+// CheckReportID checks a report's id: 1 to MaxReportIDLen printable
+// ASCII bytes without spaces. (A report whose id fails it cannot be named
+// in an ack.)
+func CheckReportID(id string) error {
+	if id == "" {
+		return Errorf(CodeInvalid, "id is required")
+	}
+	return checkPrintable("id", id, MaxReportIDLen, false)
+}
+
 // CheckAgentName checks an agent's name (or incarnation id): 1 to
 // MaxAgentNameLen letters, digits, '.', '_', ':', '@' or '-'.
 func CheckAgentName(field, s string) error {
@@ -155,10 +165,7 @@ func CheckReportKind(k ReportKind) error {
 // (> 0) and time. Errors name the field (without the report's index: the
 // caller adds it).
 func (r *AgentReport) Validate() error {
-	if r.ID == "" {
-		return Errorf(CodeInvalid, "id is required")
-	}
-	if err := checkPrintable("id", r.ID, MaxReportIDLen, false); err != nil {
+	if err := CheckReportID(r.ID); err != nil {
 		return err
 	}
 	if err := CheckReportKind(r.Kind); err != nil {

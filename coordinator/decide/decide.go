@@ -7,6 +7,7 @@ package decide
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/metalfleet/metalfleet/proto"
 )
@@ -52,19 +53,11 @@ func DiscoveryBoot(s proto.Settings, images map[string]*proto.Image) Discovery {
 	case !s.DiscoveryEnabled:
 		d.Reason = "discovery.enabled is false"
 	case len(reasons) > 0:
-		d.Reason = join(reasons)
+		d.Reason = strings.Join(reasons, "; ")
 	default:
 		d.Active = true
 	}
 	return d
-}
-
-func join(xs []string) string {
-	out := xs[0]
-	for _, x := range xs[1:] {
-		out += "; " + x
-	}
-	return out
 }
 
 // Artifact is what an agent fetches for an image; nil for no image.

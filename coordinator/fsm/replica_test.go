@@ -43,6 +43,11 @@ func TestRestoredReplicaAgrees(t *testing.T) {
 		inv("52:54:00:00:0c:01", "5b2f0c1e-0000-4000-8000-00000000000c", ""),
 		mk(uuid2, "n2", "52:54:00:00:00:02", "ipmi"),
 		inv("52:54:00:00:0d:01", "5b2f0c1e-0000-4000-8000-00000000000d", ""),
+		// The rack gives up its DNS address (10.9.0.3): below the hint,
+		// free now; the next node must get it on every replica.
+		RackPut{Rack: proto.Rack{Name: "r1", Subnet: "10.9.0.0/24", Gateway: "10.9.0.1", BootServer: "10.9.0.2",
+			PoolStart: "10.9.0.100", PoolEnd: "10.9.0.199"}},
+		mk("44444444-4444-4444-8444-444444444444", "n4", "52:54:00:00:00:04", "ipmi"),
 	}
 	enc := make([][]byte, len(log))
 	for i, c := range log {

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -225,13 +224,11 @@ func (a *API) agentReports(c *call) (any, error) {
 			c.w.Header().Set("Retry-After", "30")
 			return nil, proto.Errorf(proto.CodeUnavailable, "%s: %s", field, LegacyReportMessage)
 		}
-		if len(r.ID) > proto.MaxReportIDLen {
-			return nil, proto.Errorf(proto.CodeTooLarge, "%s.id: %d bytes, at most %d", field, len(r.ID), proto.MaxReportIDLen)
+		if err := proto.CheckReportID(r.ID); err != nil {
+			// A report the ack cannot name: the batch is refused.
+			return nil, proto.Errorf(proto.CodeOf(err), "%s.%s", field, err.Error())
 		}
 		if err := r.Validate(); err != nil {
-			if perr, ok := err.(*proto.Error); ok && isIDError(perr) {
-				return nil, proto.Errorf(perr.Code, "%s.%s", field, perr.Message)
-			}
 			ack.Rejected[r.ID] = field + "." + err.Error()
 			continue
 		}
@@ -266,10 +263,6 @@ func (a *API) agentReports(c *call) (any, error) {
 	ack.Index = c.index
 	return ack, nil
 }
-
-// isIDError reports whether a Validate error is about the report's id
-// (then the report cannot be named in an ack, and the batch is refused).
-func isIDError(e *proto.Error) bool { return strings.HasPrefix(e.Message, "id:") }
 
 // LegacyReportMessage answers a batch from a rack agent older than this
 // coordinator.

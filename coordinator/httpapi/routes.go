@@ -5,7 +5,6 @@ import (
 	"encoding/base32"
 	"encoding/hex"
 	"net/http"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -405,10 +404,8 @@ func (a *API) listInstances(c *call) (any, error) {
 			return nil, proto.Errorf(proto.CodeNotFound, "node %q not found", node)
 		}
 	}
-	insts := a.b.Store().Instances(node)
-	key := func(i *proto.Instance) string { return i.Name + "\x00" + i.UUID }
-	sort.SliceStable(insts, func(i, j int) bool { return key(insts[i]) < key(insts[j]) })
-	return page(c, insts, key)
+	// Store.Instances answers in (name, uuid) order, the page key's.
+	return page(c, a.b.Store().Instances(node), func(i *proto.Instance) string { return i.Name + "\x00" + i.UUID })
 }
 
 func (a *API) getInstance(c *call) (any, error) {

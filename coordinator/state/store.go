@@ -122,7 +122,7 @@ func newData() *data {
 }
 
 // nodeKey is a node's place in list order: by name, then uuid (nodes
-// without a name first). The uuid alone is the marker of a page.
+// without a name first); a page's marker is this key, encoded.
 func nodeKey(n *proto.Node) string { return n.Name + "\x00" + n.UUID }
 
 func uuidOfKey(k string) string { return k[strings.LastIndexByte(k, 0)+1:] }
@@ -311,7 +311,7 @@ func (s *Store) Instance(ref string) (*proto.Instance, bool) {
 }
 
 // Instances returns copies of the instances on node (uuid, name or MAC;
-// every instance if node is empty), by name.
+// every instance if node is empty), by name, then uuid.
 func (s *Store) Instances(node string) []*proto.Instance {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -331,7 +331,12 @@ func (s *Store) Instances(node string) []*proto.Instance {
 		c := *in
 		out = append(out, &c)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Name != out[j].Name {
+			return out[i].Name < out[j].Name
+		}
+		return out[i].UUID < out[j].UUID
+	})
 	return out
 }
 
