@@ -358,6 +358,9 @@ func runLinearizable(t *testing.T, d linDrill) {
 					}
 				}
 			}()
+			if !served && ctx.Err() != nil {
+				return fmt.Errorf("run ended during kill %d of %d", k+1, d.Kills)
+			}
 			if !served {
 				return fmt.Errorf("no consistent read served within 30s of killing %s", procs[li].ID)
 			}
