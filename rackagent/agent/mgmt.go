@@ -61,6 +61,8 @@ type mgmtAuth struct {
 	fails    map[string]*failBucket // source IP -> failed authentications
 	sem      chan struct{}          // one token per check in flight
 	checks   atomic.Int64           // coordinator checks made (tests)
+	waiters  atomic.Int64           // checks waiting on another's in flight (tests)
+	queued   atomic.Int64           // checks waiting for a free slot (tests)
 }
 
 // mgmtCheck is one coordinator check in flight; done closes when err is
@@ -136,9 +138,12 @@ func (m *mgmtAuth) check(ctx context.Context, token, ip string) error {
 	m.mu.Unlock()
 
 	if waiting {
+		m.waiters.Add(1)
 		select {
 		case <-c.done:
+			m.waiters.Add(-1)
 		case <-ctx.Done():
+			m.waiters.Add(-1)
 			return proto.Errorf(proto.CodeUnavailable, "cannot verify the token: %v", ctx.Err())
 		}
 	} else {
@@ -180,15 +185,20 @@ func (m *mgmtAuth) check(ctx context.Context, token, ip string) error {
 func (m *mgmtAuth) ask(ctx context.Context, token string) error {
 	ctx, cancel := context.WithTimeout(ctx, mgmtCheckTimeout)
 	defer cancel()
+	m.queued.Add(1)
 	select {
 	case m.sem <- struct{}{}:
+		m.queued.Add(-1)
 		defer func() { <-m.sem }()
 	case <-ctx.Done():
+		m.queued.Add(-1)
 		return proto.Errorf(proto.CodeUnavailable, "cannot verify the token now: too many checks in flight")
 	}
 	m.checks.Add(1)
 	c := apiclient.New(strings.Join(m.addrs(), ","), token)
-	_, err := c.Do(ctx, "GET", "/v1/tokens", nil, nil)
+	// An admin-only read of one item: the answer stays small however
+	// many tokens there are.
+	_, err := c.Do(ctx, "GET", "/v1/tokens?limit=1", nil, nil)
 	var ae *apiclient.Error
 	switch {
 	case err == nil:

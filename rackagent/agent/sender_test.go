@@ -164,6 +164,7 @@ func TestSenderRetriesUndecodableAndUnavailable(t *testing.T) {
 func TestMgmtAuthBoundsCoordinatorChecks(t *testing.T) {
 	var mu sync.Mutex
 	checks := 0
+	var unbounded []string // queries of checks not asking for one token
 	const admin = "admin-token"
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/v1/tokens" {
@@ -171,6 +172,9 @@ func TestMgmtAuthBoundsCoordinatorChecks(t *testing.T) {
 			return
 		}
 		mu.Lock()
+		if q := r.URL.RawQuery; q != "limit=1" {
+			unbounded = append(unbounded, q)
+		}
 		checks++
 		mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
@@ -222,6 +226,11 @@ func TestMgmtAuthBoundsCoordinatorChecks(t *testing.T) {
 		t.Errorf("200 bad tokens caused %d token checks at the coordinator, want at most %d", n, mgmtFailBurst+1)
 	}
 	t.Logf("200 bad tokens: %d coordinator checks", n)
+	mu.Lock()
+	if len(unbounded) != 0 {
+		t.Errorf("token checks asked GET /v1/tokens with queries %q, want ?limit=1 (a small answer)", unbounded)
+	}
+	mu.Unlock()
 	if st := get(admin); st != 200 {
 		t.Errorf("the admin token (remembered) after the flood = %d, want 200", st)
 	}
@@ -241,6 +250,9 @@ func TestMgmtAuthNegativeCacheAndSingleFlight(t *testing.T) {
 		w.WriteHeader(http.StatusUnauthorized)
 	}))
 	defer srv.Close()
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	defer free() // before srv.Close, even when the test fails
 	m := newMgmtAuth("own", func() []string { return []string{srv.URL} }, time.Now)
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
@@ -251,12 +263,13 @@ func TestMgmtAuthNegativeCacheAndSingleFlight(t *testing.T) {
 			errs <- m.check(context.Background(), "same-bad-token", fmt.Sprintf("10.0.0.%d", i))
 		}()
 	}
-	testkit.Eventually(t, 5*time.Second, "one check in flight", func() bool {
+	// All 8 registered: one check at the coordinator, 7 waiting on it.
+	testkit.Eventually(t, 5*time.Second, "one check in flight, 7 waiting on it", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return checks == 1
+		return checks == 1 && m.waiters.Load() == 7
 	})
-	close(release)
+	free()
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -280,10 +293,11 @@ func TestMgmtAuthNegativeCacheAndSingleFlight(t *testing.T) {
 // at once have at most mgmtMaxChecks coordinator checks in flight.
 func TestMgmtAuthCapsChecksInFlight(t *testing.T) {
 	var mu sync.Mutex
-	inFlight, most := 0, 0
+	inFlight, most, calls := 0, 0, 0
 	release := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
+		calls++
 		inFlight++
 		most = max(most, inFlight)
 		mu.Unlock()
@@ -294,6 +308,9 @@ func TestMgmtAuthCapsChecksInFlight(t *testing.T) {
 		w.WriteHeader(http.StatusUnauthorized)
 	}))
 	defer srv.Close()
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	defer free() // before srv.Close, even when the test fails
 	m := newMgmtAuth("own", func() []string { return []string{srv.URL} }, time.Now)
 	var wg sync.WaitGroup
 	for i := range 12 {
@@ -303,12 +320,19 @@ func TestMgmtAuthCapsChecksInFlight(t *testing.T) {
 			_ = m.check(context.Background(), fmt.Sprintf("token-%d", i), fmt.Sprintf("10.0.2.%d", i))
 		}()
 	}
-	testkit.Eventually(t, 5*time.Second, "the checks in flight", func() bool {
+	// All 12 registered: in flight at the coordinator or waiting for a
+	// slot.
+	testkit.Eventually(t, 5*time.Second, "all 12 checks in flight or waiting", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return inFlight == mgmtMaxChecks
+		return int64(inFlight)+m.queued.Load() == 12
 	})
-	close(release)
+	mu.Lock()
+	if inFlight != mgmtMaxChecks || calls != mgmtMaxChecks {
+		t.Errorf("%d checks in flight, %d coordinator calls, with 12 at once; want %d and %d", inFlight, calls, mgmtMaxChecks, mgmtMaxChecks)
+	}
+	mu.Unlock()
+	free()
 	wg.Wait()
 	if most > mgmtMaxChecks {
 		t.Errorf("%d coordinator checks in flight at once, want at most %d", most, mgmtMaxChecks)
