@@ -377,10 +377,9 @@ func TestAgentDHCPFlood(t *testing.T) {
 		}
 		return false
 	})
-	// Every packet was received (none shed), yet sightings stayed bounded.
-	if got := a.DHCPStats().Received.Load(); got < flood {
-		t.Logf("received %d of %d flood packets", got, flood)
-	}
+	// UDP may shed part of the flood under load: how much arrived is
+	// only logged, not asserted.
+	t.Logf("received %d of %d flood packets", a.DHCPStats().Received.Load(), flood)
 	// The cap of the flood's MACs per interval reaches the coordinator
 	// (the flood, under a second, spans at most two intervals), plus
 	// perhaps the client's own sighting.

@@ -58,7 +58,7 @@ func TestDHCPRetransmit(t *testing.T) {
 	srv := lossyDHCP(t, net.IPv4(127, 0, 0, 50), func(n int64) bool { return n%2 == 1 })
 	var acked []string
 	m := &Machine{MAC: net.HardwareAddr{0x52, 0x54, 0, 0xde, 0, 1}, DHCP: srv.LocalAddr().(*net.UDPAddr), RelayIP: net.IPv4(127, 0, 0, 1),
-		Firmware: Firmware{DHCPTimeouts: []time.Duration{50 * time.Millisecond, 100 * time.Millisecond}},
+		Firmware: Firmware{DHCPTimeouts: []time.Duration{250 * time.Millisecond, 500 * time.Millisecond}}, // wide enough for a loaded core
 		OnLease: func(mac net.HardwareAddr, ip net.IP, d time.Duration) {
 			acked = append(acked, ip.String())
 		}}
@@ -130,7 +130,7 @@ func TestRebootAfterFailedBoot(t *testing.T) {
 	srv := lossyDHCP(t, net.IPv4(127, 0, 0, 51), func(n int64) bool { return n == 1 },
 		dhcpv4.WithOption(dhcpv4.OptBootFileName(web.URL+"/boot/script.ipxe")))
 	m := &Machine{MAC: net.HardwareAddr{0x52, 0x54, 0, 0xde, 0, 2}, DHCP: srv.LocalAddr().(*net.UDPAddr), RelayIP: net.IPv4(127, 0, 0, 1),
-		BindLease: true, Firmware: Firmware{DHCPTimeouts: []time.Duration{50 * time.Millisecond}, RebootAfter: 10 * time.Millisecond, MaxBoots: 3}}
+		BindLease: true, Firmware: Firmware{DHCPTimeouts: []time.Duration{250 * time.Millisecond}, RebootAfter: 10 * time.Millisecond, MaxBoots: 3}}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	res, err := m.Run(ctx)
