@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -16,12 +17,14 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/spf13/cobra"
 
 	"github.com/metalfleet/metalfleet/coordinator/apiclient"
@@ -594,7 +597,7 @@ func devOutcome(ctx context.Context, admin *apiclient.Client, o *sim.Outcome, na
 // devFigureSet is what the coordinator's metrics and the agents' DHCP
 // counters say at one moment.
 type devFigureSet struct {
-	metrics map[string]float64
+	metrics map[string]*dto.MetricFamily
 	dhcp    struct{ received, answered, dropped, overflow, errors uint64 }
 }
 
@@ -622,14 +625,15 @@ func (s devFigureSet) printDelta(w io.Writer, before devFigureSet, inProcess boo
 		fmt.Fprintln(w, "coordinator metrics: not readable")
 		return
 	}
+	const idx = "metalfleet_raft_applied_index"
 	fmt.Fprintf(w, "coordinator: Raft entries applied %.0f (index %.0f to %.0f)\n",
-		m["metalfleet_raft_applied_index"]-mb["metalfleet_raft_applied_index"], mb["metalfleet_raft_applied_index"], m["metalfleet_raft_applied_index"])
-	const h = "metalfleet_raft_apply_duration_seconds"
-	if n := m[h+"_count"] - mb[h+"_count"]; n > 0 {
+		metricValue(m, idx)-metricValue(mb, idx), metricValue(mb, idx), metricValue(m, idx))
+	ha, hb := histogram(m, "metalfleet_raft_apply_duration_seconds"), histogram(mb, "metalfleet_raft_apply_duration_seconds")
+	if n := float64(ha.GetSampleCount() - hb.GetSampleCount()); ha != nil && n > 0 {
 		fmt.Fprintf(w, "coordinator: %.0f commands proposed; propose to applied (Raft commit on disk and FSM apply) mean %s",
-			n, time.Duration((m[h+"_sum"]-mb[h+"_sum"])/n*float64(time.Second)).Round(10*time.Microsecond))
+			n, time.Duration((ha.GetSampleSum()-hb.GetSampleSum())/n*float64(time.Second)).Round(10*time.Microsecond))
 		for _, q := range []float64{0.5, 0.99} {
-			if v, ok := histQuantile(m, mb, h, q); ok {
+			if v, ok := histQuantile(ha, hb, q); ok {
 				fmt.Fprintf(w, ", p%.0f <= %s", q*100, time.Duration(v*float64(time.Second)).Round(10*time.Microsecond))
 			}
 		}
@@ -644,7 +648,7 @@ func (s devFigureSet) printDelta(w io.Writer, before devFigureSet, inProcess boo
 		}
 	} else {
 		fmt.Fprintf(w, "coordinator process: CPU %.2fs since its start, RSS now %.0f MiB (peak: its /proc/PID/status VmHWM)\n",
-			m["process_cpu_seconds_total"], m["process_resident_memory_bytes"]/(1<<20))
+			metricValue(m, "process_cpu_seconds_total"), metricValue(m, "process_resident_memory_bytes")/(1<<20))
 	}
 }
 
@@ -664,9 +668,8 @@ func vmHWM(path string) string {
 	return "unknown"
 }
 
-// scrapeMetrics reads the unlabelled samples of a Prometheus text page,
-// and histogram buckets as NAME_bucket:LE.
-func scrapeMetrics(ctx context.Context, url string) (map[string]float64, error) {
+// scrapeMetrics reads a Prometheus text page into its metric families.
+func scrapeMetrics(ctx context.Context, url string) (map[string]*dto.MetricFamily, error) {
 	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
 	if err != nil {
 		return nil, err
@@ -679,59 +682,71 @@ func scrapeMetrics(ctx context.Context, url string) (map[string]float64, error) 
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		name, val, ok := strings.Cut(line, " ")
-		if !ok {
-			continue
-		}
-		if base, labels, ok := strings.Cut(name, "{"); ok {
-			le, ok := strings.CutPrefix(labels, `le="`)
-			if !ok || !strings.HasSuffix(base, "_bucket") {
-				continue
-			}
-			name = base + ":" + strings.TrimSuffix(le, `"}`)
-		}
-		if v, err := strconv.ParseFloat(strings.Fields(val)[0], 64); err == nil {
-			out[name] = v
-		}
-	}
-	return out, sc.Err()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	return p.TextToMetricFamilies(resp.Body)
 }
 
-// histQuantile estimates quantile q of histogram h from the change of its
-// buckets between two scrapes: the upper bound of the bucket it falls in.
-func histQuantile(after, before map[string]float64, h string, q float64) (float64, bool) {
-	type bucket struct{ le, n float64 }
-	var bs []bucket
-	for k, v := range after {
-		le, ok := strings.CutPrefix(k, h+"_bucket:")
-		if !ok {
-			continue
-		}
-		bound, err := strconv.ParseFloat(le, 64)
-		if err != nil {
-			continue
-		}
-		bs = append(bs, bucket{bound, v - before[k]})
+// metricValue is the value of the unlabelled sample of a counter, gauge
+// or untyped family (0 if there is none).
+func metricValue(fams map[string]*dto.MetricFamily, name string) float64 {
+	f := fams[name]
+	if f == nil {
+		return 0
 	}
-	slices.SortFunc(bs, func(a, b bucket) int { return cmp.Compare(a.le, b.le) })
-	if len(bs) == 0 || bs[len(bs)-1].n == 0 {
+	for _, m := range f.GetMetric() {
+		if len(m.GetLabel()) != 0 {
+			continue
+		}
+		switch {
+		case m.Counter != nil:
+			return m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			return m.GetGauge().GetValue()
+		case m.Untyped != nil:
+			return m.GetUntyped().GetValue()
+		}
+	}
+	return 0
+}
+
+// histogram is the unlabelled histogram of family name (nil if none).
+func histogram(fams map[string]*dto.MetricFamily, name string) *dto.Histogram {
+	f := fams[name]
+	if f == nil {
+		return nil
+	}
+	for _, m := range f.GetMetric() {
+		if len(m.GetLabel()) == 0 && m.Histogram != nil {
+			return m.GetHistogram()
+		}
+	}
+	return nil
+}
+
+// histQuantile estimates quantile q of a histogram from the change of its
+// buckets between two scrapes: the upper bound of the bucket it falls in
+// (+Inf when it is past the last finite bucket). before may be nil.
+func histQuantile(after, before *dto.Histogram, q float64) (float64, bool) {
+	if after == nil {
 		return 0, false
 	}
-	want := q * bs[len(bs)-1].n
+	was := map[float64]uint64{}
+	for _, b := range before.GetBucket() {
+		was[b.GetUpperBound()] = b.GetCumulativeCount()
+	}
+	total := after.GetSampleCount() - before.GetSampleCount()
+	if total == 0 {
+		return 0, false
+	}
+	bs := slices.Clone(after.GetBucket())
+	slices.SortFunc(bs, func(a, b *dto.Bucket) int { return cmp.Compare(a.GetUpperBound(), b.GetUpperBound()) })
+	want := q * float64(total)
 	for _, b := range bs {
-		if b.n >= want {
-			return b.le, true
+		if float64(b.GetCumulativeCount()-was[b.GetUpperBound()]) >= want {
+			return b.GetUpperBound(), true
 		}
 	}
-	return 0, false
+	return math.Inf(1), true
 }
 
 func udpPort(a net.Addr) int {

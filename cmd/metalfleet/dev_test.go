@@ -4,13 +4,19 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/metalfleet/metalfleet/coordinator/apiclient"
 	"github.com/metalfleet/metalfleet/ops/testkit"
@@ -170,20 +176,61 @@ func TestDevStorm(t *testing.T) {
 }
 
 // TestHistQuantile: the storm summary's Raft apply quantiles come from
-// the change of a histogram's buckets between two scrapes.
+// the change of a histogram's buckets between two scrapes of a real
+// Prometheus text page, and its gauges from their unlabelled samples.
 func TestHistQuantile(t *testing.T) {
-	h := "metalfleet_raft_apply_duration_seconds"
-	before := map[string]float64{h + "_bucket:0.001": 5, h + "_bucket:0.01": 5, h + "_bucket:0.1": 5, h + "_bucket:+Inf": 5}
-	after := map[string]float64{h + "_bucket:0.001": 55, h + "_bucket:0.01": 104, h + "_bucket:0.1": 105, h + "_bucket:+Inf": 105}
+	const h = "metalfleet_raft_apply_duration_seconds"
+	page := func(b1, b2, b3, n float64, idx int) string {
+		return fmt.Sprintf(`# HELP %[1]s Propose to applied.
+# TYPE %[1]s histogram
+%[1]s_bucket{le="0.001"} %[2]v
+%[1]s_bucket{le="0.01"} %[3]v
+%[1]s_bucket{le="0.1"} %[4]v
+%[1]s_bucket{le="+Inf"} %[5]v
+%[1]s_sum 0.5
+%[1]s_count %[5]v
+# TYPE metalfleet_raft_applied_index gauge
+metalfleet_raft_applied_index %[6]d
+# TYPE other counter
+other{x="y"} 7
+`, h, b1, b2, b3, n, idx)
+	}
+	var cur atomic.Value
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		io.WriteString(w, cur.Load().(string))
+	}))
+	defer srv.Close()
+	scrape := func(text string) map[string]*dto.MetricFamily {
+		cur.Store(text)
+		m, err := scrapeMetrics(context.Background(), srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	before := scrape(page(5, 5, 5, 5, 10))
+	after := scrape(page(55, 104, 105, 105, 120))
+	if got := metricValue(after, "metalfleet_raft_applied_index") - metricValue(before, "metalfleet_raft_applied_index"); got != 110 {
+		t.Errorf("applied index change = %v, want 110", got)
+	}
+	ha, hb := histogram(after, h), histogram(before, h)
+	if ha == nil || hb == nil {
+		t.Fatalf("histogram %s not found in the scrapes", h)
+	}
 	for _, c := range []struct {
 		q    float64
 		want float64
 	}{{0.5, 0.001}, {0.9, 0.01}, {0.99, 0.01}, {1, 0.1}} {
-		if got, ok := histQuantile(after, before, h, c.q); !ok || got != c.want {
+		if got, ok := histQuantile(ha, hb, c.q); !ok || got != c.want {
 			t.Errorf("histQuantile(q=%v) = %v, %v; want %v", c.q, got, ok, c.want)
 		}
 	}
-	if _, ok := histQuantile(before, before, h, 0.5); ok {
+	if _, ok := histQuantile(hb, hb, 0.5); ok {
 		t.Errorf("histQuantile of no change: ok, want none")
+	}
+	cur.Store("not a metric page {{{\n")
+	if _, err := scrapeMetrics(context.Background(), srv.URL); err == nil {
+		t.Error("scraping a page that is not Prometheus text: no error")
 	}
 }
