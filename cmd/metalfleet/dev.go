@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -126,6 +127,33 @@ func devAddr(flag string, k int) (string, error) {
 	return net.JoinHostPort(fmt.Sprintf("127.%d.0.1", k), port), nil
 }
 
+// checkAddrs checks every address flag once, before anything starts, so
+// a bad one is named by its flag rather than by the rack or part that
+// failed to use it.
+func (f devFlags) checkAddrs() error {
+	flags := []struct{ name, v string }{
+		{"agent-http-addr", f.agentHTTP}, {"dhcp-addr", f.dhcpAddr}, {"tftp-addr", f.tftp},
+	}
+	if f.coordinator == "" {
+		flags = append(flags, struct{ name, v string }{"http-addr", f.httpAddr}, struct{ name, v string }{"raft-addr", f.raftAddr})
+	} else {
+		flags = append(flags, struct{ name, v string }{"coordinator", f.coordinator})
+	}
+	for _, fl := range flags {
+		host, port, err := net.SplitHostPort(fl.v)
+		if err != nil {
+			return fmt.Errorf("--%s %q: want HOST:PORT: %v", fl.name, fl.v, err)
+		}
+		if n, err := strconv.ParseUint(port, 10, 16); err != nil || (n == 0 && fl.name == "coordinator") {
+			return fmt.Errorf("--%s %q: port %q: want a number from 0 to 65535", fl.name, fl.v, port)
+		}
+		if fl.name == "coordinator" && host == "" {
+			return fmt.Errorf("--%s %q: want HOST:PORT with a host", fl.name, fl.v)
+		}
+	}
+	return nil
+}
+
 // devMAC is the boot MAC of machine i (1-based) of rack k: 52:54:00:de:00:0i
 // for the first machines of rack 1, as dev mode always had.
 func devMAC(k, i int) net.HardwareAddr {
@@ -145,6 +173,9 @@ func runDev(ctx context.Context, g *globals, f devFlags) error {
 	}
 	if f.machines < 0 || f.machines > devMaxMachines {
 		return fmt.Errorf("--machines %d: want 0 to %d per rack", f.machines, devMaxMachines)
+	}
+	if err := f.checkAddrs(); err != nil {
+		return err
 	}
 	level, err := parseLevel(f.logLevel)
 	if err != nil {

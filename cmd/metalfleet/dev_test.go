@@ -234,3 +234,27 @@ other{x="y"} 7
 		t.Error("scraping a page that is not Prometheus text: no error")
 	}
 }
+
+// TestDevAddrFlagsChecked: a bad address flag is refused before anything
+// starts, with the flag and its value named.
+func TestDevAddrFlagsChecked(t *testing.T) {
+	for _, c := range []struct{ flag, value string }{
+		{"--dhcp-addr", "x"}, {"--tftp-addr", "127.0.0.1"}, {"--agent-http-addr", "127.0.0.1:http"},
+		{"--http-addr", "localhost:99999"}, {"--raft-addr", ":"},
+	} {
+		dir := t.TempDir()
+		out := &lockedBuf{}
+		root := newRoot(out, out)
+		root.SetArgs([]string{"dev", "--data-dir", dir, "--http-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0",
+			"--racks", "2", "--machines", "0", c.flag, c.value})
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := root.ExecuteContext(ctx)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), c.flag+" ") || !strings.Contains(err.Error(), fmt.Sprintf("%q", c.value)) {
+			t.Errorf("dev %s %s: %v; want an error naming the flag and its value", c.flag, c.value, err)
+		}
+		if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+			t.Errorf("dev %s %s started something: %s holds %d entries", c.flag, c.value, dir, len(ents))
+		}
+	}
+}
