@@ -52,6 +52,9 @@ type BootNode struct {
 	// outside the rack's dynamic pool.
 	IP   string     `json:"ip,omitempty"`
 	Boot BootConfig `json:"boot"`
+	// BMC is how to reach the node's BMC, with its credentials and
+	// pending intents; absent for a node without a BMC driver.
+	BMC *BootBMC `json:"bmc,omitempty"`
 }
 
 // Lease is a dynamic-pool address bound to a MAC by one agent.
@@ -98,6 +101,12 @@ const (
 	// ReportCallback: a ramdisk's callback (inventory, a step's result),
 	// received by the agent and passed on.
 	ReportCallback ReportKind = "callback"
+	// ReportBMC: the outcome of an intent (Action, Generation): Error
+	// empty when it succeeded, with the power state and BMC identity read.
+	ReportBMC ReportKind = "bmc"
+	// ReportConsole: a console session started or ended (Event
+	// "console-start" or "console-end", User, Mode).
+	ReportConsole ReportKind = "console"
 )
 
 // AgentReport is one observation by a rack agent.
@@ -135,7 +144,18 @@ type AgentReport struct {
 	LeaseEvent string `json:"lease_event,omitempty"`
 	Lease      *Lease `json:"lease,omitempty"`
 
-	PowerState PowerState `json:"power_state,omitempty"`
+	// Power and bmc reports: the power state read (unknown when the BMC
+	// did not answer), and the failure, if any, classified.
+	PowerState PowerState   `json:"power_state,omitempty"`
+	Error      string       `json:"error,omitempty"`
+	ErrorKind  BMCErrorKind `json:"error_kind,omitempty"`
+	// Bmc reports: the intent answered, and the identity read.
+	Action     BMCAction `json:"action,omitempty"`
+	Generation uint64    `json:"generation,omitempty"`
+	BMCInfo    *BMCInfo  `json:"bmc_info,omitempty"`
+	// Console reports: who and how (ConsoleInteractive, ConsoleReadOnly).
+	User string `json:"user,omitempty"`
+	Mode string `json:"mode,omitempty"`
 
 	// Callbacks: the step the ramdisk reports on and its JSON body.
 	Step string          `json:"step,omitempty"`

@@ -39,11 +39,21 @@ func (m *Meta) GetMeta() *Meta { return m }
 // BMC is how a node's baseboard management controller is reached. The
 // password is write-only: the API never returns it (see Redacted).
 type BMC struct {
-	Driver   string `json:"driver,omitempty"` // "ipmi"
+	// Driver is ipmi, redfish or fake (DriverIPMI, ...).
+	Driver string `json:"driver,omitempty"`
+	// Address is a host name or IP for ipmi; for redfish, a URL used as
+	// given: https://host[:port][/redfish/v1/Systems/ID] (http for labs).
 	Address  string `json:"address,omitempty"`
 	Port     int    `json:"port,omitempty"`
 	Username string `json:"username,omitempty"`
 	Password string `json:"password,omitempty"`
+	// Interface is the IPMI interface: lanplus (default, RMCP+) or lan
+	// (IPMI v1.5, only when a BMC needs it).
+	Interface string `json:"interface,omitempty"`
+	// CACert is a PEM bundle that verifies a redfish BMC's certificate
+	// (the system roots when empty); Insecure skips verification.
+	CACert   string `json:"ca_cert,omitempty"`
+	Insecure bool   `json:"insecure,omitempty"`
 	// PasswordSet tells API readers whether a password is stored.
 	PasswordSet bool `json:"password_set,omitempty"`
 }
@@ -71,9 +81,15 @@ type Node struct {
 	LastError         string            `json:"last_error,omitempty"`
 	InstanceUUID      string            `json:"instance_uuid,omitempty"`
 	// LastBoot is the last boot step a rack agent saw the node take.
-	LastBoot  *BootEvent `json:"last_boot,omitempty"`
-	CreatedAt time.Time  `json:"created_at"`
-	UpdatedAt time.Time  `json:"updated_at"`
+	LastBoot *BootEvent `json:"last_boot,omitempty"`
+	// BMCStatus is the BMC as the rack agent last found it.
+	BMCStatus *BMCStatus `json:"bmc_status,omitempty"`
+	// Intents are the node's out-of-band intents, the latest per action.
+	Intents []Intent `json:"intents,omitempty"`
+	// BMCGeneration is the generation of the node's latest intent.
+	BMCGeneration uint64    `json:"bmc_generation,omitempty"`
+	CreatedAt     time.Time `json:"created_at"`
+	UpdatedAt     time.Time `json:"updated_at"`
 	Meta
 }
 
@@ -94,6 +110,24 @@ func (n *Node) Clone() *Node {
 	if n.LastBoot != nil {
 		b := *n.LastBoot
 		c.LastBoot = &b
+	}
+	if n.BMCStatus != nil {
+		b := *n.BMCStatus
+		if b.Info != nil {
+			i := *b.Info
+			b.Info = &i
+		}
+		c.BMCStatus = &b
+	}
+	if n.Intents != nil {
+		c.Intents = make([]Intent, len(n.Intents))
+		for i, in := range n.Intents {
+			if in.Boot != nil {
+				b := *in.Boot
+				in.Boot = &b
+			}
+			c.Intents[i] = in
+		}
 	}
 	return &c
 }

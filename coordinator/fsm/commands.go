@@ -38,6 +38,9 @@ const (
 	TypeNoop               Type = 21
 	TypeAgentReports       Type = 22
 	TypeLeasesExpire       Type = 23
+	TypeNodeIntent         Type = 24 // out-of-band intents (nodes_bmc.go)
+	TypeConsoleTicketMake  Type = 25 // console tickets (console.go)
+	TypeConsoleTicketTake  Type = 26
 )
 
 // Command is implemented by every command body. Time and ids are decided
