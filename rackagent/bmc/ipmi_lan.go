@@ -1,0 +1,207 @@
+package bmc
+
+// IPMI v1.5 ("lan") through github.com/vmware/goipmi's native transport.
+// goipmi has no contexts (it waits 5 s per answer), so each call runs in a
+// goroutine: when the caller's ctx ends first, the session is abandoned
+// (closed once the call returns) and the next call opens a new one.
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	goipmi "github.com/vmware/goipmi"
+
+	"github.com/bougou/go-ipmi/pkg/command/chassis"
+	"github.com/bougou/go-ipmi/pkg/types"
+
+	"github.com/metalfleet/metalfleet/proto"
+)
+
+// lanSession is an open goipmi v1.5 session.
+type lanSession struct {
+	c *goipmi.Client
+}
+
+func (s *lanSession) close() {
+	go func() { _ = s.c.Close() }() // waits for the BMC's answer, up to 5 s
+}
+
+func (d *ipmiDriver) lanOpen() (*lanSession, error) {
+	c, err := goipmi.NewClient(&goipmi.Connection{
+		Hostname:  d.host,
+		Port:      d.port,
+		Username:  d.user,
+		Password:  d.pass,
+		Interface: proto.IPMILan,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Open(); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	return &lanSession{c: c}, nil
+}
+
+type lanResult struct {
+	s          *lanSession // the session the call ended with (nil: none)
+	err        error
+	connecting bool
+}
+
+// lanCall runs fn on the v1.5 session (opened first if needed), reopening
+// once when the BMC stops answering a session that worked before.
+func (d *ipmiDriver) lanCall(ctx context.Context, op string, fn func(*goipmi.Client) error) error {
+	if err := ctx.Err(); err != nil {
+		return classify(op, err, false)
+	}
+	s := d.v15
+	d.v15 = nil // ours again when the call comes back in time
+	done := make(chan lanResult, 1)
+	go func() {
+		r := lanResult{s: s}
+		defer func() { done <- r }()
+		fresh := r.s == nil
+		if fresh {
+			if r.s, r.err = d.lanOpen(); r.err != nil {
+				r.connecting = true
+				return
+			}
+		}
+		r.err = fn(r.s.c)
+		if r.err != nil && !fresh && isNoAnswer(r.err) && ctx.Err() == nil {
+			r.s.close()
+			if r.s, r.err = d.lanOpen(); r.err != nil {
+				r.connecting = true
+				return
+			}
+			r.err = fn(r.s.c)
+		}
+		if r.err != nil && isNoAnswer(r.err) {
+			r.s.close()
+			r.s = nil
+		}
+	}()
+	select {
+	case r := <-done:
+		d.v15 = r.s
+		if r.err != nil {
+			if r.connecting {
+				return classifyLan("connect", r.err, true)
+			}
+			return classifyLan(op, r.err, false)
+		}
+		return nil
+	case <-ctx.Done():
+		go func() {
+			if r := <-done; r.s != nil {
+				r.s.close()
+			}
+		}()
+		return classify(op, ctx.Err(), false)
+	}
+}
+
+// classifyLan is classify for goipmi's errors: its completion codes are
+// their own type.
+func classifyLan(op string, err error, connecting bool) error {
+	var cc goipmi.CompletionCode
+	if errors.As(err, &cc) {
+		kind := proto.BMCErrRefused
+		if connecting {
+			kind = proto.BMCErrAuth
+		}
+		return &Error{Op: op, Kind: kind, Err: fmt.Errorf("completion code %#02x: %v", uint8(cc), cc)}
+	}
+	return classify(op, err, connecting)
+}
+
+func (d *ipmiDriver) lanPowerState(ctx context.Context) (proto.PowerState, error) {
+	var on bool
+	err := d.lanCall(ctx, "power status", func(c *goipmi.Client) error {
+		res := &goipmi.ChassisStatusResponse{}
+		if err := c.Send(&goipmi.Request{
+			NetworkFunction: goipmi.NetworkFunctionChassis,
+			Command:         goipmi.CommandChassisStatus,
+			Data:            &goipmi.ChassisStatusRequest{},
+		}, res); err != nil {
+			return err
+		}
+		on = res.IsSystemPowerOn()
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	return powerState(on), nil
+}
+
+func (d *ipmiDriver) lanPower(ctx context.Context, a PowerAction, ctl chassis.ChassisControl) error {
+	return d.lanCall(ctx, "power "+string(a), func(c *goipmi.Client) error {
+		return c.Control(goipmi.ChassisControl(ctl))
+	})
+}
+
+// lanSetBootDevice sets boot flags parameter 5 as given (goipmi's own
+// SetBootDevice always asks for "next boot, legacy").
+func (d *ipmiDriver) lanSetBootDevice(ctx context.Context, f *types.BootOptionParam_BootFlags) error {
+	data := f.Pack()
+	return d.lanCall(ctx, "set boot device", func(c *goipmi.Client) error {
+		return c.Send(&goipmi.Request{
+			NetworkFunction: goipmi.NetworkFunctionChassis,
+			Command:         goipmi.CommandSetSystemBootOptions,
+			Data:            &goipmi.SetSystemBootOptionsRequest{Param: goipmi.BootParamBootFlags, Data: data},
+		}, &goipmi.SetSystemBootOptionsResponse{})
+	})
+}
+
+// lanDeviceID is Get Device ID's answer. goipmi's DeviceIDResponse reads
+// the 3-byte manufacturer id as 2 bytes (and the product id from the
+// wrong offset), so the driver decodes it itself.
+type lanDeviceID struct {
+	cc           uint8
+	major, minor uint8
+	manufacturer uint32
+	product      uint16
+}
+
+func (r *lanDeviceID) Code() uint8 { return r.cc }
+
+// UnmarshalBinary decodes the response data (completion code first).
+func (r *lanDeviceID) UnmarshalBinary(b []byte) error {
+	if len(b) < 1 {
+		return errors.New("get device id: empty answer")
+	}
+	r.cc = b[0]
+	if len(b) < 12 {
+		return fmt.Errorf("get device id: %d bytes, want 12", len(b))
+	}
+	r.major, r.minor = b[3], b[4]
+	r.manufacturer = uint32(b[7]) | uint32(b[8])<<8 | uint32(b[9]&0x0f)<<16
+	r.product = binary.LittleEndian.Uint16(b[10:12])
+	return nil
+}
+
+func (d *ipmiDriver) lanIdentify(ctx context.Context) (proto.BMCInfo, error) {
+	var info proto.BMCInfo
+	err := d.lanCall(ctx, "identify", func(c *goipmi.Client) error {
+		res := &lanDeviceID{}
+		if err := c.Send(&goipmi.Request{
+			NetworkFunction: goipmi.NetworkFunctionApp,
+			Command:         goipmi.CommandGetDeviceID,
+			Data:            &goipmi.DeviceIDRequest{},
+		}, res); err != nil {
+			return err
+		}
+		info = deviceInfo(res.manufacturer, res.product, res.major, res.minor)
+		return nil
+	})
+	if err != nil {
+		return proto.BMCInfo{}, err
+	}
+	info.Protocol = "lan (IPMI v1.5)"
+	return info, nil
+}

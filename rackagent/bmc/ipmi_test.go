@@ -1,0 +1,387 @@
+package bmc_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/metalfleet/metalfleet/ops/testkit"
+	"github.com/metalfleet/metalfleet/proto"
+	"github.com/metalfleet/metalfleet/rackagent/bmc"
+	"github.com/metalfleet/metalfleet/rackagent/bmc/ipmisim"
+)
+
+// startSim starts a simulated BMC on loopback, closed at the end of the test.
+func startSim(t *testing.T, cfg ipmisim.Config) *ipmisim.BMC {
+	t.Helper()
+	if cfg.Username == "" {
+		cfg.Username, cfg.Password = "admin", "secret"
+	}
+	s, err := ipmisim.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+// openDriver opens the ipmi driver for a simulated BMC.
+func openDriver(t *testing.T, s *ipmisim.BMC, iface, password string) bmc.Driver {
+	t.Helper()
+	if password == "" {
+		password = "secret"
+	}
+	d, err := bmc.Open(bmc.Config{Driver: proto.DriverIPMI, Address: s.Host(), Port: s.Port(),
+		Username: "admin", Password: password, Interface: iface})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	return d
+}
+
+func ctxFor(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestIPMIPowerAndIdentify(t *testing.T) {
+	for _, iface := range []string{"", proto.IPMILan} {
+		t.Run("interface="+iface, func(t *testing.T) {
+			power := ipmisim.NewMemPower(false)
+			s := startSim(t, ipmisim.Config{Power: power, ManufacturerID: 674, ProductID: 0x0100})
+			d := openDriver(t, s, iface, "")
+			ctx := ctxFor(t, 20*time.Second)
+
+			info, err := d.Identify(ctx)
+			if err != nil {
+				t.Fatalf("Identify: %v", err)
+			}
+			wantProto := "lanplus cipher 17"
+			if iface == proto.IPMILan {
+				wantProto = "lan (IPMI v1.5)"
+			}
+			want := proto.BMCInfo{Vendor: "Dell", Model: "product 0x0100", FirmwareVersion: "1.00", Protocol: wantProto}
+			if info != want {
+				t.Errorf("Identify = %+v, want %+v", info, want)
+			}
+
+			if st, err := d.PowerState(ctx); err != nil || st != proto.PowerOff {
+				t.Fatalf("PowerState = %q, %v; want off", st, err)
+			}
+			steps := []struct {
+				a    bmc.PowerAction
+				sim  ipmisim.Action
+				want proto.PowerState
+			}{
+				{bmc.PowerOn, ipmisim.ActionOn, proto.PowerOn},
+				{bmc.PowerReset, ipmisim.ActionReset, proto.PowerOn},
+				{bmc.PowerCycle, ipmisim.ActionCycle, proto.PowerOn},
+				{bmc.PowerSoftOff, ipmisim.ActionSoftOff, proto.PowerOff},
+				{bmc.PowerOn, ipmisim.ActionOn, proto.PowerOn},
+				{bmc.PowerOff, ipmisim.ActionOff, proto.PowerOff},
+			}
+			counts := map[ipmisim.Action]int{}
+			for _, st := range steps {
+				if err := d.Power(ctx, st.a); err != nil {
+					t.Fatalf("Power(%s): %v", st.a, err)
+				}
+				counts[st.sim]++
+				if got := s.Actions(st.sim); got != counts[st.sim] {
+					t.Errorf("after Power(%s): BMC performed %s %d times, want %d", st.a, st.sim, got, counts[st.sim])
+				}
+				if got, err := d.PowerState(ctx); err != nil || got != st.want {
+					t.Errorf("after Power(%s): PowerState = %q, %v; want %q", st.a, got, err, st.want)
+				}
+			}
+
+			// A change behind the driver's back is read, not remembered.
+			power.Set(true)
+			if got, err := d.PowerState(ctx); err != nil || got != proto.PowerOn {
+				t.Errorf("after the button: PowerState = %q, %v; want on", got, err)
+			}
+
+			// Reset of a machine that is off: the BMC refuses with a
+			// completion code.
+			power.Set(false)
+			err = d.Power(ctx, bmc.PowerReset)
+			if bmc.KindOf(err) != proto.BMCErrRefused || !strings.Contains(err.Error(), "completion code 0xff") {
+				t.Errorf("reset of an off machine: %v (kind %s), want refused with completion code 0xff", err, bmc.KindOf(err))
+			}
+			// The session survives a refusal.
+			if _, err := d.PowerState(ctx); err != nil {
+				t.Errorf("PowerState after a refusal: %v", err)
+			}
+		})
+	}
+}
+
+func TestIPMIBootDevice(t *testing.T) {
+	for _, iface := range []string{proto.IPMILanplus, proto.IPMILan} {
+		t.Run(iface, func(t *testing.T) {
+			s := startSim(t, ipmisim.Config{})
+			d := openDriver(t, s, iface, "")
+			ctx := ctxFor(t, 20*time.Second)
+			for _, spec := range []proto.BootDeviceSpec{
+				{Device: proto.BootDevicePXE, Mode: proto.BootModeLegacy},
+				{Device: proto.BootDeviceDisk, Persistent: true, Mode: proto.BootModeUEFI},
+				{Device: proto.BootDevicePXE, Mode: proto.BootModeUEFI},
+			} {
+				if err := d.SetBootDevice(ctx, spec); err != nil {
+					t.Fatalf("SetBootDevice(%+v): %v", spec, err)
+				}
+				got, ok := s.BootDevice()
+				if !ok || got != spec {
+					t.Errorf("SetBootDevice(%+v): BMC has %+v (set %v)", spec, got, ok)
+				}
+			}
+			// Once: the machine's next boot consumes it.
+			if got, ok := s.NextBoot(); !ok || got.Device != proto.BootDevicePXE {
+				t.Errorf("NextBoot = %+v, %v; want pxe", got, ok)
+			}
+			if got, ok := s.BootDevice(); ok {
+				t.Errorf("after a boot: override %+v still set, want none", got)
+			}
+			err := d.SetBootDevice(ctx, proto.BootDeviceSpec{Device: "cdrom"})
+			if bmc.KindOf(err) != proto.BMCErrRefused || !strings.Contains(err.Error(), "cdrom") {
+				t.Errorf("SetBootDevice(cdrom) = %v, want refused naming the device", err)
+			}
+		})
+	}
+}
+
+func TestIPMIWrongPassword(t *testing.T) {
+	for _, iface := range []string{proto.IPMILanplus, proto.IPMILan} {
+		t.Run(iface, func(t *testing.T) {
+			s := startSim(t, ipmisim.Config{})
+			d := openDriver(t, s, iface, "wrong")
+			ctx := ctxFor(t, 20*time.Second)
+			_, err := d.PowerState(ctx)
+			var e *bmc.Error
+			if !errors.As(err, &e) || e.Kind != proto.BMCErrAuth {
+				t.Fatalf("PowerState with a wrong password = %v, want an *Error of kind auth", err)
+			}
+			if strings.Contains(err.Error(), "wrong") {
+				t.Errorf("error %q shows the password", err)
+			}
+			if n := s.Actions(ipmisim.ActionOn); n != 0 {
+				t.Errorf("BMC acted %d times", n)
+			}
+		})
+	}
+}
+
+func TestIPMIDropTimesOutWithinDeadline(t *testing.T) {
+	for _, iface := range []string{proto.IPMILanplus, proto.IPMILan} {
+		t.Run(iface, func(t *testing.T) {
+			s := startSim(t, ipmisim.Config{Drop: true})
+			d := openDriver(t, s, iface, "")
+			for _, deadline := range []time.Duration{300 * time.Millisecond, 1500 * time.Millisecond} {
+				start := time.Now()
+				_, err := d.PowerState(ctxFor(t, deadline))
+				took := time.Since(start)
+				if bmc.KindOf(err) != proto.BMCErrTimeout {
+					t.Errorf("PowerState against a BMC that never answers = %v (kind %s), want timeout", err, bmc.KindOf(err))
+				}
+				if took > deadline+250*time.Millisecond {
+					t.Errorf("PowerState took %v with a %v deadline", took, deadline)
+				}
+			}
+			// Nothing listens: unreachable or timeout, never a hang.
+			port := s.Port()
+			_ = s.Close()
+			d2, _ := bmc.Open(bmc.Config{Address: "127.0.0.1", Port: port, Username: "admin", Password: "secret", Interface: iface})
+			defer d2.Close()
+			_, err := d2.PowerState(ctxFor(t, 3*time.Second))
+			if k := bmc.KindOf(err); k != proto.BMCErrUnreachable && k != proto.BMCErrTimeout {
+				t.Errorf("PowerState with nothing listening = %v (kind %s), want unreachable or timeout", err, k)
+			}
+		})
+	}
+}
+
+func TestIPMISlowAndSessionReuse(t *testing.T) {
+	s := startSim(t, ipmisim.Config{Slow: 150 * time.Millisecond})
+	d := openDriver(t, s, "", "")
+	ctx := ctxFor(t, 30*time.Second)
+	if _, err := d.PowerState(ctx); err != nil {
+		t.Fatalf("PowerState (slow BMC): %v", err)
+	}
+	// A reused session costs one exchange per call: well under two slow answers.
+	s.SetSlow(100 * time.Millisecond)
+	start := time.Now()
+	const n = 5
+	for range n {
+		if _, err := d.PowerState(ctx); err != nil {
+			t.Fatalf("PowerState: %v", err)
+		}
+	}
+	if per := time.Since(start) / n; per < 100*time.Millisecond || per > 190*time.Millisecond {
+		t.Errorf("a poll took %v against a BMC answering after 100ms: want one exchange (the session reused)", per)
+	}
+	// A BMC slower than the deadline: timeout.
+	s.SetSlow(time.Second)
+	if _, err := d.PowerState(ctxFor(t, 400*time.Millisecond)); bmc.KindOf(err) != proto.BMCErrTimeout {
+		t.Errorf("PowerState slower than the deadline = %v, want timeout", err)
+	}
+	s.SetSlow(0)
+	if _, err := d.PowerState(ctx); err != nil {
+		t.Errorf("PowerState after the slow spell: %v", err)
+	}
+}
+
+// A BMC reboot forgets its sessions: the driver opens a new one, once,
+// within the same call.
+func TestIPMIReopensDroppedSession(t *testing.T) {
+	for _, iface := range []string{proto.IPMILanplus, proto.IPMILan} {
+		t.Run(iface, func(t *testing.T) {
+			s := startSim(t, ipmisim.Config{})
+			d := openDriver(t, s, iface, "")
+			ctx := ctxFor(t, 30*time.Second)
+			if err := d.Power(ctx, bmc.PowerOn); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Restart(); err != nil {
+				t.Fatal(err)
+			}
+			if err := d.Power(ctx, bmc.PowerOff); err != nil {
+				t.Fatalf("Power(off) after a BMC restart: %v", err)
+			}
+			if n := s.Actions(ipmisim.ActionOff); n != 1 {
+				t.Errorf("BMC powered off %d times, want 1", n)
+			}
+			if st, err := d.PowerState(ctx); err != nil || st != proto.PowerOff {
+				t.Errorf("PowerState = %q, %v; want off", st, err)
+			}
+		})
+	}
+}
+
+// machine is the serial port side of a simulated BMC's console.
+type machine struct {
+	conn net.Conn
+	mu   sync.Mutex
+	got  bytes.Buffer // keystrokes received
+}
+
+func newMachine(t *testing.T) (*machine, net.Conn) {
+	m, b := net.Pipe()
+	t.Cleanup(func() { _ = m.Close(); _ = b.Close() })
+	mc := &machine{conn: m}
+	go func() {
+		buf := make([]byte, 256)
+		for {
+			n, err := m.Read(buf)
+			mc.mu.Lock()
+			mc.got.Write(buf[:n])
+			mc.mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return mc, b
+}
+
+func (m *machine) typed() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.got.String()
+}
+
+func TestIPMIConsole(t *testing.T) {
+	m, port := newMachine(t)
+	// Output before any session is drained (and dropped): the machine never stalls.
+	done := make(chan error, 1)
+	s := startSim(t, ipmisim.Config{Console: port})
+	go func() { _, err := m.conn.Write(bytes.Repeat([]byte("x"), 100<<10)); done <- err }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the machine's console output stalled with no SOL session")
+	}
+
+	d := openDriver(t, s, "", "")
+	ctx := ctxFor(t, 30*time.Second)
+	con, err := d.Console(ctx)
+	if err != nil {
+		t.Fatalf("Console: %v", err)
+	}
+	// Power polling goes on beside the console (its own session).
+	if _, err := d.PowerState(ctx); err != nil {
+		t.Errorf("PowerState beside the console: %v", err)
+	}
+	// A second console on the same BMC is refused.
+	d2 := openDriver(t, s, "", "")
+	if c2, err := d2.Console(ctx); err == nil {
+		_ = c2.Close()
+		t.Error("a second SOL session was accepted")
+	} else if bmc.KindOf(err) != proto.BMCErrRefused {
+		t.Errorf("second console: %v, want refused", err)
+	}
+
+	if _, err := m.conn.Write([]byte("login: ")); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	buf := make([]byte, 256)
+	testkit.Until(t, 10*time.Second, "console output", func() error {
+		n, err := con.Read(buf)
+		out.Write(buf[:n])
+		if strings.Contains(out.String(), "login: ") {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return errors.New(out.String())
+	})
+	if _, err := io.WriteString(con, "root\n"); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, "keystrokes at the machine", func() bool { return m.typed() == "root\n" })
+
+	if err := con.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Close deactivated the payload: a new console can attach.
+	con2, err := d2.Console(ctx)
+	if err != nil {
+		t.Fatalf("Console after Close: %v", err)
+	}
+	_ = con2.Close()
+}
+
+func TestIPMIConfig(t *testing.T) {
+	for _, c := range []struct {
+		cfg  bmc.Config
+		want string
+	}{
+		{bmc.Config{}, "address"},
+		{bmc.Config{Address: "h", Port: 70000}, "port"},
+		{bmc.Config{Address: "h", Interface: "serial"}, "interface"},
+		{bmc.Config{Address: "h", Username: strings.Repeat("u", 17)}, "username"},
+	} {
+		_, err := bmc.Open(c.cfg)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Open(%+v) = %v, want an error naming %s", c.cfg, err, c.want)
+		}
+	}
+	d, _ := bmc.Open(bmc.Config{Address: "127.0.0.1", Interface: proto.IPMILan})
+	if _, err := d.Console(context.Background()); bmc.KindOf(err) != proto.BMCErrUnsupported {
+		t.Errorf("Console over v1.5 = %v, want unsupported", err)
+	}
+}
