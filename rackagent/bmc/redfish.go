@@ -793,8 +793,8 @@ func transportError(ctx context.Context, op string, err error) error {
 	switch {
 	case errors.As(err, &verr) || errors.As(err, &uaerr) || errors.As(err, &herr) || errors.As(err, &cierr):
 		return &Error{Op: op, Kind: proto.BMCErrUnreachable, Err: fmt.Errorf("TLS: the BMC's certificate is not trusted (give the node a ca_cert bundle that signs it, or set insecure): %w", err)}
-	case errors.As(err, &rherr):
-		return &Error{Op: op, Kind: proto.BMCErrUnreachable, Err: fmt.Errorf("TLS handshake failed: the BMC does not speak TLS on this port (an http:// BMC?): %w", err)}
+	case errors.As(err, &rherr) || strings.Contains(err.Error(), "gave HTTP response to HTTPS client"):
+		return &Error{Op: op, Kind: proto.BMCErrUnreachable, Err: fmt.Errorf("TLS handshake failed: the BMC answers plain HTTP on this port (an http:// address?): %w", err)}
 	case errors.As(err, &dnerr):
 		return &Error{Op: op, Kind: proto.BMCErrUnreachable, Err: fmt.Errorf("cannot resolve the BMC's host name: %w", err)}
 	}
