@@ -133,6 +133,9 @@ type Machine struct {
 	OnLease func(mac net.HardwareAddr, ip net.IP, lease time.Duration)
 	// Log, if set, gets one line per step.
 	Log func(format string, args ...any)
+	// Serial, if set, is the machine's serial console: its firmware
+	// prints each step of the boot there ("sim: DHCPDISCOVER", ...).
+	Serial *Serial
 }
 
 // Retries counts what a machine had to do again.
@@ -192,9 +195,13 @@ func (m *Machine) Run(ctx context.Context) (*Result, error) {
 		total.Errors = append(total.Errors, err)
 		total.Took = time.Since(start)
 		if boot >= fw.MaxBoots || ctx.Err() != nil {
+			if ctx.Err() == nil {
+				m.say("sim: boot failed: %v; no bootable device", err)
+			}
 			return total, err
 		}
 		m.logf("%s: boot %d failed (%v); rebooting", m.MAC, boot, err)
+		m.say("sim: boot failed: %v; rebooting", err)
 		total.Retries.Boots++
 		if !wait(ctx, jitter(fw.RebootAfter, 0.5)) {
 			return total, ctx.Err()
@@ -220,14 +227,17 @@ func (m *Machine) Boot(ctx context.Context) (*Result, error) {
 		dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00000:UNDI:002001")),
 		dhcpv4.WithOption(dhcpv4.OptClientArch(iana.INTEL_X86PC)),
 	}
+	m.say("sim: SimBIOS 1.0, network boot (PXE) from %s", m.MAC)
 	ack, err := m.dora(ctx, fw, pxe, &res.Retries)
 	if err != nil {
 		return res, fmt.Errorf("PXE DHCP: %w", err)
 	}
 	phase(PhaseDHCP)
 	res.IP = ack.YourIPAddr.String()
+	m.say("sim: got lease %s from %s", res.IP, ack.ServerIPAddr)
 	m.logf("%s: PXE lease %s, first stage %q from %s", m.MAC, res.IP, ack.BootFileNameOption(), ack.ServerIPAddr)
 	if m.TFTPPort != 0 && ack.BootFileNameOption() != "" {
+		m.say("sim: TFTP %s from %s", ack.BootFileNameOption(), ack.ServerIPAddr)
 		n, err := m.tftp(fw, ack.ServerIPAddr, ack.BootFileNameOption(), &res.Retries)
 		if err != nil {
 			return res, fmt.Errorf("TFTP %s: %w", ack.BootFileNameOption(), err)
@@ -243,6 +253,7 @@ func (m *Machine) Boot(ctx context.Context) (*Result, error) {
 	phase(PhaseIPXEDHCP)
 	res.IP = ack.YourIPAddr.String()
 	scriptURL := ack.BootFileNameOption()
+	m.say("sim: iPXE got lease %s, fetching script %s", res.IP, scriptURL)
 	if !strings.HasPrefix(scriptURL, "http") {
 		return res, fmt.Errorf("iPXE was given %q, not a script URL (boot loop)", scriptURL)
 	}
@@ -257,17 +268,21 @@ func (m *Machine) Boot(ctx context.Context) (*Result, error) {
 	kernel, initrd, cmdline := parseScript(res.Script)
 	if kernel == "" {
 		m.logf("%s: script says boot the local disk", m.MAC)
+		m.say("sim: booting from local disk")
 		res.Took = time.Since(start)
 		return res, nil
 	}
+	m.say("sim: fetching kernel %s", kernel)
 	if err := m.retryHTTP(ctx, fw, &res.Retries, func() (err error) { res.Kernel, err = fetch(ctx, client, kernel); return err }); err != nil {
 		return res, fmt.Errorf("kernel: %w", err)
 	}
+	m.say("sim: fetching initrd %s", initrd)
 	if err := m.retryHTTP(ctx, fw, &res.Retries, func() (err error) { res.Initrd, err = fetch(ctx, client, initrd); return err }); err != nil {
 		return res, fmt.Errorf("initrd: %w", err)
 	}
 	phase(PhaseImages)
 	m.logf("%s: kernel %d bytes, initrd %d bytes", m.MAC, res.Kernel, res.Initrd)
+	m.say("sim: booting kernel (%d bytes), initrd (%d bytes)", res.Kernel, res.Initrd)
 	cb, mac, token := cmdline[proto.CmdlineCallback], cmdline[proto.CmdlineMAC], cmdline[proto.CmdlineToken]
 	if cb == "" {
 		return res, errors.New("kernel command line has no " + proto.CmdlineCallback)
@@ -281,6 +296,7 @@ func (m *Machine) Boot(ctx context.Context) (*Result, error) {
 	phase(PhaseInventory)
 	res.Reported = true
 	res.Took = time.Since(start)
+	m.say("sim: inventory reported; ramdisk waiting for work")
 	m.logf("%s: inventory reported in %s", m.MAC, res.Took.Round(time.Millisecond))
 	return res, nil
 }
@@ -347,6 +363,13 @@ func (m *Machine) logf(format string, args ...any) {
 	}
 }
 
+// say prints a line on the machine's serial console.
+func (m *Machine) say(format string, args ...any) {
+	if m.Serial != nil {
+		m.Serial.Printf(format, args...)
+	}
+}
+
 // dora gets a lease: DISCOVER, OFFER, REQUEST, ACK, each message sent
 // again after no answer (fw.DHCPTimeouts), and the whole exchange
 // started over after a NAK (once per timeout step).
@@ -365,6 +388,7 @@ func (m *Machine) dora(ctx context.Context, fw Firmware, mods []dhcpv4.Modifier,
 			if try > 0 {
 				r.DHCP++
 			}
+			m.say("sim: DHCP%s", strings.ToUpper(p.MessageType().String()))
 			if _, err := c.WriteTo(p.ToBytes(), m.DHCP); err != nil {
 				return nil, err
 			}

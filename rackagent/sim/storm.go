@@ -24,6 +24,12 @@ type StormRack struct {
 	MACs     []net.HardwareAddr
 	// Names, if set, name the machines (as MACs), for the output.
 	Names []string
+	// Hosts, if set, are the machines (as MACs) with power and a BMC:
+	// the storm presses each one's power button instead of booting a
+	// Machine of its own, and the hosts stay after it (powered on) for
+	// their BMCs to drive. Their Machines are used as they are, but for
+	// OnLease, which the storm sets.
+	Hosts []*Host
 	// Known says whether the boot state of the rack's agent holds a node
 	// with mac, and its uuid and name. Changed returns a channel closed at
 	// the agent's next boot state. With Known nil, a machine is done
@@ -113,6 +119,11 @@ func (s *Storm) Run(ctx context.Context) *Summary {
 			}
 			m := &Machine{MAC: mac, DHCP: r.DHCP, RelayIP: r.RelayIP, TFTPPort: r.TFTPPort, BindLease: s.BindLease,
 				Report: s.Report, Firmware: s.Firmware, OnLease: book.Ack, Log: s.Log}
+			var host *Host
+			if i < len(r.Hosts) && r.Hosts[i] != nil {
+				host = r.Hosts[i]
+				host.M.OnLease = book.Ack
+			}
 			var delay time.Duration
 			if s.Spread > 0 {
 				delay = time.Duration(rand.Int64N(int64(s.Spread)))
@@ -120,7 +131,7 @@ func (s *Storm) Run(ctx context.Context) *Summary {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				s.boot(ctx, r, m, o, sum.Start.Add(delay))
+				s.boot(ctx, r, m, host, o, sum.Start.Add(delay))
 				switch {
 				case o.Err != nil:
 					failed.Add(1)
@@ -184,13 +195,19 @@ func (s *Storm) progress(ctx context.Context, start time.Time, total int, enroll
 }
 
 // boot powers one machine on at start, boots it, and waits for its node.
-func (s *Storm) boot(ctx context.Context, r StormRack, m *Machine, o *Outcome, start time.Time) {
+// A host is powered on with its button, and its first boot is followed.
+func (s *Storm) boot(ctx context.Context, r StormRack, m *Machine, host *Host, o *Outcome, start time.Time) {
 	if !wait(ctx, time.Until(start)) {
 		o.Err = ctx.Err()
 		return
 	}
 	o.Start = time.Now()
-	o.Result, o.Err = m.Run(ctx)
+	if host != nil {
+		m = host.M
+		o.Result, o.Err = host.PressPower(ctx)
+	} else {
+		o.Result, o.Err = m.Run(ctx)
+	}
 	if o.Err != nil || !o.Result.Reported {
 		return
 	}
