@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -87,35 +88,25 @@ func (d *ipmiDriver) connect(ctx context.Context) error {
 	if d.cl != nil {
 		return nil
 	}
-	probe, err := d.newClient()
-	if err != nil {
-		return err
-	}
-	records, err := probe.GetAllChannelCipherSuites(ctx, types.ChannelNumberSelf)
-	closeClient(probe, false)
+	offered, err := channelCipherSuites(ctx, d.host, d.port)
 	var try []types.CipherSuiteID
-	if err != nil {
-		if _, ok := types.IsResponseError(err); !ok {
-			return err // no answer: trying suites would not get one either
-		}
-		// A BMC without Get Channel Cipher Suites: try the strong suite first.
+	var cc errCipherCC
+	switch {
+	case errors.As(err, &cc):
+		// A BMC without Get Channel Cipher Suites: the strong suite first.
 		try = []types.CipherSuiteID{types.CipherSuiteID17, types.CipherSuiteID3}
-	} else {
-		offered := map[types.CipherSuiteID]bool{}
-		var ids []string
-		for _, r := range records {
-			offered[r.CipherSuitID] = true
-			ids = append(ids, strconv.Itoa(int(r.CipherSuitID)))
-		}
-		for _, id := range []types.CipherSuiteID{types.CipherSuiteID17, types.CipherSuiteID3} {
-			if offered[id] {
-				try = append(try, id)
+	case err != nil:
+		return err // no answer: trying suites would not get one either
+	default:
+		for _, want := range []types.CipherSuiteID{types.CipherSuiteID17, types.CipherSuiteID3} {
+			if slices.Contains(offered, want) {
+				try = []types.CipherSuiteID{want}
 				break
 			}
 		}
 		if len(try) == 0 {
 			return &Error{Op: "connect", Kind: proto.BMCErrUnsupported,
-				Err: fmt.Errorf("the BMC offers cipher suites %v, neither 17 nor 3", ids)}
+				Err: fmt.Errorf("the BMC offers cipher suites %v, neither 17 nor 3", offered)}
 		}
 	}
 	var errs []error

@@ -10,6 +10,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 
 	goipmi "github.com/vmware/goipmi"
 
@@ -90,6 +91,12 @@ func (d *ipmiDriver) lanCall(ctx context.Context, op string, fn func(*goipmi.Cli
 		d.v15 = r.s
 		if r.err != nil {
 			if r.connecting {
+				if isNoAnswer(r.err) && d.lanAnswersPreSession(ctx) {
+					// A v1.5 BMC drops an Activate Session whose auth code
+					// is wrong, without an answer.
+					return &Error{Op: "connect", Kind: proto.BMCErrAuth,
+						Err: fmt.Errorf("the BMC answers but did not activate a session (wrong username or password?): %w", r.err)}
+				}
 				return classifyLan("connect", r.err, true)
 			}
 			return classifyLan(op, r.err, false)
@@ -204,4 +211,14 @@ func (d *ipmiDriver) lanIdentify(ctx context.Context) (proto.BMCInfo, error) {
 	}
 	info.Protocol = "lan (IPMI v1.5)"
 	return info, nil
+}
+
+// lanAnswersPreSession reports whether the BMC answers a session-less
+// command at once.
+func (d *ipmiDriver) lanAnswersPreSession(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	_, err := channelCipherSuites(ctx, d.host, d.port)
+	var cc errCipherCC
+	return err == nil || errors.As(err, &cc)
 }
