@@ -39,6 +39,7 @@ import (
 	"github.com/metalfleet/metalfleet/rackagent/dhcp"
 	"github.com/metalfleet/metalfleet/rackagent/httpboot"
 	"github.com/metalfleet/metalfleet/rackagent/outbox"
+	"github.com/metalfleet/metalfleet/rackagent/power"
 	"github.com/metalfleet/metalfleet/rackagent/ra"
 	"github.com/metalfleet/metalfleet/rackagent/tftp"
 )
@@ -125,6 +126,11 @@ type Config struct {
 	// 127.0.0.1:0 instead and log it (the CLI's default address).
 	MgmtAddr     string
 	MgmtAddrSoft bool
+	// PowerSyncInterval is how often the power of the rack's nodes is
+	// read from their BMCs (default 60 s; negative: no power sync).
+	PowerSyncInterval time.Duration
+	// BMCConcurrency bounds the BMC calls in flight (default 32).
+	BMCConcurrency int
 
 	Logger *slog.Logger
 }
@@ -152,6 +158,8 @@ type Agent struct {
 	mgmtLn     net.Listener
 	mgmtAdvert string
 	mgmtAuth   *mgmtAuth
+
+	power *power.Manager
 }
 
 // New opens the agent's state and binds its sockets; Run serves.
@@ -255,6 +263,17 @@ func New(cfg Config) (*Agent, error) {
 			return nil, err
 		}
 		split = gossipSplit{g: a.gossip, self: cfg.Name, rack: cfg.Rack}
+	}
+	pc := power.Config{Agent: cfg.Name, DB: db, Reporter: a.rep, Concurrency: cfg.BMCConcurrency,
+		SyncInterval: cfg.PowerSyncInterval, Logger: a.log.With("component", "power")}
+	if pc.SyncInterval == 0 {
+		pc.SyncInterval = time.Minute
+	}
+	if a.gossip != nil {
+		pc.Mine = powerSplit{g: a.gossip, self: cfg.Name, rack: cfg.Rack}.Mine
+	}
+	if a.power, err = power.New(pc); err != nil {
+		return nil, err
 	}
 	h := dhcp.NewHandler(dhcp.Config{Rack: cfg.Rack, Agent: cfg.Name, ServerIP: cfg.AdvertiseIP, HTTPBase: httpBase,
 		Logger: a.log.With("component", "dhcp")}, a.boot, a.pool, split, a.rep)
@@ -367,6 +386,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	run("leases", a.leaseLoop)
 	run("mgmt", a.serveMgmt)
+	run("power", func(ctx context.Context) error { return a.power.Run(ctx, a.boot) })
 	if a.cfg.Interface != "" && !a.cfg.NoRouterAdverts {
 		run("router-adverts", func(ctx context.Context) error {
 			if err := ra.Run(ctx, a.cfg.Interface, ra.DefaultInterval, a.log.With("component", "ra")); err != nil {

@@ -49,5 +49,6 @@ func (a *Agent) metrics() http.Handler {
 			return 0
 		}),
 	)
+	reg.MustRegister(a.powerCollectors()...)
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }

@@ -37,9 +37,12 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"go.etcd.io/bbolt"
 
@@ -366,7 +369,7 @@ func (m *Manager) execute(ctx context.Context, uuid string, in proto.Intent) err
 		var info proto.BMCInfo
 		err = m.retry(ctx, uuid, func(ctx context.Context, d bmc.Driver) (e error) { info, e = d.Identify(ctx); return })
 		if err == nil {
-			r.BMCInfo = &info
+			r.BMCInfo = cleanInfo(info)
 			r.PowerState, err = m.readPower(ctx, uuid)
 		}
 	case proto.ActionPower:
@@ -618,15 +621,53 @@ func (m *Manager) retry(ctx context.Context, uuid string, fn func(context.Contex
 	}
 }
 
-// maxErrorLen bounds an error's text in a report.
-const maxErrorLen = 1024
+// maxErrorLen bounds an error's text in a report (proto's
+// MaxBMCErrorLen); maxInfoLen each field of a BMC's identity.
+const (
+	maxErrorLen = 1024
+	maxInfoLen  = 128
+)
 
+// errText is err's text as a report carries it: UTF-8 without control
+// characters (a driver's error may hold a tool's multi-line output), at
+// most maxErrorLen bytes, cut at a character boundary.
 func errText(err error) string {
-	s := err.Error()
-	if len(s) > maxErrorLen {
-		s = s[:maxErrorLen-3] + "..."
+	s := strings.ToValidUTF8(err.Error(), "?")
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) <= maxErrorLen {
+		return s
 	}
-	return s
+	cut := maxErrorLen - 3
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
+}
+
+// cleanInfo makes a BMC's identity printable ASCII of bounded length, as
+// a report carries it: a BMC names itself however it likes.
+func cleanInfo(i proto.BMCInfo) *proto.BMCInfo {
+	clean := func(s string) string {
+		b := []byte(s)
+		for j, c := range b {
+			switch {
+			case c < 0x20 || c == 0x7f:
+				b[j] = ' '
+			case c > 0x7f:
+				b[j] = '?'
+			}
+		}
+		if len(b) > maxInfoLen {
+			b = b[:maxInfoLen]
+		}
+		return strings.TrimSpace(string(b))
+	}
+	return &proto.BMCInfo{Vendor: clean(i.Vendor), Model: clean(i.Model), FirmwareVersion: clean(i.FirmwareVersion), Protocol: clean(i.Protocol)}
 }
 
 // jitter is d +-10%.

@@ -2,6 +2,7 @@ package power
 
 import (
 	"bytes"
+	"errors"
 	"log/slog"
 	"slices"
 	"strings"
@@ -9,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"go.etcd.io/bbolt"
 
@@ -556,5 +559,17 @@ func TestLedgerDurable(t *testing.T) {
 	}
 	if got := l.unfinished(); !slices.Equal(got, []string{"n1"}) {
 		t.Errorf("unfinished = %v, want [n1]", got)
+	}
+}
+
+func TestReportTextIsClean(t *testing.T) {
+	long := errors.New("ipmitool said:\nError: " + strings.Repeat("é", 600) + "\x00\xff")
+	s := errText(long)
+	if len(s) > maxErrorLen || !utf8.ValidString(s) || strings.ContainsFunc(s, unicode.IsControl) || !strings.HasPrefix(s, "ipmitool said: Error: é") {
+		t.Errorf("errText = %q (%d bytes): want valid UTF-8 without control characters, at most %d bytes", s, len(s), maxErrorLen)
+	}
+	i := cleanInfo(proto.BMCInfo{Vendor: "Acmé\n", Model: strings.Repeat("m", 300), FirmwareVersion: "1.0", Protocol: "lanplus cipher 3"})
+	if i.Vendor != "Acm??" || len(i.Model) != maxInfoLen || i.Protocol != "lanplus cipher 3" {
+		t.Errorf("cleanInfo = %+v: want printable ASCII, each field at most %d bytes", i, maxInfoLen)
 	}
 }
