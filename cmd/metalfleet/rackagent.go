@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/cobra"
@@ -58,6 +59,15 @@ Create its token with: metalfleet token create --role agent --rack RACK`,
 				return fmt.Errorf("--pool-share %q: want K/N with 0 <= K < N, e.g. 0/2 and 1/2 for a rack's two agents", poolShare)
 			}
 			cfg.TFTPRoots = tftpRoots
+			if cfg.PowerSyncInterval < 0 {
+				return fmt.Errorf("--power-sync-interval %s: want a duration >= 0 (0 turns power sync off)", cfg.PowerSyncInterval)
+			}
+			if cfg.PowerSyncInterval == 0 {
+				cfg.PowerSyncInterval = -1 // off (the agent's zero is its default)
+			}
+			if cfg.BMCConcurrency < 1 {
+				return fmt.Errorf("--bmc-concurrency %d: want at least 1", cfg.BMCConcurrency)
+			}
 			// The default address gives way to a free loopback port when
 			// taken (two agents on one host); one asked for does not.
 			cfg.MgmtAddrSoft = !cmd.Flags().Changed("mgmt-addr")
@@ -96,6 +106,8 @@ Create its token with: metalfleet token create --role agent --rack RACK`,
 	f.StringVar(&gossipJoin, "gossip-join", "", "gossip members to join, HOST:PORT,...")
 	f.StringVar(&gossipKeyFile, "gossip-key-file", "", "file with the gossip encryption key (base64 of 16, 24 or 32 bytes)")
 	f.StringVar(&cfg.GossipProfile, "gossip-profile", "lan", "gossip timings: lan, or local (faster failure detection on one host)")
+	f.DurationVar(&cfg.PowerSyncInterval, "power-sync-interval", time.Minute, "how often to read the power state of the rack's nodes from their BMCs, +-10% (0: never); changes are reported")
+	f.IntVar(&cfg.BMCConcurrency, "bmc-concurrency", 32, "most BMC calls in flight at once")
 	f.BoolVar(&cfg.NoRouterAdverts, "no-router-adverts", false, "with --interface: do not send the IPv6 router advertisements that spare iPXE a 16 s wait")
 	return cmd
 }
