@@ -424,3 +424,37 @@ func TestRedfishConsoleUnsupported(t *testing.T) {
 	_, err := rfOpen(t, rfConfig(s)).Console(rfCtx(t))
 	rfWantKind(t, err, proto.BMCErrUnsupported, "ipmi driver for SOL")
 }
+
+// BenchmarkRedfishPowerState: power-status polls over one reused session
+// and keep-alive connection, HTTP and HTTPS, against redfishsim on
+// loopback (client and service in one process).
+func BenchmarkRedfishPowerState(b *testing.B) {
+	for _, tls := range []bool{false, true} {
+		name := "http"
+		if tls {
+			name = "https"
+		}
+		b.Run(name, func(b *testing.B) {
+			s := redfishsim.New(redfishsim.Options{TLS: tls})
+			if err := s.Start(); err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			d, err := bmc.Open(bmc.Config{Driver: proto.DriverRedfish, Address: s.SystemURL(), Username: "admin", Password: "password", CACert: string(s.CertPEM())})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer d.Close()
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := d.PowerState(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if st := s.Stats(); st.SessionsCreated != 1 {
+				b.Errorf("%d sessions for one driver", st.SessionsCreated)
+			}
+		})
+	}
+}
