@@ -3,6 +3,8 @@ package bmc_test
 import (
 	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -417,6 +419,34 @@ func TestRedfishBadConfig(t *testing.T) {
 			t.Errorf("error %q shows the password", err)
 		}
 	}
+}
+
+// TestRedfishBoundsResponses: a BMC that answers without end is cut off
+// at 1 MiB, and a non-Redfish error body is quoted, briefly.
+func TestRedfishBoundsResponses(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/redfish/v1/" {
+			w.Write([]byte(`{"@odata.id": "/redfish/v1/", "Links": {}}`)) // no sessions: basic auth
+			return
+		}
+		if strings.HasSuffix(r.URL.Path, "/big") {
+			chunk := []byte(strings.Repeat("x", 64<<10))
+			for range 32 { // 2 MiB
+				if _, err := w.Write(chunk); err != nil {
+					return
+				}
+			}
+			return
+		}
+		http.Error(w, "proxy says no", http.StatusBadGateway)
+	}))
+	t.Cleanup(srv.Close)
+	big := rfOpen(t, bmc.Config{Driver: proto.DriverRedfish, Address: srv.URL + "/redfish/v1/Systems/big"})
+	_, err := big.PowerState(rfCtx(t))
+	rfWantKind(t, err, proto.BMCErrRefused, "larger than 1048576 bytes")
+	bad := rfOpen(t, bmc.Config{Driver: proto.DriverRedfish, Address: srv.URL + "/redfish/v1/Systems/x"})
+	_, err = bad.PowerState(rfCtx(t))
+	rfWantKind(t, err, proto.BMCErrRefused, "HTTP 502", "proxy says no")
 }
 
 func TestRedfishConsoleUnsupported(t *testing.T) {
