@@ -72,3 +72,7 @@ ci: ## exactly what CI runs (.ci/run)
 .PHONY: clean
 clean: ## remove build outputs
 	rm -rf bin build
+
+.PHONY: bench-bmc
+bench-bmc: ## IPMI power polls/s of one poller against 1,000 simulated BMCs (sessions reused) beside an ipmitool process per poll, with CPU per poll (under a minute)
+	METALFLEET_BENCH_BMC=1 $(GO) test -count=1 -timeout 3m -v -run 'TestBMCPoll' ./ops/bench/bmcpoll/
