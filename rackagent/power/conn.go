@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"sync"
 
 	"github.com/metalfleet/metalfleet/proto"
@@ -43,7 +44,7 @@ func (m *Manager) updateConns(v *bootstate.View) {
 				continue
 			}
 			if ok {
-				m.log.Info("bmc settings changed; reconnecting", "node", n.UUID, "driver", n.BMC.Driver, "address", n.BMC.Address)
+				m.log.Info("bmc settings changed; reconnecting", "node", n.UUID, "driver", n.BMC.Driver, "address", redact(n.BMC.Address))
 				m.retire(c)
 				delete(m.last, n.UUID) // power sync reports again
 			}
@@ -58,6 +59,15 @@ func (m *Manager) updateConns(v *bootstate.View) {
 			delete(m.seq, uuid)
 		}
 	}
+}
+
+// redact hides a password written into a URL address
+// (https://user:password@host/...), for logs.
+func redact(addr string) string {
+	if u, err := url.Parse(addr); err == nil && u.User != nil {
+		return u.Redacted()
+	}
+	return addr
 }
 
 // retire closes c once no call uses it.
