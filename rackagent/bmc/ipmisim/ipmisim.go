@@ -71,8 +71,9 @@ type Config struct {
 	// "admin" and "password" when both are empty.
 	Username string
 	Password string
-	// CipherSuites are the RMCP+ suites offered; 3 and 17 when empty.
-	CipherSuites []types.CipherSuiteID
+	// CipherSuites are the RMCP+ suites offered (IPMI v2.0 table 22-20
+	// ids); 3 and 17 when empty.
+	CipherSuites []int
 	// Power is the machine's power; an in-memory one (off) when nil.
 	Power PowerBackend
 	// Console is the machine's serial port: reads are the machine's
@@ -93,10 +94,11 @@ type Config struct {
 
 // BMC is a running simulated BMC.
 type BMC struct {
-	cfg   Config
-	power PowerBackend
-	ch    *chassis
-	con   *console
+	cfg    Config
+	suites []types.CipherSuiteID
+	power  PowerBackend
+	ch     *chassis
+	con    *console
 
 	slow atomic.Int64 // time.Duration
 	drop atomic.Bool
@@ -124,12 +126,14 @@ func New(cfg Config) (*BMC, error) {
 		return nil, errors.New("ipmisim: password: longer than 20 bytes")
 	}
 	if len(cfg.CipherSuites) == 0 {
-		cfg.CipherSuites = []types.CipherSuiteID{types.CipherSuiteID3, types.CipherSuiteID17}
+		cfg.CipherSuites = []int{3, 17}
 	}
+	var suites []types.CipherSuiteID
 	for _, id := range cfg.CipherSuites {
-		if !gbmc.SupportedCipherSuite(id) {
+		if id < 0 || id > 255 || !gbmc.SupportedCipherSuite(types.CipherSuiteID(id)) {
 			return nil, fmt.Errorf("ipmisim: cipher suite %d: not supported by the reference BMC", id)
 		}
+		suites = append(suites, types.CipherSuiteID(id))
 	}
 	if cfg.ManufacturerID == 0 {
 		cfg.ManufacturerID = 343
@@ -140,7 +144,7 @@ func New(cfg Config) (*BMC, error) {
 	if cfg.Power == nil {
 		cfg.Power = NewMemPower(false)
 	}
-	b := &BMC{cfg: cfg, power: cfg.Power}
+	b := &BMC{cfg: cfg, power: cfg.Power, suites: suites}
 	b.ch = &chassis{power: cfg.Power, counts: map[Action]int{}}
 	if cfg.Console != nil {
 		b.con = newConsole(cfg.Console)
@@ -175,7 +179,7 @@ func (b *BMC) Start() error {
 	}
 
 	g := b.newDevice()
-	b.srv = server.NewServer(g, &packetConn{conn: conn, b: b}, server.WithCipherSuites(b.cfg.CipherSuites))
+	b.srv = server.NewServer(g, &packetConn{conn: conn, b: b}, server.WithCipherSuites(b.suites))
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
 	b.done = make(chan struct{})
@@ -203,7 +207,7 @@ func (b *BMC) newDevice() *gbmc.BMC {
 	if b.con != nil {
 		h.con = b.con
 	}
-	g := gbmc.New(info, guid, h, gbmc.WithClock(clock.Real), gbmc.WithCipherSuites(b.cfg.CipherSuites))
+	g := gbmc.New(info, guid, h, gbmc.WithClock(clock.Real), gbmc.WithCipherSuites(b.suites))
 	u, err := g.Users.Add(2, b.cfg.Username)
 	if err != nil {
 		panic(fmt.Sprintf("ipmisim: add user: %v", err)) // the name was checked in New
