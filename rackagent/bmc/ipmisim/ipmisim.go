@@ -80,7 +80,10 @@ type Config struct {
 	// output, writes its keyboard. The BMC reads it all the time, whether
 	// or not an SOL session is active (output with no session is
 	// dropped), so a PTY or pipe behind it never stalls its writer. A
-	// read error ends the console. Nil: the BMC has no SOL.
+	// read error ends the console. Nil: the BMC has no SOL. One end of a
+	// net.Pipe() does (the machine keeps the other); so does a PTY
+	// master. Keystrokes are written from one goroutine, and a console
+	// that does not read them only slows the SOL client down.
 	Console io.ReadWriter
 	// Slow delays every answer (failure injection).
 	Slow time.Duration
@@ -218,7 +221,8 @@ func (b *BMC) newDevice() *gbmc.BMC {
 	return g
 }
 
-// Close stops serving; the console's reader stops too.
+// Close stops serving. The console's reader stops at its next read: the
+// owner of Config.Console closes it.
 func (b *BMC) Close() error {
 	b.stop()
 	if b.con != nil {
