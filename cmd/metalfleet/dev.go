@@ -48,6 +48,8 @@ type devFlags struct {
 	coordinator                 string
 	logLevel                    string
 	cpuProfile                  string
+	bmcs                        bool
+	redfishShare                float64
 }
 
 // Dev racks: rack k (0-based) is 127.k.0.0/16, its agent (boot server and
@@ -56,6 +58,9 @@ type devFlags struct {
 const (
 	devMaxRacks    = 200
 	devMaxMachines = 30000
+	// devMaxBMCs bounds the simulated BMCs (a UDP socket or an HTTP
+	// listener each): a storm larger than this runs without them.
+	devMaxBMCs = 2000
 )
 
 func newDevCmd(g *globals) *cobra.Command {
@@ -80,7 +85,15 @@ all still there. With --coordinator, dev uses that coordinator (admin
 --token) instead of running its own. With --until-done it prints a
 summary (time to the last node enrolled, retries, addresses leased twice,
 where the time went) and exits. No root, QEMU or hardware needed. Stop
-with Ctrl-C.`,
+with Ctrl-C.
+
+Each machine has a BMC on 127.0.0.1 (--bmcs): IPMI RMCP+ over UDP, or
+Redfish over HTTP for --redfish-share of them, with the power switch and
+the serial console of the machine behind it. Dev gives every machine's
+node its BMC's driver, address, port and credentials, so 'node power',
+'node console' and 'manage' work: a machine powered off sends nothing, and
+one powered on boots again. The BMCs live as long as dev runs (new ports
+each run; dev updates the nodes).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runDev(cmd.Context(), g, f) },
 	}
@@ -100,6 +113,8 @@ with Ctrl-C.`,
 	fl.StringVar(&f.coordinator, "coordinator", "", "use this coordinator's API (HOST:PORT, with an admin --token) instead of running one")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "debug, info, warn or error")
 	fl.StringVar(&f.cpuProfile, "cpu-profile", "", "write a CPU profile of this process (pprof) to this file")
+	fl.BoolVar(&f.bmcs, "bmcs", true, fmt.Sprintf("give each simulated machine a BMC (at most %d machines in all)", devMaxBMCs))
+	fl.Float64Var(&f.redfishShare, "redfish-share", 0.2, "share of the machines whose BMC speaks Redfish (the others IPMI), 0 to 1")
 	return cmd
 }
 
@@ -176,6 +191,9 @@ func runDev(ctx context.Context, g *globals, f devFlags) error {
 	}
 	if err := f.checkAddrs(); err != nil {
 		return err
+	}
+	if f.redfishShare < 0 || f.redfishShare > 1 || math.IsNaN(f.redfishShare) {
+		return fmt.Errorf("--redfish-share %v: want 0 to 1", f.redfishShare)
 	}
 	level, err := parseLevel(f.logLevel)
 	if err != nil {
@@ -271,6 +289,12 @@ func runDev(ctx context.Context, g *globals, f devFlags) error {
 		go func() { agentDone <- ag.Run(ctx) }()
 	}
 
+	hosts, err := devHosts(agents, racks, f)
+	defer closeHosts(hosts)
+	if err != nil {
+		return stopAll(err)
+	}
+
 	ag := agents[0]
 	what := fmt.Sprintf("a rack agent and %d simulated machines", f.machines)
 	if f.racks > 1 {
@@ -289,12 +313,12 @@ Try, in another shell:
   bin/metalfleet node list --discovered
   bin/metalfleet node show sim-1
   bin/metalfleet agents; bin/metalfleet sightings
-
-`, what, coordLine, ag.DHCPAddr(), ag.TFTPAddr(), ag.HTTPAddr(), dir, apiAddr, adminToken)
+%s
+`, what, coordLine, ag.DHCPAddr(), ag.TFTPAddr(), ag.HTTPAddr(), dir, apiAddr, adminToken, devBMCHelp(hosts, f))
 	_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)
 
 	stormDone := make(chan error, 1)
-	go func() { stormDone <- devStorm(ctx, g.stdout, admin, agents, racks, f) }()
+	go func() { stormDone <- devStorm(ctx, g.stdout, admin, agents, racks, hosts, f) }()
 	agentsLeft, coordLeft := len(agents), 0
 	if f.coordinator == "" {
 		coordLeft = 1
@@ -477,7 +501,7 @@ func devImages(dir string) (kernel, initrd proto.Image, err error) {
 // devStorm powers on every rack's machines at once and says what became
 // of each: a line per machine for a few, progress lines for many, and
 // with --until-done a summary of the whole storm.
-func devStorm(ctx context.Context, out io.Writer, admin *apiclient.Client, agents []*agent.Agent, racks []proto.Rack, f devFlags) error {
+func devStorm(ctx context.Context, out io.Writer, admin *apiclient.Client, agents []*agent.Agent, racks []proto.Rack, hosts [][]*sim.Host, f devFlags) error {
 	total := f.racks * f.machines
 	if total == 0 {
 		return nil
@@ -513,14 +537,23 @@ func devStorm(ctx context.Context, out io.Writer, admin *apiclient.Client, agent
 			r.MACs = append(r.MACs, devMAC(k, i))
 			r.Names = append(r.Names, devMachineName(k, i))
 		}
+		if hosts != nil {
+			r.Hosts = hosts[k]
+		}
 		st.Racks = append(st.Racks, r)
 	}
 	verbose := total <= 50
 	if !verbose {
 		st.Progress = out
 	}
+	byMAC := map[string]*sim.Host{}
+	for _, hs := range hosts {
+		for _, h := range hs {
+			byMAC[h.M.MAC.String()] = h
+		}
+	}
 	st.OnDone = func(o *sim.Outcome) {
-		line := devOutcome(ctx, admin, o, f.nameNodes)
+		line := devOutcome(ctx, admin, o, f.nameNodes, byMAC[o.MAC.String()])
 		if verbose || o.Err != nil || o.NoNode {
 			fmt.Fprintln(out, line)
 		}
@@ -605,24 +638,120 @@ func devReport(ctx context.Context, client *http.Client, callbackURL, mac, token
 }
 
 // devOutcome names a new node (once it exists, so `node show sim-N`
-// works) and says what became of a machine.
-func devOutcome(ctx context.Context, admin *apiclient.Client, o *sim.Outcome, name bool) string {
+// works), gives it its machine's BMC, and says what became of a machine.
+func devOutcome(ctx context.Context, admin *apiclient.Client, o *sim.Outcome, name bool, h *sim.Host) string {
 	switch {
 	case o.Err != nil:
 		return fmt.Sprintf("%s %s: boot failed: %v", o.Name, o.MAC, o.Err)
 	case o.Result != nil && !o.Result.Reported:
-		return fmt.Sprintf("%s %s: known node, booted its local disk (%s)", o.Name, o.MAC, o.Result.IP)
+		return fmt.Sprintf("%s %s: known node, booted its local disk (%s)%s", o.Name, o.MAC, o.Result.IP, devSetBMC(ctx, admin, o.Node, nil, h))
 	case o.NoNode:
 		return fmt.Sprintf("%s %s: reported its inventory but no node appeared", o.Name, o.MAC)
 	}
 	state := "discovered"
+	var patch proto.NodePatch
 	if name && o.NodeName == "" {
-		if nd, err := admin.UpdateNode(ctx, o.Node, proto.NodePatch{Name: &o.Name}); err == nil {
-			return fmt.Sprintf("%s %s: PXE-booted in %s, discovered as node %s (%s, %s)", o.Name, o.MAC,
-				o.Result.Took.Round(time.Millisecond), nd.UUID, nd.ProvisionState, nd.IP)
+		patch.Name = &o.Name
+		if nd, err := admin.UpdateNode(ctx, o.Node, patch); err == nil {
+			return fmt.Sprintf("%s %s: PXE-booted in %s, discovered as node %s (%s, %s)%s", o.Name, o.MAC,
+				o.Result.Took.Round(time.Millisecond), nd.UUID, nd.ProvisionState, nd.IP, devSetBMC(ctx, admin, o.Node, nd, h))
 		}
 	}
-	return fmt.Sprintf("%s %s: PXE-booted in %s, discovered as node %s (%s)", o.Name, o.MAC, o.Result.Took.Round(time.Millisecond), o.Node, state)
+	return fmt.Sprintf("%s %s: PXE-booted in %s, discovered as node %s (%s)%s", o.Name, o.MAC, o.Result.Took.Round(time.Millisecond),
+		o.Node, state, devSetBMC(ctx, admin, o.Node, nil, h))
+}
+
+// devSetBMC gives node id (n, if already read) the BMC of its machine's
+// host, unless it has it already; it returns what to add to the
+// machine's line ("" without a host or node).
+func devSetBMC(ctx context.Context, admin *apiclient.Client, id string, n *proto.Node, h *sim.Host) string {
+	if h == nil || id == "" {
+		return ""
+	}
+	want := h.Credentials()
+	if want.Driver == "" {
+		return ""
+	}
+	if n == nil {
+		var err error
+		if n, err = admin.Node(ctx, id); err != nil {
+			return fmt.Sprintf("; its BMC is not set: %v", errorLine(err))
+		}
+	}
+	where := fmt.Sprintf("%s %s:%d", want.Driver, want.Address, want.Port)
+	if want.Driver == proto.DriverRedfish {
+		where = fmt.Sprintf("%s %s", want.Driver, want.Address)
+	}
+	have := n.BMC
+	if have.Driver == want.Driver && have.Address == want.Address && have.Port == want.Port && have.Username == want.Username && have.PasswordSet {
+		return "; BMC " + where
+	}
+	if _, err := admin.UpdateNode(ctx, id, proto.NodePatch{BMC: &proto.BMCPatch{Driver: &want.Driver, Address: &want.Address,
+		Port: &want.Port, Username: &want.Username, Password: &want.Password}}); err != nil {
+		return fmt.Sprintf("; its BMC (%s) is not set: %v", where, errorLine(err))
+	}
+	return "; BMC " + where
+}
+
+// devHosts makes every machine's host with its BMC (nil with --bmcs=false
+// or more machines than devMaxBMCs): machine i of a rack has a Redfish
+// BMC when it brings the rack's count of Redfish ones to
+// floor(i * --redfish-share), else an IPMI one.
+func devHosts(agents []*agent.Agent, racks []proto.Rack, f devFlags) ([][]*sim.Host, error) {
+	if !f.bmcs || f.racks*f.machines == 0 || f.racks*f.machines > devMaxBMCs {
+		return nil, nil
+	}
+	hosts := make([][]*sim.Host, len(racks))
+	for k, ag := range agents {
+		for i := 1; i <= f.machines; i++ {
+			h := sim.NewHost(&sim.Machine{MAC: devMAC(k, i), DHCP: ag.DHCPAddr().(*net.UDPAddr), RelayIP: net.ParseIP(racks[k].BootServer),
+				TFTPPort: udpPort(ag.TFTPAddr()), BindLease: true, Report: devReport})
+			hosts[k] = append(hosts[k], h)
+			driver := proto.DriverIPMI
+			if math.Floor(float64(i)*f.redfishShare) > math.Floor(float64(i-1)*f.redfishShare) {
+				driver = proto.DriverRedfish
+			}
+			if err := h.StartBMC(sim.BMCConfig{Driver: driver}); err != nil {
+				return hosts, fmt.Errorf("%s: BMC: %w", devMachineName(k, i), err)
+			}
+		}
+	}
+	return hosts, nil
+}
+
+func closeHosts(hosts [][]*sim.Host) {
+	for _, hs := range hosts {
+		for _, h := range hs {
+			h.Close()
+		}
+	}
+}
+
+// devBMCHelp is the startup output's part on power and consoles.
+func devBMCHelp(hosts [][]*sim.Host, f devFlags) string {
+	switch {
+	case f.racks*f.machines == 0:
+		return ""
+	case hosts == nil && f.bmcs:
+		return fmt.Sprintf("\nThe machines have no BMCs: more than %d machines (--bmcs).\n", devMaxBMCs)
+	case hosts == nil:
+		return ""
+	}
+	first := hosts[0][0]
+	c := first.Credentials()
+	where := fmt.Sprintf("IPMI (RMCP+) at %s port %d", c.Address, c.Port)
+	if c.Driver == proto.DriverRedfish {
+		where = "Redfish at " + c.Address
+	}
+	name := devMachineName(0, 1)
+	return fmt.Sprintf(`
+Every machine has a BMC (%s's: %s, user %s); its node is given it:
+  bin/metalfleet node power %[4]s off --wait     # the machine stops
+  bin/metalfleet node power %[4]s on --wait      # it network-boots again
+  bin/metalfleet node power %[4]s reboot
+  bin/metalfleet node console %[4]s              # its serial console over IPMI SOL (~. leaves)
+  bin/metalfleet node provision %[4]s manage --wait 1m   # the rack agent verifies the BMC
+`, name, where, c.Username, name)
 }
 
 // devFigureSet is what the coordinator's metrics and the agents' DHCP

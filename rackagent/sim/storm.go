@@ -70,7 +70,9 @@ type Outcome struct {
 	// Start is when the machine was powered on; Reported when its
 	// inventory was accepted; Enrolled when its node reached its agent.
 	Start, Reported, Enrolled time.Time
-	Node, NodeName            string
+	// Node and NodeName are the machine's node: the one that appeared,
+	// or the known one that booted its disk.
+	Node, NodeName string
 	// NoNode: the inventory was accepted but no node appeared within
 	// NodeWait.
 	NoNode bool
@@ -208,7 +210,14 @@ func (s *Storm) boot(ctx context.Context, r StormRack, m *Machine, host *Host, o
 	} else {
 		o.Result, o.Err = m.Run(ctx)
 	}
-	if o.Err != nil || !o.Result.Reported {
+	if o.Err != nil {
+		return
+	}
+	if !o.Result.Reported {
+		// A known node booted its disk: name it, if the agent knows it.
+		if r.Known != nil {
+			o.Node, o.NodeName, _ = r.Known(m.MAC)
+		}
 		return
 	}
 	o.Reported = time.Now()
