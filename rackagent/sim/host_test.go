@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -313,6 +314,95 @@ func TestHostBMCFaults(t *testing.T) {
 			if h.On() {
 				t.Errorf("a refused password powered the host on")
 			}
+		})
+	}
+}
+
+// TestHostConsoleOverSOL: the real ipmi driver's Serial-over-LAN session
+// shows the host's boot as its firmware prints it after a power on, and
+// what is typed into it comes back.
+func TestHostConsoleOverSOL(t *testing.T) {
+	srv, _ := countingDHCP(t)
+	h := sim.NewHost(&sim.Machine{MAC: net.HardwareAddr{0x52, 0x54, 0, 0xdf, 0, 4}, DHCP: srv, RelayIP: net.IPv4(127, 0, 0, 1),
+		Firmware: sim.Firmware{DHCPTimeouts: []time.Duration{200 * time.Millisecond}, RebootAfter: 200 * time.Millisecond, MaxBoots: 1000}})
+	defer h.Close()
+	if err := h.StartBMC(sim.BMCConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	con := open(t, h.Credentials())
+	sol, err := con.Console(ctxFor(t, 10*time.Second))
+	if err != nil {
+		t.Fatalf("console over SOL: %v", err)
+	}
+	defer sol.Close()
+	var got lockedText
+	go func() {
+		buf := make([]byte, 1024)
+		for {
+			n, err := sol.Read(buf)
+			got.add(buf[:n])
+			if err != nil {
+				return
+			}
+		}
+	}()
+	// A second driver (as the rack agent's power side) powers it on.
+	if err := open(t, h.Credentials()).Power(ctxFor(t, 10*time.Second), bmc.PowerOn); err != nil {
+		t.Fatalf("power on: %v", err)
+	}
+	testkit.Eventually(t, 20*time.Second, "the boot on the SOL console", func() bool {
+		return strings.Contains(got.String(), "sim: power on") && strings.Contains(got.String(), "sim: DHCPDISCOVER")
+	})
+	if _, err := sol.Write([]byte("echo-me\r")); err != nil {
+		t.Fatalf("typing on the console: %v", err)
+	}
+	testkit.Eventually(t, 20*time.Second, "the typed line echoed on the SOL console", func() bool {
+		return strings.Contains(got.String(), "echo-me\r\n")
+	})
+}
+
+type lockedText struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (l *lockedText) add(p []byte) { l.mu.Lock(); l.b = append(l.b, p...); l.mu.Unlock() }
+func (l *lockedText) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return string(l.b)
+}
+
+// TestHostBootDeviceOverride: a disk boot override set through the BMC
+// (both drivers) makes the next power on boot the local disk (no DHCP
+// at all); the override was for one boot only, so a reset network-boots.
+func TestHostBootDeviceOverride(t *testing.T) {
+	for _, driver := range []string{proto.DriverIPMI, proto.DriverRedfish} {
+		t.Run(driver, func(t *testing.T) {
+			srv, got := countingDHCP(t)
+			h := sim.NewHost(&sim.Machine{MAC: net.HardwareAddr{0x52, 0x54, 0, 0xdf, 0, 5}, DHCP: srv, RelayIP: net.IPv4(127, 0, 0, 1),
+				Firmware: sim.Firmware{DHCPTimeouts: []time.Duration{100 * time.Millisecond}, RebootAfter: 100 * time.Millisecond, MaxBoots: 1000}})
+			defer h.Close()
+			if err := h.StartBMC(sim.BMCConfig{Driver: driver}); err != nil {
+				t.Fatal(err)
+			}
+			d := open(t, h.Credentials())
+			if err := d.SetBootDevice(ctxFor(t, 10*time.Second), proto.BootDeviceSpec{Device: proto.BootDeviceDisk}); err != nil {
+				t.Fatalf("set boot device disk: %v", err)
+			}
+			if err := d.Power(ctxFor(t, 10*time.Second), bmc.PowerOn); err != nil {
+				t.Fatalf("power on: %v", err)
+			}
+			testkit.Eventually(t, 10*time.Second, "a local-disk boot on the console", func() bool {
+				return strings.Contains(h.Serial().Log(), "booting from local disk")
+			})
+			if n := got.Load(); n != 0 || strings.Contains(h.Serial().Log(), "DHCPDISCOVER") {
+				t.Fatalf("a disk boot sent %d DHCP packets; console:\n%s", n, h.Serial().Log())
+			}
+			if err := d.Power(ctxFor(t, 10*time.Second), bmc.PowerReset); err != nil {
+				t.Fatalf("reset: %v", err)
+			}
+			testkit.Eventually(t, 10*time.Second, "a network boot after the reset", func() bool { return got.Load() > 0 })
 		})
 	}
 }
