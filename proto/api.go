@@ -28,11 +28,14 @@ type NodePatch struct {
 
 // BMCPatch changes some fields of a node's BMC.
 type BMCPatch struct {
-	Driver   *string `json:"driver,omitempty"`
-	Address  *string `json:"address,omitempty"`
-	Port     *int    `json:"port,omitempty"`
-	Username *string `json:"username,omitempty"`
-	Password *string `json:"password,omitempty"`
+	Driver    *string `json:"driver,omitempty"`
+	Address   *string `json:"address,omitempty"`
+	Port      *int    `json:"port,omitempty"`
+	Username  *string `json:"username,omitempty"`
+	Password  *string `json:"password,omitempty"`
+	Interface *string `json:"interface,omitempty"`
+	CACert    *string `json:"ca_cert,omitempty"`
+	Insecure  *bool   `json:"insecure,omitempty"`
 }
 
 // EnrolledRequest is the body of PUT /v1/nodes/{id}/enrolled.

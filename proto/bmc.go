@@ -113,6 +113,13 @@ type Intent struct {
 	Boot       *BootDeviceSpec `json:"boot,omitempty"`
 	// Agent is the rack agent that executes the intent.
 	Agent string `json:"agent"`
+	// OnSuccess is the transition the node takes when the intent
+	// succeeds (manage, after a verify).
+	OnSuccess Event `json:"on_success,omitempty"`
+	// Request is the client's id for the request that made the intent: a
+	// retry with the same id returns this intent instead of making
+	// another (a client that lost the answer to a failover retries safely).
+	Request string `json:"request,omitempty"`
 	// By names who asked (a token id, or "system").
 	By string    `json:"by,omitempty"`
 	At time.Time `json:"at"`
@@ -190,6 +197,14 @@ type BootBMC struct {
 // PowerRequest is the body of PUT /v1/nodes/{id}/power.
 type PowerRequest struct {
 	Target PowerTarget `json:"target"`
+	// RequestID makes a retried request safe (see Intent.Request).
+	RequestID string `json:"request_id,omitempty"`
+}
+
+// BootDeviceRequest is the body of PUT /v1/nodes/{id}/boot-device.
+type BootDeviceRequest struct {
+	BootDeviceSpec
+	RequestID string `json:"request_id,omitempty"`
 }
 
 // IntentAccepted answers a power or boot-device request (202): the

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -151,13 +152,13 @@ var hostRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$`)
 // CheckReportKind checks a report kind is one this protocol knows.
 func CheckReportKind(k ReportKind) error {
 	switch k {
-	case ReportMACSeen, ReportBootEvent, ReportLease, ReportPower, ReportCallback:
+	case ReportMACSeen, ReportBootEvent, ReportLease, ReportPower, ReportCallback, ReportBMC, ReportConsole:
 		return nil
 	}
 	if len(k) > MaxStepLen {
 		return tooLong("kind", len(k), MaxStepLen)
 	}
-	return Errorf(CodeInvalid, "kind %q: want mac_seen, boot_event, lease, power or callback", k)
+	return Errorf(CodeInvalid, "kind %q: want mac_seen, boot_event, lease, power, callback, bmc or console", k)
 }
 
 // Validate checks a report's fields against the limits above, and the
@@ -242,6 +243,9 @@ func (r *AgentReport) Validate() error {
 			return tooLong("power_state", len(r.PowerState), MaxStepLen)
 		}
 		return Errorf(CodeInvalid, "power_state %q: want on, off or unknown", r.PowerState)
+	}
+	if err := r.validateBMC(); err != nil {
+		return err
 	}
 	if r.Step != "" {
 		if err := checkRE("step", r.Step, MaxStepLen, shortNameRE, "a step name such as inventory"); err != nil {
@@ -414,3 +418,58 @@ func (inv *Inventory) Validate() error {
 	}
 	return err
 }
+
+// MaxBMCErrorLen bounds a reported BMC error; MaxBMCInfoLen each field of
+// a BMC's identity.
+const (
+	MaxBMCErrorLen = 1024
+	MaxBMCInfoLen  = 128
+)
+
+// validateBMC checks the fields of power, bmc and console reports.
+func (r *AgentReport) validateBMC() error {
+	if len(r.Error) > MaxBMCErrorLen {
+		return tooLong("error", len(r.Error), MaxBMCErrorLen)
+	}
+	if !utf8.ValidString(r.Error) || strings.ContainsFunc(r.Error, unicode.IsControl) {
+		return Errorf(CodeInvalid, "error: want UTF-8 text without control characters")
+	}
+	switch r.ErrorKind {
+	case "", BMCErrUnreachable, BMCErrAuth, BMCErrRefused, BMCErrTimeout, BMCErrUnsupported:
+	default:
+		return Errorf(CodeInvalid, "error_kind %.32q: want unreachable, auth, refused, timeout or unsupported", r.ErrorKind)
+	}
+	if r.Kind == ReportBMC {
+		switch r.Action {
+		case ActionVerify, ActionPower, ActionBootDevice:
+		default:
+			return Errorf(CodeInvalid, "action %.32q: want verify, power or boot-device", r.Action)
+		}
+		if r.Generation == 0 {
+			return Errorf(CodeInvalid, "generation is required in a bmc report")
+		}
+	}
+	if i := r.BMCInfo; i != nil {
+		for _, f := range []struct{ name, v string }{{"bmc_info.vendor", i.Vendor}, {"bmc_info.model", i.Model},
+			{"bmc_info.firmware_version", i.FirmwareVersion}, {"bmc_info.protocol", i.Protocol}} {
+			if err := checkPrintable(f.name, f.v, MaxBMCInfoLen, true); err != nil {
+				return err
+			}
+		}
+	}
+	if err := checkPrintable("user", r.User, MaxBMCInfoLen, true); err != nil {
+		return err
+	}
+	switch r.Mode {
+	case "", ConsoleInteractive, ConsoleReadOnly:
+	default:
+		return Errorf(CodeInvalid, "mode %.32q: want interactive or read-only", r.Mode)
+	}
+	return nil
+}
+
+// Console modes: one client holds the keyboard, others watch.
+const (
+	ConsoleInteractive = "interactive"
+	ConsoleReadOnly    = "read-only"
+)

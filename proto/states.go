@@ -106,7 +106,7 @@ var Transitions = []Transition{
 	{Event: "unenroll", From: []ProvisionState{StateEnrolled, StateManageable}, To: StateDiscovered, Actor: ActorToggle,
 		Doc: "set a node apart again as discovered"},
 	{Event: "manage", From: []ProvisionState{StateEnrolled, StateAvailable, StateFailed}, To: StateManageable, Actor: ActorOperator,
-		Doc: "make a node manageable, or take it back from available or failed (manage does not verify the BMC yet)"},
+		Doc: "make a node manageable (once its rack agent has verified the BMC), or take it back from available or failed"},
 	{Event: "provide", From: []ProvisionState{StateManageable}, To: StateAvailable, Actor: ActorOperator,
 		Doc: "offer a manageable node to the scheduler"},
 	{Event: "service", From: []ProvisionState{StateManageable}, To: StateServicing, Actor: ActorOperator, Hardware: true,

@@ -1,6 +1,7 @@
 package proto
 
 import (
+	"crypto/x509"
 	"encoding/hex"
 	"net"
 	"net/netip"
@@ -69,15 +70,59 @@ func NormalizeMACs(macs []string) ([]string, error) {
 // Check validates a BMC's fields.
 func (b *BMC) Check() error {
 	switch b.Driver {
-	case "", "ipmi", "fake":
+	case "", DriverIPMI, DriverRedfish, DriverFake:
 	default:
-		return Errorf(CodeInvalid, "bmc.driver %q: want ipmi or fake", b.Driver)
+		return Errorf(CodeInvalid, "bmc.driver %q: want ipmi, redfish or fake", b.Driver)
 	}
 	if b.Port < 0 || b.Port > 65535 {
 		return Errorf(CodeInvalid, "bmc.port %d: want 0-65535", b.Port)
 	}
-	if b.Address != "" && strings.ContainsAny(b.Address, " /\t\n") {
+	if len(b.Address) > 512 {
+		return Errorf(CodeTooLarge, "bmc.address: %d bytes, at most 512", len(b.Address))
+	}
+	if b.Driver == DriverRedfish && b.Address != "" {
+		if err := checkRedfishURL(b.Address); err != nil {
+			return err
+		}
+	} else if b.Address != "" && strings.ContainsAny(b.Address, " /\t\n") {
 		return Errorf(CodeInvalid, "bmc.address %q: want a host name or IP address", b.Address)
+	}
+	switch b.Interface {
+	case "", IPMILanplus, IPMILan:
+	default:
+		return Errorf(CodeInvalid, "bmc.interface %q: want lanplus or lan", b.Interface)
+	}
+	if b.Interface != "" && b.Driver != DriverIPMI && b.Driver != "" {
+		return Errorf(CodeInvalid, "bmc.interface is for the ipmi driver, not %s", b.Driver)
+	}
+	if len(b.Username) > 64 || len(b.Password) > 128 {
+		return Errorf(CodeInvalid, "bmc.username (at most 64 bytes) or bmc.password (at most 128) is too long")
+	}
+	if b.CACert != "" {
+		if len(b.CACert) > 64<<10 {
+			return Errorf(CodeTooLarge, "bmc.ca_cert: %d bytes, at most 65536", len(b.CACert))
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM([]byte(b.CACert)) {
+			return Errorf(CodeInvalid, "bmc.ca_cert: no PEM certificate in it")
+		}
+	}
+	return nil
+}
+
+// checkRedfishURL checks a redfish BMC address:
+// http(s)://host[:port][/redfish/v1/Systems/ID].
+func checkRedfishURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return Errorf(CodeInvalid, "bmc.address %q: a redfish BMC's address is a URL: https://host[:port][/redfish/v1/Systems/ID]", s)
+	}
+	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return Errorf(CodeInvalid, "bmc.address %q: no user, query or fragment in the URL (credentials go in bmc.username and bmc.password)", s)
+	}
+	p := strings.TrimSuffix(u.Path, "/")
+	if p != "" && !strings.HasPrefix(p, "/redfish/v1/Systems/") {
+		return Errorf(CodeInvalid, "bmc.address %q: the path, if any, names a system: /redfish/v1/Systems/ID", s)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -26,6 +27,9 @@ func newNodeCmd(g *globals) *cobra.Command {
 		newNodeEnrollCmd(g, false),
 		newNodeMaintenanceCmd(g),
 		newNodeProvisionCmd(g),
+		newNodePowerCmd(g),
+		newNodeBootDeviceCmd(g),
+		newNodeHistoryCmd(g),
 	)
 }
 
@@ -137,6 +141,9 @@ func (g *globals) showNode(n *proto.Node) error {
 		kv{"bmc.port", port},
 		kv{"bmc.username", n.BMC.Username},
 		kv{"bmc.password", pw},
+		kv{"bmc.interface", n.BMC.Interface},
+		kv{"bmc.status", fmtBMCStatus(n.BMCStatus)},
+		kv{"intents", fmtIntents(n.Intents)},
 		kv{"properties", joinProps(n.Properties)},
 		kv{"instance", n.InstanceUUID},
 		kv{"last_error", n.LastError},
@@ -152,15 +159,52 @@ func (g *globals) showNode(n *proto.Node) error {
 	return g.printKV(cells(lines))
 }
 
+func fmtBMCStatus(s *proto.BMCStatus) string {
+	if s == nil {
+		return "unverified"
+	}
+	out := string(s.State)
+	if s.Info != nil {
+		out += fmt.Sprintf(" (%s %s, firmware %s, %s)", s.Info.Vendor, s.Info.Model, s.Info.FirmwareVersion, s.Info.Protocol)
+	}
+	if s.Error != "" {
+		out += ": " + s.Error
+	}
+	if !s.CheckedAt.IsZero() {
+		out += ", checked " + fmtTime(s.CheckedAt)
+	}
+	return out
+}
+
+func fmtIntents(ins []proto.Intent) string {
+	var parts []string
+	for _, in := range ins {
+		st := "pending"
+		switch {
+		case in.Done && in.Error != "":
+			st = "failed: " + in.Error
+		case in.Done:
+			st = "done"
+		}
+		parts = append(parts, fmt.Sprintf("#%d %s (%s, agent %s)", in.Generation, describeIntent(in), st, in.Agent))
+	}
+	return strings.Join(parts, "; ")
+}
+
 // bmcFlags are the --bmc-* flags of node create and node set.
 type bmcFlags struct {
 	driver, address, username, passwordFile string
+	iface, caFile                           string
+	insecure                                bool
 	port                                    int
 }
 
 func (b *bmcFlags) register(f *pflag.FlagSet) {
-	f.StringVar(&b.driver, "bmc-driver", "", "BMC driver: ipmi or fake (create: ipmi if --bmc-address is given)")
-	f.StringVar(&b.address, "bmc-address", "", "BMC host name or IP address")
+	f.StringVar(&b.driver, "bmc-driver", "", "BMC driver: ipmi, redfish or fake (create: ipmi if --bmc-address is given)")
+	f.StringVar(&b.address, "bmc-address", "", "BMC host name or IP address (ipmi); a URL https://host[:port][/redfish/v1/Systems/ID] (redfish)")
+	f.StringVar(&b.iface, "bmc-interface", "", "IPMI interface: lanplus (default, IPMI v2.0 RMCP+) or lan (IPMI v1.5)")
+	f.StringVar(&b.caFile, "bmc-ca-file", "", "PEM file of the CA(s) that sign a redfish BMC's certificate")
+	f.BoolVar(&b.insecure, "bmc-insecure", false, "do not verify a redfish BMC's TLS certificate")
 	f.IntVar(&b.port, "bmc-port", 0, "BMC port (0: the driver's default)")
 	f.StringVar(&b.username, "bmc-username", "", "BMC user name")
 	f.StringVar(&b.passwordFile, "bmc-password-file", "", "file holding the BMC password (-: standard input)")
@@ -182,6 +226,23 @@ func (b *bmcFlags) patch(cmd *cobra.Command) (*proto.BMCPatch, error) {
 	}
 	if fl.Changed("bmc-username") {
 		p.Username, set = &b.username, true
+	}
+	if fl.Changed("bmc-interface") {
+		p.Interface, set = &b.iface, true
+	}
+	if fl.Changed("bmc-insecure") {
+		p.Insecure, set = &b.insecure, true
+	}
+	if fl.Changed("bmc-ca-file") {
+		ca := ""
+		if b.caFile != "" {
+			pem, err := os.ReadFile(b.caFile)
+			if err != nil {
+				return nil, fmt.Errorf("--bmc-ca-file: %w", err)
+			}
+			ca = string(pem)
+		}
+		p.CACert, set = &ca, true
 	}
 	if fl.Changed("bmc-password-file") {
 		pw, err := readSecretFile(cmd, b.passwordFile)
@@ -215,9 +276,13 @@ func newNodeCreateCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if bp != nil {
-				req.BMC = proto.BMC{Driver: bmc.driver, Address: bmc.address, Port: bmc.port, Username: bmc.username}
+				req.BMC = proto.BMC{Driver: bmc.driver, Address: bmc.address, Port: bmc.port, Username: bmc.username,
+					Interface: bmc.iface, Insecure: bmc.insecure}
 				if bp.Password != nil {
 					req.BMC.Password = *bp.Password
+				}
+				if bp.CACert != nil {
+					req.BMC.CACert = *bp.CACert
 				}
 				if req.BMC.Driver == "" && req.BMC.Address != "" {
 					req.BMC.Driver = "ipmi"
@@ -394,9 +459,13 @@ func newNodeProvisionCmd(g *globals) *cobra.Command {
 		if t.Hardware {
 			note = "; needs a rack agent, not available yet"
 		}
+		if ev == "manage" {
+			note = "; the rack agent verifies the BMC first: see --wait"
+		}
 		fmt.Fprintf(&targets, "  %-9s %s (from %s%s)\n", ev, t.Doc, joinAny(t.From), note)
 	}
-	return &cobra.Command{
+	var wait time.Duration
+	cmd := &cobra.Command{
 		Use:   "provision ID TARGET",
 		Short: "Move a node through the state machine (manage, provide, ...)",
 		Long:  "Move a node through the state machine. TARGET is one of:\n\n" + targets.String(),
@@ -406,13 +475,24 @@ func newNodeProvisionCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			n, err := c.Provision(cmd.Context(), a[0], proto.Event(a[1]))
+			n, err := c.ProvisionWait(cmd.Context(), a[0], proto.Event(a[1]), wait)
 			if err != nil {
 				return err
+			}
+			if a[1] == "manage" && n.ProvisionState != proto.StateManageable {
+				if wait > 0 && n.LastError != "" {
+					return fmt.Errorf("node %s stays %s: %s", nodeLabel(n), n.ProvisionState, n.LastError)
+				}
+				if wait > 0 {
+					return fmt.Errorf("node %s is still %s: its rack agent has not verified the BMC within %s", nodeLabel(n), n.ProvisionState, wait)
+				}
+				return g.nodeChanged(n, fmt.Sprintf("is %s; it becomes manageable once its rack agent has verified the BMC (metalfleet node show %s)", n.ProvisionState, a[0]))
 			}
 			return g.nodeChanged(n, fmt.Sprintf("is %s", n.ProvisionState))
 		},
 	}
+	cmd.Flags().DurationVar(&wait, "wait", 0, "for manage: wait this long for the BMC verification (e.g. 1m)")
+	return cmd
 }
 
 // nodeChanged reports a node after a state change: its JSON, or one line.

@@ -234,12 +234,22 @@ func TestNodeCommands(t *testing.T) {
 	})
 
 	t.Run("provision", func(t *testing.T) {
+		// manage waits for the rack agent's BMC verification.
+		a := c.standIn("agent-n")
+		c.ok("node", "set", "n1", "--rack", "pr", "--bmc-driver", "fake", "--bmc-address", "bmc-n1")
+		out := c.ok("node", "provision", "n1", "manage")
+		wantContains(t, "provision manage", out, "is enrolled; it becomes manageable once its rack agent has verified the BMC")
+		if a.Answer("") == 0 {
+			t.Fatal("the verify intent did not reach the agent")
+		}
 		for _, step := range []struct {
 			target string
 			want   proto.ProvisionState
 		}{{"manage", proto.StateManageable}, {"provide", proto.StateAvailable}} {
-			out := c.ok("node", "provision", "n1", step.target)
-			wantContains(t, "provision "+step.target, out, "is "+string(step.want))
+			if step.target != "manage" {
+				out := c.ok("node", "provision", "n1", step.target)
+				wantContains(t, "provision "+step.target, out, "is "+string(step.want))
+			}
 			if n := c.node("n1"); n.ProvisionState != step.want {
 				t.Errorf("after %s: got %s, want %s", step.target, n.ProvisionState, step.want)
 			}
@@ -684,7 +694,8 @@ func TestBMCPasswordNeverPrinted(t *testing.T) {
 		all.WriteString(out + errOut)
 		return out
 	}
-	run("node", "create", "--name", "b1", "--mac", "52:54:00:00:00:01", "--bmc-address", "10.1.1.1", "--bmc-port", "623", "--bmc-username", "root", "--bmc-password-file", f1)
+	a := c.standIn("agent-b")
+	run("node", "create", "--name", "b1", "--mac", "52:54:00:00:00:01", "--rack", "pr", "--bmc-address", "10.1.1.1", "--bmc-port", "623", "--bmc-username", "root", "--bmc-password-file", f1)
 	run("-o", "json", "node", "create", "--name", "b2", "--mac", "52:54:00:00:00:02", "--bmc-driver", "fake", "--bmc-password-file", f1)
 	for _, args := range [][]string{
 		{"node", "show", "b1"}, {"-o", "json", "node", "show", "b1"},
@@ -694,6 +705,9 @@ func TestBMCPasswordNeverPrinted(t *testing.T) {
 	} {
 		run(args...)
 	}
+	a.Answer("")
+	run("node", "history", "b1")
+	run("-o", "json", "node", "history", "b1")
 	run("node", "set", "b1", "--bmc-password-file", f2)
 	run("-o", "json", "node", "set", "b1", "--bmc-username", "admin")
 	run("node", "show", "b1")

@@ -79,6 +79,27 @@ func NodeBoot(n *proto.Node, d Discovery) proto.BootConfig {
 	return proto.BootConfig{Kind: proto.BootLocalDisk}
 }
 
+// NodeBMC is what a rack agent needs of n's BMC: its fields with the
+// credentials, and the intents not yet answered; nil for a node without a
+// BMC driver and address.
+func NodeBMC(n *proto.Node) *proto.BootBMC {
+	if n.BMC.Driver == "" || n.BMC.Address == "" {
+		return nil
+	}
+	b := &proto.BootBMC{BMC: n.BMC, Maintenance: n.Maintenance}
+	b.PasswordSet = false
+	for _, in := range n.Intents {
+		if !in.Done {
+			if in.Boot != nil {
+				bd := *in.Boot
+				in.Boot = &bd
+			}
+			b.Intents = append(b.Intents, in)
+		}
+	}
+	return b
+}
+
 // RackBootState is what a rack's agents are told: the rack, the discovery
 // boot and whether unknown MACs get it, every node of the rack with what
 // it boots, and every lease recorded for the rack (the asking agent's own
@@ -91,7 +112,7 @@ func RackBootState(r *proto.Rack, nodes []*proto.Node, leases []*proto.Lease, s 
 	for _, n := range nodes {
 		out.Nodes = append(out.Nodes, proto.BootNode{
 			UUID: n.UUID, Name: n.Name, MACs: append([]string(nil), n.MACs...), IP: n.IP,
-			Boot: NodeBoot(n, d),
+			Boot: NodeBoot(n, d), BMC: NodeBMC(n),
 		})
 	}
 	out.Leases = make([]proto.Lease, 0, len(leases))

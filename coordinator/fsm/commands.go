@@ -57,10 +57,15 @@ type NodeCreate struct {
 }
 
 // NodeUpdate changes fields of the node Ref (uuid, name or MAC).
+//
+// A change of the BMC fields (or the rack) makes the BMC unverified and,
+// when Agent names the rack agent to ask, records a verify intent for it.
 type NodeUpdate struct {
 	Ref   string          `json:"ref"`
 	Patch proto.NodePatch `json:"patch"`
 	Now   time.Time       `json:"now"`
+	Agent string          `json:"agent,omitempty"`
+	By    string          `json:"by,omitempty"`
 }
 
 // NodeDelete removes the node Ref if it is not in use.

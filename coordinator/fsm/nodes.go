@@ -170,6 +170,7 @@ func applyNodeUpdate(tx *state.Tx, c *NodeUpdate) (any, error) {
 		return nil, err
 	}
 	p := c.Patch
+	oldRack := n.Rack
 	if p.Name != nil {
 		n.Name = *p.Name
 	}
@@ -193,12 +194,16 @@ func applyNodeUpdate(tx *state.Tx, c *NodeUpdate) (any, error) {
 		}
 		n.IP = *p.IP
 	}
+	oldBMC := n.BMC
 	if b := p.BMC; b != nil {
 		setIf(&n.BMC.Driver, b.Driver)
 		setIf(&n.BMC.Address, b.Address)
 		setIf(&n.BMC.Port, b.Port)
 		setIf(&n.BMC.Username, b.Username)
 		setIf(&n.BMC.Password, b.Password)
+		setIf(&n.BMC.Interface, b.Interface)
+		setIf(&n.BMC.CACert, b.CACert)
+		setIf(&n.BMC.Insecure, b.Insecure)
 	}
 	if p.Properties != nil {
 		n.Properties = *p.Properties
@@ -207,6 +212,14 @@ func applyNodeUpdate(tx *state.Tx, c *NodeUpdate) (any, error) {
 		return nil, err
 	}
 	n.UpdatedAt = c.Now
+	if n.BMC != oldBMC || n.Rack != oldRack {
+		// New fields (or another rack's agents): what was verified no
+		// longer holds; verify again when an agent can.
+		n.BMCStatus = &proto.BMCStatus{State: proto.BMCUnverified}
+		if c.Agent != "" && CanDriveBMC(n) == nil {
+			addIntent(tx, n, proto.Intent{Action: proto.ActionVerify, Agent: c.Agent, By: c.By, At: c.Now})
+		}
+	}
 	tx.PutNode(n)
 	return n.Clone(), nil
 }

@@ -101,19 +101,11 @@ func applyAgentReport(tx *state.Tx, rack string, r *proto.AgentReport) error {
 	case proto.ReportLease:
 		return applyLease(tx, rack, mac, r)
 	case proto.ReportPower:
-		if node == nil {
-			return proto.Errorf(proto.CodeInvalid, "power report without a known node")
-		}
-		if !r.PowerState.Valid() {
-			return proto.Errorf(proto.CodeInvalid, "power_state %q: want on, off or unknown", r.PowerState)
-		}
-		if r.Time.Before(node.PowerUpdatedAt) {
-			return nil // an older reading never overwrites a newer one
-		}
-		n := node.Clone()
-		n.PowerState, n.PowerUpdatedAt, n.UpdatedAt = r.PowerState, r.Time, r.Time
-		tx.PutNode(n)
-		return nil
+		return applyPowerReading(tx, node, r)
+	case proto.ReportBMC:
+		return applyBMCResult(tx, node, r)
+	case proto.ReportConsole:
+		return applyConsoleEvent(tx, node, r)
 	case proto.ReportCallback:
 		if r.Step == proto.StepInventory {
 			return applyDiscovery(tx, rack, mac, r)

@@ -243,8 +243,8 @@ func TestAPIBodyErrors(t *testing.T) {
 			status: 400, code: proto.CodeInvalid, msg: `rack "nosuch" does not exist`},
 		{name: "password_set in a request", method: "POST", path: "/v1/nodes", body: `{"macs":["` + mac(1) + `"],"bmc":{"password_set":true}}`,
 			status: 400, code: proto.CodeInvalid, msg: "bmc.password_set is read-only"},
-		{name: "bad BMC driver", method: "POST", path: "/v1/nodes", body: `{"macs":["` + mac(1) + `"],"bmc":{"driver":"redfish"}}`,
-			status: 400, code: proto.CodeInvalid, msg: `bmc.driver "redfish"`},
+		{name: "bad BMC driver", method: "POST", path: "/v1/nodes", body: `{"macs":["` + mac(1) + `"],"bmc":{"driver":"pigeon"}}`,
+			status: 400, code: proto.CodeInvalid, msg: `bmc.driver "pigeon": want ipmi, redfish or fake`},
 		{name: "rack bad CIDR", method: "POST", path: "/v1/racks", body: `{"name":"r1","subnet":"10.0.0.0/33"}`,
 			status: 400, code: proto.CodeInvalid, msg: `subnet "10.0.0.0/33": want an IPv4 CIDR`},
 		{name: "rack gateway outside subnet", method: "POST", path: "/v1/racks", body: `{"name":"r1","subnet":"10.0.0.0/24","gateway":"10.0.1.1"}`,
@@ -409,13 +409,12 @@ func TestAPIStatesAndConflicts(t *testing.T) {
 	})
 
 	// The good path through the state machine, by name, uuid and MAC.
-	var n proto.Node
-	r := e.ok(200, "POST", "/v1/nodes/n1/provision", asAdmin, proto.ProvisionRequest{Target: "manage"}, &n)
+	n := *e.manageViaAgent("n1")
 	if n.ProvisionState != proto.StateManageable {
 		t.Fatalf("after manage: %s", n.ProvisionState)
 	}
-	idx := r.index(t)
-	r = e.ok(200, "POST", "/v1/nodes/"+n1.UUID+"/provision", asAdmin, proto.ProvisionRequest{Target: "provide"}, &n)
+	idx := e.srv.Store().Index()
+	r := e.ok(200, "POST", "/v1/nodes/"+n1.UUID+"/provision", asAdmin, proto.ProvisionRequest{Target: "provide"}, &n)
 	if n.ProvisionState != proto.StateAvailable || r.index(t) <= idx {
 		t.Fatalf("after provide: %s at index %d (manage was at %d)", n.ProvisionState, r.index(t), idx)
 	}
@@ -509,9 +508,16 @@ func TestAPIBMCPasswordNeverReturned(t *testing.T) {
 
 	r = e.ok(200, "PUT", "/v1/nodes/bmc1/maintenance", asAdmin, proto.MaintenanceRequest{Maintenance: true}, &n)
 	check("maintenance", r)
-	r = e.ok(200, "POST", "/v1/nodes/bmc1/provision", asAdmin, proto.ProvisionRequest{Target: "manage"}, &n)
-	check("provision", r)
-	passwordSet("provision", n)
+	r = e.ok(200, "GET", "/v1/nodes/bmc1/history", asAdmin, nil, nil)
+	check("history", r)
+	e.manageViaAgent("bmc1", func(r reply) {
+		check("provision", r)
+		var n proto.Node
+		if err := json.Unmarshal(r.Body, &n); err != nil {
+			t.Fatal(err)
+		}
+		passwordSet("provision", n)
+	})
 
 	// Clearing the password clears password_set.
 	e.ok(200, "PATCH", "/v1/nodes/bmc1", asAdmin, `{"bmc":{"password":""}}`, &n)

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"cmp"
 	"crypto/rand"
 	"encoding/base32"
 	"encoding/hex"
@@ -36,6 +37,9 @@ func (a *API) routes() []Route {
 		{"PUT", "/v1/nodes/{id}/enrolled", O, kindWrite, a.setEnrolled},
 		{"PUT", "/v1/nodes/{id}/maintenance", O, kindWrite, a.setMaintenance},
 		{"POST", "/v1/nodes/{id}/provision", O, kindWrite, a.provision},
+		{"PUT", "/v1/nodes/{id}/power", O, kindWrite, a.setPower},
+		{"PUT", "/v1/nodes/{id}/boot-device", O, kindWrite, a.setBootDevice},
+		{"GET", "/v1/nodes/{id}/history", R, kindRead, a.nodeHistory},
 
 		{"GET", "/v1/racks", R, kindRead, a.listRacks},
 		{"POST", "/v1/racks", O, kindWrite, a.putRack(true)},
@@ -223,7 +227,15 @@ func (a *API) patchNode(c *call) (any, error) {
 		}
 		p.MACs = &macs
 	}
-	return nodeResult(c.apply(fsm.NodeUpdate{Ref: c.r.PathValue("id"), Patch: p, Now: a.cfg.Now()}))
+	upd := fsm.NodeUpdate{Ref: c.r.PathValue("id"), Patch: p, Now: a.cfg.Now(), By: c.who()}
+	if n, ok := a.b.Store().Node(upd.Ref); ok && (p.BMC != nil || p.Rack != nil) {
+		rack := n.Rack
+		if p.Rack != nil {
+			rack = *p.Rack
+		}
+		upd.Agent = a.rackAgent(rack) // none: the BMC stays unverified until manage
+	}
+	return nodeResult(c.apply(upd))
 }
 
 func (a *API) deleteNode(c *call) (any, error) {
@@ -264,6 +276,18 @@ func (a *API) provision(c *call) (any, error) {
 	}
 	if t.Hardware {
 		return nil, proto.Errorf(proto.CodeUnsupported, "target %s needs a rack agent to drive the hardware; this coordinator does not drive hardware yet", req.Target)
+	}
+	if req.Target == "manage" {
+		// manage verifies the BMC first: the node becomes manageable when
+		// its rack agent has connected with the node's credentials.
+		n, ok := a.b.Store().Node(c.r.PathValue("id"))
+		if !ok {
+			return nil, proto.Errorf(proto.CodeNotFound, "node %q not found", c.r.PathValue("id"))
+		}
+		if _, err := proto.CheckTransition(cmp.Or(n.Name, n.UUID), n.ProvisionState, "manage"); err != nil {
+			return nil, err
+		}
+		return a.makeIntent(c, proto.Intent{Action: proto.ActionVerify, OnSuccess: "manage"})
 	}
 	return nodeResult(c.apply(fsm.NodeProvision{Ref: c.r.PathValue("id"), Event: req.Target, Actor: proto.ActorOperator, Now: a.cfg.Now()}))
 }

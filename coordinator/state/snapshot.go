@@ -147,6 +147,11 @@ func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
 			return cw.n, err
 		}
 	}
+	for _, k := range sortedKeys(d.history) {
+		if err := put("history", historyRecord{Node: k, Events: d.history[k]}); err != nil {
+			return cw.n, err
+		}
+	}
 	if err := put("end", struct{}{}); err != nil {
 		return cw.n, err
 	}
@@ -248,6 +253,11 @@ func (s *Store) Restore(r io.Reader) error {
 			v := new(AgentSeq)
 			if err = json.Unmarshal(rec.V, v); err == nil {
 				d.agentSeqs[v.Rack+"/"+v.Agent] = v
+			}
+		case "history":
+			var v historyRecord
+			if err = json.Unmarshal(rec.V, &v); err == nil && len(v.Events) > 0 {
+				d.history[v.Node] = v.Events
 			}
 		case "end":
 			sawEnd = true

@@ -73,6 +73,9 @@ type data struct {
 	// address starts there. Derived: not in snapshots.
 	ipHint    map[string]netip.Addr
 	sightings map[string]*proto.Sighting // by MAC
+	// history is each node's recent events (console sessions, intents
+	// and their results), oldest first, at most proto.MaxHistory.
+	history map[string][]proto.HistoryEvent
 	// sightAge orders sightings for eviction (sightKey): the stalest
 	// without a conflict is forgotten first when MaxSightings would be
 	// passed.
@@ -115,7 +118,7 @@ func newData() *data {
 		instances: map[string]*proto.Instance{}, instByNm: map[string]string{},
 		tokens: map[string]*proto.Token{}, tokenByHash: map[string]string{},
 		servers: map[string]*proto.Server{}, agentSeqs: map[string]*AgentSeq{},
-		nodeByIP: map[string]string{}, sightings: map[string]*proto.Sighting{},
+		nodeByIP: map[string]string{}, sightings: map[string]*proto.Sighting{}, history: map[string][]proto.HistoryEvent{},
 		sightAge: btree.NewG[sightKey](32, sightLess), ipHint: map[string]netip.Addr{},
 		leases: map[string]map[string]*proto.Lease{}, rackIdx: map[string]uint64{},
 	}

@@ -167,11 +167,23 @@ func (tx *Tx) NodeIdentity(uuid string) string { return tx.d.identOf[uuid] }
 // agents serve it (a power reading or a boot event does not).
 func bootChanged(a, b *proto.Node) bool {
 	return a.Rack != b.Rack || a.IP != b.IP || a.Name != b.Name || a.Enrolled != b.Enrolled ||
-		a.ProvisionState != b.ProvisionState || !slices.Equal(a.MACs, b.MACs)
+		a.ProvisionState != b.ProvisionState || !slices.Equal(a.MACs, b.MACs) ||
+		a.BMC != b.BMC || a.Maintenance != b.Maintenance || !intentsEqual(a.Intents, b.Intents)
+}
+
+func intentsEqual(a, b []proto.Intent) bool {
+	return slices.EqualFunc(a, b, func(x, y proto.Intent) bool {
+		if (x.Boot == nil) != (y.Boot == nil) || x.Boot != nil && *x.Boot != *y.Boot {
+			return false
+		}
+		x.Boot, y.Boot = nil, nil
+		return x == y
+	})
 }
 
 // DeleteNode removes the node with uuid.
 func (tx *Tx) DeleteNode(uuid string) {
+	delete(tx.d.history, uuid)
 	if n, ok := tx.d.nodes[uuid]; ok {
 		tx.unindexNode(n)
 		tx.unindexIdentity(uuid)

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/spf13/cobra"
+
+	"github.com/metalfleet/metalfleet/coordinator/apiclient"
+	"github.com/metalfleet/metalfleet/proto"
+)
+
+// Out-of-band commands: node power, node boot-device, node history.
+
+// retryIntent sends an intent request until it is answered, retrying
+// with the same request id (so the coordinator records it once) while no
+// leader can take it, and, with wait, until its result is in or the wait
+// ends.
+func retryIntent(ctx context.Context, wait time.Duration, send func(wait time.Duration) (*proto.IntentAccepted, error)) (*proto.IntentAccepted, error) {
+	deadline := time.Now().Add(max(wait, 30*time.Second))
+	for {
+		left := time.Until(deadline)
+		w := time.Duration(0)
+		if wait > 0 {
+			w = max(left, time.Second)
+		}
+		out, err := send(w)
+		var ae *apiclient.Error
+		retry := errors.As(err, &ae) && (ae.Code == proto.CodeNoLeader || ae.Code == proto.CodeTimeout)
+		if err == nil && (wait == 0 || out.Intent.Done) {
+			return out, nil
+		}
+		if err != nil && !retry {
+			return nil, err
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				return nil, err
+			}
+			return out, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// intentDone prints an intent's outcome; a failed one is an error.
+func (g *globals) intentDone(node string, out *proto.IntentAccepted, waited bool) error {
+	if g.json() {
+		if err := g.printJSON(out); err != nil {
+			return err
+		}
+	}
+	in := out.Intent
+	switch {
+	case in.Done && in.Error != "":
+		return fmt.Errorf("node %s: %s failed: %s", node, describeIntent(in), in.Error)
+	case g.json():
+	case in.Done:
+		g.printf("node %s: %s done (generation %d)", node, describeIntent(in), in.Generation)
+	case waited:
+		return fmt.Errorf("node %s: %s not done yet (generation %d, agent %s); see metalfleet node show %s", node, describeIntent(in), in.Generation, in.Agent, node)
+	default:
+		g.printf("node %s: %s requested (generation %d, agent %s)", node, describeIntent(in), in.Generation, in.Agent)
+	}
+	return nil
+}
+
+func describeIntent(in proto.Intent) string {
+	switch in.Action {
+	case proto.ActionPower:
+		return "power " + string(in.Power)
+	case proto.ActionBootDevice:
+		if in.Boot != nil {
+			return "boot device " + string(in.Boot.Device)
+		}
+	}
+	return string(in.Action)
+}
+
+func newNodePowerCmd(g *globals) *cobra.Command {
+	var wait bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "power ID on|off|soft-off|reboot",
+		Short: "Switch a node on or off, or reboot it (through its rack agent and BMC)",
+		Long: `Switch a node on or off, or reboot it. The coordinator records the request
+and the node's rack agent executes it once through the BMC. reboot of a node
+that is on is a hard reset; of a node that is off, it powers on. With --wait
+the command returns when the result is in, and fails if the action failed.`,
+		Args: args(cobra.ExactArgs(2)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			t := proto.PowerTarget(a[1])
+			if !t.Valid() {
+				return fmt.Errorf("node power: %q: want on, off, soft-off or reboot", a[1])
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			req := proto.PowerRequest{Target: t, RequestID: uuid.NewString()}
+			w := time.Duration(0)
+			if wait {
+				w = timeout
+			}
+			out, err := retryIntent(cmd.Context(), w, func(w time.Duration) (*proto.IntentAccepted, error) {
+				return c.SetPower(cmd.Context(), a[0], req, w)
+			})
+			if err != nil {
+				return err
+			}
+			return g.intentDone(a[0], out, wait)
+		},
+	}
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait for the result")
+	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long --wait waits")
+	return cmd
+}
+
+func newNodeBootDeviceCmd(g *globals) *cobra.Command {
+	var wait, persistent bool
+	var mode string
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "boot-device ID pxe|disk",
+		Short: "Set the device a node boots from next (once, or --persistent)",
+		Args:  args(cobra.ExactArgs(2)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			req := proto.BootDeviceRequest{BootDeviceSpec: proto.BootDeviceSpec{Device: proto.BootDevice(a[1]), Persistent: persistent, Mode: proto.BootMode(mode)}, RequestID: uuid.NewString()}
+			if err := req.Check(); err != nil {
+				return fmt.Errorf("node boot-device: %v", err)
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			w := time.Duration(0)
+			if wait {
+				w = timeout
+			}
+			out, err := retryIntent(cmd.Context(), w, func(w time.Duration) (*proto.IntentAccepted, error) {
+				return c.SetBootDevice(cmd.Context(), a[0], req, w)
+			})
+			if err != nil {
+				return err
+			}
+			return g.intentDone(a[0], out, wait)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&persistent, "persistent", false, "every boot, not just the next one")
+	f.StringVar(&mode, "mode", "", "firmware boot mode: uefi or legacy (default: the BMC's)")
+	f.BoolVar(&wait, "wait", false, "wait for the result")
+	f.DurationVar(&timeout, "timeout", 2*time.Minute, "how long --wait waits")
+	return cmd
+}
+
+func newNodeHistoryCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "history ID",
+		Short: "Show a node's recent events (power, boot device, BMC, console sessions)",
+		Args:  args(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			evs, err := c.History(cmd.Context(), a[0])
+			if err != nil {
+				return err
+			}
+			if g.json() {
+				return g.printJSON(evs)
+			}
+			var rows [][]string
+			for _, e := range evs {
+				rows = append(rows, []string{fmtTime(e.Time), e.Kind, e.User, e.Message})
+			}
+			return g.printTable([]string{"TIME", "KIND", "USER", "MESSAGE"}, rows)
+		},
+	}
+}
