@@ -103,8 +103,9 @@ type BMC struct {
 	ch     *chassis
 	con    *console
 
-	slow atomic.Int64 // time.Duration
-	drop atomic.Bool
+	slow  atomic.Int64 // time.Duration
+	opens atomic.Int64 // RMCP+ Open Session Requests received
+	drop  atomic.Bool
 
 	mu     sync.Mutex
 	conn   *net.UDPConn
@@ -287,6 +288,10 @@ func (b *BMC) SetSlow(d time.Duration) { b.slow.Store(int64(d)) }
 // SetDrop makes the BMC stop (true) or resume (false) answering.
 func (b *BMC) SetDrop(drop bool) { b.drop.Store(drop) }
 
+// SessionOpens is how many RMCP+ sessions clients began to open (Open
+// Session Requests received, retransmissions included).
+func (b *BMC) SessionOpens() int { return int(b.opens.Load()) }
+
 // Actions is how many times the BMC performed power action a.
 func (b *BMC) Actions(a Action) int {
 	b.ch.mu.Lock()
@@ -353,7 +358,12 @@ type packetConn struct {
 }
 
 func (p *packetConn) ReadFrom(buf []byte) (int, net.Addr, error) {
-	return p.conn.ReadFrom(buf)
+	n, addr, err := p.conn.ReadFrom(buf)
+	// RMCP, class IPMI, auth type RMCP+, payload Open Session Request.
+	if n > 6 && buf[3]&0x1f == 0x07 && buf[4] == 0x06 && buf[5]&0x3f == 0x10 {
+		p.b.opens.Add(1)
+	}
+	return n, addr, err
 }
 
 func (p *packetConn) WriteTo(data []byte, addr net.Addr) (int, error) {
