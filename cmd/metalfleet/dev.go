@@ -93,7 +93,7 @@ the serial console of the machine behind it. Dev gives every machine's
 node its BMC's driver, address, port and credentials, so 'node power',
 'node console' and 'manage' work: a machine powered off sends nothing, and
 one powered on boots again. The BMCs live as long as dev runs (new ports
-each run; dev updates the nodes).`,
+each run; dev updates the nodes); --until-done runs without them.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runDev(cmd.Context(), g, f) },
 	}
@@ -113,7 +113,7 @@ each run; dev updates the nodes).`,
 	fl.StringVar(&f.coordinator, "coordinator", "", "use this coordinator's API (HOST:PORT, with an admin --token) instead of running one")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "debug, info, warn or error")
 	fl.StringVar(&f.cpuProfile, "cpu-profile", "", "write a CPU profile of this process (pprof) to this file")
-	fl.BoolVar(&f.bmcs, "bmcs", true, fmt.Sprintf("give each simulated machine a BMC (at most %d machines in all)", devMaxBMCs))
+	fl.BoolVar(&f.bmcs, "bmcs", true, fmt.Sprintf("give each simulated machine a BMC (at most %d machines in all; not with --until-done)", devMaxBMCs))
 	fl.Float64Var(&f.redfishShare, "redfish-share", 0.2, "share of the machines whose BMC speaks Redfish (the others IPMI), 0 to 1")
 	return cmd
 }
@@ -693,12 +693,14 @@ func devSetBMC(ctx context.Context, admin *apiclient.Client, id string, n *proto
 	return "; BMC " + where
 }
 
-// devHosts makes every machine's host with its BMC (nil with --bmcs=false
-// or more machines than devMaxBMCs): machine i of a rack has a Redfish
+// devHosts makes every machine's host with its BMC (nil with --bmcs=false,
+// with --until-done, whose storm measures the boot alone and ends before
+// anyone could use a BMC, or with more machines than devMaxBMCs): machine
+// i of a rack has a Redfish
 // BMC when it brings the rack's count of Redfish ones to
 // floor(i * --redfish-share), else an IPMI one.
 func devHosts(agents []*agent.Agent, racks []proto.Rack, f devFlags) ([][]*sim.Host, error) {
-	if !f.bmcs || f.racks*f.machines == 0 || f.racks*f.machines > devMaxBMCs {
+	if !f.bmcs || f.untilDone || f.racks*f.machines == 0 || f.racks*f.machines > devMaxBMCs {
 		return nil, nil
 	}
 	hosts := make([][]*sim.Host, len(racks))
@@ -730,7 +732,7 @@ func closeHosts(hosts [][]*sim.Host) {
 // devBMCHelp is the startup output's part on power and consoles.
 func devBMCHelp(hosts [][]*sim.Host, f devFlags) string {
 	switch {
-	case f.racks*f.machines == 0:
+	case f.racks*f.machines == 0 || f.untilDone:
 		return ""
 	case hosts == nil && f.bmcs:
 		return fmt.Sprintf("\nThe machines have no BMCs: more than %d machines (--bmcs).\n", devMaxBMCs)
