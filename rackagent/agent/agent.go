@@ -10,8 +10,9 @@
 // rack's agent token (the one the agent runs with, compared in constant
 // time) or an admin token, which the agent verifies by asking the
 // coordinator (an admin-only read answered 200; a verified or refused
-// token is remembered for a minute; checks are bounded, see mgmtAuth). It serves GET /v1/health and GET /v1/diag;
-// console and power routes come next. The agent tells the coordinator
+// token is remembered for a minute; checks are bounded, see mgmtAuth). It serves GET /v1/health and GET /v1/diag,
+// and the serial console routes, which take a single-use console ticket
+// instead of a token (mgmt_console.go). The agent tells the coordinator
 // this address on every API call, boot-state polls included, in the
 // X-Metalfleet-Agent-Mgmt header (an unspecified host replaced by the
 // advertise IP).
@@ -36,6 +37,7 @@ import (
 	"github.com/metalfleet/metalfleet/coordinator/apiclient"
 	"github.com/metalfleet/metalfleet/proto"
 	"github.com/metalfleet/metalfleet/rackagent/bootstate"
+	"github.com/metalfleet/metalfleet/rackagent/console"
 	"github.com/metalfleet/metalfleet/rackagent/dhcp"
 	"github.com/metalfleet/metalfleet/rackagent/httpboot"
 	"github.com/metalfleet/metalfleet/rackagent/outbox"
@@ -158,6 +160,7 @@ type Agent struct {
 	mgmtLn     net.Listener
 	mgmtAdvert string
 	mgmtAuth   *mgmtAuth
+	console    *console.Manager
 
 	power *power.Manager
 }
@@ -237,6 +240,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a.rep = newGroupReporter(a.out, cfg.Rack, cfg.Name, a.log)
+	a.console = a.newConsole()
 
 	// The pool's share is known once the rack's pool is: until then it is
 	// empty, and set again on every new boot state.
@@ -412,6 +416,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		_ = a.gossip.Leave(time.Second) // tell the rack's other agent at once
 	}
 	cancel()
+	a.console.Close()
 	wg.Wait()
 	a.close()
 	a.log.Info("rack agent stopped")

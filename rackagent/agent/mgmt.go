@@ -246,9 +246,11 @@ func (m *mgmtAuth) failLocked(ip string, now time.Time) {
 	b.tokens = max(0, b.tokens-1)
 }
 
-// mgmtHandler is the management listener's routes, every one behind
-// mgmtAuth.
+// mgmtHandler is the management listener's routes: the console routes
+// behind single-use console tickets (mgmt_console.go), every other one
+// behind mgmtAuth.
 func (a *Agent) mgmtHandler() http.Handler {
+	consoles := a.consoleRoutes()
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -257,6 +259,10 @@ func (a *Agent) mgmtHandler() http.Handler {
 		writeJSON(w, http.StatusOK, a.Diag())
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/v1/console/") {
+			consoles.ServeHTTP(w, r)
+			return
+		}
 		scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
 		if !strings.EqualFold(scheme, "Bearer") {
 			token = ""
