@@ -169,6 +169,15 @@ func (a *API) bootState(c *call) (any, error) {
 	}
 	out.Index = idx
 	c.index = out.Index
+	if c.token == nil || c.token.Role != proto.RoleAgent {
+		// BMC credentials go to the rack's agents only, not to an admin
+		// reading the boot state.
+		for i := range out.Nodes {
+			if b := out.Nodes[i].BMC; b != nil {
+				b.PasswordSet, b.Password = b.Password != "", ""
+			}
+		}
+	}
 	return out, nil
 }
 

@@ -149,12 +149,17 @@ func TestAPIPowerIntents(t *testing.T) {
 			t.Errorf("history lacks %q: %s", want, text)
 		}
 	}
-	// The agent is given the password; nobody else is.
-	st := a.Poll()
-	for _, bn := range st.Nodes {
-		if bn.UUID == n.UUID && (bn.BMC == nil || bn.BMC.Address != "b1") {
-			t.Errorf("boot state BMC of p1: %+v", bn.BMC)
+	// The rack's agent is given the password; an admin reading the boot
+	// state is not.
+	e.ok(200, "PATCH", "/v1/nodes/p1", asAdmin, `{"bmc":{"password":"pw-p1"}}`, nil)
+	for _, bn := range a.Poll().Nodes {
+		if bn.UUID == n.UUID && (bn.BMC == nil || bn.BMC.Address != "b1" || bn.BMC.Password != "pw-p1") {
+			t.Errorf("agent's boot state BMC of p1: %+v", bn.BMC)
 		}
+	}
+	r := e.ok(200, "GET", "/v1/agent/bootstate?rack="+bmcRack, asAdmin, nil, nil)
+	if strings.Contains(string(r.Body), "pw-p1") || !strings.Contains(string(r.Body), `"password_set": true`) {
+		t.Errorf("an admin's boot state shows the BMC password (or not password_set): %s", r.Body)
 	}
 }
 
