@@ -164,7 +164,14 @@ func (d *ipmiDriver) dropSession() {
 // BMC does not answer on a session that worked before (a BMC reboot
 // forgets its sessions), it opens a new session once and retries.
 func (d *ipmiDriver) call(ctx context.Context, op string, fn func(context.Context, *client.Client) error) error {
-	fresh := d.cl == nil
+	return d.callRetry(ctx, op, true, fn)
+}
+
+// callRetry is call; with retry false, a command the BMC may have
+// executed without answering is not sent again (a reset or a power
+// cycle must never happen twice): the caller reads the state instead.
+func (d *ipmiDriver) callRetry(ctx context.Context, op string, retry bool, fn func(context.Context, *client.Client) error) error {
+	fresh := d.cl == nil || !retry
 	if err := d.connect(ctx); err != nil {
 		return classify("connect", err, true)
 	}
@@ -239,7 +246,9 @@ func (d *ipmiDriver) Power(ctx context.Context, a PowerAction) error {
 	if d.lan {
 		return d.lanPower(ctx, a, ctl)
 	}
-	return d.call(ctx, "power "+string(a), func(ctx context.Context, c *client.Client) error {
+	// On, off and soft-off may be repeated harmlessly; reset and cycle not.
+	retry := a != PowerReset && a != PowerCycle
+	return d.callRetry(ctx, "power "+string(a), retry, func(ctx context.Context, c *client.Client) error {
 		_, err := c.ChassisControl(ctx, ctl)
 		return err
 	})

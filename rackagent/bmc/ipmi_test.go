@@ -393,3 +393,34 @@ func TestIPMIConfig(t *testing.T) {
 		t.Errorf("Console over v1.5 = %v, want unsupported", err)
 	}
 }
+
+// A reset whose answer is lost is never sent again (it may have been
+// executed): after a BMC restart the driver reports the failure and the
+// caller reads the state; the next call opens a new session.
+func TestIPMIResetNotRepeated(t *testing.T) {
+	s := startSim(t, ipmisim.Config{})
+	d := openDriver(t, s, proto.IPMILanplus, "")
+	ctx := ctxFor(t, 30*time.Second)
+	if err := d.Power(ctx, bmc.PowerOn); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	err := d.Power(ctx, bmc.PowerReset)
+	if err == nil {
+		t.Fatal("a reset on a session the BMC forgot succeeded; want the failure reported, not a resend")
+	}
+	if k := bmc.KindOf(err); k != proto.BMCErrTimeout && k != proto.BMCErrUnreachable {
+		t.Errorf("kind %s (%v), want timeout or unreachable", k, err)
+	}
+	if st, err := d.PowerState(ctx); err != nil || st != proto.PowerOn {
+		t.Fatalf("PowerState after the lost reset = %q, %v; want on", st, err)
+	}
+	if err := d.Power(ctx, bmc.PowerReset); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Actions(ipmisim.ActionReset); n != 1 {
+		t.Errorf("BMC reset %d times, want 1", n)
+	}
+}
