@@ -27,6 +27,8 @@ func newNodeCmd(g *globals) *cobra.Command {
 		newNodeEnrollCmd(g, false),
 		newNodeMaintenanceCmd(g),
 		newNodeProvisionCmd(g),
+		newNodeConsoleCmd(g),
+		newNodeConsoleLogCmd(g),
 		newNodePowerCmd(g),
 		newNodeBootDeviceCmd(g),
 		newNodeHistoryCmd(g),

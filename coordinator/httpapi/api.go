@@ -354,6 +354,9 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request, rt Route) {
 		r.Body = http.MaxBytesReader(w, r.Body, a.cfg.MaxBodyBytes)
 	}
 	v, err := rt.h(c)
+	if sw, ok := w.(*statusWriter); ok && sw.code != 0 {
+		return // the handler answered itself (raw bytes, a WebSocket upgrade)
+	}
 	if err != nil {
 		writeError(w, err)
 		return

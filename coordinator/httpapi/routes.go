@@ -73,6 +73,9 @@ func (a *API) routes() []Route {
 		{"GET", "/v1/agents", R, kindRead, a.agents},
 		{"GET", "/v1/agent/bootstate", G, kindReadOwnWait, a.bootState},
 		{"POST", "/v1/agent/reports", G, kindWrite, a.agentReports},
+		{"POST", "/v1/agent/console-ticket", G, kindWrite, a.redeemConsoleTicket},
+		{"GET", "/v1/nodes/{id}/console", O, kindLocal, a.console},
+		{"GET", "/v1/nodes/{id}/console/log", O, kindLocal, a.consoleLog},
 
 		{"POST", "/v1/cluster/join", A, kindWrite, a.join},
 		{"DELETE", "/v1/cluster/peers/{id}", A, kindWrite, a.removePeer},

@@ -35,6 +35,7 @@ func (s *Store) Snapshot() *Snapshot {
 	d.servers = maps.Clone(s.d.servers)
 	d.agentSeqs = maps.Clone(s.d.agentSeqs) // values are replaced, never changed
 	d.sightings = maps.Clone(s.d.sightings)
+	d.tickets = cloneTickets(s.d.tickets)
 	d.leases = make(map[string]map[string]*proto.Lease, len(s.d.leases))
 	for r, m := range s.d.leases {
 		d.leases[r] = maps.Clone(m)
@@ -152,6 +153,11 @@ func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
 			return cw.n, err
 		}
 	}
+	for _, k := range sortedKeys(d.tickets) {
+		if err := put("ticket", d.tickets[k]); err != nil {
+			return cw.n, err
+		}
+	}
 	if err := put("end", struct{}{}); err != nil {
 		return cw.n, err
 	}
@@ -258,6 +264,11 @@ func (s *Store) Restore(r io.Reader) error {
 			var v historyRecord
 			if err = json.Unmarshal(rec.V, &v); err == nil && len(v.Events) > 0 {
 				d.history[v.Node] = v.Events
+			}
+		case "ticket":
+			v := new(ConsoleTicket)
+			if err = json.Unmarshal(rec.V, v); err == nil {
+				d.restoreTicket(v)
 			}
 		case "end":
 			sawEnd = true

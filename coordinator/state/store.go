@@ -67,6 +67,10 @@ type data struct {
 	// report seq applied of each of its recent incarnations.
 	agentSeqs map[string]*AgentSeq
 
+	// tickets are the console tickets outstanding, by secret hash
+	// (tickets.go).
+	tickets map[string]*ConsoleTicket
+
 	nodeByIP map[string]string // rack+"/"+ip -> node uuid
 	// ipHint is, per rack, an address below which every address of the
 	// subnet is taken or unusable: the search for a node's reserved
