@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +20,7 @@ import (
 	"github.com/metalfleet/metalfleet/ops/testkit"
 	"github.com/metalfleet/metalfleet/proto"
 	"github.com/metalfleet/metalfleet/rackagent/agent"
+	"github.com/metalfleet/metalfleet/rackagent/bmc/ipmisim"
 )
 
 // syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
@@ -80,6 +83,7 @@ func (r *consoleRun) wait(t *testing.T) error {
 // bob.
 type consoleFleet struct {
 	addr         string
+	coords       []string // every coordinator's API address
 	admin        *apiclient.Client
 	clk          *clock.Fake
 	alice, bob   string
@@ -88,12 +92,10 @@ type consoleFleet struct {
 	agent        *agent.Agent
 	n1, n2, n3   *proto.Node
 	adminToken   string
-	stopAgentRun func()
 }
 
 func newConsoleFleet(t *testing.T) *consoleFleet {
 	t.Helper()
-	ctx := context.Background()
 	f := &consoleFleet{clk: clock.NewFake(time.Now().UTC())}
 	dir := t.TempDir()
 	cfg := coordtest.Config(t, "s1", dir)
@@ -103,8 +105,16 @@ func newConsoleFleet(t *testing.T) *consoleFleet {
 	coordtest.WaitFor(t, 10*time.Second, "leader with admin token", func() bool {
 		return s.IsLeader() && len(s.Store().Tokens()) > 0
 	})
-	f.adminToken = coordtest.AdminToken(t, dir)
-	f.addr = s.HTTPAddr()
+	f.addr, f.coords = s.HTTPAddr(), []string{s.HTTPAddr()}
+	f.populate(t, coordtest.AdminToken(t, dir))
+	return f
+}
+
+// populate makes the racks, tokens and nodes through the API at f.addr.
+func (f *consoleFleet) populate(t *testing.T, adminToken string) {
+	t.Helper()
+	ctx := context.Background()
+	f.adminToken = adminToken
 	f.admin = apiclient.New(f.addr, f.adminToken)
 	must := func(err error) {
 		t.Helper()
@@ -132,7 +142,6 @@ func newConsoleFleet(t *testing.T) *consoleFleet {
 	fake.Address += "-n3"
 	f.n3, err = f.admin.CreateNode(ctx, proto.NodeCreate{Name: "n3", MACs: []string{"52:54:00:00:10:03"}, Rack: "r2", BMC: fake})
 	must(err)
-	return f
 }
 
 // startAgent runs a real rack agent for r1 and waits until it holds n1's
@@ -140,7 +149,7 @@ func newConsoleFleet(t *testing.T) *consoleFleet {
 // address.
 func (f *consoleFleet) startAgent(t *testing.T) {
 	t.Helper()
-	a, err := agent.New(agent.Config{Name: "a1", Rack: "r1", DataDir: t.TempDir(), Coordinators: []string{f.addr}, Token: f.agentR1,
+	a, err := agent.New(agent.Config{Name: "a1", Rack: "r1", DataDir: t.TempDir(), Coordinators: f.coords, Token: f.agentR1,
 		DHCPAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", AdvertiseIP: netip.MustParseAddr("127.0.0.1"), Logger: coordtest.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -271,6 +280,112 @@ func TestConsoleThroughCoordinator(t *testing.T) {
 		_, n := f.agent.ConsoleHolder(f.n1.UUID)
 		return n == 0
 	})
+
+	// Every session's start and end, user and mode reach the node's
+	// history through the agent's outbox.
+	want := []string{"console-start (alice) interactive", "console-start (bob) read-only", "console-start (bob) interactive",
+		"console-end (alice) interactive", "console-end (bob) interactive", "console-end (bob) read-only"}
+	testkit.Eventually(t, 10*time.Second, "the sessions in n1's history", func() bool {
+		var evs []proto.HistoryEvent
+		if _, err := f.admin.Do(context.Background(), "GET", "/v1/nodes/n1/history", nil, &evs); err != nil {
+			return false
+		}
+		got := map[string]int{}
+		for _, e := range evs {
+			user := e.User[strings.LastIndex(e.User, " ")+1:]
+			mode := apiclient.ConsoleReadOnly
+			if strings.Contains(e.Message, "("+apiclient.ConsoleInteractive+")") {
+				mode = apiclient.ConsoleInteractive
+			}
+			got[e.Kind+" "+user+" "+mode]++
+		}
+		for _, w := range want {
+			if got[w] == 0 {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestConsoleThroughFollower: an operator who reaches a follower gets the
+// console all the same (the follower passes the request, upgrade
+// included, to the leader, which makes the ticket and knows the agents).
+func TestConsoleThroughFollower(t *testing.T) {
+	c := coordtest.StartCluster(t, 3)
+	f := &consoleFleet{clk: clock.NewFake(time.Now())}
+	for _, s := range c.Servers {
+		f.coords = append(f.coords, s.HTTPAddr())
+	}
+	f.addr = c.Servers[c.Leader()].HTTPAddr()
+	f.populate(t, c.Token)
+	f.startAgent(t)
+	defer func(q, l time.Duration) { consoleQuiet, consoleLinger = q, l }(consoleQuiet, consoleLinger)
+	consoleQuiet, consoleLinger = 300*time.Millisecond, 5*time.Second
+	follower := c.Servers[c.Follower()].HTTPAddr()
+	r := startCmd(t, follower, f.alice, strings.NewReader("via a follower\n"), "node", "console", "n1")
+	if err := r.wait(t); err != nil {
+		t.Fatalf("console through a follower: %v; stderr %q", errorLine(err), r.errb.String())
+	}
+	if !strings.Contains(r.out.String(), "via a follower\n") {
+		t.Fatalf("stdout %q lacks the echo", r.out.String())
+	}
+	var logOut syncBuffer
+	root := newRoot(&logOut, io.Discard)
+	root.SetArgs([]string{"--addr", follower, "--token", f.alice, "node", "console", "n1", "--log"})
+	if err := root.ExecuteContext(context.Background()); err != nil || !strings.Contains(logOut.String(), "via a follower") {
+		t.Fatalf("console --log through a follower: %v, %q", err, logOut.String())
+	}
+}
+
+// TestConsoleOverIPMI: the same path to a BMC speaking real IPMI RMCP+
+// over UDP on loopback (ipmisim), whose serial port is a machine that
+// answers each line in capitals: Serial-over-LAN both ways.
+func TestConsoleOverIPMI(t *testing.T) {
+	machine, port := net.Pipe()
+	defer machine.Close()
+	go func() {
+		buf := make([]byte, 1024)
+		for {
+			n, err := machine.Read(buf)
+			if err != nil {
+				return
+			}
+			if _, err := machine.Write(bytes.ToUpper(buf[:n])); err != nil {
+				return
+			}
+		}
+	}()
+	sim, err := ipmisim.New(ipmisim.Config{Username: "admin", Password: "s3cret", Console: port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sim.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer sim.Close()
+	f := newConsoleFleet(t)
+	host, p, _ := net.SplitHostPort(sim.Addr())
+	pn, _ := strconv.Atoi(p)
+	n4, err := f.admin.CreateNode(context.Background(), proto.NodeCreate{Name: "n4", MACs: []string{"52:54:00:00:10:04"}, Rack: "r1",
+		BMC: proto.BMC{Driver: proto.DriverIPMI, Address: host, Port: pn, Username: "admin", Password: "s3cret"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.startAgent(t)
+	testkit.Eventually(t, 10*time.Second, "the agent holds n4's BMC", func() bool {
+		n, ok := f.agent.Boot().View().NodeByUUID(n4.UUID)
+		return ok && n.BMC != nil
+	})
+	defer func(q, l time.Duration) { consoleQuiet, consoleLinger = q, l }(consoleQuiet, consoleLinger)
+	consoleQuiet, consoleLinger = 2*time.Second, 10*time.Second
+	r := startCmd(t, f.addr, f.alice, strings.NewReader("hello over sol\n"), "node", "console", "n4")
+	if err := r.wait(t); err != nil {
+		t.Fatalf("console over IPMI: %v; stderr %q", errorLine(err), r.errb.String())
+	}
+	if !strings.Contains(r.out.String(), "HELLO OVER SOL") {
+		t.Fatalf("stdout %q lacks the machine's answer", r.out.String())
+	}
 }
 
 // TestConsoleRefusals: a node without a BMC, a node whose rack has no

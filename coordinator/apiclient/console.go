@@ -29,8 +29,8 @@ import (
 
 // Console modes and ticket purposes.
 const (
-	ConsoleInteractive = "interactive"
-	ConsoleReadOnly    = "read-only"
+	ConsoleInteractive = proto.ConsoleInteractive
+	ConsoleReadOnly    = proto.ConsoleReadOnly
 	PurposeConsole     = "console"
 	PurposeLog         = "log"
 )

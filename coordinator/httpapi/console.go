@@ -250,16 +250,26 @@ func (a *API) consoleTicket(c *call, purpose, mode string, force bool) (*state.C
 	}
 	secret := hex.EncodeToString(b)
 	now := a.cfg.Now()
-	user := c.token.ID
-	if c.token.Description != "" {
-		user += " (" + c.token.Description + ")"
-	}
+	user := consoleUser(c.token)
 	v, err := c.apply(fsm.ConsoleTicketMake{Now: now, Ticket: state.ConsoleTicket{Hash: HashSecret(secret), Node: n.UUID,
 		User: user, Mode: mode, Force: force, Purpose: purpose, Expires: now.Add(ConsoleTicketTTL)}})
 	if err != nil {
 		return nil, nil, "", err
 	}
 	return v.(*state.ConsoleTicket), agents, secret, nil
+}
+
+// consoleUser names a token in console tickets, notices and the node's
+// history: its id and description, within proto.MaxBMCInfoLen.
+func consoleUser(t *proto.Token) string {
+	if t.Description == "" {
+		return t.ID
+	}
+	d := t.Description
+	if room := proto.MaxBMCInfoLen - len(t.ID) - 3; len(d) > room {
+		d = strings.ToValidUTF8(d[:max(room, 0)], "")
+	}
+	return t.ID + " (" + d + ")"
 }
 
 // mgmtAgents lists rack's agents with a management address that are not

@@ -31,8 +31,8 @@ import (
 
 // Modes of an attach.
 const (
-	Interactive = "interactive" // holds the keyboard
-	ReadOnly    = "read-only"   // watches
+	Interactive = proto.ConsoleInteractive // holds the keyboard
+	ReadOnly    = proto.ConsoleReadOnly    // watches
 )
 
 // Report events.
