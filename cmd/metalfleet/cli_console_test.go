@@ -82,16 +82,16 @@ func (r *consoleRun) wait(t *testing.T) error {
 // BMC, rack r2 with n3 (a fake BMC), and operator tokens for alice and
 // bob.
 type consoleFleet struct {
-	addr         string
-	coords       []string // every coordinator's API address
-	admin        *apiclient.Client
-	clk          *clock.Fake
-	alice, bob   string
-	agentR1      string
-	agentR2      string
-	agent        *agent.Agent
-	n1, n2, n3   *proto.Node
-	adminToken   string
+	addr       string
+	coords     []string // every coordinator's API address
+	admin      *apiclient.Client
+	clk        *clock.Fake
+	alice, bob string
+	agentR1    string
+	agentR2    string
+	agent      *agent.Agent
+	n1, n2, n3 *proto.Node
+	adminToken string
 }
 
 func newConsoleFleet(t *testing.T) *consoleFleet {
