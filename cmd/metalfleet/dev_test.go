@@ -21,6 +21,7 @@ import (
 	"github.com/metalfleet/metalfleet/coordinator/apiclient"
 	"github.com/metalfleet/metalfleet/ops/testkit"
 	"github.com/metalfleet/metalfleet/proto"
+	"github.com/metalfleet/metalfleet/rackagent/bmc"
 )
 
 type lockedBuf struct {
@@ -255,6 +256,79 @@ func TestDevAddrFlagsChecked(t *testing.T) {
 		}
 		if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 			t.Errorf("dev %s %s started something: %s holds %d entries", c.flag, c.value, dir, len(ents))
+		}
+	}
+}
+
+// TestDevPower: `metalfleet dev` machines have BMCs (sim-1 IPMI, sim-2
+// Redfish with --redfish-share 0.5) and their nodes are given them; the
+// BMCs answer the real drivers with those fields; power off and on
+// through the API reach the machines' BMCs (the intents end done), and a
+// machine powered on boots again (its lease is renewed).
+func TestDevPower(t *testing.T) {
+	dir := t.TempDir()
+	args := append(devArgs(t, dir), "--machines", "2", "--redfish-share", "0.5")
+	api := args[4]
+	out, _ := startDev(t, args)
+	testkit.Eventually(t, 60*time.Second, "both machines discovered", func() bool {
+		return strings.Count(out.String(), "discovered as node") >= 2
+	})
+	if n := strings.Count(out.String(), "; BMC "); n != 2 {
+		t.Fatalf("%d machines' nodes were given their BMC, want 2:\n%s", n, out)
+	}
+	for _, want := range []string{"node power sim-1 off", "node console sim-1"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("dev's output does not say how to try %q:\n%s", want, out)
+		}
+	}
+	tok, _ := os.ReadFile(filepath.Join(dir, "coordinator", "admin.token"))
+	c := apiclient.New(api, strings.TrimSpace(string(tok)))
+	ctx := context.Background()
+	for _, tc := range []struct{ name, driver string }{{"sim-1", proto.DriverIPMI}, {"sim-2", proto.DriverRedfish}} {
+		n, err := c.Node(ctx, tc.name)
+		if err != nil {
+			t.Fatalf("node %s: %v", tc.name, err)
+		}
+		b := n.BMC
+		if b.Driver != tc.driver || b.Username != "admin" || !b.PasswordSet || (tc.driver == proto.DriverIPMI && (b.Address != "127.0.0.1" || b.Port == 0)) ||
+			(tc.driver == proto.DriverRedfish && !strings.HasPrefix(b.Address, "http://127.0.0.1:")) {
+			t.Fatalf("node %s BMC = %+v; want %s on 127.0.0.1 for admin with a password", tc.name, b, tc.driver)
+		}
+		b.Password = "password" // the simulator's; the API never shows it
+		d, err := bmc.Open(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		state := func() proto.PowerState {
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			p, err := d.PowerState(cctx)
+			if err != nil {
+				t.Fatalf("%s: power state over %s: %v", tc.name, tc.driver, err)
+			}
+			return p
+		}
+		if p := state(); p != proto.PowerOn {
+			t.Fatalf("%s: power %s after its boot, want on", tc.name, p)
+		}
+		power := func(target proto.PowerTarget) {
+			t.Helper()
+			var acc proto.IntentAccepted
+			if _, err := c.Do(ctx, "PUT", "/v1/nodes/"+n.UUID+"/power?wait=30s", proto.PowerRequest{Target: target}, &acc); err != nil {
+				t.Fatalf("%s: power %s: %v", tc.name, target, err)
+			}
+			if !acc.Intent.Done || acc.Intent.Error != "" {
+				t.Fatalf("%s: power %s: intent %+v; want done without error", tc.name, target, acc.Intent)
+			}
+		}
+		power(proto.PowerTargetOff)
+		if p := state(); p != proto.PowerOff {
+			t.Errorf("%s: power %s after power off, want off", tc.name, p)
+		}
+		power(proto.PowerTargetOn)
+		if p := state(); p != proto.PowerOn {
+			t.Errorf("%s: power %s after power on, want on", tc.name, p)
 		}
 	}
 }
