@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"strings"
@@ -188,29 +189,15 @@ func TestSlowClientDroppedNotBlocking(t *testing.T) {
 	r := newRig(t, Config{ClientBuffer: 1024})
 	fast := r.attach(t, "n1", "fast", Interactive, false)
 	slow := r.attach(t, "n1", "slow", ReadOnly, false) // never reads
-	chunk := strings.Repeat("x", 100) + "\n"
-	done := make(chan error, 1)
-	go func() {
-		for range 50 { // 5 KiB: five times the slow client's queue
-			if _, err := fast.Write([]byte(chunk)); err != nil {
-				done <- err
-				return
-			}
+	// The fast client reads each chunk's echo before it sends the next
+	// (so its own queue stays small); 50 chunks are five times the slow
+	// client's queue.
+	for i := range 50 {
+		chunk := fmt.Sprintf("%03d%s\n", i, strings.Repeat("x", 96))
+		if _, err := fast.Write([]byte(chunk)); err != nil {
+			t.Fatalf("write %d: %v", i, err)
 		}
-		done <- nil
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	got := 0
-	for got < 50*len(chunk) {
-		e, err := fast.Next(ctx)
-		if err != nil {
-			t.Fatalf("fast client after %d bytes: %v", got, err)
-		}
-		got += len(e.Data)
-	}
-	if err := <-done; err != nil {
-		t.Fatalf("writes: %v", err)
+		read(t, fast, chunk)
 	}
 	notices := ended(t, slow)
 	if len(notices) != 1 || !strings.Contains(notices[0], "dropped") {
@@ -218,6 +205,10 @@ func TestSlowClientDroppedNotBlocking(t *testing.T) {
 	}
 	if _, n := r.m.Holder("n1"); n != 1 {
 		t.Fatalf("clients = %d, want 1 (the slow one gone)", n)
+	}
+	want := []string{"console-start n1 fast interactive", "console-start n1 slow read-only", "console-end n1 slow read-only"}
+	if got := r.reports(); strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("reports = %q, want %q", got, want)
 	}
 }
 
