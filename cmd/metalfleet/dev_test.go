@@ -263,8 +263,9 @@ func TestDevAddrFlagsChecked(t *testing.T) {
 // TestDevPower: `metalfleet dev` machines have BMCs (sim-1 IPMI, sim-2
 // Redfish with --redfish-share 0.5) and their nodes are given them; the
 // BMCs answer the real drivers with those fields; power off and on
-// through the API reach the machines' BMCs (the intents end done), and a
-// machine powered on boots again (its lease is renewed).
+// through the API reach the machines' BMCs (the intents end done), a
+// machine powered on boots again (its agent records the boot), and
+// `node console sim-1` echoes what is typed and shows a reboot's boot.
 func TestDevPower(t *testing.T) {
 	dir := t.TempDir()
 	args := append(devArgs(t, dir), "--machines", "2", "--redfish-share", "0.5")
@@ -326,9 +327,44 @@ func TestDevPower(t *testing.T) {
 		if p := state(); p != proto.PowerOff {
 			t.Errorf("%s: power %s after power off, want off", tc.name, p)
 		}
+		off := time.Now()
 		power(proto.PowerTargetOn)
 		if p := state(); p != proto.PowerOn {
 			t.Errorf("%s: power %s after power on, want on", tc.name, p)
 		}
+		if tc.driver == proto.DriverIPMI {
+			devConsole(t, api, strings.TrimSpace(string(tok)), c, tc.name)
+		}
+		// It network-boots again: its rack agent records the boot.
+		testkit.Until(t, 30*time.Second, tc.name+" booting after power on", func() error {
+			n, err := c.Node(ctx, tc.name)
+			if err == nil && (n.LastBoot == nil || !n.LastBoot.Time.After(off)) {
+				err = fmt.Errorf("last boot %+v, none since %s", n.LastBoot, off.Format(time.RFC3339Nano))
+			}
+			return err
+		})
+	}
+}
+
+// devConsole runs `node console NAME` with stdin a pipe: what is typed
+// comes back, and a reboot through the API shows the machine's boot on
+// it; closing stdin ends the command without error.
+func devConsole(t *testing.T, api, token string, c *apiclient.Client, name string) {
+	t.Helper()
+	in, typing := io.Pipe()
+	r := startCmd(t, api, token, in, "node", "console", name)
+	go typing.Write([]byte("hello-dev\r"))
+	testkit.Eventually(t, 20*time.Second, "the typed line echoed by "+name+"'s console", func() bool {
+		return strings.Contains(r.out.String(), "hello-dev")
+	})
+	if _, err := c.Do(context.Background(), "PUT", "/v1/nodes/"+name+"/power?wait=30s", proto.PowerRequest{Target: proto.PowerTargetReboot}, nil); err != nil {
+		t.Fatalf("%s: reboot: %v", name, err)
+	}
+	testkit.Eventually(t, 20*time.Second, name+"'s boot on its console", func() bool {
+		return strings.Contains(r.out.String(), "sim: reset") && strings.Contains(r.out.String(), "sim: DHCPDISCOVER")
+	})
+	typing.Close()
+	if err := r.wait(t); err != nil {
+		t.Errorf("node console %s after stdin ended: %v; stderr %q", name, err, r.errb.String())
 	}
 }
