@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"net"
 	"net/http"
@@ -215,8 +216,8 @@ func (a *API) passToLeader(c *call) bool {
 }
 
 // consoleTicket checks the node and finds its rack's agents, then makes a
-// ticket; it returns the ticket, the agents to try (most recently heard
-// of first) and the ticket's secret.
+// ticket; it returns the ticket, the agents to try (mgmtAgents' order)
+// and the ticket's secret.
 func (a *API) consoleTicket(c *call, purpose, mode string, force bool) (*state.ConsoleTicket, []proto.AgentInfo, string, error) {
 	if rw, ok := a.b.(ReadyWaiter); ok {
 		if err := rw.WaitReady(); err != nil {
@@ -239,7 +240,7 @@ func (a *API) consoleTicket(c *call, purpose, mode string, force bool) (*state.C
 	if n.Rack == "" {
 		return nil, nil, "", proto.Errorf(proto.CodeConflict, "node %s is in no rack: no rack agent can open its console", name)
 	}
-	agents := a.mgmtAgents(n.Rack)
+	agents := a.mgmtAgents(n.Rack, n.UUID)
 	if len(agents) == 0 {
 		c.w.Header().Set("Retry-After", "5")
 		return nil, nil, "", proto.Errorf(proto.CodeUnavailable, "no rack agent of rack %s is reachable: none has told this coordinator its management address lately (is one running?)", n.Rack)
@@ -272,9 +273,12 @@ func consoleUser(t *proto.Token) string {
 	return t.ID + " (" + d + ")"
 }
 
-// mgmtAgents lists rack's agents with a management address that are not
-// known dead, most recently heard of first.
-func (a *API) mgmtAgents(rack string) []proto.AgentInfo {
+// mgmtAgents lists rack's agents with a management address in the order
+// to try them for node's console: live ones first, and among equals by
+// rendezvous hash of node and agent name, so every attach to one node
+// (and its log) goes to the same agent while the rack's agents stay the
+// same: one agent holds the node's one SOL session and its log.
+func (a *API) mgmtAgents(rack, node string) []proto.AgentInfo {
 	byName := map[string]*proto.AgentInfo{}
 	if l, ok := a.b.(AgentLister); ok {
 		for _, ag := range l.Agents() {
@@ -284,6 +288,7 @@ func (a *API) mgmtAgents(rack string) []proto.AgentInfo {
 			}
 		}
 	}
+	now := a.cfg.Now()
 	for _, ct := range a.contacts.all() {
 		if ct.rack != rack {
 			continue
@@ -291,10 +296,10 @@ func (a *API) mgmtAgents(rack string) []proto.AgentInfo {
 		ag, ok := byName[ct.name]
 		if !ok {
 			ag = &proto.AgentInfo{Name: ct.name, Rack: ct.rack, Status: AgentAlive}
+			if now.Sub(ct.last) > a.cfg.AgentAlive {
+				ag.Status = AgentUnknown
+			}
 			byName[ct.name] = ag
-		}
-		if ct.last.After(ag.LastContact) {
-			ag.LastContact = ct.last
 		}
 		if ct.mgmt != "" {
 			ag.MgmtAddr = ct.mgmt
@@ -306,22 +311,26 @@ func (a *API) mgmtAgents(rack string) []proto.AgentInfo {
 			out = append(out, *ag)
 		}
 	}
-	// Live ones first (gossip's view), then the most recently heard of.
 	rank := func(s string) int {
 		switch s {
-		case AgentAlive: // "alive", gossip's word too
+		case AgentAlive: // gossip's word too
 			return 0
 		case "suspect", AgentUnknown:
 			return 1
 		}
 		return 2
 	}
+	score := func(name string) uint64 {
+		h := fnv.New64a()
+		h.Write([]byte(node + "\x00" + name))
+		return h.Sum64()
+	}
 	sort.Slice(out, func(i, j int) bool {
 		if ri, rj := rank(out[i].Status), rank(out[j].Status); ri != rj {
 			return ri < rj
 		}
-		if !out[i].LastContact.Equal(out[j].LastContact) {
-			return out[i].LastContact.After(out[j].LastContact)
+		if si, sj := score(out[i].Name), score(out[j].Name); si != sj {
+			return si > sj
 		}
 		return out[i].Name < out[j].Name
 	})
