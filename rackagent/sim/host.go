@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/metalfleet/metalfleet/proto"
 	"github.com/metalfleet/metalfleet/rackagent/bmc"
@@ -23,6 +24,9 @@ type Host struct {
 	OnBoot func(res *Result, err error)
 
 	serial *Serial
+	// running counts boot goroutines, cut-short ones that are still
+	// ending included.
+	running atomic.Int64
 
 	mu      sync.Mutex
 	life    context.Context
@@ -69,6 +73,11 @@ func (h *Host) PowerState() proto.PowerState {
 	}
 	return proto.PowerOff
 }
+
+// Booting reports whether a boot is still running (one cut short by a
+// power action may take a moment to end): when it says false, the host
+// sends nothing until it is powered on again.
+func (h *Host) Booting() bool { return h.running.Load() > 0 }
 
 // Boots is how many boots the host started.
 func (h *Host) Boots() int {
@@ -154,7 +163,9 @@ func (h *Host) startLocked(why string) {
 	h.run = r
 	h.serial.Printf("sim: %s", why)
 	disk := h.bmc != nil && h.bmc.nextBoot() == proto.BootDeviceDisk
+	h.running.Add(1)
 	go func() {
+		defer h.running.Add(-1)
 		defer close(r.done)
 		if disk {
 			h.serial.Printf("sim: boot override: booting from local disk")
