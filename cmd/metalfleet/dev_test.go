@@ -368,3 +368,23 @@ func devConsole(t *testing.T, api, token string, c *apiclient.Client, name strin
 		t.Errorf("node console %s after stdin ended: %v; stderr %q", name, err, r.errb.String())
 	}
 }
+
+// TestDevRedfishShareChecked: a --redfish-share outside 0 to 1 is refused
+// before anything starts, naming the flag.
+func TestDevRedfishShareChecked(t *testing.T) {
+	for _, v := range []string{"-0.1", "1.5", "NaN"} {
+		dir := t.TempDir()
+		out := &lockedBuf{}
+		root := newRoot(out, out)
+		root.SetArgs([]string{"dev", "--data-dir", dir, "--http-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0", "--machines", "0", "--redfish-share", v})
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := root.ExecuteContext(ctx)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), "--redfish-share") {
+			t.Errorf("dev --redfish-share %s: %v; want an error naming the flag", v, err)
+		}
+		if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+			t.Errorf("dev --redfish-share %s started something: %s holds %d entries", v, dir, len(ents))
+		}
+	}
+}

@@ -8,6 +8,16 @@
 // backoff, retries TFTP blocks and HTTP fetches, and when a boot fails it
 // reboots and starts over after a pause. Every retry is counted in the
 // Result, and each step's duration is recorded by Phase.
+//
+// A Host is a machine with power and, optionally, a BMC on loopback: IPMI
+// RMCP+ over UDP (rackagent/bmc/ipmisim) or Redfish over HTTP
+// (rackagent/bmc/redfishsim). Its power decides whether it boots: off, it
+// sends nothing; powered on, reset or cycled, it boots from the start;
+// powered off, its boot stops. Its firmware prints each step on a serial
+// console (the IPMI BMC's Serial-over-LAN), which echoes what is typed.
+// A BMC can be made slow, silent, or to refuse the password a node is
+// given (BMCConfig), and Credentials are what a node needs to reach it.
+// Storms boot plain machines, or press the power buttons of hosts.
 package sim
 
 import (
