@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
+
 	"github.com/metalfleet/metalfleet/cluster/clock"
 	"github.com/metalfleet/metalfleet/coordinator/apiclient"
 	"github.com/metalfleet/metalfleet/coordinator/coordtest"
@@ -94,7 +96,7 @@ type consoleFleet struct {
 	adminToken string
 }
 
-func newConsoleFleet(t *testing.T) *consoleFleet {
+func newConsoleFleet(t testing.TB) *consoleFleet {
 	t.Helper()
 	f := &consoleFleet{clk: clock.NewFake(time.Now().UTC())}
 	dir := t.TempDir()
@@ -111,7 +113,7 @@ func newConsoleFleet(t *testing.T) *consoleFleet {
 }
 
 // populate makes the racks, tokens and nodes through the API at f.addr.
-func (f *consoleFleet) populate(t *testing.T, adminToken string) {
+func (f *consoleFleet) populate(t testing.TB, adminToken string) {
 	t.Helper()
 	ctx := context.Background()
 	f.adminToken = adminToken
@@ -147,7 +149,7 @@ func (f *consoleFleet) populate(t *testing.T, adminToken string) {
 // startAgent runs a real rack agent for r1 and waits until it holds n1's
 // BMC in its boot state and the coordinator knows its management
 // address.
-func (f *consoleFleet) startAgent(t *testing.T) {
+func (f *consoleFleet) startAgent(t testing.TB) {
 	t.Helper()
 	a, err := agent.New(agent.Config{Name: "a1", Rack: "r1", DataDir: t.TempDir(), Coordinators: f.coords, Token: f.agentR1,
 		DHCPAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", AdvertiseIP: netip.MustParseAddr("127.0.0.1"), Logger: coordtest.Logger(t)})
@@ -498,5 +500,55 @@ func TestConsoleEscapes(t *testing.T) {
 	}
 	if _, _, _, left = escapes([]byte("."), atStart, tilde); !left {
 		t.Fatal("~ then . across two reads did not leave")
+	}
+}
+
+// BenchmarkConsoleRoundTrip: one keystroke from the client through the
+// coordinator and the rack agent to the (fake, echoing) BMC console and
+// back, on loopback.
+func BenchmarkConsoleRoundTrip(b *testing.B) {
+	f := newConsoleFleet(b)
+	f.startAgent(b)
+	ctx := context.Background()
+	conn, err := apiclient.New(f.addr, f.alice).Console(ctx, "n1", apiclient.ConsoleOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.CloseNow()
+	b.ResetTimer()
+	for range b.N {
+		if err := conn.Write(ctx, websocket.MessageBinary, []byte("x")); err != nil {
+			b.Fatal(err)
+		}
+		for {
+			typ, p, err := conn.Read(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if typ == websocket.MessageBinary && bytes.Contains(p, []byte("x")) {
+				break
+			}
+		}
+	}
+}
+
+// BenchmarkConsoleAttach: an attach through the coordinator (a ticket
+// committed in Raft, redeemed by the agent in another commit, both
+// WebSocket handshakes, the agent's attach notice) and a detach.
+func BenchmarkConsoleAttach(b *testing.B) {
+	f := newConsoleFleet(b)
+	f.startAgent(b)
+	ctx := context.Background()
+	c := apiclient.New(f.addr, f.alice)
+	b.ResetTimer()
+	for range b.N {
+		conn, err := c.Console(ctx, "n1", apiclient.ConsoleOptions{ReadOnly: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if typ, _, err := conn.Read(ctx); err != nil || typ != websocket.MessageText {
+			b.Fatalf("first message: %v, %v; want the attach notice", typ, err)
+		}
+		conn.Close(websocket.StatusNormalClosure, "")
 	}
 }

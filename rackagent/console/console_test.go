@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -356,4 +357,73 @@ func TestConcurrentAttachOpensOnce(t *testing.T) {
 	if r.m.Sessions() != 0 {
 		t.Fatalf("sessions = %d, want 0", r.m.Sessions())
 	}
+}
+
+// BenchmarkFanOut: console output (the fake BMC's echo of 4 KiB writes)
+// delivered to 16 attached clients: bytes/s is the session's output rate.
+func BenchmarkFanOut(b *testing.B) {
+	m := New(Config{Open: func(ctx context.Context, node string) (io.ReadWriteCloser, error) {
+		d, err := bmc.Open(proto.BMC{Driver: proto.DriverFake, Address: "bench-" + node})
+		if err != nil {
+			return nil, err
+		}
+		return d.Console(ctx)
+	}})
+	defer m.Close()
+	ctx := context.Background()
+	holder, err := m.Attach(ctx, Request{Node: "n1", User: "u0"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	clients := []*Client{holder}
+	for i := 1; i < 16; i++ {
+		c, err := m.Attach(ctx, Request{Node: "n1", User: fmt.Sprint("u", i), Mode: ReadOnly})
+		if err != nil {
+			b.Fatal(err)
+		}
+		clients = append(clients, c)
+	}
+	chunk := bytes.Repeat([]byte("x"), 4096)
+	total := b.N * len(chunk)
+	// The writer keeps within 64 KiB of the slowest client (whose queue
+	// holds 256 KiB), so the benchmark measures delivery, not drops.
+	var mu sync.Mutex
+	cond := sync.NewCond(&mu)
+	got := make([]int, len(clients))
+	var wg sync.WaitGroup
+	for i, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; n < total; {
+				e, err := c.Next(ctx)
+				if err != nil {
+					b.Errorf("%s after %d bytes: %v", c.User(), n, err)
+					mu.Lock()
+					got[i] = total // the writer must not wait for it
+					cond.Broadcast()
+					mu.Unlock()
+					return
+				}
+				n += len(e.Data)
+				mu.Lock()
+				got[i] = n
+				cond.Broadcast()
+				mu.Unlock()
+			}
+		}()
+	}
+	b.SetBytes(int64(len(chunk)))
+	b.ResetTimer()
+	for i := range b.N {
+		mu.Lock()
+		for i*len(chunk)-slices.Min(got) > 64<<10 {
+			cond.Wait()
+		}
+		mu.Unlock()
+		if _, err := holder.Write(chunk); err != nil {
+			b.Fatal(err)
+		}
+	}
+	wg.Wait()
 }
