@@ -22,6 +22,7 @@ import (
 	"github.com/metalfleet/metalfleet/ops/testkit"
 	"github.com/metalfleet/metalfleet/proto"
 	"github.com/metalfleet/metalfleet/rackagent/agent"
+	"github.com/metalfleet/metalfleet/rackagent/bmc"
 	"github.com/metalfleet/metalfleet/rackagent/bmc/ipmisim"
 )
 
@@ -408,6 +409,32 @@ func TestConsoleRefusals(t *testing.T) {
 		err := r.wait(t)
 		if err == nil || !strings.Contains(errorLine(err), tc.want) {
 			t.Errorf("metalfleet %s: %v, want an error containing %q", strings.Join(tc.args, " "), err, tc.want)
+		}
+	}
+}
+
+// TestConsoleBMCFailure: a BMC that refuses the credentials is a 409
+// naming it, one that does not answer a 503; nothing is attached.
+func TestConsoleBMCFailure(t *testing.T) {
+	f := newConsoleFleet(t)
+	f.startAgent(t)
+	fake := bmc.FakeFor("cli-console-" + t.Name())
+	defer fake.Fail("")
+	for _, tc := range []struct {
+		kind       proto.BMCErrorKind
+		want, code string
+	}{
+		{proto.BMCErrAuth, "authentication refused", "HTTP 409"},
+		{proto.BMCErrUnreachable, "unreachable", "HTTP 503"},
+	} {
+		fake.Fail(tc.kind)
+		r := startCmd(t, f.addr, f.alice, strings.NewReader("x\n"), "node", "console", "n1")
+		err := r.wait(t)
+		if err == nil || !strings.Contains(errorLine(err), tc.want) || !strings.Contains(errorLine(err), tc.code) {
+			t.Errorf("console with the BMC failing %s: %v, want an error with %q and %q", tc.kind, err, tc.want, tc.code)
+		}
+		if _, n := f.agent.ConsoleHolder(f.n1.UUID); n != 0 {
+			t.Errorf("%d clients attached after a failed open", n)
 		}
 	}
 }

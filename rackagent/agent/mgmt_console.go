@@ -35,8 +35,9 @@ import (
 //	                            (application/octet-stream)
 //
 // A refused attach is an HTTP error before any upgrade: 409 naming who
-// holds the keyboard, 503 past a bound or when the BMC's console cannot
-// be opened (the BMC's error named).
+// holds the keyboard, or when the BMC refused (credentials, a command, no
+// console: the BMC's error named); 503 past a bound, or when the BMC did
+// not answer.
 
 // newConsole makes the agent's console manager: sessions opened with the
 // BMC config of the node in the rack's boot state, reports through the
@@ -221,8 +222,15 @@ func (a *Agent) serveConsole(w http.ResponseWriter, r *http.Request, t *apiclien
 		default:
 			var be *bmc.Error
 			if errors.As(err, &be) {
-				w.Header().Set("Retry-After", "5")
-				err = proto.Errorf(proto.CodeUnavailable, "opening the console of node %s: %v", t.Node, err)
+				// Unreachable or slow: worth a retry. Refused
+				// credentials, a refused command, no console: not
+				// until someone changes something.
+				code := proto.CodeConflict
+				if be.Kind == proto.BMCErrUnreachable || be.Kind == proto.BMCErrTimeout {
+					code = proto.CodeUnavailable
+					w.Header().Set("Retry-After", "5")
+				}
+				err = proto.Errorf(code, "opening the console of node %s: %v", t.Node, err)
 			}
 		}
 		a.log.Warn("console attach refused", "node", t.Node, "user", t.User, "mode", t.Mode, "err", err)
