@@ -415,8 +415,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.gossip != nil {
 		_ = a.gossip.Leave(time.Second) // tell the rack's other agent at once
 	}
+	a.console.Close() // its console-end reports go out with the outbox's last flush
 	cancel()
-	a.console.Close()
 	wg.Wait()
 	a.close()
 	a.log.Info("rack agent stopped")
