@@ -170,6 +170,8 @@ type lab struct {
 	adminToken string
 	api        *http.Client
 	images     ramdiskFiles
+	// agentArgs are more flags for the rack agent.
+	agentArgs []string
 }
 
 func (l *lab) prefix() string { return fmt.Sprintf("10.99.%d", l.X) }
@@ -328,12 +330,13 @@ func (l *lab) startFleet() {
 func (l *lab) startAgent() {
 	t := l.t
 	t.Helper()
-	l.agent = netlab.Start(t, "rackagent", l.NS, filepath.Join(l.dir, "agent.log"), l.bin, "rackagent",
+	argv := append([]string{l.bin, "rackagent",
 		"--name", "a1", "--rack", "r1", "--data-dir", filepath.Join(l.dir, "agent"),
 		"--coordinator", "127.0.0.1:7480", "--token-file", filepath.Join(l.dir, "agent.token"),
 		"--interface", bridgeName, "--advertise-ip", l.ServerIP,
-		"--tftp-addr", l.ServerIP+":69", "--http-addr", l.ServerIP+":8080", "--log-level", "debug",
-		"--no-router-adverts="+fmt.Sprint(l.ipv6 != "ra"))
+		"--tftp-addr", l.ServerIP + ":69", "--http-addr", l.ServerIP + ":8080", "--log-level", "debug",
+		"--no-router-adverts=" + fmt.Sprint(l.ipv6 != "ra")}, l.agentArgs...)
+	l.agent = netlab.Start(t, "rackagent", l.NS, filepath.Join(l.dir, "agent.log"), argv...)
 	l.wait(30*time.Second, "agent synced and serving HTTP", l.agent, func() bool { return l.agentIndex() > 0 })
 }
 
