@@ -207,7 +207,7 @@ func TestConsoleThroughCoordinator(t *testing.T) {
 	if !strings.Contains(r.out.String(), "hello console\n") {
 		t.Fatalf("stdout %q does not hold the echo of what was sent", r.out.String())
 	}
-	if !strings.Contains(r.errb.String(), "attached to the console of node "+f.n1.UUID) {
+	if !strings.Contains(r.errb.String(), "attached to the console of node n1 as ") {
 		t.Fatalf("stderr %q does not hold the agent's attach notice", r.errb.String())
 	}
 
@@ -237,7 +237,7 @@ func TestConsoleThroughCoordinator(t *testing.T) {
 	if err == nil {
 		t.Fatalf("second interactive attach succeeded; stdout %q", refused.out.String())
 	}
-	if line := errorLine(err); !strings.Contains(line, "held by") || !strings.Contains(line, "(alice)") || !strings.Contains(line, "HTTP 409") {
+	if line := errorLine(err); !strings.Contains(line, "node n1 is held by") || !strings.Contains(line, "(alice) since") || !strings.Contains(line, "HTTP 409") {
 		t.Fatalf("refusal %q does not name alice as the holder with a 409", line)
 	}
 

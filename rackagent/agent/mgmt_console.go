@@ -209,7 +209,13 @@ func (a *Agent) consoleTicket(w http.ResponseWriter, r *http.Request, ta *ticket
 
 // serveConsole attaches the ticket's user and upgrades the connection.
 func (a *Agent) serveConsole(w http.ResponseWriter, r *http.Request, t *apiclient.ConsoleTicket) {
-	cl, err := a.console.Attach(r.Context(), console.Request{Node: t.Node, User: t.User, Mode: t.Mode, Force: t.Force})
+	name := t.Node
+	if v := a.boot.View(); v != nil {
+		if n, ok := v.NodeByUUID(t.Node); ok && n.Name != "" {
+			name = n.Name
+		}
+	}
+	cl, err := a.console.Attach(r.Context(), console.Request{Node: t.Node, Name: name, User: t.User, Mode: t.Mode, Force: t.Force})
 	if err != nil {
 		var held *console.HeldError
 		switch {
@@ -230,7 +236,7 @@ func (a *Agent) serveConsole(w http.ResponseWriter, r *http.Request, t *apiclien
 					code = proto.CodeUnavailable
 					w.Header().Set("Retry-After", "5")
 				}
-				err = proto.Errorf(code, "opening the console of node %s: %v", t.Node, err)
+				err = proto.Errorf(code, "opening the console of node %s: %v", name, err)
 			}
 		}
 		a.log.Warn("console attach refused", "node", t.Node, "user", t.User, "mode", t.Mode, "err", err)
@@ -251,7 +257,7 @@ func (a *Agent) serveConsole(w http.ResponseWriter, r *http.Request, t *apiclien
 		defer wcancel()
 		return ws.Write(wctx, websocket.MessageText, b)
 	}
-	_ = notice(fmt.Sprintf("attached to the console of node %s as %s (%s)", t.Node, t.User, cl.Mode()))
+	_ = notice(fmt.Sprintf("attached to the console of node %s as %s (%s)", name, t.User, cl.Mode()))
 
 	// Keystrokes in; a read-only client is told once that they go nowhere.
 	go func() {

@@ -146,6 +146,8 @@ var (
 // Request is one attach.
 type Request struct {
 	Node string
+	// Name is how messages name the node (Node when empty).
+	Name string
 	User string
 	// Mode is Interactive or ReadOnly (empty: Interactive).
 	Mode string
@@ -172,6 +174,9 @@ type session struct {
 func (m *Manager) Attach(ctx context.Context, req Request) (*Client, error) {
 	if req.Mode == "" {
 		req.Mode = Interactive
+	}
+	if req.Name == "" {
+		req.Name = req.Node
 	}
 	if req.Mode != Interactive && req.Mode != ReadOnly {
 		return nil, fmt.Errorf("mode %q: want %s or %s", req.Mode, Interactive, ReadOnly)
@@ -250,7 +255,7 @@ func (m *Manager) join(s *session, req Request) (c *Client, retry bool, err erro
 		if !req.Force {
 			h := s.holder
 			m.mu.Unlock()
-			return nil, false, &HeldError{Node: s.node, User: h.user, Since: h.since}
+			return nil, false, &HeldError{Node: req.Name, User: h.user, Since: h.since}
 		}
 		taken = s.holder
 	}
@@ -260,7 +265,7 @@ func (m *Manager) join(s *session, req Request) (c *Client, retry bool, err erro
 	}
 	c = &Client{m: m, s: s, user: req.User, mode: req.Mode, since: now, wake: make(chan struct{}, 1), max: m.cfg.ClientBuffer}
 	if taken != nil {
-		m.detachLocked(taken, fmt.Sprintf("%s took over the console of node %s", req.User, s.node))
+		m.detachLocked(taken, fmt.Sprintf("%s took over the console of node %s", req.User, req.Name))
 	}
 	s.clients[c] = struct{}{}
 	if req.Mode == Interactive {
