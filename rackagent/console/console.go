@@ -264,14 +264,16 @@ func (m *Manager) join(s *session, req Request) (c *Client, retry bool, err erro
 		return nil, false, ErrTooManyClients
 	}
 	c = &Client{m: m, s: s, user: req.User, mode: req.Mode, since: now, wake: make(chan struct{}, 1), max: m.cfg.ClientBuffer}
-	if taken != nil {
-		m.detachLocked(taken, fmt.Sprintf("%s took over the console of node %s", req.User, req.Name))
-	}
+	// The new client joins before the holder it replaces leaves: the
+	// session must not close under it when that was the only client.
 	s.clients[c] = struct{}{}
 	if req.Mode == Interactive {
 		s.holder = c
+	}
+	if taken != nil {
+		m.detachLocked(taken, fmt.Sprintf("%s took over the console of node %s", req.User, req.Name))
 		for o := range s.clients {
-			if o != c && taken != nil {
+			if o != c {
 				o.push(Event{Notice: fmt.Sprintf("%s took the keyboard from %s", req.User, taken.user)})
 			}
 		}

@@ -186,6 +186,24 @@ func TestForceTakeoverTellsTheFirst(t *testing.T) {
 	}
 }
 
+// TestForceTakeoverOfTheOnlyClient: the session stays open for the new
+// holder when the one it replaces was its only client.
+func TestForceTakeoverOfTheOnlyClient(t *testing.T) {
+	r := newRig(t, Config{})
+	alice := r.attach(t, "n1", "alice", Interactive, false)
+	bob := r.attach(t, "n1", "bob", Interactive, true)
+	if n := ended(t, alice); len(n) != 1 || !strings.Contains(n[0], "bob took over") {
+		t.Fatalf("alice's notices = %q", n)
+	}
+	if _, err := bob.Write([]byte("still open\n")); err != nil {
+		t.Fatalf("the new holder's Write = %v", err)
+	}
+	read(t, bob, "still open\n")
+	if r.m.Sessions() != 1 || r.openCount("n1") != 1 {
+		t.Fatalf("sessions %d, opens %d; want the one session kept", r.m.Sessions(), r.openCount("n1"))
+	}
+}
+
 func TestSlowClientDroppedNotBlocking(t *testing.T) {
 	r := newRig(t, Config{ClientBuffer: 1024})
 	fast := r.attach(t, "n1", "fast", Interactive, false)
