@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -79,7 +80,7 @@ func nodeOf(t *testing.T, c *apiclient.Client, id string) *proto.Node {
 func TestPowerIntentsThroughTheCoordinator(t *testing.T) {
 	f := newFleet(t)
 	ctx := context.Background()
-	addr := strings.ToLower(t.Name()) + ".agent-test.invalid"
+	addr := fmt.Sprintf("%s-%d.agent-test.invalid", strings.ToLower(t.Name()), time.Now().UnixNano())
 	fb := bmc.FakeFor(addr)
 	fb.SetPassword("pw")
 	n, err := f.admin.CreateNode(ctx, proto.NodeCreate{Name: "p1", MACs: []string{"52:54:00:00:00:09"}, Rack: "r1",
@@ -141,7 +142,7 @@ func TestPowerIntentsThroughTheCoordinator(t *testing.T) {
 func TestManageVerifiesTheBMC(t *testing.T) {
 	f := newFleet(t)
 	ctx := context.Background()
-	addr := strings.ToLower(t.Name()) + ".agent-test.invalid"
+	addr := fmt.Sprintf("%s-%d.agent-test.invalid", strings.ToLower(t.Name()), time.Now().UnixNano())
 	bmc.FakeFor(addr).SetPassword("right-pw")
 	yes := true
 	n, err := f.admin.CreateNode(ctx, proto.NodeCreate{Name: "p1", MACs: []string{"52:54:00:00:00:09"}, Rack: "r1", Enrolled: &yes,

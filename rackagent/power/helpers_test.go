@@ -3,6 +3,7 @@ package power
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"path/filepath"
 	"sync"
@@ -331,6 +332,10 @@ func powerIntent(g uint64, t proto.PowerTarget) proto.Intent {
 	return proto.Intent{Generation: g, Action: proto.ActionPower, Power: t, Agent: "a1"}
 }
 
-// addr is an address unique to the test (fake BMCs are per address and
-// per process).
-func addr(t *testing.T, suffix string) string { return t.Name() + "/" + suffix }
+var addrSeq atomic.Uint64
+
+// addr is an address unique to the call (fake BMCs are per address and
+// per process, and outlive a test run with -count).
+func addr(t *testing.T, suffix string) string {
+	return fmt.Sprintf("%s/%d/%s", t.Name(), addrSeq.Add(1), suffix)
+}
