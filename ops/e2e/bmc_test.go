@@ -684,6 +684,20 @@ func (c *consoleProc) end(t *testing.T) {
 	}
 }
 
+// interrupt ends a read-only watcher as a person would (^C: it does not
+// read stdin) and waits for the exit.
+func (c *consoleProc) interrupt(t *testing.T) {
+	t.Helper()
+	_ = c.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-c.done:
+	case <-time.After(20 * time.Second):
+		t.Errorf("node console (%s) still runs 20s after SIGINT", c.name)
+		_ = c.cmd.Process.Kill()
+		<-c.done
+	}
+}
+
 // typeUntil types line into c until its output shows want.
 func typeUntil(t *testing.T, c *consoleProc, line, want string) {
 	t.Helper()
@@ -736,7 +750,7 @@ func (o *oob) console(t *testing.T) {
 		t.Errorf("the refused console printed no reason")
 	}
 
-	// A read-only watcher; its typing goes nowhere.
+	// A read-only watcher: what it is given to type goes nowhere.
 	w := o.startConsole(t, "watcher", "--read-only")
 	w.typeIn("echo MF-RO-$((6*7))\r")
 
@@ -781,7 +795,7 @@ func (o *oob) console(t *testing.T) {
 	t.Logf("console log: %d bytes, the boot included", len(log))
 
 	c3.end(t)
-	w.end(t)
+	w.interrupt(t)
 	c1.end(t)
 	serial := cleanConsole(mustRead(t, v.Serial))
 	for _, s := range []string{"MF-TWO-42", "MF-RO-42", "MF-OLD-42"} {
@@ -809,6 +823,19 @@ func (o *oob) console(t *testing.T) {
 		}
 		return nil
 	})
+	var readOnly bool
+	for _, e := range hist {
+		if strings.HasPrefix(e.Kind, "console-") {
+			t.Logf("history: %s %s %q %q", e.Time.Format("15:04:05.000"), e.Kind, e.User, e.Message)
+			if e.User == "" {
+				t.Errorf("history event %s %q names no user", e.Kind, e.Message)
+			}
+			readOnly = readOnly || strings.Contains(e.Message, "read-only")
+		}
+	}
+	if !readOnly {
+		t.Errorf("no console event in the history names the read-only mode")
+	}
 }
 
 // consoleLog is GET /v1/nodes/{id}/console/log.
