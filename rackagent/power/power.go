@@ -23,7 +23,8 @@
 // change and closed when it leaves the boot state.
 //
 // Power sync reads the power state of the nodes this agent is responsible
-// for every SyncInterval (with +-10% jitter) and reports a ReportPower
+// for every SyncInterval (with +-10% jitter; the first round within 10 s
+// of start) and reports a ReportPower
 // only when the state or the error changed; a BMC that does not answer is
 // reported as power unknown with the error, never as its last state.
 //

@@ -585,3 +585,26 @@ func TestRedact(t *testing.T) {
 		}
 	}
 }
+
+func TestPowerSyncTiming(t *testing.T) {
+	h := newHarness(t, Config{SyncInterval: time.Hour})
+	h.src.set(node("n1", proto.DriverFake, addr(t, "bmc")))
+	rounds := func() int64 { return h.m.Stats().SyncRounds }
+	if !h.clk.BlockUntil(1, 5*time.Second) {
+		t.Fatal("no power sync timer")
+	}
+	h.clk.Advance(11 * time.Second) // the first round comes within 10 s (+-10%)
+	testkit.Eventually(t, 5*time.Second, "the first round", func() bool { return rounds() == 1 })
+	if !h.clk.BlockUntil(1, 5*time.Second) {
+		t.Fatal("no power sync timer after the first round")
+	}
+	h.clk.Advance(50 * time.Minute) // then every hour, +-10%
+	if n := rounds(); n != 1 {
+		t.Fatalf("%d rounds 50 minutes after the first, want 1", n)
+	}
+	h.clk.Advance(20 * time.Minute)
+	testkit.Eventually(t, 5*time.Second, "the second round", func() bool { return rounds() == 2 })
+	if rs := h.rep.of(proto.ReportPower); len(rs) != 1 {
+		t.Errorf("%d power reports, want 1 (the first round's)", len(rs))
+	}
+}

@@ -3,20 +3,28 @@ package power
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/metalfleet/metalfleet/proto"
 	"github.com/metalfleet/metalfleet/rackagent/bmc"
 )
 
-// syncLoop runs a power sync round every SyncInterval (+-10%).
+// firstSync is the most the first power sync round waits after start:
+// what the coordinator has may be as old as the agent's downtime.
+const firstSync = 10 * time.Second
+
+// syncLoop runs a power sync round every SyncInterval (+-10%), the first
+// within firstSync.
 func (m *Manager) syncLoop(ctx context.Context) {
+	wait := min(m.cfg.SyncInterval, firstSync)
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-m.clk.After(jitter(m.cfg.SyncInterval)):
+		case <-m.clk.After(jitter(wait)):
 		}
 		m.Sync(ctx)
+		wait = m.cfg.SyncInterval
 	}
 }
 
