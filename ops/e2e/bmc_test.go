@@ -201,6 +201,8 @@ func TestOutOfBandQEMU(t *testing.T) {
 		t.Fatal("no manageable node with a verified BMC: the other steps need one")
 	}
 	lap("manage")
+	t.Run("manage over IPMI v1.5", o.manageLan)
+	lap("manage over IPMI v1.5")
 	t.Run("power on, reboot", o.powerOnReboot)
 	lap("power on, reboot")
 	t.Run("console", o.console)
@@ -232,6 +234,7 @@ func (o *oob) checkCLI() []string {
 	for _, c := range []struct{ cmd, flag string }{
 		{"rackagent", "--power-sync-interval"},
 		{"node create", "--bmc-password-file"},
+		{"node create", "--bmc-interface"},
 		{"node power", "--wait"},
 		{"node console", "--force"},
 		{"node console", "--read-only"},
@@ -293,10 +296,10 @@ func (o *oob) getNode(t *testing.T, id string) proto.Node {
 
 // createNode runs `metalfleet node create` for a node of rack r1 with an
 // IPMI BMC at the vbmc's address.
-func (o *oob) createNode(t *testing.T, name, mac, pwFile string) proto.Node {
+func (o *oob) createNode(t *testing.T, name, mac, pwFile, iface string) proto.Node {
 	t.Helper()
 	out := o.mustCLI(t, "node", "create", "--name", name, "--mac", mac, "--rack", "r1",
-		"--bmc-driver", "ipmi", "--bmc-address", o.v.Addr, "--bmc-port", "623", "--bmc-username", o.v.User,
+		"--bmc-driver", "ipmi", "--bmc-interface", iface, "--bmc-address", o.v.Addr, "--bmc-port", "623", "--bmc-username", o.v.User,
 		"--bmc-password-file", filepath.Join(o.dir, pwFile), "-o", "json")
 	var n proto.Node
 	if err := json.Unmarshal([]byte(out), &n); err != nil {
@@ -304,6 +307,9 @@ func (o *oob) createNode(t *testing.T, name, mac, pwFile string) proto.Node {
 	}
 	if n.BMC.Password != "" {
 		t.Errorf("node create answered the BMC password")
+	}
+	if n.BMC.Interface != iface {
+		t.Errorf("node create --bmc-interface %s: the node's bmc.interface is %q", iface, n.BMC.Interface)
 	}
 	return n
 }
@@ -357,7 +363,7 @@ func (o *oob) waitOS(t *testing.T, n int, what string) {
 // enrolled, its BMC auth-failed, with a last_error that says so (and not
 // the password).
 func (o *oob) wrongPassword(t *testing.T) {
-	n := o.createNode(t, "bad-password", "52:54:00:e2:e0:12", "bad.pw")
+	n := o.createNode(t, "bad-password", "52:54:00:e2:e0:12", "bad.pw", proto.IPMILanplus)
 	out, err := o.cli("node", "provision", n.UUID, "manage")
 	t.Logf("node provision bad-password manage: %s %v", strings.TrimSpace(out), err)
 	node := o.node
@@ -391,7 +397,7 @@ func (o *oob) wrongPassword(t *testing.T) {
 // manage: the VM's node becomes manageable only once the agent has
 // verified its BMC (bmc_status ok, with the device identity).
 func (o *oob) manage(t *testing.T) {
-	n := o.createNode(t, "bmc1", bmcVM.MAC, "good.pw")
+	n := o.createNode(t, "bmc1", bmcVM.MAC, "good.pw", proto.IPMILanplus)
 	o.node = n.UUID
 	if n.ProvisionState != proto.StateEnrolled {
 		t.Fatalf("created node: provision_state %q, want enrolled", n.ProvisionState)
@@ -423,6 +429,28 @@ func (o *oob) manage(t *testing.T) {
 	}
 	if got.LastError != "" {
 		t.Errorf("last_error %q after a good verification", got.LastError)
+	}
+}
+
+// manageLan: a node configured for IPMI v1.5 (lan) is verified over it.
+func (o *oob) manageLan(t *testing.T) {
+	n := o.createNode(t, "bmc1-lan", "52:54:00:e2:e0:13", "good.pw", proto.IPMILan)
+	node := o.node
+	o.node = n.UUID
+	defer func() { o.node = node }()
+	o.mustCLI(t, "node", "provision", n.UUID, "manage")
+	got := o.waitNode(t, 60*time.Second, "the v1.5 node to be manageable", func(n proto.Node) bool {
+		if n.LastError != "" {
+			t.Fatalf("manage over IPMI v1.5: last_error %q", n.LastError)
+		}
+		return n.ProvisionState == proto.StateManageable
+	})
+	if got.BMCStatus == nil || got.BMCStatus.Info == nil {
+		t.Fatalf("manageable without a verified BMC: bmc_status %+v", got.BMCStatus)
+	}
+	t.Logf("IPMI v1.5: manageable, protocol %q", got.BMCStatus.Info.Protocol)
+	if p := got.BMCStatus.Info.Protocol; !strings.Contains(p, "lan") || strings.Contains(p, "lanplus") {
+		t.Errorf("bmc_status.info.protocol %q, want the v1.5 lan interface", p)
 	}
 }
 
