@@ -2,7 +2,8 @@
 // hardware: a QEMU VM network-boots from a real `metalfleet rackagent`,
 // runs the discovery ramdisk of build/ramdisk (nodeagent as /init) and is
 // discovered by a real `metalfleet coordinator`. The package has no code
-// of its own; the tests are in e2e_test.go and their helpers beside it.
+// of its own; the tests are in e2e_test.go and bmc_test.go and their
+// helpers beside them.
 //
 // TestDiscoveryQEMU boots the VM (SeaBIOS, the NIC's own iPXE ROM) twice:
 // first as an unknown machine, which must end up as one enrolled node
@@ -12,6 +13,26 @@
 // Linux, the ramdisk's DHCP, the callback, the node in the coordinator,
 // power-off) from the agent's log, the VM's serial console and the API.
 // TestDiscoveryQEMUUEFI does the same under OVMF.
+//
+// TestOutOfBandQEMU (bmc_test.go) drives a VM through a virtual BMC
+// (vbmc_test.go): OpenIPMI's ipmi_sim on 10.98.X.2:623 (a /32 on the
+// namespace's lo), whose chassis_control program is the test binary itself
+// (TestMain) handing each call to a controller in the test that starts,
+// resets and kills QEMU and keeps a one-time boot device; SOL is
+// ipmi_sim's, on QEMU's serial socket. Booted from "disk", the VM runs a
+// busybox system with a shell on ttyS0 (testdata/os/init); from "pxe", it
+// network-boots from the rack agent. With the real coordinator, rack agent
+// (--power-sync-interval 2s) and CLI, the test checks: a wrong BMC password
+// leaves a node enrolled with a clear last_error; manage verifies the BMC
+// (RMCP+ cipher 3, and v1.5 lan) before a node is manageable; power on,
+// reboot (a hard reset of the running VM) and off; the serial console (one
+// keyboard, a refused second attach, --force, a read-only watcher, the
+// console log holding a boot, sessions in the history); power changes made
+// at the BMC or by killing QEMU picked up by power sync and not undone; a
+// one-time PXE boot device before a reboot. It logs the time from `node
+// power on` to the VM's first DHCPDISCOVER at the rack agent.
+// TestVirtualBMCQEMU checks the virtual BMC alone with ipmitool (power,
+// boot device, reset, SOL): when it fails, the lab is at fault.
 //
 // The tests skip unless METALFLEET_E2E=1 (`make e2e` sets it), so that
 // `go test ./...` stays fast. Then they need root, ip(8), /dev/net/tun,
