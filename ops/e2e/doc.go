@@ -16,9 +16,9 @@
 //
 // TestOutOfBandQEMU (bmc_test.go) drives a VM through a virtual BMC
 // (vbmc_test.go): OpenIPMI's ipmi_sim on 10.98.X.2:623 (a /32 on the
-// namespace's lo), whose chassis_control program is the test binary itself
-// (TestMain) handing each call to a controller in the test that starts,
-// resets and kills QEMU and keeps a one-time boot device; SOL is
+// namespace's lo), whose chassis_control program (a bash script) hands
+// each call to a controller in the test that starts, resets and kills
+// QEMU and keeps a one-time boot device; SOL is
 // ipmi_sim's, on QEMU's serial socket. Booted from "disk", the VM runs a
 // busybox system with a shell on ttyS0 (testdata/os/init); from "pxe", it
 // network-boots from the rack agent. With the real coordinator, rack agent

@@ -4,10 +4,14 @@ package e2e
 
 // The virtual BMC: OpenIPMI's ipmi_sim serving IPMI over LAN (RMCP+ with
 // cipher suite 3, and v1.5) on an address of the lab's namespace, whose
-// chassis_control program is this test binary (see TestMain): each call
-// ipmi_sim makes ("0x20 set power 1", "0x20 get power", ...) is handed over
-// a unix socket to the vbmc's controller, which starts and stops the VM
-// (QEMU, a child of the test process) and keeps its boot device. SOL is
+// chassis_control program (testdata/ipmi_sim/chassis-control.sh) hands each
+// call ipmi_sim makes ("0x20 set power 1", "0x20 get power", ...) over TCP
+// on the namespace's loopback to the vbmc's controller in the test, which
+// starts and stops the VM (QEMU, a child of the test process) and keeps its
+// boot device. (The program is a bash script, not a Go binary: ipmi_sim
+// waits for it and an IPMI client retransmits after about a second, which
+// ipmi_sim executes again; bash starts in milliseconds even on busy cores,
+// a race-built test binary in about one second.) SOL is
 // ipmi_sim's own, connected to QEMU's serial port (a TCP chardev server in
 // the namespace); QEMU also writes everything the guest prints to a log file.
 //
@@ -27,7 +31,6 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -45,55 +48,6 @@ import (
 	"github.com/metalfleet/metalfleet/ops/netlab"
 	"github.com/metalfleet/metalfleet/ops/testkit"
 )
-
-// chassisEnv names the unix socket of a vbmc's controller. With it set, the
-// test binary is ipmi_sim's chassis_control program, not a test run.
-const chassisEnv = "METALFLEET_E2E_CHASSIS_SOCKET"
-
-func TestMain(m *testing.M) {
-	if sock := os.Getenv(chassisEnv); sock != "" {
-		os.Exit(chassisControl(sock, os.Args[1:]))
-	}
-	os.Exit(m.Run())
-}
-
-// chassisCall is one call of ipmi_sim's chassis_control program:
-// "MC get PARM..." or "MC set PARM VALUE...". The answer's Out goes to
-// stdout ("parm:value" lines for get, an error message otherwise) and Code
-// is the exit status.
-type chassisCall struct {
-	Args []string `json:"args"`
-}
-
-type chassisAnswer struct {
-	Out  string `json:"out"`
-	Code int    `json:"code"`
-}
-
-// chassisControl is the program ipmi_sim runs: it hands its arguments to
-// the controller and prints its answer. ipmi_sim waits for it, and an IPMI
-// client retransmits after about a second: the controller answers well
-// within that.
-func chassisControl(sock string, args []string) int {
-	c, err := net.DialTimeout("unix", sock, time.Second)
-	if err != nil {
-		fmt.Printf("chassis control: %v\n", err)
-		return 1
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-	if err := json.NewEncoder(c).Encode(chassisCall{Args: args}); err != nil {
-		fmt.Printf("chassis control: %v\n", err)
-		return 1
-	}
-	var a chassisAnswer
-	if err := json.NewDecoder(c).Decode(&a); err != nil {
-		fmt.Printf("chassis control: %v\n", err)
-		return 1
-	}
-	fmt.Print(a.Out)
-	return a.Code
-}
 
 // Boot devices as ipmi_sim names them to chassis_control.
 const (
@@ -120,7 +74,7 @@ type vbmc struct {
 	serialPort int    // QEMU's serial chardev server (127.0.0.1, in the namespace)
 	monitor    string // QEMU's HMP monitor socket
 	sim        *netlab.Proc
-	ln         net.Listener
+	ln         net.Listener  // the controller: TCP on 127.0.0.1 in the namespace
 	served     chan struct{} // closed when the controller has stopped
 
 	kernel, osInitrd string // the installed OS
@@ -199,16 +153,17 @@ func newVBMC(t *testing.T, l *lab, n int, spec vmSpec, password string) *vbmc {
 
 	// The controller, on a thread of its own: QEMU dies with that thread
 	// (Pdeathsig), so with the test process too.
-	sock := filepath.Join(v.dir, "chassis.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
+	if err := netlab.Do(l.NS, func() error {
+		var err error
+		v.ln, err = net.Listen("tcp", "127.0.0.1:0")
+		return err
+	}); err != nil {
+		t.Fatalf("the vbmc's controller: %v", err)
 	}
-	v.ln = ln
 	go v.serve()
 	t.Cleanup(v.close)
 
-	self, err := os.Executable()
+	program, err := filepath.Abs(filepath.Join("testdata", "ipmi_sim", "chassis-control.sh"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,8 +172,8 @@ func newVBMC(t *testing.T, l *lab, n int, spec vmSpec, password string) *vbmc {
 		t.Fatal(err)
 	}
 	r := strings.NewReplacer("@NAME@", v.name, "@ADDR@", v.Addr, "@GUID@", fmt.Sprintf("a1234567%024x", n),
-		"@CHASSIS@", chassisEnv+"="+sock+" "+self, "@USER@", v.User, "@PASSWORD@", v.Password,
-		"@SOLPORT@", strconv.Itoa(v.serialPort))
+		"@CHASSIS@", fmt.Sprintf("VBMC_CONTROL_PORT=%d bash %s", v.ln.Addr().(*net.TCPAddr).Port, program),
+		"@USER@", v.User, "@PASSWORD@", v.Password, "@SOLPORT@", strconv.Itoa(v.serialPort))
 	confPath := filepath.Join(v.dir, "lan.conf")
 	if err := os.WriteFile(confPath, []byte(r.Replace(string(conf))), 0o600); err != nil {
 		t.Fatal(err)
@@ -272,18 +227,21 @@ func (v *vbmc) serve() {
 	}
 }
 
+// handle answers one call: a line of arguments in, the output lines and
+// "exit N" out.
 func (v *vbmc) handle(c net.Conn) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-	var call chassisCall
-	if err := json.NewDecoder(c).Decode(&call); err != nil {
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
 		return
 	}
-	out, code := v.chassis(call.Args)
+	args := strings.Fields(line)
+	out, code := v.chassis(args)
 	v.mu.Lock()
-	v.ops = append(v.ops, chassisOp{At: time.Now(), Args: strings.Join(call.Args, " "), Out: out, Code: code})
+	v.ops = append(v.ops, chassisOp{At: time.Now(), Args: strings.Join(args, " "), Out: out, Code: code})
 	v.mu.Unlock()
-	_ = json.NewEncoder(c).Encode(chassisAnswer{Out: out, Code: code})
+	fmt.Fprintf(c, "%sexit %d\n", out, code)
 }
 
 // chassis executes one call: "MC get PARM..." or "MC set PARM VAL...".
@@ -394,9 +352,6 @@ func (v *vbmc) reset() error {
 	v.mu.Unlock()
 	if q == nil || !q.running() {
 		return nil
-	}
-	if nb == "" {
-		nb = bootDefault
 	}
 	if nb != bootPXE {
 		nb = bootDefault
@@ -608,7 +563,7 @@ func (v *vbmc) KillBehindBack() {
 	v.killVM()
 }
 
-// SerialCount is how many times re occurs in the serial log (cleaned of
+// SerialCount is how many times sub occurs in the serial log (cleaned of
 // terminal escapes).
 func (v *vbmc) SerialCount(sub string) int {
 	b, _ := os.ReadFile(v.Serial)
