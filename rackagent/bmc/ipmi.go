@@ -30,7 +30,7 @@ func init() { Register(proto.DriverIPMI, OpenIPMI) }
 
 // IPMI timings: one request waits ipmiAttemptTimeout for its answer and
 // is sent ipmiRetries more times before the call fails (a caller's ctx
-// deadline cuts it shorter).
+// deadline cuts it shorter); a reset or a power cycle is sent once.
 const (
 	ipmiAttemptTimeout = 2 * time.Second
 	ipmiRetries        = 1
@@ -246,12 +246,51 @@ func (d *ipmiDriver) Power(ctx context.Context, a PowerAction) error {
 	if d.lan {
 		return d.lanPower(ctx, a, ctl)
 	}
-	// On, off and soft-off may be repeated harmlessly; reset and cycle not.
-	retry := a != PowerReset && a != PowerCycle
-	return d.callRetry(ctx, "power "+string(a), retry, func(ctx context.Context, c *client.Client) error {
+	// On, off and soft-off may be repeated harmlessly; reset and cycle
+	// are sent once, by neither the driver nor go-ipmi again.
+	once := sendOnce(a)
+	return d.callRetry(ctx, "power "+string(a), !once, func(ctx context.Context, c *client.Client) error {
+		if once {
+			var cancel context.CancelFunc
+			ctx, cancel = oneAttempt(ctx)
+			defer cancel()
+		}
 		_, err := c.ChassisControl(ctx, ctl)
 		return err
 	})
+}
+
+// sendOnce reports a power action that must never be sent twice: a BMC
+// that executed it but whose answer was lost would execute it again.
+func sendOnce(a PowerAction) bool { return a == PowerReset || a == PowerCycle }
+
+// oneAttempt cuts ctx to one wait for an answer, so that go-ipmi sends the
+// request once. go-ipmi resends a request that got no answer within its
+// timeout (ipmiAttemptTimeout; WithRetry), checking ctx.Err() before each
+// send; the client's retry count is not changed for the call instead
+// because its keepalive goroutine reads it. The deadline comes before
+// go-ipmi's own (taken after the send), and Err reports it from the clock,
+// not from the timer that closes Done a moment later: once the first wait
+// is over, no resend starts.
+func oneAttempt(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(ctx, ipmiAttemptTimeout)
+	deadline, _ := ctx.Deadline()
+	return onceCtx{Context: ctx, deadline: deadline}, cancel
+}
+
+type onceCtx struct {
+	context.Context
+	deadline time.Time
+}
+
+func (c onceCtx) Err() error {
+	if err := c.Context.Err(); err != nil {
+		return err
+	}
+	if !time.Now().Before(c.deadline) {
+		return context.DeadlineExceeded
+	}
+	return nil
 }
 
 // bootFlags is IPMI boot flags parameter 5 (Set System Boot Options) for b.

@@ -3,13 +3,15 @@ package bmc
 // IPMI v1.5 ("lan") through github.com/vmware/goipmi's native transport.
 // goipmi has no contexts (it waits 5 s per answer), so each call runs in a
 // goroutine: when the caller's ctx ends first, the session is abandoned
-// (closed once the call returns) and the next call opens a new one.
+// (closed once the call returns, sending no command after the caller gave
+// up) and the next call opens a new one.
 
 import (
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	goipmi "github.com/vmware/goipmi"
@@ -53,15 +55,43 @@ type lanResult struct {
 	connecting bool
 }
 
+// lanGate lets a call's goroutine send only while its caller waits: once
+// the caller gave up (its ctx ended), nothing more is sent.
+type lanGate struct {
+	mu        sync.Mutex
+	abandoned bool
+}
+
+// send reports whether a command may be sent now.
+func (g *lanGate) send() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return !g.abandoned
+}
+
+func (g *lanGate) abandon() {
+	g.mu.Lock()
+	g.abandoned = true
+	g.mu.Unlock()
+}
+
+// errAbandoned is the goroutine's own result when its caller gave up
+// before the command was sent (the caller has returned ctx's error).
+var errAbandoned = errors.New("the caller gave up before the command was sent")
+
 // lanCall runs fn on the v1.5 session (opened first if needed), reopening
-// once when the BMC stops answering a session that worked before.
-func (d *ipmiDriver) lanCall(ctx context.Context, op string, fn func(*goipmi.Client) error) error {
+// once when the BMC stops answering a session that worked before. With
+// once, fn is never run twice (goipmi itself sends each request once): a
+// command the BMC may have executed without answering is reported as a
+// timeout, not sent again.
+func (d *ipmiDriver) lanCall(ctx context.Context, op string, once bool, fn func(*goipmi.Client) error) error {
 	if err := ctx.Err(); err != nil {
 		return classify(op, err, false)
 	}
 	s := d.v15
 	d.v15 = nil // ours again when the call comes back in time
 	done := make(chan lanResult, 1)
+	gate := &lanGate{}
 	go func() {
 		r := lanResult{s: s}
 		defer func() { done <- r }()
@@ -72,11 +102,19 @@ func (d *ipmiDriver) lanCall(ctx context.Context, op string, fn func(*goipmi.Cli
 				return
 			}
 		}
+		if !gate.send() {
+			r.err = errAbandoned
+			return
+		}
 		r.err = fn(r.s.c)
-		if r.err != nil && !fresh && isNoAnswer(r.err) && ctx.Err() == nil {
+		if r.err != nil && !fresh && !once && isNoAnswer(r.err) && ctx.Err() == nil {
 			r.s.close()
 			if r.s, r.err = d.lanOpen(); r.err != nil {
 				r.connecting = true
+				return
+			}
+			if !gate.send() {
+				r.err = errAbandoned
 				return
 			}
 			r.err = fn(r.s.c)
@@ -103,6 +141,7 @@ func (d *ipmiDriver) lanCall(ctx context.Context, op string, fn func(*goipmi.Cli
 		}
 		return nil
 	case <-ctx.Done():
+		gate.abandon()
 		go func() {
 			if r := <-done; r.s != nil {
 				r.s.close()
@@ -128,7 +167,7 @@ func classifyLan(op string, err error, connecting bool) error {
 
 func (d *ipmiDriver) lanPowerState(ctx context.Context) (proto.PowerState, error) {
 	var on bool
-	err := d.lanCall(ctx, "power status", func(c *goipmi.Client) error {
+	err := d.lanCall(ctx, "power status", false, func(c *goipmi.Client) error {
 		res := &goipmi.ChassisStatusResponse{}
 		if err := c.Send(&goipmi.Request{
 			NetworkFunction: goipmi.NetworkFunctionChassis,
@@ -147,7 +186,7 @@ func (d *ipmiDriver) lanPowerState(ctx context.Context) (proto.PowerState, error
 }
 
 func (d *ipmiDriver) lanPower(ctx context.Context, a PowerAction, ctl chassis.ChassisControl) error {
-	return d.lanCall(ctx, "power "+string(a), func(c *goipmi.Client) error {
+	return d.lanCall(ctx, "power "+string(a), sendOnce(a), func(c *goipmi.Client) error {
 		return c.Control(goipmi.ChassisControl(ctl))
 	})
 }
@@ -156,7 +195,7 @@ func (d *ipmiDriver) lanPower(ctx context.Context, a PowerAction, ctl chassis.Ch
 // SetBootDevice always asks for "next boot, legacy").
 func (d *ipmiDriver) lanSetBootDevice(ctx context.Context, f *types.BootOptionParam_BootFlags) error {
 	data := f.Pack()
-	return d.lanCall(ctx, "set boot device", func(c *goipmi.Client) error {
+	return d.lanCall(ctx, "set boot device", false, func(c *goipmi.Client) error {
 		return c.Send(&goipmi.Request{
 			NetworkFunction: goipmi.NetworkFunctionChassis,
 			Command:         goipmi.CommandSetSystemBootOptions,
@@ -194,7 +233,7 @@ func (r *lanDeviceID) UnmarshalBinary(b []byte) error {
 
 func (d *ipmiDriver) lanIdentify(ctx context.Context) (proto.BMCInfo, error) {
 	var info proto.BMCInfo
-	err := d.lanCall(ctx, "identify", func(c *goipmi.Client) error {
+	err := d.lanCall(ctx, "identify", false, func(c *goipmi.Client) error {
 		res := &lanDeviceID{}
 		if err := c.Send(&goipmi.Request{
 			NetworkFunction: goipmi.NetworkFunctionApp,

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -422,5 +423,59 @@ func TestIPMIResetNotRepeated(t *testing.T) {
 	}
 	if n := s.Actions(ipmisim.ActionReset); n != 1 {
 		t.Errorf("BMC reset %d times, want 1", n)
+	}
+}
+
+// A reset or a power cycle is sent once, on either interface: when its
+// answer is lost (or comes after the wait for it), the BMC has executed it
+// and the call reports a timeout; neither the IPMI library nor the driver
+// sends it again (go-ipmi resends after 2 s without an answer, the v1.5
+// path reopened its session and resent after 5 s).
+func TestIPMIResetAndCycleSentOnce(t *testing.T) {
+	for _, c := range []struct {
+		iface string
+		late  bool // the answer comes 2.5 s late, else never
+	}{
+		{proto.IPMILanplus, false},
+		{proto.IPMILanplus, true},
+		{proto.IPMILan, false},
+	} {
+		for _, a := range []struct {
+			a   bmc.PowerAction
+			sim ipmisim.Action
+		}{{bmc.PowerReset, ipmisim.ActionReset}, {bmc.PowerCycle, ipmisim.ActionCycle}} {
+			name := fmt.Sprintf("%s/%s/late=%v", c.iface, a.a, c.late)
+			t.Run(name, func(t *testing.T) {
+				t.Parallel()
+				s := startSim(t, ipmisim.Config{Power: ipmisim.NewMemPower(true)})
+				d := openDriver(t, s, c.iface, "")
+				ctx := ctxFor(t, 30*time.Second)
+				if _, err := d.PowerState(ctx); err != nil { // the session is open
+					t.Fatal(err)
+				}
+				if c.late {
+					s.SetSlow(2500 * time.Millisecond)
+				} else {
+					s.DropAnswers(1)
+				}
+				// Longer than any resend interval (go-ipmi 2 s, goipmi 5 s).
+				err := d.Power(ctxFor(t, 12*time.Second), a.a)
+				s.SetSlow(0)
+				s.DropAnswers(0)
+				if k := bmc.KindOf(err); err == nil || k != proto.BMCErrTimeout {
+					t.Errorf("Power(%s) with its answer lost = %v (kind %s), want a timeout", a.a, err, k)
+				}
+				if n := s.Actions(a.sim); n != 1 {
+					t.Errorf("the BMC executed %s %d times, want once", a.sim, n)
+				}
+				// The driver goes on (a new session).
+				if st, err := d.PowerState(ctx); err != nil || st != proto.PowerOn {
+					t.Errorf("PowerState after the lost answer = %q, %v; want on", st, err)
+				}
+				if n := s.Actions(a.sim); n != 1 {
+					t.Errorf("after the next call, the BMC executed %s %d times, want once", a.sim, n)
+				}
+			})
+		}
 	}
 }

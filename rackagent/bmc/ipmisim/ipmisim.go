@@ -8,7 +8,7 @@
 // It serves the rack agent's ipmi driver tests, the polling benchmark and
 // the simulator (rackagent/sim), whose machines plug in their power and
 // console. Failure injection: Slow delays every answer, Drop never
-// answers, and a wrong password is just a BMC configured with another
+// answers, DropAnswers loses the next few answers, and a wrong password is just a BMC configured with another
 // one.
 //
 //	b, err := ipmisim.New(ipmisim.Config{Username: "admin", Password: "pw"})
@@ -106,6 +106,7 @@ type BMC struct {
 	slow  atomic.Int64 // time.Duration
 	opens atomic.Int64 // RMCP+ Open Session Requests received
 	drop  atomic.Bool
+	lose  atomic.Int64 // answers still to lose (DropAnswers)
 
 	mu     sync.Mutex
 	conn   *net.UDPConn
@@ -288,6 +289,11 @@ func (b *BMC) SetSlow(d time.Duration) { b.slow.Store(int64(d)) }
 // SetDrop makes the BMC stop (true) or resume (false) answering.
 func (b *BMC) SetDrop(drop bool) { b.drop.Store(drop) }
 
+// DropAnswers makes the BMC lose its next n answers: it executes the
+// requests as usual but does not send what it answers (an answer lost on
+// the way back).
+func (b *BMC) DropAnswers(n int) { b.lose.Store(int64(n)) }
+
 // SessionOpens is how many RMCP+ sessions clients began to open (Open
 // Session Requests received, retransmissions included).
 func (b *BMC) SessionOpens() int { return int(b.opens.Load()) }
@@ -369,6 +375,15 @@ func (p *packetConn) ReadFrom(buf []byte) (int, net.Addr, error) {
 func (p *packetConn) WriteTo(data []byte, addr net.Addr) (int, error) {
 	if p.b.drop.Load() {
 		return len(data), nil
+	}
+	for {
+		n := p.b.lose.Load()
+		if n <= 0 {
+			break
+		}
+		if p.b.lose.CompareAndSwap(n, n-1) {
+			return len(data), nil
+		}
 	}
 	if d := time.Duration(p.b.slow.Load()); d > 0 {
 		time.Sleep(d) // each answer is sent from its own goroutine
