@@ -123,6 +123,10 @@ type Intent struct {
 	// By names who asked (a token id, or "system").
 	By string    `json:"by,omitempty"`
 	At time.Time `json:"at"`
+	// Expires is when the intent lapses: an agent does not act on it
+	// later (it answers "expired, not executed"), and the leader marks it
+	// done with its outcome unknown when no result came by then.
+	Expires time.Time `json:"expires,omitzero"`
 
 	// Done is set when the agent's result is in; Error says why it failed
 	// ("" when it succeeded).
@@ -153,7 +157,14 @@ const (
 	BMCErrRefused     BMCErrorKind = "refused"
 	BMCErrTimeout     BMCErrorKind = "timeout"
 	BMCErrUnsupported BMCErrorKind = "unsupported"
+	// BMCErrExpired: the intent lapsed before the agent could act (or the
+	// agent's record of actions is newer than the intent): not executed.
+	// It says nothing about the BMC.
+	BMCErrExpired BMCErrorKind = "expired"
 )
+
+// IntentTTL is how long an intent may wait for its agent.
+const IntentTTL = 15 * time.Minute
 
 // State is the BMC state a failed call of kind k leaves.
 func (k BMCErrorKind) State() BMCState {
@@ -223,5 +234,9 @@ type HistoryEvent struct {
 	Message string    `json:"message"`
 }
 
-// MaxHistory is how many events a node's history keeps (the oldest go).
-const MaxHistory = 200
+// MaxHistory is how many events a node's history keeps (the oldest go);
+// MaxHistoryMessage bounds an event's message (longer ones are cut).
+const (
+	MaxHistory        = 200
+	MaxHistoryMessage = 512
+)

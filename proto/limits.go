@@ -435,9 +435,9 @@ func (r *AgentReport) validateBMC() error {
 		return Errorf(CodeInvalid, "error: want UTF-8 text without control characters")
 	}
 	switch r.ErrorKind {
-	case "", BMCErrUnreachable, BMCErrAuth, BMCErrRefused, BMCErrTimeout, BMCErrUnsupported:
+	case "", BMCErrUnreachable, BMCErrAuth, BMCErrRefused, BMCErrTimeout, BMCErrUnsupported, BMCErrExpired:
 	default:
-		return Errorf(CodeInvalid, "error_kind %.32q: want unreachable, auth, refused, timeout or unsupported", r.ErrorKind)
+		return Errorf(CodeInvalid, "error_kind %.32q: want unreachable, auth, refused, timeout, unsupported or expired", r.ErrorKind)
 	}
 	if r.Kind == ReportBMC {
 		switch r.Action {

@@ -59,8 +59,8 @@ Create its token with: metalfleet token create --role agent --rack RACK`,
 				return fmt.Errorf("--pool-share %q: want K/N with 0 <= K < N, e.g. 0/2 and 1/2 for a rack's two agents", poolShare)
 			}
 			cfg.TFTPRoots = tftpRoots
-			if cfg.PowerSyncInterval < 0 {
-				return fmt.Errorf("--power-sync-interval %s: want a duration >= 0 (0 turns power sync off)", cfg.PowerSyncInterval)
+			if cfg.PowerSyncInterval < 0 || cfg.PowerSyncInterval > 0 && cfg.PowerSyncInterval < time.Second {
+				return fmt.Errorf("--power-sync-interval %s: want 0 (power sync off) or at least 1s", cfg.PowerSyncInterval)
 			}
 			if cfg.PowerSyncInterval == 0 {
 				cfg.PowerSyncInterval = -1 // off (the agent's zero is its default)

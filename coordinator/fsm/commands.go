@@ -41,6 +41,7 @@ const (
 	TypeNodeIntent         Type = 24 // out-of-band intents (nodes_bmc.go)
 	TypeConsoleTicketMake  Type = 25 // console tickets (console.go)
 	TypeConsoleTicketTake  Type = 26
+	TypeIntentsExpire      Type = 27 // intents no agent answered (nodes_bmc.go)
 )
 
 // Command is implemented by every command body. Time and ids are decided

@@ -212,6 +212,9 @@ func applyNodeUpdate(tx *state.Tx, c *NodeUpdate) (any, error) {
 		return nil, err
 	}
 	n.UpdatedAt = c.Now
+	if n.Rack != oldRack {
+		endIntents(tx, n, "the node moved from rack "+oldRack+" to rack "+n.Rack, c.Now)
+	}
 	if n.BMC != oldBMC || n.Rack != oldRack {
 		// New fields (or another rack's agents): what was verified no
 		// longer holds; verify again when an agent can.

@@ -15,6 +15,81 @@ import (
 
 func init() {
 	handlers[TypeNodeIntent] = decode(applyNodeIntent)
+	handlers[TypeIntentsExpire] = decode(applyIntentsExpire)
+}
+
+// IntentsExpire ends the listed intents that are still pending after
+// their Expires, as of Now: their agent never answered (it died, was
+// rebuilt, or lost its way to the coordinators), so their outcome is
+// unknown. The leader proposes it (package leader) for the intents it
+// found expired; Apply checks each again.
+type IntentsExpire struct {
+	Now   time.Time         `json:"now"`
+	Items []IntentReference `json:"items"`
+}
+
+// IntentReference names one intent.
+type IntentReference struct {
+	Node       string `json:"node"`
+	Generation uint64 `json:"generation"`
+}
+
+func (IntentsExpire) Type() Type { return TypeIntentsExpire }
+
+// IntentsExpireResult counts the intents ended.
+type IntentsExpireResult struct {
+	Expired int `json:"expired"`
+}
+
+func applyIntentsExpire(tx *state.Tx, c *IntentsExpire) (any, error) {
+	res := &IntentsExpireResult{}
+	for _, it := range c.Items {
+		node := tx.Node(it.Node)
+		if node == nil {
+			continue
+		}
+		i := slices.IndexFunc(node.Intents, func(x proto.Intent) bool { return x.Generation == it.Generation })
+		if i < 0 || node.Intents[i].Done || node.Intents[i].Expires.IsZero() || !c.Now.After(node.Intents[i].Expires) {
+			continue
+		}
+		n := node.Clone()
+		in := &n.Intents[i]
+		why := fmt.Sprintf("no result from rack agent %s by %s: outcome unknown", in.Agent, in.Expires.Format(time.RFC3339))
+		in.Done, in.Error, in.DoneAt = true, why, c.Now
+		n.LastError = intentText(*in) + " failed: " + why
+		n.UpdatedAt = c.Now
+		tx.PutNode(n)
+		tx.AppendHistory(n.UUID, proto.HistoryEvent{Time: c.Now, Kind: "intent-result", User: "system",
+			Message: fmt.Sprintf("generation %d: %s", in.Generation, n.LastError)})
+		res.Expired++
+	}
+	return res, nil
+}
+
+// ExpiredIntents lists the pending intents of n past their expiry at now.
+func ExpiredIntents(n *proto.Node, now time.Time) []IntentReference {
+	var out []IntentReference
+	for _, in := range n.Intents {
+		if !in.Done && !in.Expires.IsZero() && now.After(in.Expires) {
+			out = append(out, IntentReference{Node: n.UUID, Generation: in.Generation})
+		}
+	}
+	return out
+}
+
+// endIntents marks every pending intent of n done with why (the node
+// moved to another rack: the old rack's agents will not answer, and the
+// new rack's must not act on them).
+func endIntents(tx *state.Tx, n *proto.Node, why string, now time.Time) {
+	for i := range n.Intents {
+		in := &n.Intents[i]
+		if in.Done {
+			continue
+		}
+		in.Done, in.Error, in.DoneAt = true, why, now
+		tx.AppendHistory(n.UUID, proto.HistoryEvent{Time: now, Kind: "intent-result", User: "system",
+			Message: fmt.Sprintf("generation %d: %s not executed: %s", in.Generation, intentText(*in), why)})
+	}
 }
 
 // NodeIntent records an out-of-band intent on node Ref. The proposer
@@ -86,6 +161,18 @@ func CanDriveBMC(n *proto.Node) error {
 // addIntent gives in n's next generation and stores it in place of n's
 // intent of the same action, keeping the list in generation order.
 func addIntent(tx *state.Tx, n *proto.Node, in proto.Intent) {
+	if in.Action == proto.ActionVerify && in.OnSuccess == "" {
+		// A verify replacing a pending manage (the BMC fields changed
+		// meanwhile) still manages the node when it succeeds.
+		for _, x := range n.Intents {
+			if x.Action == proto.ActionVerify && !x.Done && x.OnSuccess != "" {
+				in.OnSuccess = x.OnSuccess
+			}
+		}
+	}
+	if in.Expires.IsZero() && !in.At.IsZero() {
+		in.Expires = in.At.Add(proto.IntentTTL)
+	}
 	n.BMCGeneration++
 	in.Generation = n.BMCGeneration
 	in.Done, in.Error, in.DoneAt = false, "", time.Time{}
@@ -170,8 +257,12 @@ func applyBMCResult(tx *state.Tx, node *proto.Node, r *proto.AgentReport) error 
 	return nil
 }
 
-// setBMCStatus records what a bmc or power report found of the BMC.
+// setBMCStatus records what a bmc or power report found of the BMC (an
+// intent that lapsed unexecuted found nothing).
 func setBMCStatus(n *proto.Node, r *proto.AgentReport) {
+	if r.ErrorKind == proto.BMCErrExpired {
+		return
+	}
 	st := proto.BMCStatus{State: proto.BMCOK, CheckedAt: r.Time}
 	if n.BMCStatus != nil {
 		st.Info = n.BMCStatus.Info

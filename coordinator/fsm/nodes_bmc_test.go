@@ -156,3 +156,78 @@ func TestPowerSyncReadings(t *testing.T) {
 		t.Fatalf("history has no power change: %+v", h.f.Store().History(uuid1))
 	}
 }
+
+// TestIntentsExpire: an intent no agent answered by its expiry is ended
+// (outcome unknown) by the leader's IntentsExpire; one not yet expired,
+// or already answered, is left alone; an agent's "expired, not executed"
+// answer does not touch the BMC status.
+func TestIntentsExpire(t *testing.T) {
+	h := newHarness(t)
+	bmcNode(h)
+	n := h.must(NodeIntent{Ref: "n1", Intent: proto.Intent{Action: proto.ActionPower, Power: proto.PowerTargetReboot, Agent: "a1", At: t0}}).(*proto.Node)
+	exp := n.Intents[0].Expires
+	if !exp.Equal(t0.Add(proto.IntentTTL)) {
+		t.Fatalf("expires %s, want at + %s", exp, proto.IntentTTL)
+	}
+	if refs := ExpiredIntents(n, exp); len(refs) != 0 {
+		t.Fatalf("expired at its expiry instant: %v", refs)
+	}
+	// Too early: nothing.
+	h.must(IntentsExpire{Now: exp.Add(-time.Second), Items: []IntentReference{{Node: uuid1, Generation: 1}}})
+	if n = node1(h); n.Intents[0].Done {
+		t.Fatal("ended before its expiry")
+	}
+	later := exp.Add(time.Minute)
+	refs := ExpiredIntents(n, later)
+	if len(refs) != 1 || h.f.Store().ExpiredIntents(later, 10)[0].Generation != 1 {
+		t.Fatalf("expired intents: %v / %v", refs, h.f.Store().ExpiredIntents(later, 10))
+	}
+	res := h.must(IntentsExpire{Now: later, Items: refs}).(*IntentsExpireResult)
+	n = node1(h)
+	if res.Expired != 1 || !n.Intents[0].Done || !strings.Contains(n.Intents[0].Error, "outcome unknown") || !strings.Contains(n.LastError, "power reboot failed") {
+		t.Fatalf("after expiry: %+v, last_error %q", n.Intents[0], n.LastError)
+	}
+	// A late result changes nothing.
+	before := nodeBytes(h)
+	h.must(bmcReport(1, proto.ActionPower, "", later.Add(time.Second)))
+	if before != nodeBytes(h) {
+		t.Fatal("a result after the expiry changed the node")
+	}
+	// "Expired, not executed" from the agent leaves the BMC status alone.
+	h.must(NodeIntent{Ref: "n1", Intent: proto.Intent{Action: proto.ActionPower, Power: proto.PowerTargetOn, Agent: "a1", At: t0}})
+	r := bmcReport(2, proto.ActionPower, "the intent expired", later.Add(2*time.Second))
+	r.Reports[0].ErrorKind = proto.BMCErrExpired
+	h.must(r)
+	if n = node1(h); !n.Intents[0].Done || n.BMCStatus != nil && n.BMCStatus.State != proto.BMCUnverified && n.BMCStatus.State != proto.BMCOK {
+		t.Fatalf("after an expired answer: intent %+v, status %+v", n.Intents[0], n.BMCStatus)
+	}
+}
+
+// TestRackChangeEndsIntents: a node moved to another rack has its pending
+// intents ended (the old rack's agents will not answer; the new rack's
+// must not act on them); a BMC change during a pending manage keeps the
+// manage.
+func TestRackChangeEndsIntents(t *testing.T) {
+	h := newHarness(t)
+	bmcNode(h)
+	h.must(NodeIntent{Ref: "n1", Intent: proto.Intent{Action: proto.ActionVerify, OnSuccess: "manage", Agent: "a1", At: t0}})
+	pw := "changed"
+	n := h.must(NodeUpdate{Ref: "n1", Patch: proto.NodePatch{BMC: &proto.BMCPatch{Password: &pw}}, Now: t0, Agent: "a1"}).(*proto.Node)
+	if len(n.Intents) != 1 || n.Intents[0].OnSuccess != "manage" || n.Intents[0].Generation != 2 {
+		t.Fatalf("after a BMC change during manage: %+v, want a new verify that still manages", n.Intents)
+	}
+	h.must(secondRack("r2"))
+	h.must(NodeIntent{Ref: "n1", Intent: proto.Intent{Action: proto.ActionPower, Power: proto.PowerTargetOn, Agent: "a1", At: t0}})
+	rk := "r2"
+	n = h.must(NodeUpdate{Ref: "n1", Patch: proto.NodePatch{Rack: &rk}, Now: t0}).(*proto.Node)
+	for _, in := range n.Intents {
+		if !in.Done || !strings.Contains(in.Error, "moved from rack r1 to rack r2") {
+			t.Errorf("intent %d after the move: done %v error %q", in.Generation, in.Done, in.Error)
+		}
+	}
+}
+
+// secondRack makes rack name (for moves).
+func secondRack(name string) RackPut {
+	return RackPut{Create: true, Rack: proto.Rack{Name: name, Subnet: "10.8.0.0/24"}}
+}

@@ -5,6 +5,9 @@ import (
 	"container/list"
 	"context"
 	"encoding/json"
+	"net"
+	"net/http"
+	"net/netip"
 	"sort"
 	"strconv"
 	"sync"
@@ -140,6 +143,35 @@ func (k *contacts) len() int {
 	return len(k.byKey)
 }
 
+// reachableMgmt is the management address an agent's call names, unless
+// it is a loopback address named by a call from another host (an agent
+// left on the default --mgmt-addr 127.0.0.1:7492 on a host of its own):
+// this server could not reach it there, and would reach whatever listens
+// on its own loopback instead. Such an agent is listed without a
+// management address, and consoles through it answer 503 saying so.
+func reachableMgmt(r *http.Request) string {
+	mgmt := r.Header.Get(proto.AgentMgmtHeader)
+	host, _, err := net.SplitHostPort(mgmt)
+	if err != nil {
+		return mgmt // touch drops what is not HOST:PORT
+	}
+	loop := host == "localhost"
+	if ip, err := netip.ParseAddr(host); err == nil {
+		loop = ip.Unmap().IsLoopback()
+	}
+	if !loop {
+		return mgmt
+	}
+	from, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return ""
+	}
+	if fip, err := netip.ParseAddr(from); err == nil && fip.Unmap().IsLoopback() {
+		return mgmt
+	}
+	return ""
+}
+
 // AgentHeader names the calling agent (for last-contact times).
 const AgentHeader = "X-Metalfleet-Agent"
 
@@ -148,7 +180,7 @@ func (a *API) bootState(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	a.contacts.touch(c.r.Header.Get(AgentHeader), rack, c.r.Header.Get(proto.AgentMgmtHeader), a.cfg.Now())
+	a.contacts.touch(c.r.Header.Get(AgentHeader), rack, reachableMgmt(c.r), a.cfg.Now())
 	st := a.b.Store()
 	wait := func(ctx context.Context, min uint64) uint64 { return st.WaitBoot(ctx, rack, min) }
 	index := func() uint64 { return st.BootIndex(rack) }
@@ -209,7 +241,7 @@ func (a *API) agentReports(c *call) (any, error) {
 	ack := proto.ReportAck{Acked: []string{}, Rejected: map[string]string{}}
 	valid := make([]proto.AgentReport, 0, len(raw.Reports))
 	now := a.cfg.Now()
-	caller, mgmt := c.r.Header.Get(AgentHeader), c.r.Header.Get(proto.AgentMgmtHeader)
+	caller, mgmt := c.r.Header.Get(AgentHeader), reachableMgmt(c.r)
 	for i, rr := range raw.Reports {
 		field := "reports[" + strconv.Itoa(i) + "]"
 		if len(rr) > proto.MaxReportBytes {

@@ -2,8 +2,11 @@ package httpapi
 
 import (
 	"fmt"
+	"net/http/httptest"
 	"testing"
 	"time"
+
+	"github.com/metalfleet/metalfleet/proto"
 )
 
 // TestContactsKeyedByRack: an agent of one rack cannot overwrite another
@@ -45,5 +48,33 @@ func TestContactsPerRackBound(t *testing.T) {
 	}
 	if inR2 != MaxContactsPerRack || !r1 {
 		t.Fatalf("rack r2 holds %d contacts (want %d), rack r1's agent kept: %v", inR2, MaxContactsPerRack, r1)
+	}
+}
+
+// TestReachableMgmt: a loopback management address is kept only from an
+// agent calling over loopback; from another host it names this server's
+// own loopback, so it is dropped (the console then says no agent has a
+// reachable management address instead of dialling the wrong listener).
+func TestReachableMgmt(t *testing.T) {
+	for _, c := range []struct {
+		mgmt, from, want string
+	}{
+		{"127.0.0.1:7492", "127.0.0.1:40000", "127.0.0.1:7492"},
+		{"127.0.0.1:7492", "[::1]:40000", "127.0.0.1:7492"},
+		{"127.0.0.1:7492", "10.0.0.2:40000", ""},
+		{"localhost:7492", "10.0.0.2:40000", ""},
+		{"[::1]:7492", "10.0.0.2:40000", ""},
+		{"10.0.0.2:7492", "10.0.0.2:40000", "10.0.0.2:7492"},
+		{"rack1-agent.example:7492", "10.0.0.2:40000", "rack1-agent.example:7492"},
+		{"", "10.0.0.2:40000", ""},
+	} {
+		r := httptest.NewRequest("GET", "/v1/agent/bootstate", nil)
+		r.RemoteAddr = c.from
+		if c.mgmt != "" {
+			r.Header.Set(proto.AgentMgmtHeader, c.mgmt)
+		}
+		if got := reachableMgmt(r); got != c.want {
+			t.Errorf("mgmt %q from %s: got %q, want %q", c.mgmt, c.from, got, c.want)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"hash/fnv"
 	"net/http"
 	"slices"
 	"strings"
@@ -14,27 +15,40 @@ import (
 // Out-of-band control: power and boot-device intents, BMC verification
 // on manage, and the node history.
 
-// rackAgent picks the rack agent that executes a node's intents: the one
-// of rack that called this server (the leader: agents' boot-state polls
-// are forwarded to it) most recently, within the longest poll plus a
-// minute. "" if none did.
-func (a *API) rackAgent(rack string) string {
-	best := contact{}
+// rackAgent picks the rack agent that executes node's intents, among the
+// agents of rack that called this server (the leader: agents' boot-state
+// polls are forwarded to it) within the longest poll plus a minute: the
+// one of highest rendezvous hash of node and agent name, so a node's
+// intents go to one agent while the rack's agents stay the same (two
+// agents never drive one BMC at once; the agents also wait for a lower
+// generation held by another agent). "" if none called.
+func (a *API) rackAgent(rack, node string) string {
 	horizon := a.cfg.Now().Add(-(a.cfg.MaxWait + time.Minute))
+	best, bestScore := "", uint64(0)
 	for _, ct := range a.contacts.all() {
-		if ct.rack == rack && ct.last.After(horizon) && ct.last.After(best.last) {
-			best = ct
+		if ct.rack != rack || !ct.last.After(horizon) {
+			continue
+		}
+		if sc := rendezvous(node, ct.name); best == "" || sc > bestScore || sc == bestScore && ct.name < best {
+			best, bestScore = ct.name, sc
 		}
 	}
-	return best.name
+	return best
+}
+
+// rendezvous is the hash that ranks agent for node.
+func rendezvous(node, agent string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(node + "\x00" + agent))
+	return h.Sum64()
 }
 
 // requireAgent returns the agent for rack, or a 503 saying none is heard of.
-func (a *API) requireAgent(rack string) (string, error) {
+func (a *API) requireAgent(rack, node string) (string, error) {
 	if rack == "" {
 		return "", nil // the FSM refuses it, naming the node
 	}
-	if ag := a.rackAgent(rack); ag != "" {
+	if ag := a.rackAgent(rack, node); ag != "" {
 		return ag, nil
 	}
 	return "", proto.Errorf(proto.CodeUnavailable, "no rack agent of rack %s has called the coordinator lately, so none can act on the BMC; is one running?", rack)
@@ -67,7 +81,7 @@ func (a *API) makeIntent(c *call, in proto.Intent) (any, error) {
 	if err := fsm.CanDriveBMC(n); err != nil {
 		return nil, err
 	}
-	if in.Agent, err = a.requireAgent(n.Rack); err != nil {
+	if in.Agent, err = a.requireAgent(n.Rack, n.UUID); err != nil {
 		return nil, err
 	}
 	in.By, in.At = c.who(), a.cfg.Now()

@@ -236,7 +236,7 @@ func (a *API) patchNode(c *call) (any, error) {
 		if p.Rack != nil {
 			rack = *p.Rack
 		}
-		upd.Agent = a.rackAgent(rack) // none: the BMC stays unverified until manage
+		upd.Agent = a.rackAgent(rack, n.UUID) // none: the BMC stays unverified until manage
 	}
 	return nodeResult(c.apply(upd))
 }

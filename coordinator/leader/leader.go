@@ -37,8 +37,8 @@ type Config struct {
 	// BootstrapSecretHash, if set, is stored as the admin-bootstrap
 	// token when the token table is empty.
 	BootstrapSecretHash string
-	// LeaseExpiryEvery is how often leases past fsm.LeaseKeep are
-	// looked for (default 1 min).
+	// LeaseExpiryEvery is how often leases past fsm.LeaseKeep, and
+	// intents past their expiry, are looked for (default 1 min).
 	LeaseExpiryEvery time.Duration
 	// Retry bounds the backoff of a failed step (default 2 s).
 	Retry  time.Duration
@@ -242,6 +242,7 @@ func (l *Leader) expireLeases(ctx context.Context) {
 		case <-tick.C():
 		}
 		l.expireRound(ctx)
+		l.expireIntents(ctx)
 		if l.expiryRound != nil {
 			l.expiryRound()
 		}
@@ -261,6 +262,29 @@ func (l *Leader) expireRound(ctx context.Context) {
 	}
 	if r, ok := v.(*fsm.LeasesExpireResult); ok {
 		l.log.Info("expired old leases", "count", r.Expired, "before", before)
+	}
+}
+
+// expireIntents ends the intents no rack agent answered by their expiry
+// (fsm.IntentsExpire), at most 1,000 a round; it proposes nothing when
+// there are none.
+func (l *Leader) expireIntents(ctx context.Context) {
+	now := l.clk.Now().UTC()
+	refs := l.b.Store().ExpiredIntents(now, 1000)
+	if len(refs) == 0 {
+		return
+	}
+	c := fsm.IntentsExpire{Now: now, Items: make([]fsm.IntentReference, len(refs))}
+	for i, r := range refs {
+		c.Items[i] = fsm.IntentReference{Node: r.Node, Generation: r.Generation}
+	}
+	v, err := l.b.Apply(ctx, c)
+	if err != nil {
+		l.log.Warn("intent expiry failed; trying again next round", "err", err)
+		return
+	}
+	if r, ok := v.(*fsm.IntentsExpireResult); ok {
+		l.log.Warn("intents no rack agent answered in time ended, outcome unknown", "count", r.Expired)
 	}
 }
 

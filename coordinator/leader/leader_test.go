@@ -269,3 +269,47 @@ func TestLeaseExpiryStopsWithLeadership(t *testing.T) {
 		t.Fatal("still leading after Stop")
 	}
 }
+
+// TestIntentExpiry: an intent no rack agent answered is ended by the
+// leader's round after its expiry, once; nothing is proposed before.
+func TestIntentExpiry(t *testing.T) {
+	fk := newFake()
+	fk.release()
+	clk := clock.NewFake(t0)
+	fk.must(t, fsm.RackPut{Create: true, Rack: proto.Rack{Name: "r1", Subnet: "10.9.0.0/24"}})
+	fk.must(t, fsm.NodeCreate{Node: proto.Node{UUID: "11111111-1111-4111-8111-111111111111", Name: "n1", MACs: []string{"52:54:00:99:00:02"},
+		Rack: "r1", ProvisionState: proto.StateEnrolled, BMC: proto.BMC{Driver: proto.DriverFake, Address: "b"}}})
+	fk.must(t, fsm.NodeIntent{Ref: "n1", Intent: proto.Intent{Action: proto.ActionPower, Power: proto.PowerTargetOn, Agent: "gone", At: t0}})
+
+	l := New(fk, Config{Clock: clk, LeaseExpiryEvery: time.Minute})
+	var rounds atomic.Int64
+	l.expiryRound = func() { rounds.Add(1) }
+	l.Start(context.Background())
+	defer l.Stop()
+	if !clk.BlockUntil(1, 5*time.Second) {
+		t.Fatal("the expiry ticker was never armed")
+	}
+	round := func() {
+		t.Helper()
+		want := rounds.Load() + 1
+		clk.Advance(time.Minute)
+		testkit.Eventually(t, 5*time.Second, fmt.Sprintf("expiry round %d", want), func() bool { return rounds.Load() >= want })
+	}
+	for i := 0; i < int(proto.IntentTTL/time.Minute); i++ {
+		round()
+	}
+	if n := fk.count(fsm.TypeIntentsExpire); n != 0 {
+		t.Fatalf("proposed IntentsExpire %d times before the intent expired", n)
+	}
+	round()
+	n, _ := fk.store.Node("n1")
+	if !n.Intents[0].Done || !strings.Contains(n.Intents[0].Error, "no result from rack agent gone") {
+		t.Fatalf("after its expiry: %+v", n.Intents[0])
+	}
+	for i := 0; i < 3; i++ {
+		round()
+	}
+	if c := fk.count(fsm.TypeIntentsExpire); c != 1 {
+		t.Fatalf("IntentsExpire proposed %d times, want once", c)
+	}
+}

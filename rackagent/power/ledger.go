@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync"
+	"time"
 
 	"go.etcd.io/bbolt"
 
@@ -27,11 +28,33 @@ type ledger struct {
 	db *bbolt.DB
 	mu sync.Mutex
 	m  map[string]record
+	// created is when this record began (the agent's data directory was
+	// made): an intent made before it may have been acted on by this
+	// agent's former self, whose record is gone, so it is not acted on.
+	created time.Time
 }
 
-func openLedger(db *bbolt.DB) (*ledger, error) {
+// ledgerMeta holds the record's creation time.
+var ledgerMeta = []byte("bmc-intents-meta")
+
+func openLedger(db *bbolt.DB, now time.Time) (*ledger, error) {
 	l := &ledger{db: db, m: map[string]record{}}
 	err := db.Update(func(tx *bbolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(ledgerMeta)
+		if err != nil {
+			return err
+		}
+		if v := meta.Get([]byte("created")); v != nil {
+			if err := l.created.UnmarshalText(v); err != nil {
+				return fmt.Errorf("created: %w", err)
+			}
+		} else {
+			l.created = now.UTC()
+			v, _ := l.created.MarshalText()
+			if err := meta.Put([]byte("created"), v); err != nil {
+				return err
+			}
+		}
 		b, err := tx.CreateBucketIfNotExists(ledgerBucket)
 		if err != nil {
 			return err

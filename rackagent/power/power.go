@@ -190,7 +190,7 @@ func New(cfg Config) (*Manager, error) {
 		return nil, errors.New("power: the agent's name is required")
 	}
 	cfg = cfg.withDefaults()
-	led, err := openLedger(cfg.DB)
+	led, err := openLedger(cfg.DB, cfg.Clock.Now())
 	if err != nil {
 		return nil, err
 	}
@@ -270,20 +270,51 @@ func (m *Manager) refresh(ctx context.Context) {
 }
 
 // pendingLocked is n's next intent for this agent: the lowest generation
-// above the highest started, not done.
+// above the highest started, not done; nil while an intent of a lower
+// generation held by another agent (the rack's agents changed between
+// two requests) is not done, so a node's intents run in the order they
+// were made and never two at once.
 func (m *Manager) pendingLocked(n *proto.BootNode) *proto.Intent {
 	started := m.led.get(n.UUID).Started
 	var next *proto.Intent
+	var othersLowest uint64
 	for i := range n.BMC.Intents {
 		in := &n.BMC.Intents[i]
-		if in.Done || in.Agent != m.cfg.Agent || in.Generation <= started {
+		if in.Done {
+			continue
+		}
+		if in.Agent != m.cfg.Agent {
+			if othersLowest == 0 || in.Generation < othersLowest {
+				othersLowest = in.Generation
+			}
+			continue
+		}
+		if in.Generation <= started {
 			continue
 		}
 		if next == nil || in.Generation < next.Generation {
 			next = in
 		}
 	}
+	if next != nil && othersLowest != 0 && othersLowest < next.Generation {
+		return nil
+	}
 	return next
+}
+
+// lapsed says why in must not be acted on, if so: it expired, or it was
+// made before this agent's record of actions began (a rebuilt agent may
+// have acted on it before and lost the record with its data directory).
+func (m *Manager) lapsed(in proto.Intent) string {
+	now := m.clk.Now()
+	if !in.Expires.IsZero() && now.After(in.Expires) {
+		return fmt.Sprintf("the intent expired at %s before this agent could act: not executed", in.Expires.UTC().Format(time.RFC3339))
+	}
+	if !in.At.IsZero() && in.At.Before(m.led.created) {
+		return fmt.Sprintf("the intent (made %s) is older than this agent's record of actions (begun %s, a new data directory): not executed, as it may have run before",
+			in.At.UTC().Format(time.RFC3339), m.led.created.Format(time.RFC3339))
+	}
+	return ""
 }
 
 // job is one thing a worker does for a node.
@@ -362,8 +393,16 @@ func (m *Manager) execute(ctx context.Context, uuid string, in proto.Intent) err
 	if in.Power != "" {
 		log = log.With("power", in.Power)
 	}
-	log.Info("bmc intent: executing")
 	r := proto.AgentReport{Kind: proto.ReportBMC, Node: uuid, Action: in.Action, Generation: in.Generation}
+	if why := m.lapsed(in); why != "" {
+		log.Warn("bmc intent not executed", "why", why)
+		r.Error, r.ErrorKind = why, proto.BMCErrExpired
+		if err := m.report(ctx, r); err != nil {
+			return err
+		}
+		return m.led.done(uuid, in.Generation)
+	}
+	log.Info("bmc intent: executing")
 	var err error
 	switch in.Action {
 	case proto.ActionVerify:

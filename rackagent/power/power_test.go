@@ -117,8 +117,8 @@ func TestBootDevice(t *testing.T) {
 func TestOnlyThisAgentsPendingIntentsInOrder(t *testing.T) {
 	h := newHarness(t, Config{})
 	a := addr(t, "bmc")
-	other := powerIntent(1, proto.PowerTargetOn)
-	other.Agent = "a2"
+	other := powerIntent(5, proto.PowerTargetOn)
+	other.Agent = "a2" // a later generation held by another agent: not ours, and no wait
 	done := powerIntent(2, proto.PowerTargetOn)
 	done.Done = true
 	// Delivered out of order: executed by generation.
@@ -532,7 +532,7 @@ func TestLedgerDurable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := openLedger(db)
+	l, err := openLedger(db, t0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -551,7 +551,7 @@ func TestLedgerDurable(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	if l, err = openLedger(db); err != nil {
+	if l, err = openLedger(db, t0); err != nil {
 		t.Fatal(err)
 	}
 	if got := l.get("n1"); got != (record{Started: 4, Action: proto.ActionPower}) {
@@ -606,5 +606,49 @@ func TestPowerSyncTiming(t *testing.T) {
 	testkit.Eventually(t, 5*time.Second, "the second round", func() bool { return rounds() == 2 })
 	if rs := h.rep.of(proto.ReportPower); len(rs) != 1 {
 		t.Errorf("%d power reports, want 1 (the first round's)", len(rs))
+	}
+}
+
+// TestWaitsForAnotherAgentsLowerGeneration: when a node's intents went to
+// two agents (the rack's agents changed between two requests), an agent
+// does not act on its intent while a lower generation held by the other
+// is not done: a boot device set by one and a reboot by the other happen
+// in the order they were asked for, never at once.
+func TestWaitsForAnotherAgentsLowerGeneration(t *testing.T) {
+	m := &Manager{cfg: Config{Agent: "a1"}, led: &ledger{m: map[string]record{}}}
+	boot := proto.Intent{Generation: 5, Action: proto.ActionBootDevice, Boot: &proto.BootDeviceSpec{Device: proto.BootDevicePXE}, Agent: "a2"}
+	reboot := powerIntent(6, proto.PowerTargetReboot)
+	n := node("n1", proto.DriverFake, "x", boot, reboot)
+	if got := m.pendingLocked(&n); got != nil {
+		t.Fatalf("pending = generation %d while a2's generation 5 is not done; want none", got.Generation)
+	}
+	n = node("n1", proto.DriverFake, "x", reboot) // a2's done: no longer sent
+	if got := m.pendingLocked(&n); got == nil || got.Generation != 6 {
+		t.Fatalf("pending = %+v after a2's intent is done; want generation 6", got)
+	}
+}
+
+// TestLapsedIntentsNotExecuted: an intent past its expiry, or made before
+// the agent's record of actions began (a rebuilt agent), is reported as
+// not executed and never acted on.
+func TestLapsedIntentsNotExecuted(t *testing.T) {
+	h := newHarness(t, Config{})
+	a := addr(t, "bmc")
+	old := powerIntent(1, proto.PowerTargetOn)
+	old.At = t0.Add(-time.Hour) // before the harness's agent started (at t0)
+	old.Expires = t0.Add(time.Hour)
+	expired := powerIntent(2, proto.PowerTargetOff)
+	expired.At, expired.Expires = t0, t0.Add(-time.Second)
+	fine := powerIntent(3, proto.PowerTargetOn)
+	fine.At, fine.Expires = t0, t0.Add(time.Hour)
+	h.src.set(node("n1", proto.DriverFake, a, old, expired, fine))
+	rs := h.waitReports(proto.ReportBMC, 3, 0)
+	for i, want := range []string{"older than this agent's record of actions", "expired", ""} {
+		if r := rs[i]; !strings.Contains(r.Error, want) || (want != "") != (r.ErrorKind == proto.BMCErrExpired) {
+			t.Errorf("report %d (generation %d): error %q kind %q, want %q", i, r.Generation, r.Error, r.ErrorKind, want)
+		}
+	}
+	if got := bmc.FakeFor(a).Actions(); !slices.Equal(got, []bmc.PowerAction{bmc.PowerOn}) {
+		t.Errorf("BMC actions = %v, want only generation 3's power on", got)
 	}
 }
