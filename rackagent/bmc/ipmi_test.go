@@ -479,3 +479,21 @@ func TestIPMIResetAndCycleSentOnce(t *testing.T) {
 		}
 	}
 }
+
+// A v1.5 call whose caller gave up (its ctx ended while the session was
+// still opening) sends nothing afterwards: the reset the caller was told
+// timed out never happens.
+func TestIPMILanAbandonedResetNotSent(t *testing.T) {
+	s := startSim(t, ipmisim.Config{Power: ipmisim.NewMemPower(true), Slow: 300 * time.Millisecond})
+	d := openDriver(t, s, proto.IPMILan, "")
+	// Opening a session takes 5 slow round trips; the caller waits 600 ms.
+	err := d.Power(ctxFor(t, 600*time.Millisecond), bmc.PowerReset)
+	if k := bmc.KindOf(err); err == nil || k != proto.BMCErrTimeout {
+		t.Fatalf("Power(reset) with a 600 ms deadline = %v (kind %s), want a timeout", err, k)
+	}
+	// The abandoned call ends by closing its session.
+	testkit.Eventually(t, 15*time.Second, "the abandoned session closed", func() bool { return s.LanSessionCloses() >= 1 })
+	if n := s.Actions(ipmisim.ActionReset); n != 0 {
+		t.Errorf("the BMC reset %d times after the caller was told the reset timed out, want 0", n)
+	}
+}

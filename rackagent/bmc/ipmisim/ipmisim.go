@@ -103,10 +103,11 @@ type BMC struct {
 	ch     *chassis
 	con    *console
 
-	slow  atomic.Int64 // time.Duration
-	opens atomic.Int64 // RMCP+ Open Session Requests received
-	drop  atomic.Bool
-	lose  atomic.Int64 // answers still to lose (DropAnswers)
+	slow   atomic.Int64 // time.Duration
+	opens  atomic.Int64 // RMCP+ Open Session Requests received
+	closes atomic.Int64 // IPMI v1.5 Close Session requests received
+	drop   atomic.Bool
+	lose   atomic.Int64 // answers still to lose (DropAnswers)
 
 	mu     sync.Mutex
 	conn   *net.UDPConn
@@ -289,6 +290,10 @@ func (b *BMC) SetSlow(d time.Duration) { b.slow.Store(int64(d)) }
 // SetDrop makes the BMC stop (true) or resume (false) answering.
 func (b *BMC) SetDrop(drop bool) { b.drop.Store(drop) }
 
+// LanSessionCloses is how many IPMI v1.5 Close Session requests the BMC
+// received.
+func (b *BMC) LanSessionCloses() int { return int(b.closes.Load()) }
+
 // DropAnswers makes the BMC lose its next n answers: it executes the
 // requests as usual but does not send what it answers (an answer lost on
 // the way back).
@@ -369,7 +374,25 @@ func (p *packetConn) ReadFrom(buf []byte) (int, net.Addr, error) {
 	if n > 6 && buf[3]&0x1f == 0x07 && buf[4] == 0x06 && buf[5]&0x3f == 0x10 {
 		p.b.opens.Add(1)
 	}
+	if isLanCloseSession(buf[:max(n, 0)]) {
+		p.b.closes.Add(1)
+	}
 	return n, addr, err
+}
+
+// isLanCloseSession reports an IPMI v1.5 Close Session request (netfn
+// App, command 0x3c): RMCP class IPMI, session auth type, sequence and id,
+// a 16-byte auth code unless the auth type is none, the message length,
+// then the message (rsAddr, netFn/LUN, checksum, rqAddr, rqSeq, command).
+func isLanCloseSession(b []byte) bool {
+	if len(b) < 14 || b[3]&0x1f != 0x07 || b[4] == 0x06 {
+		return false
+	}
+	msg := 14
+	if b[4] != 0 {
+		msg += 16
+	}
+	return len(b) > msg+5 && b[msg+1]>>2 == 0x06 && b[msg+5] == 0x3c
 }
 
 func (p *packetConn) WriteTo(data []byte, addr net.Addr) (int, error) {
