@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"sync"
+	"time"
 
 	"github.com/metalfleet/metalfleet/proto"
 	"github.com/metalfleet/metalfleet/rackagent/bmc"
@@ -151,7 +152,11 @@ func (m *Manager) callLocked(ctx context.Context, c *conn, fn func(context.Conte
 		}
 		c.drv = d
 	}
-	cctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
+	limit := m.cfg.CallTimeout
+	if d, ok := ctx.Value(callTimeoutKey{}).(time.Duration); ok && d > limit {
+		limit = d
+	}
+	cctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	err := fn(cctx, c.drv)
 	if err != nil {
@@ -165,8 +170,16 @@ func (m *Manager) callLocked(ctx context.Context, c *conn, fn func(context.Conte
 			err = &bmc.Error{Op: "call", Kind: bmc.KindOf(err), Err: err}
 		}
 		if errors.Is(cctx.Err(), context.DeadlineExceeded) && be != nil && be.Kind != proto.BMCErrTimeout {
-			err = &bmc.Error{Op: be.Op, Kind: proto.BMCErrTimeout, Err: fmt.Errorf("no answer within %s: %w", m.cfg.CallTimeout, err)}
+			err = &bmc.Error{Op: be.Op, Kind: proto.BMCErrTimeout, Err: fmt.Errorf("no answer within %s: %w", limit, err)}
 		}
 	}
 	return err
+}
+
+// callTimeoutKey carries a longer bound for one call than CallTimeout.
+type callTimeoutKey struct{}
+
+// withCallTimeout lets the calls made with ctx take up to d.
+func withCallTimeout(ctx context.Context, d time.Duration) context.Context {
+	return context.WithValue(ctx, callTimeoutKey{}, d)
 }

@@ -115,6 +115,7 @@ type testBMC struct {
 	calls      int
 	inflight   int
 	maxFlight  int
+	budget     map[string]time.Duration // op -> time left to the call's deadline when it entered
 }
 
 var testBMCs sync.Map // address -> *testBMC
@@ -155,6 +156,12 @@ type testDriver struct {
 func (d *testDriver) enter(ctx context.Context, op string) (func(), error) {
 	t := d.t
 	t.mu.Lock()
+	if dl, ok := ctx.Deadline(); ok {
+		if t.budget == nil {
+			t.budget = map[string]time.Duration{}
+		}
+		t.budget[op] = time.Until(dl)
+	}
 	t.calls++
 	t.inflight++
 	t.maxFlight = max(t.maxFlight, t.inflight)

@@ -425,8 +425,16 @@ func (m *Manager) execute(ctx context.Context, uuid string, in proto.Intent) err
 		err = bmc.Errorf(string(in.Action), proto.BMCErrUnsupported, "this agent does not know the action %q", in.Action)
 	}
 	if ctx.Err() != nil {
-		// Stopping: the outcome is reported at the next start.
-		return ctx.Err()
+		if err != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+			// Stopped mid-action: the outcome is reported at the next
+			// start, as unknown.
+			return ctx.Err()
+		}
+		// The action finished as the agent began to stop: its result is
+		// known, so it is queued now rather than called unknown later.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
 	}
 	if err != nil {
 		r.Error, r.ErrorKind = errText(err), bmc.KindOf(err)
@@ -548,7 +556,9 @@ func (m *Manager) power(ctx context.Context, uuid string, target proto.PowerTarg
 func (m *Manager) act(ctx context.Context, uuid string, a bmc.PowerAction, want proto.PowerState) error {
 	wait := m.cfg.Backoff
 	for try := 1; ; try++ {
-		err := m.call(ctx, uuid, func(ctx context.Context, d bmc.Driver) error { return d.Power(ctx, a) })
+		// A power action may take longer than a read: a Redfish BMC
+		// answers 202 and the driver follows its task monitor.
+		err := m.call(withCallTimeout(ctx, m.cfg.SettleTimeout), uuid, func(ctx context.Context, d bmc.Driver) error { return d.Power(ctx, a) })
 		if err == nil || !retryable(err) || ctx.Err() != nil {
 			return err
 		}

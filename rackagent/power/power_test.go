@@ -652,3 +652,23 @@ func TestLapsedIntentsNotExecuted(t *testing.T) {
 		t.Errorf("BMC actions = %v, want only generation 3's power on", got)
 	}
 }
+
+// TestPowerActionCallBound: a power action's call may take as long as the
+// settle wait (a Redfish BMC answers 202 and the driver follows its task
+// monitor), reads only CallTimeout.
+func TestPowerActionCallBound(t *testing.T) {
+	h := newHarness(t, Config{CallTimeout: 2 * time.Second, SettleTimeout: time.Minute})
+	a := addr(t, "bmc")
+	h.src.set(node("n1", "powertest", a, powerIntent(1, proto.PowerTargetOn)))
+	h.waitReports(proto.ReportBMC, 1, 0)
+	tb := testBMCFor(a)
+	tb.mu.Lock()
+	act, read := tb.budget["power on"], tb.budget["power status"]
+	tb.mu.Unlock()
+	if act <= 2*time.Second || act > time.Minute {
+		t.Errorf("power on had %s to its deadline, want more than the 2s call timeout, at most the 1m settle wait", act)
+	}
+	if read <= 0 || read > 2*time.Second {
+		t.Errorf("power status had %s to its deadline, want at most the 2s call timeout", read)
+	}
+}
