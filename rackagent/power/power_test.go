@@ -672,3 +672,30 @@ func TestPowerActionCallBound(t *testing.T) {
 		t.Errorf("power status had %s to its deadline, want at most the 2s call timeout", read)
 	}
 }
+
+// TestPowerSyncOneCallPerDeadBMC: a poll of a BMC that does not answer is
+// one call (no retries holding a concurrency slot through their
+// backoff), reported as power unknown with the error.
+func TestPowerSyncOneCallPerDeadBMC(t *testing.T) {
+	h := newHarness(t, Config{SyncInterval: time.Minute})
+	a := addr(t, "dead")
+	tb := testBMCFor(a)
+	tb.mu.Lock()
+	tb.failNext = []proto.BMCErrorKind{proto.BMCErrUnreachable, proto.BMCErrUnreachable, proto.BMCErrUnreachable}
+	tb.mu.Unlock()
+	h.src.set(node("n1", "powertest", a))
+	testkit.Eventually(t, 10*time.Second, "a power sync round", func() bool {
+		h.clk.Advance(5 * time.Second)
+		return h.m.Stats().SyncRounds >= 1
+	})
+	rs := h.rep.of(proto.ReportPower)
+	if len(rs) != 1 || rs[0].PowerState != proto.PowerUnknown || rs[0].ErrorKind != proto.BMCErrUnreachable {
+		t.Fatalf("reports %+v, want one: unknown, unreachable", rs)
+	}
+	tb.mu.Lock()
+	calls := tb.calls
+	tb.mu.Unlock()
+	if calls != 1 {
+		t.Errorf("%d calls for one poll of a dead BMC, want 1", calls)
+	}
+}

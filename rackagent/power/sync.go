@@ -80,7 +80,10 @@ func (m *Manager) poll(ctx context.Context, uuid string) {
 	}
 	m.mu.Unlock()
 	m.st.polls.Add(1)
-	ps, err := m.readPower(ctx, uuid)
+	// One call, no retries: a dead BMC must not hold a concurrency slot
+	// for the retries' backoff in every round (the drivers already resend
+	// a lost read once), and the next round reads it again anyway.
+	ps, err := m.readOnce(ctx, uuid)
 	if ctx.Err() != nil {
 		return
 	}
