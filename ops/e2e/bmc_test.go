@@ -138,10 +138,9 @@ func TestVirtualBMCQEMU(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Errorf("ipmitool sol activate did not leave on ~.")
 	}
-	ipmi("chassis", "power", "off")
-	if v.On() {
-		t.Error("power off: QEMU still runs")
-	}
+	// Soft off: the power button; the OS powers off.
+	ipmi("chassis", "power", "soft")
+	testkit.Eventually(t, 60*time.Second, "the OS to power off after the power button", func() bool { return !v.On() })
 	if got := ipmi("chassis", "power", "status"); got != "Chassis Power is off" {
 		t.Errorf("power status: %q, want off", got)
 	}
@@ -166,8 +165,9 @@ const (
 // time, with --force, read-only watchers and the kept console log; power
 // changes made at the BMC or by pulling the plug are picked up by power
 // sync and not undone; a PXE boot device set once before a reboot makes the
-// VM network-boot from the rack agent, once. It logs the time from `node
-// power on` to the VM's first DHCPDISCOVER at the rack agent.
+// VM network-boot from the rack agent, once; soft-off lets the OS power
+// off. It logs the time from `node power on` to the VM's first
+// DHCPDISCOVER at the rack agent.
 func TestOutOfBandQEMU(t *testing.T) {
 	needBMC(t)
 	testStart := time.Now()
@@ -213,6 +213,8 @@ func TestOutOfBandQEMU(t *testing.T) {
 	lap("PXE once before a reboot")
 	t.Run("power-on to first DHCP", o.powerOnToDHCP)
 	lap("power-on to first DHCP")
+	t.Run("once, then soft-off", o.onceThenSoftOff)
+	lap("once, then soft-off")
 	t.Logf("TestOutOfBandQEMU took %.1fs", time.Since(testStart).Seconds())
 }
 
@@ -578,8 +580,7 @@ func (o *oob) pxeReboot(t *testing.T) {
 
 // powerOnToDHCP measures, pxeRuns times, the time from `node power on`
 // (boot device pxe, once) to the VM's first DHCPDISCOVER at the rack
-// agent; then a power-on without a boot device boots the OS, not the
-// network (once means once).
+// agent.
 func (o *oob) powerOnToDHCP(t *testing.T) {
 	v := o.v
 	var all []string
@@ -609,8 +610,19 @@ func (o *oob) powerOnToDHCP(t *testing.T) {
 		}
 	}
 	t.Logf("power-on to first DHCPDISCOVER, %d runs: %s", pxeRuns, strings.Join(all, ", "))
+}
 
-	// Once: the next power-on boots the OS, with no network boot.
+// onceThenSoftOff: after a one-time PXE boot the next power-on boots the
+// OS, with no network boot; soft-off presses the power button and the OS
+// powers off by itself.
+func (o *oob) onceThenSoftOff(t *testing.T) {
+	v := o.v
+	if v.On() {
+		o.mustCLI(t, "node", "power", "bmc1", "off", "--wait")
+	}
+	if s := v.Starts(); len(s) == 0 || s[len(s)-1].Boot != bootPXE {
+		t.Errorf("the VM's last start %+v, want a PXE boot (the previous step)", s)
+	}
 	before := v.SerialCount(osMarker)
 	t1 := time.Now()
 	o.mustCLI(t, "node", "power", "bmc1", "on", "--wait")
@@ -618,10 +630,20 @@ func (o *oob) powerOnToDHCP(t *testing.T) {
 	if d := o.discovers(bmcVM.MAC, t1); len(d) > 0 {
 		t.Errorf("a power-on after a one-time PXE boot network-booted again (DHCPDISCOVER at %s)", d[0].Format("15:04:05.000"))
 	}
-	o.mustCLI(t, "node", "power", "bmc1", "off", "--wait")
-	if v.On() {
-		t.Error("node power off --wait: QEMU still runs")
+
+	// Soft-off: the BMC presses the power button, the OS powers off.
+	t2 := time.Now()
+	o.mustCLI(t, "node", "power", "bmc1", "soft-off", "--wait")
+	cliDone := time.Since(t2)
+	if len(v.Ops(t2, "set shutdown 1")) == 0 {
+		t.Errorf("soft-off: the BMC was not asked for a soft shutdown: %+v", v.Ops(t2, "set "))
 	}
+	if offs := v.Ops(t2, "set power 0"); len(offs) > 0 {
+		t.Errorf("soft-off cut the power (%+v): want the OS to power off by itself", offs)
+	}
+	testkit.Eventually(t, 60*time.Second, "the OS to power off after soft-off", func() bool { return !v.On() })
+	t.Logf("soft-off to the VM off: %.2fs (node power soft-off --wait returned after %.2fs)", v.Exited().Sub(t2).Seconds(), cliDone.Seconds())
+	o.waitNode(t, syncTimeout, "power_state off after soft-off", func(n proto.Node) bool { return n.PowerState == proto.PowerOff })
 }
 
 // consoleProc is one `metalfleet node console` process: stdin a pipe

@@ -29,10 +29,12 @@
 // keyboard, a refused second attach, --force, a read-only watcher, the
 // console log holding a boot, sessions in the history); power changes made
 // at the BMC or by killing QEMU picked up by power sync and not undone; a
-// one-time PXE boot device before a reboot. It logs the time from `node
-// power on` to the VM's first DHCPDISCOVER at the rack agent.
-// TestVirtualBMCQEMU checks the virtual BMC alone with ipmitool (power,
-// boot device, reset, SOL): when it fails, the lab is at fault.
+// one-time PXE boot device before a reboot (once: the next power-on boots
+// the OS); soft-off (the OS's acpid powers off on the power button). It
+// logs the time from `node power on` to the VM's first DHCPDISCOVER at the
+// rack agent. TestVirtualBMCQEMU checks the virtual BMC alone with
+// ipmitool (power, boot device, reset, soft-off, SOL): when it fails, the
+// lab is at fault.
 //
 // The tests skip unless METALFLEET_E2E=1 (`make e2e` sets it), so that
 // `go test ./...` stays fast. Then they need root, ip(8), /dev/net/tun,

@@ -141,7 +141,13 @@ func newVBMC(t *testing.T, l *lab, n int, spec vmSpec, password string) *vbmc {
 	v.monitor = filepath.Join(v.dir, "monitor.sock")
 	v.kernel = l.images.Kernel
 	v.osInitrd = filepath.Join(v.dir, "os.cpio.gz")
-	if err := writeOSInitrd(v.osInitrd); err != nil {
+	kver := ""
+	for _, f := range strings.Fields(l.images.Info) {
+		if k, ok := strings.CutPrefix(f, "kernel_version="); ok {
+			kver = k
+		}
+	}
+	if err := writeOSInitrd(v.osInitrd, kver); err != nil {
 		t.Fatalf("the VM's installed OS: %v", err)
 	}
 	if err := os.WriteFile(filepath.Join(v.dir, "sercon-port.bin"), []byte{0xf8, 0x03}, 0o644); err != nil {
@@ -297,8 +303,8 @@ func (v *vbmc) chassis(args []string) (string, int) {
 					return fmt.Sprintf("Invalid boot value: %s\n", val), 1
 				}
 			case "shutdown":
-				// An ACPI power button press: the installed OS ignores it
-				// (no acpid), like a machine without an OS that handles it.
+				// An ACPI power button press: the installed OS's acpid
+				// powers off; firmware (a PXE boot) ignores it.
 				err = v.hmp("system_powerdown")
 			case "identify":
 				if len(parms) > 0 {
@@ -509,6 +515,17 @@ func (v *vbmc) Pid() int {
 	return v.qemu.cmd.Process.Pid
 }
 
+// Exited is when the last QEMU exited (zero while it runs).
+func (v *vbmc) Exited() time.Time {
+	v.mu.Lock()
+	q := v.qemu
+	v.mu.Unlock()
+	if q == nil || q.running() {
+		return time.Time{}
+	}
+	return q.exited
+}
+
 // Starts is every QEMU start so far.
 func (v *vbmc) Starts() []vmStart {
 	v.mu.Lock()
@@ -591,8 +608,9 @@ func (v *vbmc) SOLConnected() bool {
 
 // writeOSInitrd writes the installed OS's initramfs (newc cpio, gzip):
 // the static busybox of busybox-static as /bin/busybox, testdata/os/init
-// as /init, and the console device nodes.
-func writeOSInitrd(path string) error {
+// as /init, the console device nodes, and the kernel kver's modules for
+// the power button (evdev, button), if it has them as modules.
+func writeOSInitrd(path, kver string) error {
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
 		return fmt.Errorf("%w (package busybox-static)", err)
@@ -609,6 +627,13 @@ func writeOSInitrd(path string) error {
 	w.add("dev/console", 0o020600, nil, 5, 1)
 	w.add("dev/ttyS0", 0o020660, nil, 4, 64)
 	w.add("bin/busybox", 0o100755, bb, 0, 0)
+	w.add("lib", 0o040755, nil, 0, 0)
+	w.add("lib/modules", 0o040755, nil, 0, 0)
+	for _, m := range []string{"drivers/input/evdev.ko", "drivers/acpi/button.ko"} {
+		if b, err := os.ReadFile(filepath.Join("/lib/modules", kver, "kernel", m)); err == nil {
+			w.add("lib/modules/"+filepath.Base(m), 0o100644, b, 0, 0)
+		}
+	}
 	w.add("init", 0o100755, initScript, 0, 0)
 	w.add("TRAILER!!!", 0, nil, 0, 0)
 	f, err := os.Create(path)
