@@ -506,9 +506,9 @@ func (o *oob) powerSync(t *testing.T) {
 	v.KillBehindBack()
 	o.waitNode(t, syncTimeout, "power sync to see the VM killed (power_state off)", func(n proto.Node) bool { return n.PowerState == proto.PowerOff })
 	t.Logf("VM killed behind Metalfleet's back: power_state off after %.2fs (--power-sync-interval %s)", time.Since(t0).Seconds(), oobSyncEvery)
-	// Not undone: two more polls of the BMC later, the VM is still off.
+	// Not undone: two more sync rounds later, the VM is still off.
 	gets := v.PowerGets()
-	testkit.Eventually(t, syncTimeout, "two more power polls of the BMC", func() bool { return v.PowerGets() >= gets+2 })
+	testkit.Eventually(t, syncTimeout, "two more power sync rounds (bmc1 and bmc1-lan poll the same BMC)", func() bool { return v.PowerGets() >= gets+4 })
 	if v.On() || len(v.Ops(t0, "set power 1")) > 0 {
 		t.Errorf("Metalfleet powered the VM on again after it was switched off behind its back: %+v", v.Ops(t0, "set power"))
 	}
@@ -528,7 +528,7 @@ func (o *oob) powerSync(t *testing.T) {
 	o.waitNode(t, syncTimeout, "power sync to see the VM switched off at the BMC", func(n proto.Node) bool { return n.PowerState == proto.PowerOff })
 	t.Logf("ipmitool chassis power off at the BMC: power_state off after %.2fs", time.Since(t2).Seconds())
 	gets = v.PowerGets()
-	testkit.Eventually(t, syncTimeout, "two more power polls of the BMC", func() bool { return v.PowerGets() >= gets+2 })
+	testkit.Eventually(t, syncTimeout, "two more power sync rounds (bmc1 and bmc1-lan poll the same BMC)", func() bool { return v.PowerGets() >= gets+4 })
 	if v.On() {
 		t.Errorf("Metalfleet powered the VM on again after it was switched off at the BMC")
 	}
