@@ -50,29 +50,56 @@ func Addrs(procs []*Proc) string {
 // CountingPower is a simulated machine's power behind an ipmisim BMC
 // that tells when an action reaches it: each Power call is sent on
 // Acting (if nobody is waiting, it is dropped) before it is performed.
+// An action given a delay by SetLate is performed at once but answered
+// that much later (on top of the BMC's Slow): a BMC that carries out a
+// reset and is slow to say so, while the session setup and the reads
+// around it keep their usual pace.
 type CountingPower struct {
 	*ipmisim.MemPower
 	Acting chan ipmisim.Action
 
 	mu    sync.Mutex
 	calls []ipmisim.Action
+	late  map[ipmisim.Action]time.Duration
 }
 
 // NewCountingPower is a machine that is off.
 func NewCountingPower() *CountingPower {
-	return &CountingPower{MemPower: ipmisim.NewMemPower(false), Acting: make(chan ipmisim.Action, 16)}
+	return &CountingPower{MemPower: ipmisim.NewMemPower(false), Acting: make(chan ipmisim.Action, 16),
+		late: map[ipmisim.Action]time.Duration{}}
 }
 
-// Power records and performs a.
+// SetLate delays the answer to every later action a by d (0: no delay).
+func (p *CountingPower) SetLate(a ipmisim.Action, d time.Duration) {
+	p.mu.Lock()
+	p.late[a] = d
+	p.mu.Unlock()
+}
+
+// Power records and performs a, then answers after a's delay (or when
+// ctx ends: the BMC stopped).
 func (p *CountingPower) Power(ctx context.Context, a ipmisim.Action) error {
 	p.mu.Lock()
 	p.calls = append(p.calls, a)
+	late := p.late[a]
 	p.mu.Unlock()
 	select {
 	case p.Acting <- a:
 	default:
 	}
-	return p.MemPower.Power(ctx, a)
+	if err := p.MemPower.Power(ctx, a); err != nil {
+		return err
+	}
+	if late > 0 {
+		// The simulated BMC's latency, not the test's synchronisation.
+		tm := time.NewTimer(late)
+		defer tm.Stop()
+		select {
+		case <-tm.C:
+		case <-ctx.Done():
+		}
+	}
+	return nil
 }
 
 // Calls returns every power action that reached the machine, in order.
