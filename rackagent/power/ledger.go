@@ -32,6 +32,8 @@ type ledger struct {
 	// made): an intent made before it may have been acted on by this
 	// agent's former self, whose record is gone, so it is not acted on.
 	created time.Time
+	// failPut, if set (tests only), fails the writes it returns an error for.
+	failPut func() error
 }
 
 // ledgerMeta holds the record's creation time.
@@ -109,6 +111,11 @@ func (l *ledger) done(uuid string, g uint64) error {
 }
 
 func (l *ledger) put(uuid string, r record) error {
+	if l.failPut != nil {
+		if err := l.failPut(); err != nil {
+			return fmt.Errorf("bmc intent record: %w", err)
+		}
+	}
 	raw, err := json.Marshal(r)
 	if err != nil {
 		return err

@@ -172,6 +172,8 @@ type Manager struct {
 	seq   map[string]uint64
 	last  map[string]observation // power sync: what was last reported
 	wg    sync.WaitGroup
+	// stalled tells Run that a worker stopped on a failed record write.
+	stalled chan struct{}
 }
 
 // observation is a node's power as last reported.
@@ -195,7 +197,8 @@ func New(cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	return &Manager{cfg: cfg, clk: cfg.Clock, log: cfg.Logger, led: led, sem: make(chan struct{}, cfg.Concurrency),
-		conns: map[string]*conn{}, busy: map[string]bool{}, seq: map[string]uint64{}, last: map[string]observation{}}, nil
+		conns: map[string]*conn{}, busy: map[string]bool{}, seq: map[string]uint64{}, last: map[string]observation{},
+		stalled: make(chan struct{}, 1)}, nil
 }
 
 // Stats returns the counters.
@@ -217,22 +220,36 @@ func (m *Manager) Run(ctx context.Context, src Source) error {
 			m.syncLoop(ctx)
 		}()
 	}
+	var retry <-chan time.Time
 	for {
 		changed := src.Changed()
 		m.refresh(ctx)
-		// Synced is set just after the first state from a coordinator is
-		// swapped in: until then look again every second.
-		var again <-chan time.Time
-		if !src.Synced() {
-			again = m.clk.After(time.Second)
-		}
-		select {
-		case <-ctx.Done():
-			m.wg.Wait()
-			m.closeAll()
-			return nil
-		case <-changed:
-		case <-again:
+		for waiting := true; waiting; {
+			// Synced is set just after the first state from a
+			// coordinator is swapped in: until then look again every
+			// second.
+			var again <-chan time.Time
+			if !src.Synced() {
+				again = m.clk.After(time.Second)
+			}
+			select {
+			case <-ctx.Done():
+				m.wg.Wait()
+				m.closeAll()
+				return nil
+			case <-changed:
+				waiting = false
+			case <-again:
+				waiting = false
+			case <-m.stalled:
+				// A worker could not write the record of generations
+				// (disk full, an I/O error) and left its node's intents
+				// waiting: look again in a while, not only at the next
+				// boot state.
+				retry = m.clk.After(5 * time.Second)
+			case <-retry:
+				retry, waiting = nil, false
+			}
 		}
 	}
 }
@@ -347,13 +364,17 @@ func (m *Manager) worker(ctx context.Context, uuid string) {
 		m.seq[uuid]++
 		m.mu.Unlock()
 		if err != nil {
-			if ctx.Err() == nil {
-				m.log.Error("bmc intent: the record of generations could not be written; the node's intents wait for the next boot state",
-					"node", uuid, "err", err)
-			}
 			m.mu.Lock()
-			delete(m.busy, uuid)
+			delete(m.busy, uuid) // before the retry is asked for: it must find the node free
 			m.mu.Unlock()
+			if ctx.Err() == nil {
+				m.log.Error("bmc intent: the record of generations could not be written; the node's intents wait, trying again in 5s",
+					"node", uuid, "err", err)
+				select {
+				case m.stalled <- struct{}{}:
+				default: // a retry is already due
+				}
+			}
 			return
 		}
 	}

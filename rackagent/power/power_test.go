@@ -699,3 +699,36 @@ func TestPowerSyncOneCallPerDeadBMC(t *testing.T) {
 		t.Errorf("%d calls for one poll of a dead BMC, want 1", calls)
 	}
 }
+
+// TestRecordWriteFailureRetried: a node whose record of generations could
+// not be written (disk full) has its intent tried again after a while,
+// without waiting for another boot state, and acted on once.
+func TestRecordWriteFailureRetried(t *testing.T) {
+	h := newHarness(t, Config{})
+	var fail atomic.Bool
+	fail.Store(true)
+	h.m.mu.Lock()
+	h.m.led.failPut = func() error {
+		if fail.Load() {
+			return errors.New("no space left on device")
+		}
+		return nil
+	}
+	h.m.mu.Unlock()
+	a := addr(t, "bmc")
+	h.src.set(node("n1", proto.DriverFake, a, powerIntent(1, proto.PowerTargetOn)))
+	if !h.clk.BlockUntil(1, 5*time.Second) {
+		t.Fatal("no retry was scheduled after the failed write")
+	}
+	if got := bmc.FakeFor(a).Actions(); len(got) != 0 {
+		t.Fatalf("acted %v without recording the start", got)
+	}
+	fail.Store(false)
+	testkit.Eventually(t, 10*time.Second, "the intent done after the retry", func() bool {
+		h.clk.Advance(5 * time.Second)
+		return len(h.rep.of(proto.ReportBMC)) == 1
+	})
+	if got := bmc.FakeFor(a).Actions(); !slices.Equal(got, []bmc.PowerAction{bmc.PowerOn}) {
+		t.Errorf("BMC actions = %v, want one power on", got)
+	}
+}
