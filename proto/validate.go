@@ -99,8 +99,10 @@ func (b *BMC) Check() error {
 		return Errorf(CodeInvalid, "bmc.username (at most 64 bytes) or bmc.password (at most 128) is too long")
 	}
 	if b.CACert != "" {
-		if len(b.CACert) > 64<<10 {
-			return Errorf(CodeTooLarge, "bmc.ca_cert: %d bytes, at most 65536", len(b.CACert))
+		// Sent to the rack's agents in every boot state with the node:
+		// a BMC's CA bundle is a certificate or two.
+		if len(b.CACert) > 16<<10 {
+			return Errorf(CodeTooLarge, "bmc.ca_cert: %d bytes, at most 16384", len(b.CACert))
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM([]byte(b.CACert)) {
