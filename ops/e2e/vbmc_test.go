@@ -124,10 +124,11 @@ func (p *vmProc) running() bool {
 	}
 }
 
-// newVBMC starts ipmi_sim as the BMC of a VM with the hardware of spec, on
-// LAN address 10.98.X.n (n from 2), with user admin and password. The VM
-// is off. Everything is stopped when the test ends: QEMU by its pid, then
-// ipmi_sim, then (the lab's cleanup) the namespace with the address.
+// newVBMC starts ipmi_sim as the BMC number n (from 1) of a VM with the
+// hardware of spec, on LAN address 10.98.X.(n+1), with user admin and
+// password. The VM is off. Everything is stopped when the test ends:
+// ipmi_sim, then QEMU, each by its pid, then (the lab's cleanup) the
+// namespace with the address.
 func newVBMC(t *testing.T, l *lab, n int, spec vmSpec, password string) *vbmc {
 	t.Helper()
 	v := &vbmc{t: t, l: l, name: fmt.Sprintf("vbmc%d", n), spec: spec,
@@ -493,6 +494,13 @@ func (v *vbmc) close() {
 	if v.t.Failed() {
 		v.t.Logf("--- %s: chassis_control calls ---\n%s", v.name, v.opsText(40))
 		v.t.Logf("--- %s: VM serial console (%s), last lines ---\n%s", v.name, v.Serial, consoleText(v.Serial, 40))
+		v.mu.Lock()
+		n := v.runs
+		v.mu.Unlock()
+		if n > 0 {
+			q := filepath.Join(v.dir, fmt.Sprintf("qemu-%d.log", n))
+			v.t.Logf("--- %s: the last QEMU's output (%s) ---\n%s", v.name, q, netlab.Tail(q, 10))
+		}
 	}
 }
 
