@@ -587,14 +587,14 @@ func (m *Manager) act(ctx context.Context, uuid string, a bmc.PowerAction, want 
 		ps, rerr := m.readPower(ctx, uuid)
 		if rerr != nil {
 			return &bmc.Error{Op: "power " + string(a), Kind: bmc.KindOf(err),
-				Err: fmt.Errorf("%v; the power state could not be read after it: %v", err, rerr)}
+				Err: fmt.Errorf("%v; the power state could not be read after it: %v", detail(err), rerr)}
 		}
 		if a == bmc.PowerReset {
 			if ps == proto.PowerOn {
 				// Whether it was reset cannot be told from the state, and
 				// a second reset is not what was asked for.
 				return &bmc.Error{Op: "power reset", Kind: bmc.KindOf(err),
-					Err: fmt.Errorf("%v; the node is on and whether it was reset is unknown (not tried again)", err)}
+					Err: fmt.Errorf("%v; the node is on and whether it was reset is unknown (not tried again)", detail(err))}
 			}
 			a = bmc.PowerOn // it is off: what a reboot of an off node does
 		} else if ps == want {
@@ -611,6 +611,16 @@ func (m *Manager) act(ctx context.Context, uuid string, a bmc.PowerAction, want 
 		}
 		wait *= 2
 	}
+}
+
+// detail is err without its *bmc.Error prefix (op and kind), for an
+// error that wraps it with the same op and kind.
+func detail(err error) error {
+	var be *bmc.Error
+	if errors.As(err, &be) {
+		return be.Err
+	}
+	return err
 }
 
 // settle reads the power until it is want, for at most limit.
