@@ -166,7 +166,8 @@ const (
 // changes made at the BMC or by pulling the plug are picked up by power
 // sync and not undone; a PXE boot device set once before a reboot makes the
 // VM network-boot from the rack agent, once; soft-off lets the OS power
-// off. It logs the time from `node power on` to the VM's first
+// off; a BMC that stops answering makes the power unknown, not a stale
+// state, until it answers again. It logs the time from `node power on` to the VM's first
 // DHCPDISCOVER at the rack agent.
 func TestOutOfBandQEMU(t *testing.T) {
 	needBMC(t)
@@ -215,6 +216,8 @@ func TestOutOfBandQEMU(t *testing.T) {
 	lap("power-on to first DHCP")
 	t.Run("once, then soft-off", o.onceThenSoftOff)
 	lap("once, then soft-off")
+	t.Run("BMC not answering", o.bmcSilent)
+	lap("BMC not answering")
 	t.Logf("TestOutOfBandQEMU took %.1fs", time.Since(testStart).Seconds())
 }
 
@@ -917,4 +920,43 @@ func mustRead(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// bmcSilent: a BMC that stops answering (ipmi_sim stopped with SIGSTOP)
+// leaves the node's power unknown and its BMC unreachable with the error,
+// never a stale power state; once it answers again (SIGCONT) power sync
+// reads the power again.
+func (o *oob) bmcSilent(t *testing.T) {
+	v := o.v
+	want := proto.PowerOff
+	if v.On() {
+		want = proto.PowerOn
+	}
+	o.waitNode(t, syncTimeout, "power_state "+string(want), func(n proto.Node) bool { return n.PowerState == want })
+	pid := v.sim.Cmd.Process.Pid
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := true
+	cont := func() {
+		if stopped {
+			_ = syscall.Kill(pid, syscall.SIGCONT)
+			stopped = false
+		}
+	}
+	defer cont()
+	t0 := time.Now()
+	got := o.waitNode(t, 90*time.Second, "power_state unknown and the BMC unreachable", func(n proto.Node) bool {
+		return n.PowerState == proto.PowerUnknown && n.BMCStatus != nil && n.BMCStatus.State == proto.BMCUnreachable
+	})
+	t.Logf("BMC silent: power_state %s, bmc_status %s %q after %.1fs", got.PowerState, got.BMCStatus.State, got.BMCStatus.Error, time.Since(t0).Seconds())
+	if got.BMCStatus.Error == "" {
+		t.Errorf("bmc_status of a BMC that does not answer has no error")
+	}
+	cont()
+	t1 := time.Now()
+	got = o.waitNode(t, 90*time.Second, "power sync to read the power again once the BMC answers", func(n proto.Node) bool {
+		return n.PowerState == want && n.BMCStatus != nil && n.BMCStatus.State == proto.BMCOK
+	})
+	t.Logf("BMC answering again: power_state %s, bmc_status %s after %.1fs", got.PowerState, got.BMCStatus.State, time.Since(t1).Seconds())
 }

@@ -30,7 +30,9 @@
 // console log holding a boot, sessions in the history); power changes made
 // at the BMC or by killing QEMU picked up by power sync and not undone; a
 // one-time PXE boot device before a reboot (once: the next power-on boots
-// the OS); soft-off (the OS's acpid powers off on the power button). It
+// the OS); soft-off (the OS's acpid powers off on the power button); a
+// BMC that stops answering (ipmi_sim SIGSTOPped) makes the power unknown
+// and the BMC unreachable until it answers again. It
 // logs the time from `node power on` to the VM's first DHCPDISCOVER at the
 // rack agent. TestVirtualBMCQEMU checks the virtual BMC alone with
 // ipmitool (power, boot device, reset, soft-off, SOL): when it fails, the
