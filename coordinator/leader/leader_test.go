@@ -211,23 +211,7 @@ func TestLeaseExpiry(t *testing.T) {
 		t.Fatalf("setup: %d leases, want 1", n)
 	}
 
-	l := New(fk, Config{Clock: clk, LeaseExpiryEvery: time.Minute})
-	// The fake clock drops a tick nobody has read and Advance does not
-	// wait for the loop: advance one tick at a time and wait until the
-	// loop has finished that round before looking.
-	var rounds atomic.Int64
-	l.expiryRound = func() { rounds.Add(1) }
-	l.Start(context.Background())
-	defer l.Stop()
-	if !clk.BlockUntil(1, 5*time.Second) {
-		t.Fatal("the expiry ticker was never armed")
-	}
-	round := func() {
-		t.Helper()
-		want := rounds.Load() + 1
-		clk.Advance(time.Minute)
-		testkit.Eventually(t, 5*time.Second, fmt.Sprintf("expiry round %d", want), func() bool { return rounds.Load() >= want })
-	}
+	round := startExpiryRounds(t, fk, clk)
 	// An hour after the lease ended (t0+70m) it is still kept, and
 	// nothing is proposed for it.
 	for i := 0; i < 70; i++ {
@@ -281,20 +265,7 @@ func TestIntentExpiry(t *testing.T) {
 		Rack: "r1", ProvisionState: proto.StateEnrolled, BMC: proto.BMC{Driver: proto.DriverFake, Address: "b"}}})
 	fk.must(t, fsm.NodeIntent{Ref: "n1", Intent: proto.Intent{Action: proto.ActionPower, Power: proto.PowerTargetOn, Agent: "gone", At: t0}})
 
-	l := New(fk, Config{Clock: clk, LeaseExpiryEvery: time.Minute})
-	var rounds atomic.Int64
-	l.expiryRound = func() { rounds.Add(1) }
-	l.Start(context.Background())
-	defer l.Stop()
-	if !clk.BlockUntil(1, 5*time.Second) {
-		t.Fatal("the expiry ticker was never armed")
-	}
-	round := func() {
-		t.Helper()
-		want := rounds.Load() + 1
-		clk.Advance(time.Minute)
-		testkit.Eventually(t, 5*time.Second, fmt.Sprintf("expiry round %d", want), func() bool { return rounds.Load() >= want })
-	}
+	round := startExpiryRounds(t, fk, clk)
 	for i := 0; i < int(proto.IntentTTL/time.Minute); i++ {
 		round()
 	}
@@ -311,5 +282,28 @@ func TestIntentExpiry(t *testing.T) {
 	}
 	if c := fk.count(fsm.TypeIntentsExpire); c != 1 {
 		t.Fatalf("IntentsExpire proposed %d times, want once", c)
+	}
+}
+
+// startExpiryRounds starts leader loops over fk with a one-minute expiry
+// round and returns a function that runs one round. The fake clock drops
+// a tick nobody has read and Advance does not wait for the loop: it
+// advances one tick at a time and waits until the loop has finished that
+// round.
+func startExpiryRounds(t *testing.T, fk *fake, clk *clock.Fake) func() {
+	t.Helper()
+	l := New(fk, Config{Clock: clk, LeaseExpiryEvery: time.Minute})
+	var rounds atomic.Int64
+	l.expiryRound = func() { rounds.Add(1) }
+	l.Start(context.Background())
+	t.Cleanup(l.Stop)
+	if !clk.BlockUntil(1, 5*time.Second) {
+		t.Fatal("the expiry ticker was never armed")
+	}
+	return func() {
+		t.Helper()
+		want := rounds.Load() + 1
+		clk.Advance(time.Minute)
+		testkit.Eventually(t, 5*time.Second, fmt.Sprintf("expiry round %d", want), func() bool { return rounds.Load() >= want })
 	}
 }

@@ -603,13 +603,9 @@ func (m *Manager) act(ctx context.Context, uuid string, a bmc.PowerAction, want 
 		if try >= m.cfg.Tries {
 			return err
 		}
-		m.st.retries.Add(1)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-m.clk.After(wait):
+		if err := m.backoff(ctx, &wait); err != nil {
+			return err
 		}
-		wait *= 2
 	}
 }
 
@@ -692,14 +688,23 @@ func (m *Manager) retry(ctx context.Context, uuid string, fn func(context.Contex
 		if err == nil || !retryable(err) || try >= m.cfg.Tries || ctx.Err() != nil {
 			return err
 		}
-		m.st.retries.Add(1)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-m.clk.After(wait):
+		if err := m.backoff(ctx, &wait); err != nil {
+			return err
 		}
-		wait *= 2
 	}
+}
+
+// backoff counts a retry and waits *wait on the clock, doubling it for
+// the next; it returns ctx's error if ctx ends first.
+func (m *Manager) backoff(ctx context.Context, wait *time.Duration) error {
+	m.st.retries.Add(1)
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-m.clk.After(*wait):
+	}
+	*wait *= 2
+	return nil
 }
 
 // maxErrorLen bounds an error's text in a report (proto's
