@@ -284,7 +284,16 @@ func (s *Server) ExpireSessions() {
 // serveHTTP counts the handler in flight (Close waits for it), delays it
 // when the service is slow, and routes it.
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	// Added under the lock that Close takes to set closed, so every Add
+	// happens before Close's Wait (a WaitGroup's rule).
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		http.Error(w, "closing", http.StatusServiceUnavailable)
+		return
+	}
 	s.inflight.Add(1)
+	s.mu.Unlock()
 	defer s.inflight.Done()
 	if s.opts.Slow > 0 {
 		t := time.NewTimer(s.opts.Slow)
