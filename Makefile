@@ -44,7 +44,7 @@ ramdisk: ## build the task ramdisk (nodeagent as /init), its kernel and BUILD-IN
 	ops/ramdisk/build.sh
 
 .PHONY: e2e
-e2e: deps build ramdisk ## boot QEMU VMs (BIOS and UEFI) from a rack agent and check they are discovered (root)
+e2e: deps build ramdisk ## boot QEMU VMs (BIOS and UEFI) from a rack agent: discovery, and power, boot device, power sync and console through a virtual BMC (root)
 	METALFLEET_E2E=1 METALFLEET_E2E_UEFI=1 METALFLEET_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 15m -v -run QEMU ./ops/e2e/
 
 .PHONY: drill-linearizable
