@@ -95,21 +95,7 @@ func startAgent(t *testing.T, f *fleet, dataDir string) (*agent.Agent, func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	stopped := false
-	stop := func() {
-		if !stopped {
-			stopped = true
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("agent Run: %v", err)
-			}
-		}
-	}
-	t.Cleanup(stop)
-	return a, stop
+	return a, runAgent(t, a)
 }
 
 func dora(t *testing.T, server net.Addr, mac net.HardwareAddr) string {
@@ -453,4 +439,24 @@ func TestMgmtListener(t *testing.T) {
 	if code, _ := get(t, "http://"+a.HTTPAddr().String()+"/v1/diag"); code == 200 {
 		t.Errorf("the boot server serves /v1/diag")
 	}
+}
+
+// runAgent runs a until the returned stop (also a cleanup) is called, and
+// fails the test if Run returns an error.
+func runAgent(t *testing.T, a *agent.Agent) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	stopped := false
+	stop = func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("agent Run: %v", err)
+			}
+		}
+	}
+	t.Cleanup(stop)
+	return stop
 }

@@ -28,21 +28,7 @@ func startPowerAgent(t *testing.T, coords []string, token, name, dataDir string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	stopped := false
-	stop := func() {
-		if !stopped {
-			stopped = true
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("agent Run: %v", err)
-			}
-		}
-	}
-	t.Cleanup(stop)
-	return a, stop
+	return a, runAgent(t, a)
 }
 
 // setPower asks for a power target and waits for the result, retrying
