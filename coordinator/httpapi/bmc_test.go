@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/metalfleet/metalfleet/cluster/clock"
 	"github.com/metalfleet/metalfleet/coordinator/coordtest"
 	"github.com/metalfleet/metalfleet/proto"
 )
@@ -179,5 +180,26 @@ func TestAPIManageWrongPassword(t *testing.T) {
 	e.ok(200, "GET", "/v1/nodes/w1", asAdmin, nil, &n)
 	if n.ProvisionState != proto.StateEnrolled || !strings.Contains(n.LastError, "BMC verification failed") || !strings.Contains(n.LastError, "authentication refused") {
 		t.Fatalf("after a failed verify: %s, last_error %q", n.ProvisionState, n.LastError)
+	}
+}
+
+// TestAPIIntentAgentMustBeAlive: an agent not heard of within AgentAlive
+// (2 minutes; agents poll at least every minute) is not given intents: a
+// request then is a 503, not an intent that waits for a dead agent.
+func TestAPIIntentAgentMustBeAlive(t *testing.T) {
+	clk := clock.NewFake(time.Now().UTC())
+	e := startAPIClock(t, clk)
+	a := e.standIn("agent-a")
+	e.ok(http.StatusCreated, "POST", "/v1/nodes", asAdmin, proto.NodeCreate{Name: "q1", MACs: []string{mac(1)}, Rack: bmcRack,
+		BMC: proto.BMC{Driver: proto.DriverFake, Address: "bmc-q1"}}, nil)
+	e.ok(http.StatusAccepted, "PUT", "/v1/nodes/q1/power", asAdmin, proto.PowerRequest{Target: proto.PowerTargetOn}, nil)
+	clk.Advance(3 * time.Minute)
+	e.runErrCases([]errCase{{name: "agent silent for 3 minutes", method: "PUT", path: "/v1/nodes/q1/power", body: `{"target":"off"}`,
+		status: 503, code: proto.CodeUnavailable, msg: "no rack agent of rack " + bmcRack}})
+	a.Poll()
+	var acc proto.IntentAccepted
+	e.ok(http.StatusAccepted, "PUT", "/v1/nodes/q1/power", asAdmin, proto.PowerRequest{Target: proto.PowerTargetOff}, &acc)
+	if acc.Intent.Agent != "agent-a" {
+		t.Fatalf("intent for %q, want agent-a", acc.Intent.Agent)
 	}
 }

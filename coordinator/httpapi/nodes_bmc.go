@@ -17,16 +17,26 @@ import (
 
 // rackAgent picks the rack agent that executes node's intents, among the
 // agents of rack that called this server (the leader: agents' boot-state
-// polls are forwarded to it) within the longest poll plus a minute: the
-// one of highest rendezvous hash of node and agent name, so a node's
+// polls are forwarded to it) lately: the one of highest rendezvous hash of node and agent name, so a node's
 // intents go to one agent while the rack's agents stay the same (two
 // agents never drive one BMC at once; the agents also wait for a lower
 // generation held by another agent). "" if none called.
 func (a *API) rackAgent(rack, node string) string {
-	horizon := a.cfg.Now().Add(-(a.cfg.MaxWait + time.Minute))
+	// Agents poll their boot state at least every minute: one not heard
+	// of within AgentAlive, or that gossip says is dead or gone, is not
+	// given intents.
+	horizon := a.cfg.Now().Add(-a.cfg.AgentAlive)
+	gone := map[string]bool{}
+	if l, ok := a.b.(AgentLister); ok {
+		for _, ag := range l.Agents() {
+			if ag.Rack == rack && (ag.Status == "dead" || ag.Status == "left") {
+				gone[ag.Name] = true
+			}
+		}
+	}
 	best, bestScore := "", uint64(0)
 	for _, ct := range a.contacts.all() {
-		if ct.rack != rack || !ct.last.After(horizon) {
+		if ct.rack != rack || !ct.last.After(horizon) || gone[ct.name] {
 			continue
 		}
 		if sc := rendezvous(node, ct.name); best == "" || sc > bestScore || sc == bestScore && ct.name < best {
