@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,27 +25,9 @@ import (
 	"github.com/metalfleet/metalfleet/rackagent/bmc/ipmisim"
 )
 
-// syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // consoleRun is one metalfleet command running in the background.
 type consoleRun struct {
-	out, errb syncBuffer
+	out, errb testkit.SyncBuffer
 	done      chan error
 	cancel    context.CancelFunc
 }
@@ -265,7 +246,7 @@ func TestConsoleThroughCoordinator(t *testing.T) {
 	}
 
 	// The console log holds everything, oldest first.
-	var logOut syncBuffer
+	var logOut testkit.SyncBuffer
 	root := newRoot(&logOut, io.Discard)
 	root.SetArgs([]string{"--addr", f.addr, "--token", f.alice, "node", "console-log", "n1"})
 	if err := root.ExecuteContext(context.Background()); err != nil {
@@ -333,7 +314,7 @@ func TestConsoleThroughFollower(t *testing.T) {
 	if !strings.Contains(r.out.String(), "via a follower\n") {
 		t.Fatalf("stdout %q lacks the echo", r.out.String())
 	}
-	var logOut syncBuffer
+	var logOut testkit.SyncBuffer
 	root := newRoot(&logOut, io.Discard)
 	root.SetArgs([]string{"--addr", follower, "--token", f.alice, "node", "console", "n1", "--log"})
 	if err := root.ExecuteContext(context.Background()); err != nil || !strings.Contains(logOut.String(), "via a follower") {

@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -101,7 +100,7 @@ func TestVirtualBMCQEMU(t *testing.T) {
 	// SOL: ipmitool's serial console reaches the OS's shell.
 	testkit.EventuallyEvery(t, 60*time.Second, 100*time.Millisecond, "ipmi_sim to connect SOL to the VM's serial port", v.SOLConnected)
 	sol := exec.Command("ip", "netns", "exec", l.NS, "ipmitool", "-I", "lanplus", "-C", "3", "-H", v.Addr, "-U", v.User, "-P", v.Password, "sol", "activate")
-	var solOut syncBuffer
+	var solOut testkit.SyncBuffer
 	sol.Stdout, sol.Stderr = &solOut, &solOut
 	sol.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	in, err := sol.StdinPipe()
@@ -656,28 +655,10 @@ type consoleProc struct {
 	name   string
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
-	stdout syncBuffer
-	stderr syncBuffer
+	stdout testkit.SyncBuffer
+	stderr testkit.SyncBuffer
 	done   chan struct{}
 	err    error
-}
-
-// syncBuffer is a bytes.Buffer for one writer and many readers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // startConsole runs `metalfleet node console NODE ARGS...` in the

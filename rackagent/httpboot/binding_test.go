@@ -1,33 +1,14 @@
 package httpboot
 
 import (
-	"bytes"
 	"log/slog"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 
+	"github.com/metalfleet/metalfleet/ops/testkit"
 	"github.com/metalfleet/metalfleet/proto"
 )
-
-// syncBuffer is a bytes.Buffer safe for the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestSourceBinding: a discovery inventory is accepted only from the
 // address this agent leased to the MAC (and only after its discovery
@@ -35,7 +16,7 @@ func (s *syncBuffer) String() string {
 // node's own address. Refusals are 403 with a log line naming the
 // source. (The test's requests all come from 127.0.0.1.)
 func TestSourceBinding(t *testing.T) {
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	h := newHarness(t, 1<<20, func(c *Config) {
 		c.CallbackBurst = 1000
 		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
