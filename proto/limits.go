@@ -434,6 +434,9 @@ func (r *AgentReport) validateBMC() error {
 	if !utf8.ValidString(r.Error) || strings.ContainsFunc(r.Error, unicode.IsControl) {
 		return Errorf(CodeInvalid, "error: want UTF-8 text without control characters")
 	}
+	if r.ErrorKind != "" && r.Error == "" {
+		return Errorf(CodeInvalid, "error is required with error_kind %.32q", r.ErrorKind)
+	}
 	switch r.ErrorKind {
 	case "", BMCErrUnreachable, BMCErrAuth, BMCErrRefused, BMCErrTimeout, BMCErrUnsupported, BMCErrExpired:
 	default:
@@ -464,6 +467,9 @@ func (r *AgentReport) validateBMC() error {
 	case "", ConsoleInteractive, ConsoleReadOnly:
 	default:
 		return Errorf(CodeInvalid, "mode %.32q: want interactive or read-only", r.Mode)
+	}
+	if r.Kind == ReportConsole && (r.User == "" || r.Mode == "") {
+		return Errorf(CodeInvalid, "user and mode are required in a console report")
 	}
 	return nil
 }

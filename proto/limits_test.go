@@ -49,6 +49,8 @@ func TestAgentReportValidate(t *testing.T) {
 		{"unknown lease event", func(r *AgentReport) { r.LeaseEvent = "stolen" }, CodeInvalid, `lease_event "stolen"`},
 		{"lease ip", func(r *AgentReport) { r.Lease = &Lease{IP: "ten"} }, CodeInvalid, `lease.ip "ten"`},
 		{"power state", func(r *AgentReport) { r.PowerState = "maybe" }, CodeInvalid, `power_state "maybe"`},
+		{"error kind without error", func(r *AgentReport) { r.ErrorKind = BMCErrAuth }, CodeInvalid, `error is required with error_kind "auth"`},
+		{"console report without user", func(r *AgentReport) { r.Kind, r.Mode = ReportConsole, ConsoleInteractive }, CodeInvalid, "user and mode are required"},
 		{"callback without step", func(r *AgentReport) { r.Kind = ReportCallback }, CodeInvalid, "step is required"},
 		{"long step", func(r *AgentReport) { r.Kind, r.Step = ReportCallback, long(33) }, CodeTooLarge, "step: 33 bytes, at most 32"},
 		{"data too big", func(r *AgentReport) {

@@ -95,8 +95,11 @@ func (b *BMC) Check() error {
 	if b.Interface != "" && b.Driver != DriverIPMI && b.Driver != "" {
 		return Errorf(CodeInvalid, "bmc.interface is for the ipmi driver, not %s", b.Driver)
 	}
-	if len(b.Username) > 64 || len(b.Password) > 128 {
-		return Errorf(CodeInvalid, "bmc.username (at most 64 bytes) or bmc.password (at most 128) is too long")
+	if len(b.Username) > 64 {
+		return Errorf(CodeInvalid, "bmc.username: %d bytes, at most 64", len(b.Username))
+	}
+	if len(b.Password) > 128 {
+		return Errorf(CodeInvalid, "bmc.password: %d bytes, at most 128", len(b.Password))
 	}
 	if b.CACert != "" {
 		// Sent to the rack's agents in every boot state with the node:

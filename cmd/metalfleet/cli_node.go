@@ -477,13 +477,17 @@ func newNodeProvisionCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if wait < 0 {
+				return fmt.Errorf("node provision: --wait %s: want a duration >= 0", wait)
+			}
 			n, err := c.ProvisionWait(cmd.Context(), a[0], proto.Event(a[1]), wait)
 			if err != nil {
 				return err
 			}
 			if a[1] == "manage" && n.ProvisionState != proto.StateManageable {
-				if wait > 0 && n.LastError != "" {
-					return fmt.Errorf("node %s stays %s: %s", nodeLabel(n), n.ProvisionState, n.LastError)
+				// This manage's verification, not an older last_error.
+				if v := latestVerify(n); wait > 0 && v.Done && v.Error != "" {
+					return fmt.Errorf("node %s stays %s: BMC verification failed: %s", nodeLabel(n), n.ProvisionState, v.Error)
 				}
 				if wait > 0 {
 					return fmt.Errorf("node %s is still %s: its rack agent has not verified the BMC within %s", nodeLabel(n), n.ProvisionState, wait)
@@ -547,4 +551,14 @@ func orEmpty[T any](s []T) []T {
 		return []T{}
 	}
 	return s
+}
+
+// latestVerify is n's verify intent (the one manage made).
+func latestVerify(n *proto.Node) proto.Intent {
+	for _, in := range n.Intents {
+		if in.Action == proto.ActionVerify {
+			return in
+		}
+	}
+	return proto.Intent{}
 }

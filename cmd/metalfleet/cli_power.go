@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -16,37 +17,61 @@ import (
 // Out-of-band commands: node power, node boot-device, node history.
 
 // retryIntent sends an intent request until it is answered, retrying
-// with the same request id (so the coordinator records it once) while no
-// leader can take it, and, with wait, until its result is in or the wait
-// ends.
-func retryIntent(ctx context.Context, wait time.Duration, send func(wait time.Duration) (*proto.IntentAccepted, error)) (*proto.IntentAccepted, error) {
+// with the same request id (so the coordinator records it once) only
+// while the answer is lost to a leader change. With wait, an accepted
+// intent is then followed by reading the node until its result is in,
+// it is replaced by a newer intent (never sent again: that would
+// re-assert a superseded request), or the wait ends.
+func retryIntent(ctx context.Context, c *apiclient.Client, node string, wait time.Duration, send func(wait time.Duration) (*proto.IntentAccepted, error)) (*proto.IntentAccepted, error) {
 	deadline := time.Now().Add(max(wait, 30*time.Second))
+	var out *proto.IntentAccepted
 	for {
-		left := time.Until(deadline)
-		w := time.Duration(0)
-		if wait > 0 {
-			w = max(left, time.Second)
-		}
-		out, err := send(w)
+		var err error
+		out, err = send(wait)
 		var ae *apiclient.Error
-		retry := errors.As(err, &ae) && (ae.Code == proto.CodeNoLeader || ae.Code == proto.CodeTimeout)
-		if err == nil && (wait == 0 || out.Intent.Done) {
-			return out, nil
+		if err == nil {
+			break
 		}
-		if err != nil && !retry {
+		if !errors.As(err, &ae) || ae.Code != proto.CodeNoLeader && ae.Code != proto.CodeTimeout || time.Now().After(deadline) {
 			return nil, err
 		}
-		if time.Now().After(deadline) {
-			if err != nil {
-				return nil, err
-			}
+		if err := pause(ctx, 500*time.Millisecond); err != nil {
+			return nil, err
+		}
+	}
+	if wait == 0 || out.Intent.Done {
+		return out, nil
+	}
+	gen, until := out.Intent.Generation, time.Now().Add(wait)
+	for time.Now().Before(until) {
+		if err := pause(ctx, 250*time.Millisecond); err != nil {
+			return nil, err
+		}
+		n, err := c.Node(ctx, node)
+		if err != nil {
+			continue // a failover: read again
+		}
+		i := slices.IndexFunc(n.Intents, func(x proto.Intent) bool { return x.Generation == gen })
+		if i < 0 {
+			return nil, fmt.Errorf("node %s: %s (generation %d) was replaced by a newer request before its result came in; see metalfleet node history %s",
+				node, describeIntent(out.Intent), gen, node)
+		}
+		if n.Intents[i].Done {
+			out.Intent = n.Intents[i]
 			return out, nil
 		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(500 * time.Millisecond):
-		}
+	}
+	return out, nil
+}
+
+func pause(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
 }
 
@@ -100,6 +125,9 @@ the command returns when the result is in, and fails if the action failed.`,
 			if !t.Valid() {
 				return fmt.Errorf("node power: %q: want on, off, soft-off or reboot", a[1])
 			}
+			if timeout <= 0 {
+				return fmt.Errorf("node power: --timeout %s: want a positive duration", timeout)
+			}
 			c, err := g.client()
 			if err != nil {
 				return err
@@ -109,7 +137,7 @@ the command returns when the result is in, and fails if the action failed.`,
 			if wait {
 				w = timeout
 			}
-			out, err := retryIntent(cmd.Context(), w, func(w time.Duration) (*proto.IntentAccepted, error) {
+			out, err := retryIntent(cmd.Context(), c, a[0], w, func(w time.Duration) (*proto.IntentAccepted, error) {
 				return c.SetPower(cmd.Context(), a[0], req, w)
 			})
 			if err != nil {
@@ -136,6 +164,9 @@ func newNodeBootDeviceCmd(g *globals) *cobra.Command {
 			if err := req.Check(); err != nil {
 				return fmt.Errorf("node boot-device: %v", err)
 			}
+			if timeout <= 0 {
+				return fmt.Errorf("node boot-device: --timeout %s: want a positive duration", timeout)
+			}
 			c, err := g.client()
 			if err != nil {
 				return err
@@ -144,7 +175,7 @@ func newNodeBootDeviceCmd(g *globals) *cobra.Command {
 			if wait {
 				w = timeout
 			}
-			out, err := retryIntent(cmd.Context(), w, func(w time.Duration) (*proto.IntentAccepted, error) {
+			out, err := retryIntent(cmd.Context(), c, a[0], w, func(w time.Duration) (*proto.IntentAccepted, error) {
 				return c.SetBootDevice(cmd.Context(), a[0], req, w)
 			})
 			if err != nil {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/metalfleet/metalfleet/coordinator/coordtest"
+	"github.com/metalfleet/metalfleet/ops/testkit"
 	"github.com/metalfleet/metalfleet/proto"
 )
 
@@ -83,4 +84,38 @@ func TestNodePowerCommands(t *testing.T) {
 
 	out = c.ok("node", "history", "p1")
 	wantContains(t, "history", out, "BMC verification, then manage", "power on requested", "power off failed")
+}
+
+// TestNodePowerWaitNeverReasserts: a `node power --wait` whose intent is
+// replaced by another operator's before its result comes in fails saying
+// so, and never sends its request again (which would re-assert the
+// superseded target).
+func TestNodePowerWaitNeverReasserts(t *testing.T) {
+	c := startCLI(t)
+	c.standIn("agent-r") // known, but it answers nothing here
+	c.ok("node", "create", "--name", "r1", "--mac", "52:54:00:00:06:01", "--rack", "pr", "--bmc-driver", "fake", "--bmc-address", "bmc-r1")
+	errc := make(chan error, 1)
+	go func() {
+		_, _, err := c.runAs(c.token, "node", "power", "r1", "on", "--wait", "--timeout", "20s")
+		errc <- err
+	}()
+	testkit.Eventually(t, 10*time.Second, "the power on recorded", func() bool {
+		n, _ := c.srv.Store().Node("r1")
+		return n != nil && len(n.Intents) == 1 && n.Intents[0].Power == proto.PowerTargetOn
+	})
+	c.ok("node", "power", "r1", "off")
+	var err error
+	select {
+	case err = <-errc:
+	case <-time.After(20 * time.Second):
+		t.Fatal("node power on --wait did not return after its intent was replaced")
+	}
+	if err == nil || !strings.Contains(err.Error(), "was replaced by a newer request") {
+		t.Fatalf("node power on --wait: %v, want an error saying it was replaced", err)
+	}
+	n, _ := c.srv.Store().Node("r1")
+	if n.BMCGeneration != 2 || len(n.Intents) != 1 || n.Intents[0].Power != proto.PowerTargetOff {
+		t.Fatalf("generation %d, intents %+v: want exactly on (1) then off (2), the on never sent again", n.BMCGeneration, n.Intents)
+	}
+	wantContains(t, "bad timeout", c.fail("node", "power", "r1", "on", "--wait", "--timeout", "-1s"), "--timeout -1s: want a positive duration")
 }

@@ -222,6 +222,11 @@ func applyBMCResult(tx *state.Tx, node *proto.Node, r *proto.AgentReport) error 
 	if i < 0 || node.Intents[i].Done {
 		return nil
 	}
+	if node.Intents[i].Agent != r.Agent {
+		// Only the agent the intent was given to answers it.
+		return proto.Errorf(proto.CodeForbidden, "generation %d of node %s is agent %s's to answer, not %s",
+			r.Generation, nodeRef(node), node.Intents[i].Agent, r.Agent)
+	}
 	n := node.Clone()
 	in := &n.Intents[i]
 	in.Done, in.Error, in.DoneAt = true, r.Error, r.Time

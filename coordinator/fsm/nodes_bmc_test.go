@@ -231,3 +231,24 @@ func TestRackChangeEndsIntents(t *testing.T) {
 func secondRack(name string) RackPut {
 	return RackPut{Create: true, Rack: proto.Rack{Name: name, Subnet: "10.8.0.0/24"}}
 }
+
+// TestIntentAnsweredOnlyByItsAgent: another agent of the rack cannot
+// answer (or end) an intent given to one agent.
+func TestIntentAnsweredOnlyByItsAgent(t *testing.T) {
+	h := newHarness(t)
+	bmcNode(h)
+	h.must(NodeIntent{Ref: "n1", Intent: proto.Intent{Action: proto.ActionPower, Power: proto.PowerTargetOff, Agent: "a1", At: t0}})
+	r := bmcReport(1, proto.ActionPower, "", t0.Add(time.Second))
+	r.Reports[0].Agent = "a2"
+	res := h.must(r).(*AgentReportsResult)
+	if len(res.Rejected) != 1 {
+		t.Fatalf("a2's answer to a1's intent: %+v, want rejected", res)
+	}
+	if n := node1(h); n.Intents[0].Done {
+		t.Fatal("another agent's answer ended the intent")
+	}
+	h.must(bmcReport(1, proto.ActionPower, "", t0.Add(2*time.Second)))
+	if n := node1(h); !n.Intents[0].Done {
+		t.Fatal("its own agent's answer did not end the intent")
+	}
+}

@@ -6,14 +6,17 @@ package httpapi_test
 // rackagent).
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/metalfleet/metalfleet/cluster/clock"
 	"github.com/metalfleet/metalfleet/coordinator/coordtest"
+	"github.com/metalfleet/metalfleet/ops/testkit"
 	"github.com/metalfleet/metalfleet/proto"
 )
 
@@ -109,26 +112,34 @@ func TestAPIPowerIntents(t *testing.T) {
 	if again.Intent.Generation != acc.Intent.Generation {
 		t.Fatalf("a retry made generation %d, want %d again", again.Intent.Generation, acc.Intent.Generation)
 	}
-	// ?wait= returns when the agent answered.
-	done := make(chan proto.IntentAccepted, 1)
+	a.Answer("") // generation 1 (req-1): done
+	// ?wait= holds the answer until the agent's result is in: a new
+	// request, recorded, then answered while the call waits.
+	done := make(chan reply, 1)
 	go func() {
-		var out proto.IntentAccepted
-		e.ok(200, "PUT", "/v1/nodes/p1/power?wait=20s", asAdmin, proto.PowerRequest{Target: proto.PowerTargetOn, RequestID: "req-1"}, &out)
-		done <- out
+		done <- e.call("PUT", "/v1/nodes/p1/power?wait=20s", asAdmin, proto.PowerRequest{Target: proto.PowerTargetReboot, RequestID: "req-2"})
 	}()
-	deadline := time.Now().Add(20 * time.Second)
-	answered := 0
-	for answered == 0 && time.Now().Before(deadline) {
-		answered = a.Answer("")
-	}
-	var got proto.IntentAccepted
+	testkit.Eventually(t, 10*time.Second, "the reboot recorded", func() bool {
+		n, _ := e.srv.Store().Node("p1")
+		return n != nil && slices.ContainsFunc(n.Intents, func(in proto.Intent) bool { return in.Request == "req-2" })
+	})
 	select {
-	case got = <-done:
+	case r := <-done:
+		t.Fatalf("?wait=20s answered %d before the agent's result: %s", r.Status, r.Body)
+	default:
+	}
+	if a.Answer("") != 1 {
+		t.Fatal("the reboot did not reach the agent")
+	}
+	var r reply
+	select {
+	case r = <-done:
 	case <-time.After(20 * time.Second):
 		t.Fatal("?wait= did not return after the agent answered")
 	}
-	if !got.Intent.Done || got.Intent.Error != "" || got.Intent.Generation != acc.Intent.Generation {
-		t.Fatalf("waited answer: %+v", got.Intent)
+	var got proto.IntentAccepted
+	if r.Status != 200 || json.Unmarshal(r.Body, &got) != nil || !got.Intent.Done || got.Intent.Error != "" || got.Intent.Power != proto.PowerTargetReboot {
+		t.Fatalf("waited answer: %d %s", r.Status, r.Body)
 	}
 	if sn, _ := e.srv.Store().Node("p1"); sn.PowerState != proto.PowerOn {
 		t.Fatalf("power after the result: %s", sn.PowerState)
@@ -158,7 +169,7 @@ func TestAPIPowerIntents(t *testing.T) {
 			t.Errorf("agent's boot state BMC of p1: %+v", bn.BMC)
 		}
 	}
-	r := e.ok(200, "GET", "/v1/agent/bootstate?rack="+bmcRack, asAdmin, nil, nil)
+	r = e.ok(200, "GET", "/v1/agent/bootstate?rack="+bmcRack, asAdmin, nil, nil)
 	if strings.Contains(string(r.Body), "pw-p1") || !strings.Contains(string(r.Body), `"password_set": true`) {
 		t.Errorf("an admin's boot state shows the BMC password (or not password_set): %s", r.Body)
 	}

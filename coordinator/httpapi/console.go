@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"net"
 	"net/http"
@@ -320,11 +319,7 @@ func (a *API) mgmtAgents(rack, node string) []proto.AgentInfo {
 		}
 		return 2
 	}
-	score := func(name string) uint64 {
-		h := fnv.New64a()
-		h.Write([]byte(node + "\x00" + name))
-		return h.Sum64()
-	}
+	score := func(name string) uint64 { return rendezvous(node, name) } // as intents are given out
 	sort.Slice(out, func(i, j int) bool {
 		if ri, rj := rank(out[i].Status), rank(out[j].Status); ri != rj {
 			return ri < rj

@@ -280,6 +280,9 @@ func (a *API) provision(c *call) (any, error) {
 	if t.Hardware {
 		return nil, proto.Errorf(proto.CodeUnsupported, "target %s needs a rack agent to drive the hardware; this coordinator does not drive hardware yet", req.Target)
 	}
+	if _, err := waitParam(c); err != nil {
+		return nil, err // ?wait= is for manage; a bad one is refused for any target
+	}
 	if req.Target == "manage" {
 		// manage verifies the BMC first: the node becomes manageable when
 		// its rack agent has connected with the node's credentials.
