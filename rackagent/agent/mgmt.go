@@ -46,7 +46,7 @@ type Diag struct {
 // token the coordinator refused is remembered for a minute too (at most
 // mgmtBadMax of them), one check per token is in flight at a time (the
 // others wait for its answer), at most mgmtMaxChecks checks are in flight
-// in all, each waits at most mgmtCheckTimeout, and a source address past
+// in all (console ticket redemptions included), each waits at most mgmtCheckTimeout, and a source address past
 // mgmtFailBurst failures (refilled at mgmtFailRate a second) is answered
 // 429 without a check.
 type mgmtAuth struct {
@@ -185,15 +185,10 @@ func (m *mgmtAuth) check(ctx context.Context, token, ip string) error {
 func (m *mgmtAuth) ask(ctx context.Context, token string) error {
 	ctx, cancel := context.WithTimeout(ctx, mgmtCheckTimeout)
 	defer cancel()
-	m.queued.Add(1)
-	select {
-	case m.sem <- struct{}{}:
-		m.queued.Add(-1)
-		defer func() { <-m.sem }()
-	case <-ctx.Done():
-		m.queued.Add(-1)
+	if !m.slot(ctx) {
 		return proto.Errorf(proto.CodeUnavailable, "cannot verify the token now: too many checks in flight")
 	}
+	defer m.unslot()
 	m.checks.Add(1)
 	c := apiclient.New(strings.Join(m.addrs(), ","), token)
 	// An admin-only read of one item: the answer stays small however
@@ -209,6 +204,22 @@ func (m *mgmtAuth) ask(ctx context.Context, token string) error {
 		return proto.Errorf(proto.CodeUnavailable, "cannot verify the token with the coordinator: %v", err)
 	}
 }
+
+// slot takes one of the mgmtMaxChecks slots of coordinator checks (token
+// checks and console ticket redemptions alike), waiting until ctx ends;
+// false if none came free. unslot gives it back.
+func (m *mgmtAuth) slot(ctx context.Context) bool {
+	m.queued.Add(1)
+	defer m.queued.Add(-1)
+	select {
+	case m.sem <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (m *mgmtAuth) unslot() { <-m.sem }
 
 // mayFailLocked reports whether ip has a failure left in its bucket.
 func (m *mgmtAuth) mayFailLocked(ip string, now time.Time) bool {

@@ -95,12 +95,13 @@ func (c *driverConsole) Close() error {
 
 // ticketAuth redeems console tickets, bounded as mgmtAuth bounds token
 // checks: a malformed ticket costs no coordinator call, a source past its
-// failure budget is answered 429, and at most mgmtMaxChecks redemptions
-// are in flight.
+// failure budget is answered 429, a redemption takes a failure from the
+// source's budget until the coordinator accepts the ticket (so distinct
+// tickets sent at once cannot outrun the budget), and redemptions share
+// mgmtAuth's mgmtMaxChecks slots with token checks.
 type ticketAuth struct {
-	m      *mgmtAuth // its per-source failure budget
+	m      *mgmtAuth // its per-source failure budget and check slots
 	redeem func(ctx context.Context, secret string) (*apiclient.ConsoleTicket, error)
-	sem    chan struct{}
 }
 
 // take redeems the ticket of r, sent from ip.
@@ -113,33 +114,39 @@ func (t *ticketAuth) take(ctx context.Context, r *http.Request, ip string) (*api
 		t.m.mu.Unlock()
 		return nil, proto.Errorf(proto.CodeRateLimited, "too many failed authentications from %s; slow down", ip)
 	}
+	// Charged now, malformed or not; refunded below unless the
+	// coordinator refuses the ticket.
+	t.m.failLocked(ip, now)
+	t.m.mu.Unlock()
 	if !strings.EqualFold(scheme, apiclient.TicketScheme) || !wellFormedTicket(secret) {
-		t.m.failLocked(ip, now)
-		t.m.mu.Unlock()
 		return nil, proto.Errorf(proto.CodeUnauthorized, "want Authorization: Ticket <secret>, a console ticket the coordinator made (GET /v1/nodes/{id}/console there)")
 	}
-	t.m.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, mgmtCheckTimeout)
 	defer cancel()
-	select {
-	case t.sem <- struct{}{}:
-		defer func() { <-t.sem }()
-	case <-ctx.Done():
+	if !t.m.slot(ctx) {
+		t.refund(ip)
 		return nil, proto.Errorf(proto.CodeUnavailable, "cannot redeem the console ticket now: too many in flight")
 	}
 	tk, err := t.redeem(ctx, secret)
+	t.m.unslot()
 	var ae *apiclient.Error
 	switch {
 	case err == nil:
+		t.refund(ip)
 		return tk, nil
 	case errors.As(err, &ae) && (ae.Status == http.StatusUnauthorized || ae.Status == http.StatusForbidden):
-		t.m.mu.Lock()
-		t.m.failLocked(ip, t.m.now())
-		t.m.mu.Unlock()
 		return nil, proto.Errorf(proto.CodeUnauthorized, "console ticket refused by the coordinator: %s", ae.Message)
 	default:
+		t.refund(ip)
 		return nil, proto.Errorf(proto.CodeUnavailable, "cannot redeem the console ticket with the coordinator: %v", err)
 	}
+}
+
+// refund gives back the failure take charged ip.
+func (t *ticketAuth) refund(ip string) {
+	t.m.mu.Lock()
+	t.m.refundLocked(ip)
+	t.m.mu.Unlock()
 }
 
 // wellFormedTicket: tickets are 32 random bytes in hex.
@@ -157,7 +164,7 @@ func wellFormedTicket(s string) bool {
 
 // consoleRoutes serves /v1/console/ with ticket authentication.
 func (a *Agent) consoleRoutes() http.Handler {
-	ta := &ticketAuth{m: a.mgmtAuth, sem: make(chan struct{}, mgmtMaxChecks),
+	ta := &ticketAuth{m: a.mgmtAuth,
 		redeem: func(ctx context.Context, secret string) (*apiclient.ConsoleTicket, error) {
 			return a.client.RedeemConsoleTicket(ctx, a.cfg.Rack, secret)
 		}}

@@ -1,15 +1,19 @@
 package agent
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/metalfleet/metalfleet/coordinator/apiclient"
+	"github.com/metalfleet/metalfleet/ops/testkit"
 	"github.com/metalfleet/metalfleet/proto"
 )
 
@@ -100,5 +104,87 @@ func TestConsoleTicketAuth(t *testing.T) {
 	}
 	if n := calls() - before; n > mgmtFailBurst+1 || limited == 0 {
 		t.Errorf("100 refused tickets: %d coordinator calls (want at most %d), %d answered 429 (want some)", n, mgmtFailBurst+1, limited)
+	}
+}
+
+// TestConsoleTicketsAtOnce: many fake tickets sent at once from one
+// source are charged to its failure budget before the coordinator is
+// asked, so at most a burst of them reach it; and ticket redemptions
+// share mgmtAuth's slots with token checks, so at most mgmtMaxChecks
+// coordinator checks are in flight in all.
+func TestConsoleTicketsAtOnce(t *testing.T) {
+	const tickets, tokens = 30, mgmtMaxChecks
+	var mu sync.Mutex
+	inFlight, most, redeems := 0, 0, 0
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/agent/console-ticket" && r.URL.Path != "/v1/tokens" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		mu.Lock()
+		if r.URL.Path == "/v1/agent/console-ticket" {
+			redeems++
+		}
+		inFlight++
+		most = max(most, inFlight)
+		mu.Unlock()
+		<-release
+		mu.Lock()
+		inFlight--
+		mu.Unlock()
+		w.WriteHeader(http.StatusUnauthorized)
+		json.NewEncoder(w).Encode(proto.ErrorBody{Error: proto.Errorf(proto.CodeUnauthorized, "unknown")})
+	}))
+	defer srv.Close()
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	defer free() // before srv.Close, even when the test fails
+	a := runAgent(t, srv.URL)
+
+	var finished atomic.Int64
+	var wg sync.WaitGroup
+	// Admin-token checks from other sources hold coordinator slots too.
+	for i := range tokens {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer finished.Add(1)
+			_ = a.mgmtAuth.check(context.Background(), fmt.Sprintf("token-%d", i), fmt.Sprintf("10.0.3.%d", i))
+		}()
+	}
+	url := "http://" + a.mgmtLn.Addr().String() + "/v1/console/node-a"
+	for i := range tickets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer finished.Add(1)
+			req, _ := http.NewRequest("GET", url, nil)
+			req.Header.Set("Authorization", fmt.Sprintf("Ticket %064x", i+5000))
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			resp, err := http.DefaultClient.Do(req.WithContext(ctx))
+			if err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
+	// Every request in flight at the coordinator, waiting for a slot or
+	// answered (or the cap already broken).
+	testkit.Eventually(t, 10*time.Second, "every request in flight, waiting or answered", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return most > mgmtMaxChecks || int64(inFlight)+a.mgmtAuth.queued.Load()+finished.Load() == tickets+tokens
+	})
+	free()
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if most > mgmtMaxChecks {
+		t.Errorf("%d coordinator checks in flight at once, want at most %d", most, mgmtMaxChecks)
+	}
+	// The budget refills at mgmtFailRate a second: one more for slack.
+	if redeems > mgmtFailBurst+1 {
+		t.Errorf("%d fake tickets at once from one source: %d coordinator redemptions, want at most %d", tickets, redeems, mgmtFailBurst+1)
 	}
 }
