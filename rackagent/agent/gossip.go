@@ -19,14 +19,19 @@ type gossipSplit struct {
 	rack string
 }
 
-func (s gossipSplit) Mine(mac net.HardwareAddr) bool {
-	alive := s.g.Alive(gossip.RoleAgent, s.rack)
+func (s gossipSplit) Mine(mac net.HardwareAddr) bool { return gossipMine(s.g, s.rack, s.self, mac) }
+
+// gossipMine reports whether a stable hash of key picks self among rack's
+// agents that g says are alive; true when self is the only one (or none
+// is known).
+func gossipMine(g *gossip.Gossip, rack, self string, key []byte) bool {
+	alive := g.Alive(gossip.RoleAgent, rack)
 	if len(alive) <= 1 {
 		return true
 	}
 	h := fnv.New32a()
-	h.Write(mac)
-	return alive[h.Sum32()%uint32(len(alive))] == s.self
+	h.Write(key)
+	return alive[h.Sum32()%uint32(len(alive))] == self
 }
 
 // followCoordinators adds the coordinators gossip knows of to the API

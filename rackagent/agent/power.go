@@ -1,8 +1,6 @@
 package agent
 
 import (
-	"hash/fnv"
-
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/metalfleet/metalfleet/cluster/gossip"
@@ -19,15 +17,7 @@ type powerSplit struct {
 	rack string
 }
 
-func (s powerSplit) Mine(uuid string) bool {
-	alive := s.g.Alive(gossip.RoleAgent, s.rack)
-	if len(alive) <= 1 {
-		return true
-	}
-	h := fnv.New32a()
-	h.Write([]byte(uuid))
-	return alive[h.Sum32()%uint32(len(alive))] == s.self
-}
+func (s powerSplit) Mine(uuid string) bool { return gossipMine(s.g, s.rack, s.self, []byte(uuid)) }
 
 // Power is the agent's out-of-band control: intents and power sync.
 func (a *Agent) Power() *power.Manager { return a.power }
