@@ -135,6 +135,36 @@ type Intent struct {
 	DoneAt time.Time `json:"done_at,omitzero"`
 }
 
+// Describe says what the intent asks for, for history, errors and the CLI:
+// "power reboot", "boot device pxe (once) uefi", "BMC verification, then
+// manage".
+func (in Intent) Describe() string {
+	switch in.Action {
+	case ActionPower:
+		return "power " + string(in.Power)
+	case ActionBootDevice:
+		if in.Boot == nil {
+			return "boot device"
+		}
+		s := "boot device " + string(in.Boot.Device)
+		if in.Boot.Persistent {
+			s += " (persistent)"
+		} else {
+			s += " (once)"
+		}
+		if in.Boot.Mode != "" {
+			s += " " + string(in.Boot.Mode)
+		}
+		return s
+	case ActionVerify:
+		if in.OnSuccess != "" {
+			return "BMC verification, then " + string(in.OnSuccess)
+		}
+		return "BMC verification"
+	}
+	return string(in.Action)
+}
+
 // BMCState is what the last contact with a node's BMC found.
 type BMCState string
 

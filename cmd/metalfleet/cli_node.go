@@ -188,7 +188,7 @@ func fmtIntents(ins []proto.Intent) string {
 		case in.Done:
 			st = "done"
 		}
-		parts = append(parts, fmt.Sprintf("#%d %s (%s, agent %s)", in.Generation, describeIntent(in), st, in.Agent))
+		parts = append(parts, fmt.Sprintf("#%d %s (%s, agent %s)", in.Generation, in.Describe(), st, in.Agent))
 	}
 	return strings.Join(parts, "; ")
 }

@@ -54,7 +54,7 @@ func retryIntent(ctx context.Context, c *apiclient.Client, node string, wait tim
 		i := slices.IndexFunc(n.Intents, func(x proto.Intent) bool { return x.Generation == gen })
 		if i < 0 {
 			return nil, fmt.Errorf("node %s: %s (generation %d) was replaced by a newer request before its result came in; see metalfleet node history %s",
-				node, describeIntent(out.Intent), gen, node)
+				node, out.Intent.Describe(), gen, node)
 		}
 		if n.Intents[i].Done {
 			out.Intent = n.Intents[i]
@@ -85,28 +85,16 @@ func (g *globals) intentDone(node string, out *proto.IntentAccepted, waited bool
 	in := out.Intent
 	switch {
 	case in.Done && in.Error != "":
-		return fmt.Errorf("node %s: %s failed: %s", node, describeIntent(in), in.Error)
+		return fmt.Errorf("node %s: %s failed: %s", node, in.Describe(), in.Error)
 	case g.json():
 	case in.Done:
-		g.printf("node %s: %s done (generation %d)", node, describeIntent(in), in.Generation)
+		g.printf("node %s: %s done (generation %d)", node, in.Describe(), in.Generation)
 	case waited:
-		return fmt.Errorf("node %s: %s not done yet (generation %d, agent %s); see metalfleet node show %s", node, describeIntent(in), in.Generation, in.Agent, node)
+		return fmt.Errorf("node %s: %s not done yet (generation %d, agent %s); see metalfleet node show %s", node, in.Describe(), in.Generation, in.Agent, node)
 	default:
-		g.printf("node %s: %s requested (generation %d, agent %s)", node, describeIntent(in), in.Generation, in.Agent)
+		g.printf("node %s: %s requested (generation %d, agent %s)", node, in.Describe(), in.Generation, in.Agent)
 	}
 	return nil
-}
-
-func describeIntent(in proto.Intent) string {
-	switch in.Action {
-	case proto.ActionPower:
-		return "power " + string(in.Power)
-	case proto.ActionBootDevice:
-		if in.Boot != nil {
-			return "boot device " + string(in.Boot.Device)
-		}
-	}
-	return string(in.Action)
 }
 
 func newNodePowerCmd(g *globals) *cobra.Command {

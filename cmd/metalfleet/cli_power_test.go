@@ -55,7 +55,7 @@ func TestNodePowerCommands(t *testing.T) {
 		t.Errorf("power after node power on: %s", n.PowerState)
 	}
 	out = c.ok("node", "boot-device", "p1", "pxe", "--wait")
-	wantContains(t, "boot-device", out, "boot device pxe done")
+	wantContains(t, "boot-device", out, "boot device pxe (once) done")
 	kv := parseKVOut(t, c.ok("node", "show", "p1"))
 	if !strings.HasPrefix(kv["bmc.status"], "ok (Stand-in BMC") || !strings.Contains(kv["intents"], "power on (done") {
 		t.Errorf("node show: bmc.status %q intents %q", kv["bmc.status"], kv["intents"])

@@ -56,7 +56,7 @@ func applyIntentsExpire(tx *state.Tx, c *IntentsExpire) (any, error) {
 		in := &n.Intents[i]
 		why := fmt.Sprintf("no result from rack agent %s by %s: outcome unknown", in.Agent, in.Expires.Format(time.RFC3339))
 		in.Done, in.Error, in.DoneAt = true, why, c.Now
-		n.LastError = intentText(*in) + " failed: " + why
+		n.LastError = in.Describe() + " failed: " + why
 		n.UpdatedAt = c.Now
 		tx.PutNode(n)
 		tx.AppendHistory(n.UUID, proto.HistoryEvent{Time: c.Now, Kind: "intent-result", User: "system",
@@ -88,7 +88,7 @@ func endIntents(tx *state.Tx, n *proto.Node, why string, now time.Time) {
 		}
 		in.Done, in.Error, in.DoneAt = true, why, now
 		tx.AppendHistory(n.UUID, proto.HistoryEvent{Time: now, Kind: "intent-result", User: "system",
-			Message: fmt.Sprintf("generation %d: %s not executed: %s", in.Generation, intentText(*in), why)})
+			Message: fmt.Sprintf("generation %d: %s not executed: %s", in.Generation, in.Describe(), why)})
 	}
 }
 
@@ -179,31 +179,7 @@ func addIntent(tx *state.Tx, n *proto.Node, in proto.Intent) {
 	n.Intents = slices.DeleteFunc(n.Intents, func(x proto.Intent) bool { return x.Action == in.Action })
 	n.Intents = append(n.Intents, in)
 	tx.AppendHistory(n.UUID, proto.HistoryEvent{Time: in.At, Kind: "intent", User: in.By,
-		Message: fmt.Sprintf("%s requested (generation %d, agent %s)", intentText(in), in.Generation, in.Agent)})
-}
-
-func intentText(in proto.Intent) string {
-	switch in.Action {
-	case proto.ActionPower:
-		return "power " + string(in.Power)
-	case proto.ActionBootDevice:
-		s := "boot device " + string(in.Boot.Device)
-		if in.Boot.Persistent {
-			s += " (persistent)"
-		} else {
-			s += " (once)"
-		}
-		if in.Boot.Mode != "" {
-			s += " " + string(in.Boot.Mode)
-		}
-		return s
-	case proto.ActionVerify:
-		if in.OnSuccess != "" {
-			return "BMC verification, then " + string(in.OnSuccess)
-		}
-		return "BMC verification"
-	}
-	return string(in.Action)
+		Message: fmt.Sprintf("%s requested (generation %d, agent %s)", in.Describe(), in.Generation, in.Agent)})
 }
 
 // applyBMCResult applies an agent's answer to an intent. An answer to an
@@ -234,14 +210,14 @@ func applyBMCResult(tx *state.Tx, node *proto.Node, r *proto.AgentReport) error 
 	if r.PowerState != "" && !r.Time.Before(n.PowerUpdatedAt) {
 		n.PowerState, n.PowerUpdatedAt = r.PowerState, r.Time
 	}
-	msg := intentText(*in) + ": done"
+	msg := in.Describe() + ": done"
 	switch {
 	case r.Error != "":
-		msg = intentText(*in) + " failed: " + r.Error
+		msg = in.Describe() + " failed: " + r.Error
 		if in.OnSuccess == "manage" {
 			n.LastError = "BMC verification failed, node stays " + string(n.ProvisionState) + ": " + r.Error
 		} else {
-			n.LastError = intentText(*in) + " failed: " + r.Error
+			n.LastError = in.Describe() + " failed: " + r.Error
 		}
 	case in.OnSuccess != "":
 		to, err := proto.CheckTransition(nodeRef(n), n.ProvisionState, in.OnSuccess)
