@@ -31,6 +31,23 @@ type Artifact struct {
 	Size   int64  `json:"size,omitempty"`
 }
 
+// Clone returns a deep copy (nil for nil).
+func (b *BootConfig) Clone() *BootConfig {
+	if b == nil {
+		return nil
+	}
+	c := *b
+	if b.Kernel != nil {
+		k := *b.Kernel
+		c.Kernel = &k
+	}
+	if b.Initrd != nil {
+		i := *b.Initrd
+		c.Initrd = &i
+	}
+	return &c
+}
+
 // BootConfig is what one node should boot next.
 type BootConfig struct {
 	Kind    BootKind  `json:"kind"`
@@ -55,6 +72,8 @@ type BootNode struct {
 	// BMC is how to reach the node's BMC, with its credentials and
 	// pending intents; absent for a node without a BMC driver.
 	BMC *BootBMC `json:"bmc,omitempty"`
+	// Task is the node's running task, while its ramdisk should run it.
+	Task *TaskPlan `json:"task,omitempty"`
 }
 
 // Lease is a dynamic-pool address bound to a MAC by one agent.

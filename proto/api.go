@@ -62,6 +62,12 @@ type SettingsPatch struct {
 	DiscoveryKernel  *string `json:"discovery_kernel,omitempty"`
 	DiscoveryRamdisk *string `json:"discovery_ramdisk,omitempty"`
 	DiscoveryCmdline *string `json:"discovery_cmdline,omitempty"`
+	TasksKernel      *string `json:"tasks_kernel,omitempty"`
+	TasksRamdisk     *string `json:"tasks_ramdisk,omitempty"`
+	TasksCmdline     *string `json:"tasks_cmdline,omitempty"`
+	// VendorTools replaces the whole list (an empty list: the built-in
+	// lab tool only).
+	VendorTools *[]VendorTool `json:"vendor_tools,omitempty"`
 }
 
 // TokenCreate is the body of POST /v1/tokens.

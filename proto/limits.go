@@ -261,6 +261,15 @@ func (r *AgentReport) Validate() error {
 	if len(r.Data) > 0 && !json.Valid(r.Data) {
 		return Errorf(CodeInvalid, "data: not valid JSON")
 	}
+	if r.Kind == ReportCallback && r.Step == StepTask {
+		var sr StepReport
+		if err := json.Unmarshal(r.Data, &sr); err != nil {
+			return Errorf(CodeInvalid, "data: not a step report: %v", err)
+		}
+		if err := sr.Validate(); err != nil {
+			return prefixed("data.", err)
+		}
+	}
 	if r.Kind == ReportCallback && r.Step == StepInventory {
 		var inv Inventory
 		if err := json.Unmarshal(r.Data, &inv); err != nil {

@@ -87,10 +87,27 @@ type Node struct {
 	// Intents are the node's out-of-band intents, the latest per action.
 	Intents []Intent `json:"intents,omitempty"`
 	// BMCGeneration is the generation of the node's latest intent.
-	BMCGeneration uint64    `json:"bmc_generation,omitempty"`
-	CreatedAt     time.Time `json:"created_at"`
-	UpdatedAt     time.Time `json:"updated_at"`
+	BMCGeneration uint64 `json:"bmc_generation,omitempty"`
+	// Boot is the node's boot config when a task set one (nil: what its
+	// state gives, decide.NodeBoot); SavedBoot is the one a running task
+	// replaced, restored when the task ends.
+	Boot      *BootConfig `json:"boot,omitempty"`
+	SavedBoot *SavedBoot  `json:"saved_boot,omitempty"`
+	// Task is the id of the node's running task.
+	Task string `json:"task,omitempty"`
+	// TaskResults is the latest finished task of each kind.
+	TaskResults map[TaskKind]*TaskSummary `json:"task_results,omitempty"`
+	CreatedAt   time.Time                 `json:"created_at"`
+	UpdatedAt   time.Time                 `json:"updated_at"`
 	Meta
+}
+
+// SavedBoot is a boot config a task replaced: Boot nil means the node
+// had none of its own (it booted what its state gives).
+type SavedBoot struct {
+	Boot *BootConfig `json:"boot,omitempty"`
+	// Task is the task that saved it.
+	Task string `json:"task"`
 }
 
 // Clone returns a deep copy, so a caller may change it without touching
@@ -118,6 +135,22 @@ func (n *Node) Clone() *Node {
 			b.Info = &i
 		}
 		c.BMCStatus = &b
+	}
+	c.Boot = n.Boot.Clone()
+	if n.SavedBoot != nil {
+		sb := SavedBoot{Boot: n.SavedBoot.Boot.Clone(), Task: n.SavedBoot.Task}
+		c.SavedBoot = &sb
+	}
+	if n.TaskResults != nil {
+		c.TaskResults = make(map[TaskKind]*TaskSummary, len(n.TaskResults))
+		for k, v := range n.TaskResults {
+			ts := *v
+			ts.Results = make(map[string]json.RawMessage, len(v.Results))
+			for rk, rv := range v.Results {
+				ts.Results[rk] = append(json.RawMessage(nil), rv...)
+			}
+			c.TaskResults[k] = &ts
+		}
 	}
 	if n.Intents != nil {
 		c.Intents = make([]Intent, len(n.Intents))
@@ -225,6 +258,15 @@ type Settings struct {
 	// DiscoveryCmdline is added to the discovery kernel's command line
 	// (console=ttyS0, metalfleet.poweroff=false to keep machines up, ...).
 	DiscoveryCmdline string `json:"discovery_cmdline,omitempty"`
+	// TasksKernel and TasksRamdisk are the images a task boots (kernel and
+	// ramdisk; a node's properties tasks.kernel and tasks.ramdisk override
+	// them), TasksCmdline is added to its command line.
+	TasksKernel  string `json:"tasks_kernel,omitempty"`
+	TasksRamdisk string `json:"tasks_ramdisk,omitempty"`
+	TasksCmdline string `json:"tasks_cmdline,omitempty"`
+	// VendorTools are the vendor tools by hardware model; empty means the
+	// built-in LabTool only.
+	VendorTools []VendorTool `json:"vendor_tools,omitempty"`
 	Meta
 }
 

@@ -11,4 +11,8 @@ type SettingsView struct {
 	// DiscoveryInactiveReason says why discovery is not active, naming
 	// the setting ("discovery.kernel is not set").
 	DiscoveryInactiveReason string `json:"discovery_inactive_reason,omitempty"`
+	// TasksReady: tasks can boot (tasks.kernel and tasks.ramdisk name
+	// images of the right kinds); TasksNotReadyReason says why not.
+	TasksReady          bool   `json:"tasks_ready"`
+	TasksNotReadyReason string `json:"tasks_not_ready_reason,omitempty"`
 }
