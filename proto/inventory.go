@@ -75,6 +75,12 @@ type Disk struct {
 	WWN        string `json:"wwn,omitempty"`
 	Rotational bool   `json:"rotational"`
 	ByPath     string `json:"by_path,omitempty"`
+	// RAID is the level of a Linux software RAID array ("raid0",
+	// "raid1", "raid10", as /sys/block/mdN/md/level has it); empty for a
+	// plain disk.
+	RAID string `json:"raid,omitempty"`
+	// Members are the names of an array's member devices (sorted).
+	Members []string `json:"members,omitempty"`
 }
 
 // Interface is one network interface.

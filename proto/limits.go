@@ -391,6 +391,13 @@ func (inv *Inventory) Validate() error {
 		str(idx("disks", i, "serial"), d.Serial)
 		str(idx("disks", i, "wwn"), d.WWN)
 		str(idx("disks", i, "by_path"), d.ByPath)
+		str(idx("disks", i, "raid"), d.RAID)
+		if e := count(idx("disks", i, "members"), len(d.Members), MaxInvDisks); e != nil && err == nil {
+			err = e
+		}
+		for j, m := range d.Members {
+			str(idx("disks", i, "members["+strconv.Itoa(j)+"]"), m)
+		}
 	}
 	for i, p := range inv.PCI {
 		str(idx("pci", i, "address"), p.Address)
