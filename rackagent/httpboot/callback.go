@@ -106,6 +106,15 @@ func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if step == proto.StepTask {
+		rep, err := checkStepReport(node, body)
+		if err != nil {
+			log.Warn("step report refused", "source", ip, "err", err)
+			writeError(w, err)
+			return
+		}
+		log = log.With("task", rep.Task, "task_step", rep.Step, "event", rep.Event)
+	}
 	if discovery {
 		switch s.recent.claim(mac, sha256.Sum256(body), s.now()) {
 		case claimRepeat:

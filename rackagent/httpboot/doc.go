@@ -8,7 +8,11 @@
 //
 //	GET  /boot/{mac}.ipxe      the MAC's iPXE script (text)
 //	GET  /artifacts/{sha256}   a cached artifact (Range, HEAD, ETag)
-//	POST /v1/callback/{step}   a ramdisk's report (JSON, bearer task token)
+//	POST /v1/callback/{step}   a ramdisk's report (JSON, bearer task token);
+//	                           step "task" is a proto.StepReport, checked
+//	GET  /v1/task              a task ramdisk's plan (bearer task token)
+//	GET  /v1/burnin/source     ?bytes=N: N bytes (network burn-in, token)
+//	POST /v1/burnin/sink       the body read and dropped (burn-in, token)
 //
 // Nothing here authenticates the requester but a task token, so nothing
 // an unauthenticated request does may grow without bound: a script or

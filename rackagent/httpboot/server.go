@@ -81,6 +81,10 @@ type Config struct {
 	Files FileOpener
 	// Metrics, if set, is served at GET /metrics.
 	Metrics http.Handler
+	// BurninConcurrency bounds the network burn-in transfers running at
+	// once (default 8); BurninTimeout bounds one (default 10 minutes).
+	BurninConcurrency int
+	BurninTimeout     time.Duration
 }
 
 // FileOpener opens a first-stage boot file by name, refusing any name
@@ -98,6 +102,7 @@ type Server struct {
 	recent  *recentSet
 	limiter *limiter
 	events  *eventLimiter
+	burnin  chan struct{} // network burn-in transfer slots
 }
 
 // New returns a Server; it listens only in Serve.
@@ -126,6 +131,12 @@ func New(cfg Config) *Server {
 	if cfg.BootEventEvery <= 0 {
 		cfg.BootEventEvery = 5 * time.Second
 	}
+	if cfg.BurninConcurrency <= 0 {
+		cfg.BurninConcurrency = 8
+	}
+	if cfg.BurninTimeout <= 0 {
+		cfg.BurninTimeout = 10 * time.Minute
+	}
 	s := &Server{
 		cfg:     cfg,
 		log:     cfg.Logger,
@@ -134,10 +145,14 @@ func New(cfg Config) *Server {
 		recent:  newRecentSet(),
 		limiter: newLimiter(cfg.CallbackRate, cfg.CallbackBurst),
 		events:  newEventLimiter(cfg.BootEventEvery),
+		burnin:  make(chan struct{}, cfg.BurninConcurrency),
 	}
 	s.mux.HandleFunc("GET /boot/{file}", s.handleScript)
 	s.mux.HandleFunc("GET /artifacts/{sha256}", s.handleArtifact)
 	s.mux.HandleFunc("POST "+proto.CallbackPath, s.handleCallback)
+	s.mux.HandleFunc("GET "+proto.TaskPlanPath, s.handlePlan)
+	s.mux.HandleFunc("GET "+proto.BurninSourcePath, s.handleBurninSource)
+	s.mux.HandleFunc("POST "+proto.BurninSinkPath, s.handleBurninSink)
 	if cfg.Files != nil {
 		s.mux.HandleFunc("GET /tftp/{file...}", s.handleFile)
 	}
@@ -294,7 +309,7 @@ func (s *Server) handleArtifact(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log := s.log.With("sha256", sha, "remote", r.RemoteAddr)
-	a, ok := s.cfg.Backend.ArtifactBySHA(sha)
+	a, ok := s.lookupArtifact(sha, r)
 	if !ok {
 		http.Error(w, "no artifact "+sha, http.StatusNotFound)
 		return
