@@ -210,6 +210,8 @@ const (
 	ImageKernel  ImageKind = "kernel"
 	ImageRamdisk ImageKind = "ramdisk"
 	ImageDisk    ImageKind = "disk"
+	// ImageFirmware: a firmware image a firmware task applies.
+	ImageFirmware ImageKind = "firmware"
 )
 
 // Image is a kernel, ramdisk or disk image that rack agents fetch from URL

@@ -131,7 +131,9 @@ type Task struct {
 	// Vendor names the vendor tool chosen for the node's hardware model.
 	Vendor string `json:"vendor,omitempty"`
 	By     string `json:"by,omitempty"`
-	Error  string `json:"error,omitempty"`
+	// Request is the client's request id (TaskRequest.RequestID).
+	Request string `json:"request_id,omitempty"`
+	Error   string `json:"error,omitempty"`
 	// ConsoleLog is the tail of the node's serial console during the
 	// task, attached when it failed (at most MaxTaskConsoleLog bytes).
 	ConsoleLog string `json:"console_log,omitempty"`

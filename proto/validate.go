@@ -229,9 +229,9 @@ func (im *Image) Check() error {
 		return err
 	}
 	switch im.Kind {
-	case ImageKernel, ImageRamdisk, ImageDisk:
+	case ImageKernel, ImageRamdisk, ImageDisk, ImageFirmware:
 	default:
-		return Errorf(CodeInvalid, "kind %q: want kernel, ramdisk or disk", im.Kind)
+		return Errorf(CodeInvalid, "kind %q: want kernel, ramdisk, disk or firmware", im.Kind)
 	}
 	u, err := url.Parse(im.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "file") || (u.Scheme != "file" && u.Host == "") || (u.Scheme == "file" && u.Path == "") {

@@ -6,6 +6,7 @@
 package decide
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 
@@ -73,6 +74,9 @@ func Artifact(im *proto.Image) *proto.Artifact {
 // its local disk until a task (later: inspection, deploy, rescue) gives
 // it a ramdisk.
 func NodeBoot(n *proto.Node, d Discovery) proto.BootConfig {
+	if n.Boot != nil {
+		return *n.Boot.Clone()
+	}
 	if !n.Enrolled && d.Active {
 		return d.Boot
 	}
@@ -100,23 +104,52 @@ func NodeBMC(n *proto.Node) *proto.BootBMC {
 	return b
 }
 
+// RackInput is what a rack's boot state is made of (state.RackView).
+type RackInput struct {
+	Rack     *proto.Rack
+	Nodes    []*proto.Node
+	Leases   []*proto.Lease
+	Settings proto.Settings
+	Images   map[string]*proto.Image
+	// Tasks are the tasks by id; TaskKey derives their tokens.
+	Tasks   map[string]*proto.Task
+	TaskKey []byte
+}
+
 // RackBootState is what a rack's agents are told: the rack, the discovery
 // boot and whether unknown MACs get it, every node of the rack with what
-// it boots, and every lease recorded for the rack (the asking agent's own
-// included: an agent that lost its data directory learns from them what
-// it may not offer). Index is left to the caller.
-func RackBootState(r *proto.Rack, nodes []*proto.Node, leases []*proto.Lease, s proto.Settings, images map[string]*proto.Image) proto.RackBootState {
-	d := DiscoveryBoot(s, images)
-	out := proto.RackBootState{Rack: *r, Discovery: d.Boot, DiscoveryEnabled: d.Active}
-	out.Nodes = make([]proto.BootNode, 0, len(nodes))
-	for _, n := range nodes {
-		out.Nodes = append(out.Nodes, proto.BootNode{
+// it boots (a node with a running task: the task ramdisk with its token,
+// and the task's plan), and every lease recorded for the rack (the asking
+// agent's own included: an agent that lost its data directory learns from
+// them what it may not offer). Index is left to the caller.
+func RackBootState(in RackInput) proto.RackBootState {
+	d := DiscoveryBoot(in.Settings, in.Images)
+	out := proto.RackBootState{Rack: *in.Rack, Discovery: d.Boot, DiscoveryEnabled: d.Active}
+	out.Nodes = make([]proto.BootNode, 0, len(in.Nodes))
+	for _, n := range in.Nodes {
+		bn := proto.BootNode{
 			UUID: n.UUID, Name: n.Name, MACs: append([]string(nil), n.MACs...), IP: n.IP,
 			Boot: NodeBoot(n, d), BMC: NodeBMC(n),
-		})
+		}
+		if t := in.Tasks[n.Task]; t != nil && !t.State.Ended() && bn.Boot.Kind == proto.BootRamdisk {
+			bn.Boot.TaskToken = TaskToken(in.TaskKey, n.UUID, t.ID)
+			var inv *proto.Inventory
+			if len(n.Inventory) > 0 {
+				inv = new(proto.Inventory)
+				if json.Unmarshal(n.Inventory, inv) != nil {
+					inv = nil
+				}
+			}
+			vendor := proto.FindVendorTool(VendorTools(in.Settings), inv, t.Kind)
+			if vendor != nil && vendor.Name != t.Vendor {
+				vendor = nil // the tool chosen at creation is gone or renamed
+			}
+			bn.Task = Plan(t, vendor, in.Images)
+		}
+		out.Nodes = append(out.Nodes, bn)
 	}
-	out.Leases = make([]proto.Lease, 0, len(leases))
-	for _, l := range leases {
+	out.Leases = make([]proto.Lease, 0, len(in.Leases))
+	for _, l := range in.Leases {
 		out.Leases = append(out.Leases, *l)
 	}
 	return out

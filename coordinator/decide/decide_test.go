@@ -73,7 +73,7 @@ func TestRackBootState(t *testing.T) {
 	nodes := []*proto.Node{{UUID: "u1", Name: "n1", MACs: []string{"aa:bb:cc:dd:ee:01"}, IP: "10.0.0.5"}, {UUID: "u2", Enrolled: true}}
 	leases := []*proto.Lease{{MAC: "aa:bb:cc:dd:ee:09", IP: "10.0.0.100", Agent: "a1"}}
 	s := proto.Settings{DiscoveryEnabled: true, DiscoveryKernel: "k", DiscoveryRamdisk: "r"}
-	st := RackBootState(rack, nodes, leases, s, images)
+	st := RackBootState(RackInput{Rack: rack, Nodes: nodes, Leases: leases, Settings: s, Images: images})
 	if st.Rack.Name != "r1" || !st.DiscoveryEnabled || len(st.Nodes) != 2 || len(st.Leases) != 1 {
 		t.Fatalf("RackBootState = %+v, want rack r1, discovery on, 2 nodes, 1 lease", st)
 	}
@@ -85,7 +85,7 @@ func TestRackBootState(t *testing.T) {
 	if nodes[0].MACs[0] != "aa:bb:cc:dd:ee:01" {
 		t.Error("RackBootState shares a node's MACs with the state")
 	}
-	if empty := RackBootState(rack, nil, nil, proto.Settings{}, nil); empty.Nodes == nil || empty.Leases == nil {
+	if empty := RackBootState(RackInput{Rack: rack}); empty.Nodes == nil || empty.Leases == nil {
 		t.Errorf("RackBootState of an empty rack: nodes %v leases %v, want empty lists (JSON [])", empty.Nodes, empty.Leases)
 	}
 }

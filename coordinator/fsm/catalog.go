@@ -182,15 +182,39 @@ func applySettingsUpdate(tx *state.Tx, c *SettingsUpdate) (any, error) {
 	setIf(&s.DiscoveryKernel, p.DiscoveryKernel)
 	setIf(&s.DiscoveryRamdisk, p.DiscoveryRamdisk)
 	setIf(&s.DiscoveryCmdline, p.DiscoveryCmdline)
+	setIf(&s.TasksKernel, p.TasksKernel)
+	setIf(&s.TasksRamdisk, p.TasksRamdisk)
+	setIf(&s.TasksCmdline, p.TasksCmdline)
+	if p.VendorTools != nil {
+		tools := *p.VendorTools
+		if len(tools) > proto.MaxVendorTools {
+			return nil, proto.Errorf(proto.CodeInvalid, "vendor_tools: %d given; at most %d", len(tools), proto.MaxVendorTools)
+		}
+		seen := map[string]bool{}
+		for i := range tools {
+			if err := tools[i].Validate(); err != nil {
+				return nil, proto.Errorf(proto.CodeInvalid, "vendor_tools[%d]: %v", i, err)
+			}
+			if seen[tools[i].Name] {
+				return nil, proto.Errorf(proto.CodeInvalid, "vendor_tools[%d]: name %q is used twice", i, tools[i].Name)
+			}
+			seen[tools[i].Name] = true
+		}
+		s.VendorTools = slices.Clone(tools)
+	}
 	// The same check the rack agent's boot-script renderer makes: a
 	// command line accepted here always renders.
 	if err := proto.CheckCmdline("discovery_cmdline", s.DiscoveryCmdline); err != nil {
 		return nil, err
 	}
+	if err := proto.CheckCmdline("tasks_cmdline", s.TasksCmdline); err != nil {
+		return nil, err
+	}
 	for _, ref := range []struct {
 		field, name string
 		kind        proto.ImageKind
-	}{{"discovery_kernel", s.DiscoveryKernel, proto.ImageKernel}, {"discovery_ramdisk", s.DiscoveryRamdisk, proto.ImageRamdisk}} {
+	}{{"discovery_kernel", s.DiscoveryKernel, proto.ImageKernel}, {"discovery_ramdisk", s.DiscoveryRamdisk, proto.ImageRamdisk},
+		{"tasks_kernel", s.TasksKernel, proto.ImageKernel}, {"tasks_ramdisk", s.TasksRamdisk, proto.ImageRamdisk}} {
 		if ref.name == "" {
 			continue
 		}

@@ -42,6 +42,10 @@ const (
 	TypeConsoleTicketMake  Type = 25 // console tickets (console.go)
 	TypeConsoleTicketTake  Type = 26
 	TypeIntentsExpire      Type = 27 // intents no agent answered (nodes_bmc.go)
+	TypeTaskCreate         Type = 28 // servicing tasks (tasks.go)
+	TypeTaskAbort          Type = 29
+	TypeTaskTimeout        Type = 30
+	TypeTaskConsoleLog     Type = 31
 )
 
 // Command is implemented by every command body. Time and ids are decided

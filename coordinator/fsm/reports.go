@@ -107,8 +107,11 @@ func applyAgentReport(tx *state.Tx, rack string, r *proto.AgentReport) error {
 	case proto.ReportConsole:
 		return applyConsoleEvent(tx, node, r)
 	case proto.ReportCallback:
-		if r.Step == proto.StepInventory {
+		switch r.Step {
+		case proto.StepInventory:
 			return applyDiscovery(tx, rack, mac, r)
+		case proto.StepTask:
+			return applyTaskStep(tx, node, r)
 		}
 		return proto.Errorf(proto.CodeUnsupported, "ramdisk step %q is not handled by this coordinator yet", r.Step)
 	}

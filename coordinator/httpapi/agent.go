@@ -15,6 +15,7 @@ import (
 
 	"github.com/metalfleet/metalfleet/coordinator/decide"
 	"github.com/metalfleet/metalfleet/coordinator/fsm"
+	"github.com/metalfleet/metalfleet/coordinator/state"
 	"github.com/metalfleet/metalfleet/proto"
 )
 
@@ -189,12 +190,12 @@ func (a *API) bootState(c *call) (any, error) {
 	}
 	var out proto.RackBootState
 	gone := false
-	idx := st.ReadRack(rack, func(r *proto.Rack, nodes []*proto.Node, leases []*proto.Lease, s proto.Settings, images map[string]*proto.Image) {
-		if r == nil { // deleted while we waited
+	idx := st.ReadRack(rack, func(v state.RackView) {
+		if v.Rack == nil { // deleted while we waited
 			gone = true
 			return
 		}
-		out = decide.RackBootState(r, nodes, leases, s, images)
+		out = decide.RackBootState(decide.RackInput(v))
 	})
 	if gone {
 		return nil, proto.Errorf(proto.CodeNotFound, "rack %q not found (deleted)", rack)
@@ -202,9 +203,12 @@ func (a *API) bootState(c *call) (any, error) {
 	out.Index = idx
 	c.index = out.Index
 	if c.token == nil || c.token.Role != proto.RoleAgent {
-		// BMC credentials go to the rack's agents only, not to an admin
-		// reading the boot state.
+		// BMC credentials and task tokens go to the rack's agents only,
+		// not to an admin reading the boot state.
 		for i := range out.Nodes {
+			if out.Nodes[i].Boot.TaskToken != "" {
+				out.Nodes[i].Boot.TaskToken = "(redacted)"
+			}
 			if b := out.Nodes[i].BMC; b != nil {
 				b.PasswordSet, b.Password = b.Password != "", ""
 			}

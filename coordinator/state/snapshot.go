@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"slices"
 
 	"github.com/metalfleet/metalfleet/proto"
 )
@@ -36,6 +37,12 @@ func (s *Store) Snapshot() *Snapshot {
 	d.agentSeqs = maps.Clone(s.d.agentSeqs) // values are replaced, never changed
 	d.sightings = maps.Clone(s.d.sightings)
 	d.tickets = cloneTickets(s.d.tickets)
+	d.history = maps.Clone(s.d.history) // a node's slice is replaced or appended past the copy's length, never changed within it
+	d.tasks = maps.Clone(s.d.tasks)     // values are replaced, never changed
+	d.nodeTasks = make(map[string][]string, len(s.d.nodeTasks))
+	for k, v := range s.d.nodeTasks {
+		d.nodeTasks[k] = slices.Clone(v)
+	}
 	d.leases = make(map[string]map[string]*proto.Lease, len(s.d.leases))
 	for r, m := range s.d.leases {
 		d.leases[r] = maps.Clone(m)
@@ -153,6 +160,19 @@ func (sn *Snapshot) WriteTo(w io.Writer) (int64, error) {
 			return cw.n, err
 		}
 	}
+	for _, node := range sortedKeys(d.nodeTasks) {
+		for _, id := range d.nodeTasks[node] {
+			t := d.tasks[id]
+			if err := put("task", taskRecord{Task: *t, TokenHash: t.TokenHash}); err != nil {
+				return cw.n, err
+			}
+		}
+	}
+	if len(d.taskKey) > 0 {
+		if err := put("taskkey", taskKeyRecord{Key: d.taskKey}); err != nil {
+			return cw.n, err
+		}
+	}
 	for _, k := range sortedKeys(d.tickets) {
 		if err := put("ticket", d.tickets[k]); err != nil {
 			return cw.n, err
@@ -265,6 +285,18 @@ func (s *Store) Restore(r io.Reader) error {
 			if err = json.Unmarshal(rec.V, &v); err == nil && len(v.Events) > 0 {
 				d.history[v.Node] = v.Events
 			}
+		case "task":
+			var v taskRecord
+			if err = json.Unmarshal(rec.V, &v); err == nil {
+				t := v.Task
+				t.TokenHash = v.TokenHash
+				d.restoreTask(&t)
+			}
+		case "taskkey":
+			var v taskKeyRecord
+			if err = json.Unmarshal(rec.V, &v); err == nil {
+				d.taskKey = v.Key
+			}
 		case "ticket":
 			v := new(ConsoleTicket)
 			if err = json.Unmarshal(rec.V, v); err == nil {
@@ -279,6 +311,7 @@ func (s *Store) Restore(r io.Reader) error {
 			return fmt.Errorf("snapshot %s record: %w", rec.T, err)
 		}
 	}
+	d.sortNodeTasks()
 	// Whatever rack agents wait on may have changed: wake them all.
 	for r := range d.racks {
 		d.rackIdx[r] = d.index

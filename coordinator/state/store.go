@@ -80,6 +80,11 @@ type data struct {
 	// history is each node's recent events (console sessions, intents
 	// and their results), oldest first, at most proto.MaxHistory.
 	history map[string][]proto.HistoryEvent
+	// tasks are the servicing tasks by id, nodeTasks each node's task
+	// ids in creation order (tasks.go); taskKey derives task tokens.
+	tasks     map[string]*proto.Task
+	nodeTasks map[string][]string
+	taskKey   []byte
 	// sightAge orders sightings for eviction (sightKey): the stalest
 	// without a conflict is forgotten first when MaxSightings would be
 	// passed.
@@ -123,6 +128,7 @@ func newData() *data {
 		tokens: map[string]*proto.Token{}, tokenByHash: map[string]string{},
 		servers: map[string]*proto.Server{}, agentSeqs: map[string]*AgentSeq{},
 		nodeByIP: map[string]string{}, sightings: map[string]*proto.Sighting{}, history: map[string][]proto.HistoryEvent{},
+		tasks: map[string]*proto.Task{}, nodeTasks: map[string][]string{},
 		sightAge: btree.NewG[sightKey](32, sightLess), ipHint: map[string]netip.Addr{},
 		leases: map[string]map[string]*proto.Lease{}, rackIdx: map[string]uint64{},
 	}
@@ -414,10 +420,22 @@ func (s *Store) BootIndex(rack string) uint64 {
 	return max(s.d.rackIdx[rack], s.d.bootIdx)
 }
 
+// RackView is what ReadRack shows: read under one lock, not to be kept
+// or changed.
+type RackView struct {
+	Rack     *proto.Rack
+	Nodes    []*proto.Node
+	Leases   []*proto.Lease
+	Settings proto.Settings
+	Images   map[string]*proto.Image
+	Tasks    map[string]*proto.Task
+	TaskKey  []byte
+}
+
 // ReadRack calls fn with the rack, its nodes and leases and the settings
 // and images, all read under one lock so they are consistent with each
 // other and with the returned BootIndex. fn must not keep or change them.
-func (s *Store) ReadRack(rack string, fn func(r *proto.Rack, nodes []*proto.Node, leases []*proto.Lease, settings proto.Settings, images map[string]*proto.Image)) uint64 {
+func (s *Store) ReadRack(rack string, fn func(v RackView)) uint64 {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	var nodes []*proto.Node
@@ -433,7 +451,8 @@ func (s *Store) ReadRack(rack string, fn func(r *proto.Rack, nodes []*proto.Node
 	for _, ip := range sortedKeys(s.d.leases[rack]) {
 		leases = append(leases, s.d.leases[rack][ip])
 	}
-	fn(s.d.racks[rack], nodes, leases, s.d.settings, s.d.images)
+	fn(RackView{Rack: s.d.racks[rack], Nodes: nodes, Leases: leases, Settings: s.d.settings,
+		Images: s.d.images, Tasks: s.d.tasks, TaskKey: s.d.taskKey})
 	return max(s.d.rackIdx[rack], s.d.bootIdx)
 }
 

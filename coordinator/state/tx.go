@@ -168,7 +168,24 @@ func (tx *Tx) NodeIdentity(uuid string) string { return tx.d.identOf[uuid] }
 func bootChanged(a, b *proto.Node) bool {
 	return a.Rack != b.Rack || a.IP != b.IP || a.Name != b.Name || a.Enrolled != b.Enrolled ||
 		a.ProvisionState != b.ProvisionState || !slices.Equal(a.MACs, b.MACs) ||
-		a.BMC != b.BMC || a.Maintenance != b.Maintenance || !intentsEqual(a.Intents, b.Intents)
+		a.BMC != b.BMC || a.Maintenance != b.Maintenance || !intentsEqual(a.Intents, b.Intents) ||
+		a.Task != b.Task || !bootEqual(a.Boot, b.Boot)
+}
+
+func bootEqual(a, b *proto.BootConfig) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	x, y := *a, *b
+	x.Kernel, x.Initrd, y.Kernel, y.Initrd = nil, nil, nil, nil
+	return x == y && artifactEqual(a.Kernel, b.Kernel) && artifactEqual(a.Initrd, b.Initrd)
+}
+
+func artifactEqual(a, b *proto.Artifact) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
 }
 
 func intentsEqual(a, b []proto.Intent) bool {
@@ -184,6 +201,7 @@ func intentsEqual(a, b []proto.Intent) bool {
 // DeleteNode removes the node with uuid.
 func (tx *Tx) DeleteNode(uuid string) {
 	delete(tx.d.history, uuid)
+	tx.deleteNodeTasks(uuid)
 	if n, ok := tx.d.nodes[uuid]; ok {
 		tx.unindexNode(n)
 		tx.unindexIdentity(uuid)
