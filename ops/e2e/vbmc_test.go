@@ -386,8 +386,9 @@ func (v *vbmc) startVM(boot string) error {
 	}
 	v.runs++
 	n := v.runs
-	v.mu.Unlock()
 	s := v.spec
+	s.Disks = append([]vmDisk(nil), v.spec.Disks...)
+	v.mu.Unlock()
 	nic := "virtio-net-pci,netdev=n0,mac=" + s.MAC
 	args := []string{"netns", "exec", v.l.NS, "qemu-system-x86_64",
 		"-name", v.name + ",process=mf-e2e-" + v.name,
@@ -400,6 +401,11 @@ func (v *vbmc) startVM(boot string) error {
 		"-smbios", fmt.Sprintf("type=1,manufacturer=%s,product=%s,serial=%s,uuid=%s", s.Manufacturer, s.Product, s.Serial, s.UUID),
 		"-netdev", "tap,id=n0,ifname=" + tapName + ",script=no,downscript=no",
 	}
+	disks, err := v.diskArgs(s.Disks)
+	if err != nil {
+		return err
+	}
+	args = append(args, disks...)
 	if boot == bootPXE {
 		args = append(args, "-device", nic+",bootindex=1")
 	} else {
@@ -434,6 +440,47 @@ func (v *vbmc) startVM(boot string) error {
 	v.starts = append(v.starts, vmStart{At: now, Boot: boot, Pid: cmd.Process.Pid})
 	v.mu.Unlock()
 	return nil
+}
+
+// diskArgs are QEMU's arguments for the spec's disks: virtio-blk with the
+// disk's serial, backed by a sparse raw file of the vbmc's directory named
+// for the serial, made on the first power-on and kept for the next ones
+// (what the guest wrote stays, as on a real disk).
+func (v *vbmc) diskArgs(disks []vmDisk) ([]string, error) {
+	var args []string
+	for i, d := range disks {
+		f := v.DiskFile(d.Serial)
+		if _, err := os.Stat(f); err != nil {
+			fh, err := os.Create(f)
+			if err != nil {
+				return nil, err
+			}
+			err = fh.Truncate(d.Size)
+			if cerr := fh.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return nil, err
+			}
+		}
+		args = append(args,
+			"-drive", fmt.Sprintf("if=none,id=d%d,file=%s,format=raw", i+1, f),
+			"-device", fmt.Sprintf("virtio-blk-pci,drive=d%d,serial=%s", i+1, d.Serial))
+	}
+	return args, nil
+}
+
+// DiskFile is the file behind the VM's disk with this serial.
+func (v *vbmc) DiskFile(serial string) string {
+	return filepath.Join(v.dir, "disk-"+serial+".img")
+}
+
+// AddDisk adds a disk to the VM from its next power-on (a disk put in
+// while the machine is off).
+func (v *vbmc) AddDisk(d vmDisk) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.spec.Disks = append(v.spec.Disks, d)
 }
 
 // killVM stops QEMU at once (SIGKILL: power is cut) and waits for it.
