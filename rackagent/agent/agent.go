@@ -391,6 +391,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	run("leases", a.leaseLoop)
 	run("mgmt", a.serveMgmt)
 	run("power", func(ctx context.Context) error { return a.power.Run(ctx, a.boot) })
+	run("task-consoles", a.runTaskConsoles)
 	if a.cfg.Interface != "" && !a.cfg.NoRouterAdverts {
 		run("router-adverts", func(ctx context.Context) error {
 			if err := ra.Run(ctx, a.cfg.Interface, ra.DefaultInterval, a.log.With("component", "ra")); err != nil {
