@@ -11,7 +11,16 @@
 //	                                                  print the module files to
 //	                                                  load, dependencies first
 //	                                                  (the ramdisk build uses it)
+//	nodeagent task --callback URL --mac MAC --token T
+//	                                                  run the servicing task of
+//	                                                  this machine (as the ramdisk does)
+//	nodeagent mflab COMMAND ...                       the lab's vendor tool (see below)
 //	nodeagent version
+//
+// Run as mflab (the ramdisk's /bin/mflab is a link to nodeagent) it is
+// the lab's vendor tool, proto.LabTool: firmware versions, firmware
+// images and BIOS settings kept on the disk whose serial is
+// MFLAB-DEVICE (nodeagent.MFLab).
 //
 // Build it static: CGO_ENABLED=0 go build ./cmd/nodeagent.
 package main
@@ -23,6 +32,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -40,11 +50,19 @@ func main() {
 			time.Sleep(time.Hour) // PID 1 must never exit: the kernel would panic
 		}
 	}
+	if filepath.Base(os.Args[0]) == "mflab" {
+		os.Exit(nodeagent.MFLab(os.Args[1:], "/", os.Stdout, os.Stderr))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	var ue usageError
+	var (
+		ue usageError
+		ee exitError
+	)
 	switch {
+	case errors.As(err, &ee):
+		os.Exit(int(ee))
 	case errors.As(err, &ue):
 		fmt.Fprintf(os.Stderr, "nodeagent: %v\n\n%s", err, usage)
 		os.Exit(2)
@@ -59,12 +77,19 @@ const usage = `usage:
   nodeagent inventory [--root /] [--lldp 2s]
   nodeagent report --callback URL --mac MAC [--token T] [--step inventory] [--root /] [--lldp 2s]
   nodeagent modules --dir /lib/modules/VERSION NAME...
+  nodeagent task --callback URL --mac MAC [--token T]
+  nodeagent mflab [--device PATH] firmware-version|firmware-apply|bios-get|bios-set ...
   nodeagent version
 As PID 1 (a ramdisk's /init) it runs the ramdisk; see the kernel command line parameters in
 rackagent/nodeagent (metalfleet.callback, metalfleet.mac, BOOTIF, metalfleet.token, ...).
 `
 
 type usageError struct{ error }
+
+// exitError is an exit status whose message was already printed.
+type exitError int
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
 func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
 
@@ -79,6 +104,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdReport(ctx, args[1:], stderr)
 	case "modules":
 		return cmdModules(args[1:], stdout, stderr)
+	case "task":
+		return cmdTask(ctx, args[1:], stderr)
+	case "mflab":
+		if code := nodeagent.MFLab(args[1:], "/", stdout, stderr); code != 0 {
+			return exitError(code)
+		}
+		return nil
 	case "version":
 		fmt.Fprintln(stdout, nodeagent.Version)
 		return nil
@@ -205,5 +237,27 @@ func cmdModules(args []string, stdout, stderr io.Writer) error {
 	for _, f := range files {
 		fmt.Fprintln(stdout, f)
 	}
+	return nil
+}
+
+func cmdTask(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := newFlagSet("task", stderr)
+	callback := fs.String("callback", "", "the rack agent's callback URL (http://AGENT:PORT/v1/callback)")
+	mac := fs.String("mac", "", "the MAC to run the task as (the boot interface's)")
+	token := fs.String("token", os.Getenv("METALFLEET_TOKEN"), "the task token (default $METALFLEET_TOKEN)")
+	root := fs.String("root", "/", "the filesystem root of the machine (/sys, /proc, /dev)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *callback == "" || *mac == "" || *token == "" {
+		return usagef("task: --callback, --mac and --token are required")
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	err := nodeagent.RunTask(ctx, nodeagent.TaskEnv{CallbackURL: *callback, MAC: *mac, Token: *token, Log: log,
+		Machine: &nodeagent.LinuxMachine{Root: *root, PXEMAC: *mac, Log: log}})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stderr, "nodeagent: the task is done")
 	return nil
 }

@@ -12,10 +12,11 @@ import (
 )
 
 // skipDisk says whether a /sys/block entry is not a disk of the machine:
-// RAM disks, loop devices, CD-ROMs, compressed RAM, device-mapper and
-// software RAID volumes, network block devices, floppies.
+// RAM disks, loop devices, CD-ROMs, compressed RAM, device-mapper
+// volumes, network block devices, floppies. Linux software RAID arrays
+// (md*) are kept: readDisks lists them with their level and members.
 func skipDisk(name string) bool {
-	for _, p := range []string{"ram", "loop", "sr", "zram", "dm-", "md", "nbd", "fd", "drbd"} {
+	for _, p := range []string{"ram", "loop", "sr", "zram", "dm-", "nbd", "fd", "drbd"} {
 		if strings.HasPrefix(name, p) {
 			return true
 		}
@@ -49,7 +50,14 @@ func readDisks(fs sysfs, log *slog.Logger) []proto.Disk {
 			Rotational: fs.str(b+"queue/rotational") == "1",
 			ByPath:     byPath[name],
 		}
-		if d.ByPath == "" {
+		if strings.HasPrefix(name, "md") {
+			// A software RAID array: its level and member devices; an
+			// array without a level is not running.
+			if d.RAID = fs.str(b + "md/level"); d.RAID == "" {
+				continue
+			}
+			d.Members = fs.list(b + "slaves")
+		} else if d.ByPath == "" {
 			d.ByPath = derivePath(fs.resolve(b))
 		}
 		disks = append(disks, d)

@@ -5,7 +5,7 @@ import "testing"
 func TestSkipDisk(t *testing.T) {
 	for name, want := range map[string]bool{
 		"sda": false, "vda": false, "nvme0n1": false, "xvda": false, "mmcblk0": false,
-		"loop0": true, "ram0": true, "sr0": true, "zram0": true, "dm-0": true, "md127": true, "nbd0": true, "fd0": true,
+		"loop0": true, "ram0": true, "sr0": true, "zram0": true, "dm-0": true, "md127": false, "nbd0": true, "fd0": true,
 	} {
 		if got := skipDisk(name); got != want {
 			t.Errorf("skipDisk(%q) = %t, want %t", name, got, want)

@@ -94,8 +94,11 @@ type initSystem struct {
 	lldp        func(ctx context.Context, ifaces []string, wait time.Duration) map[string]*proto.LLDP
 	collect     func(ctx context.Context, o Options) (*proto.Inventory, error)
 	report      func(ctx context.Context, callback, mac, token, step string, body any) error
-	powerOff    func() error
-	reboot      func() error
+	// runTask runs a servicing task (RunTask; the Machine is filled in
+	// when env has none).
+	runTask  func(ctx context.Context, env TaskEnv) error
+	powerOff func() error
+	reboot   func() error
 	// sleep waits d or until ctx ends.
 	sleep func(ctx context.Context, d time.Duration)
 	out   io.Writer // the console
@@ -174,6 +177,10 @@ func runInit(ctx context.Context, sys *initSystem) (BootParams, error) {
 		mac = lease.MAC
 	}
 
+	if p.Task != "" && p.Task != proto.TaskDiscovery && p.Token != "" {
+		return p, runTaskInit(ctx, sys, p, mac, dhcpErr)
+	}
+
 	o := Options{Root: "/", Live: true, PXEMAC: mac, Log: log, LLDP: map[string]*proto.LLDP{}}
 	if lldpDone != nil {
 		select {
@@ -207,6 +214,33 @@ func runInit(ctx context.Context, sys *initSystem) (BootParams, error) {
 	}
 	log.Info("inventory reported", "callback", p.Callback, "step", StepInventory)
 	return p, nil
+}
+
+// runTaskInit runs the servicing task the command line names instead of
+// the discovery inventory. A step that failed and was reported is not an
+// error of the ramdisk: the coordinator ends the task and powers the
+// node off, so the ramdisk finishes as after a success (and does not
+// reboot into the task again).
+func runTaskInit(ctx context.Context, sys *initSystem, p BootParams, mac string, dhcpErr error) error {
+	switch {
+	case p.Callback == "":
+		return fmt.Errorf("task %s: no %s to fetch the plan from", p.Task, proto.CmdlineCallback)
+	case dhcpErr != nil:
+		return fmt.Errorf("no network to run the task on: %w", dhcpErr)
+	case mac == "":
+		return errors.New("no MAC to run the task as (no BOOTIF or metalfleet.mac)")
+	}
+	sys.log.Info("running the task", "task", p.Task, "callback", p.Callback)
+	err := sys.runTask(ctx, TaskEnv{CallbackURL: p.Callback, MAC: mac, Token: p.Token, Log: sys.log})
+	if errors.Is(err, ErrStepFailed) {
+		sys.log.Error("the task failed; the coordinator ends it and powers the node off", "err", err)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("task %s: %w", p.Task, err)
+	}
+	sys.log.Info("the task is done; the coordinator powers the node off")
+	return nil
 }
 
 // finish does what the command line says once the run is over: power

@@ -63,8 +63,15 @@ func linuxInit(console io.Writer) *initSystem {
 		lldp: func(ctx context.Context, ifaces []string, wait time.Duration) map[string]*proto.LLDP {
 			return ListenLLDP(ctx, ifaces, wait, log)
 		},
-		collect:  CollectWith,
-		report:   rep.Report,
+		collect: CollectWith,
+		report:  rep.Report,
+		runTask: func(ctx context.Context, env TaskEnv) error {
+			if env.Machine == nil {
+				env.Machine = &LinuxMachine{PXEMAC: env.MAC, Log: log}
+			}
+			env.Reporter = rep
+			return RunTask(ctx, env)
+		},
 		powerOff: func() error { unix.Sync(); return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF) },
 		reboot:   func() error { unix.Sync(); return unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART) },
 		sleep: func(ctx context.Context, d time.Duration) {
@@ -119,6 +126,10 @@ func mountAll() error {
 		if err := unix.Mount(m.source, m.target, m.fstype, m.flags, m.data); err != nil && !errors.Is(err, unix.EBUSY) {
 			errs = append(errs, fmt.Errorf("mount %s: %w", m.target, err))
 		}
+	}
+	// mdadm keeps its map of arrays in /run/mdadm (raid tasks).
+	if err := os.MkdirAll("/run/mdadm", 0o700); err != nil {
+		errs = append(errs, err)
 	}
 	if fd, err := unix.Open("/dev/console", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0); err == nil {
 		for i := 0; i <= 2; i++ {
