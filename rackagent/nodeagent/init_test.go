@@ -150,7 +150,7 @@ func TestRunInit(t *testing.T) {
 		{
 			name: "no MAC given: the first lease names the machine; the token is passed; LLDP and print",
 			m: &fakeMachine{all: twoNICs(), dhcpOK: map[string]bool{"eth1": true},
-				cmdline: "metalfleet.callback=http://a/v1/callback metalfleet.token=tk metalfleet.task=inspect metalfleet.print=true metalfleet.lldp=5s"},
+				cmdline: "metalfleet.callback=http://a/v1/callback metalfleet.token=tk metalfleet.task=discovery metalfleet.print=true metalfleet.lldp=5s"},
 			wantIface:     "eth1",
 			wantReports:   []fakeReport{{"http://a/v1/callback", macB, "tk", "inventory"}},
 			wantActions:   []string{"poweroff"},
