@@ -13,8 +13,10 @@ import (
 // The network burn-in's routes: a task ramdisk measures its throughput
 // to the rack agent by reading N bytes from BurninSourcePath and writing
 // a body to BurninSinkPath. At most BurninConcurrency transfers run at
-// once per agent (more are answered 429 with Retry-After), each bounded
-// by proto.MaxBurninBytes and by BurninTimeout.
+// once per agent; one more waits up to BurninQueueWait for a slot (many
+// machines burning in at once take turns rather than fail), and past
+// that is answered 429 with Retry-After. Each transfer is bounded by
+// proto.MaxBurninBytes and by BurninTimeout.
 
 // BurninSinkResult answers POST proto.BurninSinkPath.
 type BurninSinkResult struct {
@@ -38,16 +40,30 @@ var burninChunk = func() []byte {
 	return b
 }()
 
-// burninSlot takes a transfer slot, or answers 429 and returns false.
-func (s *Server) burninSlot(w http.ResponseWriter) (release func(), ok bool) {
+// burninSlot takes a transfer slot, waiting up to BurninQueueWait for
+// one; past it, it answers 429 and returns false.
+func (s *Server) burninSlot(w http.ResponseWriter, r *http.Request) (release func(), ok bool) {
 	select {
 	case s.burnin <- struct{}{}:
 		return func() { <-s.burnin }, true
 	default:
-		w.Header().Set("Retry-After", "1")
-		writeError(w, proto.Errorf(proto.CodeRateLimited, "%d network burn-in transfers are running on this rack agent, the most it runs at once; retry", cap(s.burnin)))
-		return nil, false
 	}
+	if wait := s.cfg.BurninQueueWait; wait > 0 {
+		s.waiting.Add(1)
+		defer s.waiting.Add(-1)
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case s.burnin <- struct{}{}:
+			return func() { <-s.burnin }, true
+		case <-r.Context().Done():
+			return nil, false
+		case <-t.C:
+		}
+	}
+	w.Header().Set("Retry-After", "1")
+	writeError(w, proto.Errorf(proto.CodeRateLimited, "%d network burn-in transfers are running on this rack agent, the most it runs at once; retry", cap(s.burnin)))
+	return nil, false
 }
 
 // handleBurninSource serves GET BurninSourcePath?bytes=N.
@@ -62,7 +78,7 @@ func (s *Server) handleBurninSource(w http.ResponseWriter, r *http.Request) {
 		writeError(w, proto.Errorf(proto.CodeInvalid, "bytes=%q: want a whole number from 0 to %d", truncateQuery(raw), proto.MaxBurninBytes))
 		return
 	}
-	release, ok := s.burninSlot(w)
+	release, ok := s.burninSlot(w, r)
 	if !ok {
 		return
 	}
@@ -99,7 +115,7 @@ func (s *Server) handleBurninSink(w http.ResponseWriter, r *http.Request) {
 		writeError(w, proto.Errorf(proto.CodeTooLarge, "the body is %d bytes; at most %d", r.ContentLength, proto.MaxBurninBytes))
 		return
 	}
-	release, ok := s.burninSlot(w)
+	release, ok := s.burninSlot(w, r)
 	if !ok {
 		return
 	}

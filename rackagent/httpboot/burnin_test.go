@@ -106,42 +106,49 @@ func (zeros) Read(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// TestBurninConcurrency: past BurninConcurrency transfers at once, 429
-// with Retry-After; a finished transfer frees its slot.
-func TestBurninConcurrency(t *testing.T) {
-	const slots = 3
-	h, _ := taskHarness(t, func(c *Config) { c.BurninConcurrency = slots })
-	h.backend.addNode(taskNode(proto.Artifact{Name: "a", URL: "http://images/a", SHA256: kernelSHA}))
-	if got := cap(New(Config{}).burnin); got != 8 {
-		t.Errorf("default concurrency = %d, want 8", got)
-	}
+// holdTransfers starts n source transfers that hold their slots (the
+// server writes until the client reads or goes away; these do not read)
+// and returns them and a func that starts one more.
+func holdTransfers(t *testing.T, h *harness, n int) (held []*http.Response, get func() *http.Response) {
+	t.Helper()
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-	defer client.CloseIdleConnections()
-	get := func() *http.Response {
+	t.Cleanup(client.CloseIdleConnections)
+	get = func() *http.Response {
 		req, _ := http.NewRequest("GET", h.ts.URL+proto.BurninSourcePath+"?bytes="+strconv.Itoa(proto.MaxBurninBytes), nil)
 		req.Header.Set("Authorization", "Bearer "+testToken)
 		req.Header.Set(MACHeader, "aa:bb:cc:00:00:02")
 		resp, err := client.Do(req)
 		if err != nil {
-			t.Fatal(err)
+			t.Error(err)
+			return nil
 		}
 		return resp
 	}
-	// Each holds its slot: the server writes until the client reads or
-	// goes away, and these do not read.
-	var held []*http.Response
+	for range n {
+		r := get()
+		if r == nil || r.StatusCode != 200 {
+			t.Fatalf("transfer = %v, want 200", r)
+		}
+		held = append(held, r)
+	}
+	return held, get
+}
+
+// TestBurninConcurrency: past BurninConcurrency transfers at once, 429
+// with Retry-After; a finished transfer frees its slot.
+func TestBurninConcurrency(t *testing.T) {
+	const slots = 3
+	h, _ := taskHarness(t, func(c *Config) { c.BurninConcurrency, c.BurninQueueWait = slots, -1 })
+	h.backend.addNode(taskNode(proto.Artifact{Name: "a", URL: "http://images/a", SHA256: kernelSHA}))
+	if c := New(Config{}); cap(c.burnin) != 8 || c.cfg.BurninQueueWait != 10*time.Second {
+		t.Errorf("default concurrency %d, queue wait %s; want 8, 10s", cap(c.burnin), c.cfg.BurninQueueWait)
+	}
+	held, get := holdTransfers(t, h, slots)
 	defer func() {
 		for _, r := range held {
 			r.Body.Close()
 		}
 	}()
-	for range slots {
-		r := get()
-		if r.StatusCode != 200 {
-			t.Fatalf("transfer = %d, want 200", r.StatusCode)
-		}
-		held = append(held, r)
-	}
 	r := get()
 	b, _ := io.ReadAll(r.Body)
 	r.Body.Close()
@@ -149,13 +156,8 @@ func TestBurninConcurrency(t *testing.T) {
 		t.Fatalf("transfer %d = %d %s (Retry-After %q), want 429 rate_limited with Retry-After", slots+1, r.StatusCode, b, r.Header.Get("Retry-After"))
 	}
 	// A sink too.
-	sreq, _ := http.NewRequest("POST", h.ts.URL+proto.BurninSinkPath, strings.NewReader("x"))
-	sreq.Header.Set("Authorization", "Bearer "+testToken)
-	sreq.Header.Set(MACHeader, "aa:bb:cc:00:00:02")
-	if sr, err := client.Do(sreq); err != nil || sr.StatusCode != 429 {
-		t.Fatalf("sink with every slot taken = %v %v, want 429", sr, err)
-	} else {
-		sr.Body.Close()
+	if status, body, _ := h.do("POST", proto.BurninSinkPath, auth(testToken, "aa:bb:cc:00:00:02"), strings.NewReader("x")); status != 429 {
+		t.Fatalf("sink with every slot taken = %d %s, want 429", status, body)
 	}
 	// One client goes away: its slot comes back.
 	held[0].Body.Close()
@@ -164,4 +166,42 @@ func TestBurninConcurrency(t *testing.T) {
 		status, _, _ := h.do("GET", proto.BurninSourcePath+"?bytes=100", auth(testToken, "aa:bb:cc:00:00:02"), nil)
 		return status == 200
 	})
+}
+
+// TestBurninQueue: a transfer past the bound waits for a slot (up to
+// BurninQueueWait) instead of failing.
+func TestBurninQueue(t *testing.T) {
+	const slots = 2
+	h, _ := taskHarness(t, func(c *Config) { c.BurninConcurrency, c.BurninQueueWait = slots, time.Minute })
+	h.backend.addNode(taskNode(proto.Artifact{Name: "a", URL: "http://images/a", SHA256: kernelSHA}))
+	held, _ := holdTransfers(t, h, slots)
+	defer func() {
+		for _, r := range held {
+			r.Body.Close()
+		}
+	}()
+	got := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest("POST", h.ts.URL+proto.BurninSinkPath, strings.NewReader("queued"))
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		req.Header.Set(MACHeader, "aa:bb:cc:00:00:02")
+		resp, err := h.ts.Client().Do(req)
+		if err != nil {
+			got <- 0
+			return
+		}
+		resp.Body.Close()
+		got <- resp.StatusCode
+	}()
+	testkit.Eventually(t, 10*time.Second, "the transfer to wait for a slot", func() bool { return h.srv.waiting.Load() == 1 })
+	held[0].Body.Close()
+	held = held[1:]
+	select {
+	case status := <-got:
+		if status != 200 {
+			t.Errorf("a queued transfer = %d, want 200 once a slot freed", status)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the queued transfer did not run after a slot freed")
+	}
 }

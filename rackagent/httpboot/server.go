@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/metalfleet/metalfleet/proto"
@@ -82,8 +83,11 @@ type Config struct {
 	// Metrics, if set, is served at GET /metrics.
 	Metrics http.Handler
 	// BurninConcurrency bounds the network burn-in transfers running at
-	// once (default 8); BurninTimeout bounds one (default 10 minutes).
+	// once (default 8); BurninQueueWait is how long one more waits for a
+	// slot before it is answered 429 (default 10 s; negative: no wait);
+	// BurninTimeout bounds one transfer (default 10 minutes).
 	BurninConcurrency int
+	BurninQueueWait   time.Duration
 	BurninTimeout     time.Duration
 }
 
@@ -103,6 +107,7 @@ type Server struct {
 	limiter *limiter
 	events  *eventLimiter
 	burnin  chan struct{} // network burn-in transfer slots
+	waiting atomic.Int64  // network burn-in transfers waiting for a slot
 }
 
 // New returns a Server; it listens only in Serve.
@@ -133,6 +138,9 @@ func New(cfg Config) *Server {
 	}
 	if cfg.BurninConcurrency <= 0 {
 		cfg.BurninConcurrency = 8
+	}
+	if cfg.BurninQueueWait == 0 {
+		cfg.BurninQueueWait = 10 * time.Second
 	}
 	if cfg.BurninTimeout <= 0 {
 		cfg.BurninTimeout = 10 * time.Minute
