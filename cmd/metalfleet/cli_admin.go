@@ -1,7 +1,9 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 
@@ -101,8 +103,20 @@ func parseSettings(items []string) (proto.SettingsPatch, error) {
 			p.DiscoveryRamdisk = &v
 		case "discovery.cmdline":
 			p.DiscoveryCmdline = &v
+		case "tasks.kernel":
+			p.TasksKernel = &v
+		case "tasks.ramdisk":
+			p.TasksRamdisk = &v
+		case "tasks.cmdline":
+			p.TasksCmdline = &v
+		case "vendor.tools":
+			tools, err := readVendorTools(v)
+			if err != nil {
+				return p, err
+			}
+			p.VendorTools = &tools
 		default:
-			return p, fmt.Errorf("unknown setting %q: want auto_enroll, discovery.enabled, discovery.kernel, discovery.ramdisk or discovery.cmdline", kv[0])
+			return p, fmt.Errorf("unknown setting %q: want auto_enroll, discovery.enabled, discovery.kernel, discovery.ramdisk, discovery.cmdline, tasks.kernel, tasks.ramdisk, tasks.cmdline or vendor_tools", kv[0])
 		}
 	}
 	return p, nil
@@ -124,6 +138,10 @@ func (g *globals) showSettings(s *proto.SettingsView) error {
 	if g.json() {
 		return g.printJSON(s)
 	}
+	tasksReady := "yes"
+	if !s.TasksReady {
+		tasksReady = "no (" + s.TasksNotReadyReason + ")"
+	}
 	enabled := strconv.FormatBool(s.DiscoveryEnabled)
 	if s.DiscoveryEnabled && !s.DiscoveryActive {
 		enabled += " (INACTIVE: " + s.DiscoveryInactiveReason + ")"
@@ -134,7 +152,45 @@ func (g *globals) showSettings(s *proto.SettingsView) error {
 		{"discovery.kernel", s.DiscoveryKernel},
 		{"discovery.ramdisk", s.DiscoveryRamdisk},
 		{"discovery.cmdline", s.DiscoveryCmdline},
+		{"tasks.kernel", s.TasksKernel},
+		{"tasks.ramdisk", s.TasksRamdisk},
+		{"tasks.cmdline", s.TasksCmdline},
+		{"tasks.ready", tasksReady},
+		{"vendor_tools", vendorTools(s.VendorTools)},
 	}))
+}
+
+// vendorTools names the vendor tools in effect.
+func vendorTools(ts []proto.VendorTool) string {
+	if len(ts) == 0 {
+		return proto.LabTool.Name + " (built in)"
+	}
+	names := make([]string, len(ts))
+	for i, t := range ts {
+		names[i] = fmt.Sprintf("%s (%s %s)", t.Name, t.Vendor, t.Product)
+	}
+	return strings.Join(names, ", ")
+}
+
+// readVendorTools reads the vendor_tools setting: a JSON list, inline or
+// from @FILE; "" or [] is the built-in lab tool only.
+func readVendorTools(v string) ([]proto.VendorTool, error) {
+	raw := []byte(v)
+	if name, ok := strings.CutPrefix(v, "@"); ok {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			return nil, fmt.Errorf("vendor_tools: %v", err)
+		}
+		raw = b
+	}
+	tools := []proto.VendorTool{}
+	if strings.TrimSpace(string(raw)) == "" {
+		return tools, nil
+	}
+	if err := json.Unmarshal(raw, &tools); err != nil {
+		return nil, fmt.Errorf("vendor_tools: want a JSON list of tools (see DESIGN.md, \"Vendor tools\"): %v", err)
+	}
+	return tools, nil
 }
 
 // --- tokens ---

@@ -32,6 +32,8 @@ func newNodeCmd(g *globals) *cobra.Command {
 		newNodePowerCmd(g),
 		newNodeBootDeviceCmd(g),
 		newNodeHistoryCmd(g),
+		newNodeTaskCmd(g),
+		newNodeTasksCmd(g),
 	)
 }
 

@@ -483,7 +483,9 @@ func TestObjectCommands(t *testing.T) {
 func TestSettingsCommands(t *testing.T) {
 	c := startCLI(t)
 	kv := parseKVOut(t, c.ok("settings", "show"))
-	want := map[string]string{"auto_enroll": "false", "discovery.enabled": "false", "discovery.kernel": "-", "discovery.ramdisk": "-", "discovery.cmdline": "-"}
+	want := map[string]string{"auto_enroll": "false", "discovery.enabled": "false", "discovery.kernel": "-", "discovery.ramdisk": "-", "discovery.cmdline": "-",
+		"tasks.kernel": "-", "tasks.ramdisk": "-", "tasks.cmdline": "-", "tasks.ready": "no (tasks.kernel is not set; tasks.ramdisk is not set)",
+		"vendor_tools": "metalfleet-lab (built in)"}
 	if !reflect.DeepEqual(kv, want) {
 		t.Errorf("settings show: got %v, want %v", kv, want)
 	}

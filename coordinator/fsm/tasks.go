@@ -81,7 +81,7 @@ func applyTaskCreate(tx *state.Tx, c *TaskCreate) (any, error) {
 			}
 		}
 	}
-	if err := CanServe(tx, n); err != nil {
+	if err := CanServe(n); err != nil {
 		return nil, err
 	}
 	params, err := proto.ParseTaskParams(t.Kind, t.Params)
@@ -157,7 +157,7 @@ func applyTaskCreate(tx *state.Tx, c *TaskCreate) (any, error) {
 }
 
 // CanServe says why a task may not start on n now, if so.
-func CanServe(tx *state.Tx, n *proto.Node) error {
+func CanServe(n *proto.Node) error {
 	if _, err := proto.CheckTransition(nodeRef(n), n.ProvisionState, "service"); err != nil {
 		return err
 	}

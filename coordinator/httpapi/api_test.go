@@ -391,7 +391,7 @@ func TestAPIStatesAndConflicts(t *testing.T) {
 		{name: "delete an unknown node", method: "DELETE", path: "/v1/nodes/nosuch",
 			status: 404, code: proto.CodeNotFound, msg: `node "nosuch" not found`},
 		{name: "provision target service", method: "POST", path: "/v1/nodes/n1/provision", body: `{"target":"service"}`,
-			status: 501, code: proto.CodeUnsupported, msg: "target service needs a rack agent"},
+			status: 400, code: proto.CodeInvalid, msg: "target service: start a task instead: POST /v1/nodes/{id}/tasks"},
 		{name: "unknown target", method: "POST", path: "/v1/nodes/n1/provision", body: `{"target":"explode"}`,
 			status: 400, code: proto.CodeInvalid, msg: `target "explode": want one of manage, provide, service`},
 		{name: "system target", method: "POST", path: "/v1/nodes/n1/provision", body: `{"target":"deploy-done"}`,

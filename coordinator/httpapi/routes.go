@@ -40,6 +40,10 @@ func (a *API) routes() []Route {
 		{"PUT", "/v1/nodes/{id}/power", O, kindWrite, a.setPower},
 		{"PUT", "/v1/nodes/{id}/boot-device", O, kindWrite, a.setBootDevice},
 		{"GET", "/v1/nodes/{id}/history", R, kindRead, a.nodeHistory},
+		{"POST", "/v1/nodes/{id}/tasks", O, kindWrite, a.createTask},
+		{"GET", "/v1/nodes/{id}/tasks", R, kindRead, a.listTasks},
+		{"GET", "/v1/nodes/{id}/tasks/{task}", R, kindRead, a.getTask},
+		{"DELETE", "/v1/nodes/{id}/tasks/{task}", O, kindWrite, a.abortTask},
 
 		{"GET", "/v1/racks", R, kindRead, a.listRacks},
 		{"POST", "/v1/racks", O, kindWrite, a.putRack(true)},
@@ -278,6 +282,9 @@ func (a *API) provision(c *call) (any, error) {
 		return nil, proto.Errorf(proto.CodeInvalid, "target %q: want one of %s", req.Target, strings.Join(names, ", "))
 	}
 	if t.Hardware {
+		if req.Target == "service" {
+			return nil, proto.Errorf(proto.CodeInvalid, "target service: start a task instead: POST /v1/nodes/{id}/tasks {\"kind\": \"inspect|burnin|firmware|bios|raid\"} (metalfleet node task NODE KIND)")
+		}
 		return nil, proto.Errorf(proto.CodeUnsupported, "target %s needs a rack agent to drive the hardware; this coordinator does not drive hardware yet", req.Target)
 	}
 	if _, err := waitParam(c); err != nil {
@@ -470,7 +477,9 @@ func (a *API) settingsView(s proto.Settings) proto.SettingsView {
 		images[im.Name] = im
 	}
 	d := decide.DiscoveryBoot(s, images)
-	return proto.SettingsView{Settings: s, DiscoveryActive: d.Active, DiscoveryInactiveReason: d.Reason}
+	ready, why := decide.TasksReady(s, images)
+	return proto.SettingsView{Settings: s, DiscoveryActive: d.Active, DiscoveryInactiveReason: d.Reason,
+		TasksReady: ready, TasksNotReadyReason: why}
 }
 
 // --- tokens ---

@@ -41,9 +41,14 @@ type Config struct {
 	// intents past their expiry, are looked for (default 1 min).
 	LeaseExpiryEvery time.Duration
 	// Retry bounds the backoff of a failed step (default 2 s).
-	Retry  time.Duration
-	Clock  clock.Clock
-	Logger *slog.Logger
+	Retry time.Duration
+	// Tasks, if set, lets the task loop power off a node whose task timed
+	// out and fetch the console log of a failed task; TaskEvery is how
+	// often it runs (default 10 s).
+	Tasks     TaskHelper
+	TaskEvery time.Duration
+	Clock     clock.Clock
+	Logger    *slog.Logger
 }
 
 // Leader starts and stops the leader loops with leadership and tells
@@ -74,6 +79,9 @@ func New(b Backend, cfg Config) *Leader {
 	}
 	if cfg.Retry <= 0 {
 		cfg.Retry = 2 * time.Second
+	}
+	if cfg.TaskEvery <= 0 {
+		cfg.TaskEvery = 10 * time.Second
 	}
 	l := &Leader{b: b, cfg: cfg, clk: clock.Or(cfg.Clock), log: cfg.Logger, changed: make(chan struct{})}
 	if l.log == nil {
@@ -225,6 +233,7 @@ func (l *Leader) run(ctx context.Context) {
 			return
 		}
 	}
+	go l.taskLoop(ctx)
 	l.expireLeases(ctx)
 }
 

@@ -66,6 +66,9 @@ type Config struct {
 	Raft raftnode.Config
 	// API settings; zero fields take the defaults.
 	API httpapi.Config
+	// TaskEvery is how often the leader looks for timed-out tasks and
+	// failed tasks without a console log (default 10 s).
+	TaskEvery time.Duration
 
 	// ReadyWait bounds how long a consistent read on a newly elected
 	// leader waits for the leader to have applied its predecessor's log
@@ -158,6 +161,7 @@ func New(cfg Config) (*Server, error) {
 	lc := leader.Config{
 		Self:  proto.Server{ID: cfg.NodeID, RaftAddr: rn.Addr(), HTTPAddr: s.cfg.HTTPAdvertise},
 		Clock: cfg.Clock, Logger: s.log.With("component", "leader"),
+		Tasks: taskHelper{s}, TaskEvery: cfg.TaskEvery,
 	}
 	if s.bootstrapSecret != "" {
 		lc.BootstrapSecretHash = httpapi.HashSecret(s.bootstrapSecret)
@@ -584,6 +588,16 @@ func (b backend) Agents() []proto.AgentInfo {
 		out = append(out, ai)
 	}
 	return out
+}
+
+// taskHelper gives the leader's task loop the API's agent choice and
+// console-log reader (s.api is made after the leader, before it runs).
+type taskHelper struct{ s *Server }
+
+func (h taskHelper) PickAgent(rack, node string) string { return h.s.api.PickAgent(rack, node) }
+
+func (h taskHelper) TaskConsoleLog(ctx context.Context, node string) (string, error) {
+	return h.s.api.TaskConsoleLog(ctx, node)
 }
 
 // leaderBackend adapts Server to leader.Backend.

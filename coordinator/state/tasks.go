@@ -3,6 +3,7 @@ package state
 import (
 	"slices"
 	"sort"
+	"time"
 
 	"github.com/metalfleet/metalfleet/proto"
 )
@@ -152,4 +153,30 @@ func (d *data) sortNodeTasks() {
 type taskRecord struct {
 	proto.Task
 	TokenHash string `json:"token_hash"`
+}
+
+// HasTaskKey reports whether the cluster's task key is set.
+func (s *Store) HasTaskKey() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.d.taskKey) > 0
+}
+
+// FailedTasksWithoutLog returns copies of the tasks that failed since
+// and have no console log attached, at most max.
+func (s *Store) FailedTasksWithoutLog(since time.Time, max int) []*proto.Task {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []*proto.Task
+	for _, node := range sortedKeys(s.d.nodeTasks) {
+		for _, id := range s.d.nodeTasks[node] {
+			if t := s.d.tasks[id]; t.State == proto.TaskFailed && t.ConsoleLog == "" && t.EndedAt.After(since) {
+				out = append(out, t.Clone())
+				if len(out) >= max {
+					return out
+				}
+			}
+		}
+	}
+	return out
 }
