@@ -380,7 +380,7 @@ func waitLeader(ctx context.Context, c *apiclient.Client, limit time.Duration) e
 }
 
 // devSetup creates, once, what dev mode needs in the coordinator: the
-// racks, discovery images, the settings, and an agent token per rack
+// racks, discovery (and task) images, the settings, and an agent token per rack
 // (kept in DIR/agent.token, DIR/agent-K.token). A rack defined otherwise
 // by an earlier version is redefined if the coordinator allows. It
 // returns the agent tokens.
@@ -425,7 +425,9 @@ func devSetup(ctx context.Context, warn io.Writer, c *apiclient.Client, dir stri
 	}
 	yes := true
 	if _, err := c.Do(ctx, "PATCH", "/v1/settings", proto.SettingsPatch{DiscoveryEnabled: &yes, AutoEnroll: &autoEnroll,
-		DiscoveryKernel: &kernel.Name, DiscoveryRamdisk: &initrd.Name}, nil); err != nil {
+		DiscoveryKernel: &kernel.Name, DiscoveryRamdisk: &initrd.Name,
+		// One ramdisk (nodeagent) does discovery and tasks.
+		TasksKernel: &kernel.Name, TasksRamdisk: &initrd.Name}, nil); err != nil {
 		return nil, err
 	}
 	tokens := make([]string, len(racks))
