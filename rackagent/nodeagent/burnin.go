@@ -191,7 +191,7 @@ func (r *taskRunner) burnMemory(ctx context.Context, sc *stepCtx) stepResult {
 	if err != nil {
 		return stepResult{result: memResult{Status: "fail"}, err: fmt.Errorf("memory: reading MemAvailable: %w", err)}
 	}
-	region := avail / 100 * int64(p.MemoryPercent) &^ 4095
+	region := avail * int64(p.MemoryPercent) / 100 &^ 4095
 	res := memResult{Bytes: region}
 	sc.logf("memory: %d bytes available, testing %d%%: %d bytes", avail, p.MemoryPercent, region)
 	if region == 0 {

@@ -519,6 +519,7 @@ func (s *stepCtx) finish(ctx context.Context, res stepResult) error {
 	s.mu.Lock()
 	body.Log = s.log.String()
 	s.mu.Unlock()
+	body.Task, body.Step, body.Index = s.r.plan.ID, s.name, s.index
 	if err := body.Validate(); err != nil && body.Inventory != nil {
 		// An inventory the agent would refuse must not hide the result.
 		body.Inventory, body.Passed = nil, false
