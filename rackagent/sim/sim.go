@@ -1,8 +1,10 @@
 // Package sim simulates machines network-booting from a rack agent with
 // the real protocols: DHCP through a relay address, iPXE's first stage
 // over TFTP, the iPXE script, kernel and initrd over HTTP, and the
-// ramdisk's inventory callback, with a synthetic inventory. Dev mode and
-// benchmarks use it where there is no hardware and no QEMU.
+// ramdisk's inventory callback, with a synthetic inventory, or a task
+// ramdisk's task, run by the real task runner on simulated hardware
+// (TaskMachine). Dev mode and benchmarks use it where there is no
+// hardware and no QEMU.
 //
 // A machine behaves like firmware under load: it retransmits DHCP with
 // backoff, retries TFTP blocks and HTTP fetches, and when a boot fails it
@@ -41,6 +43,7 @@ import (
 	ptftp "github.com/pin/tftp/v3"
 
 	"github.com/metalfleet/metalfleet/proto"
+	"github.com/metalfleet/metalfleet/rackagent/nodeagent"
 )
 
 // ReportFunc makes ONE attempt at posting a ramdisk step's body to the
@@ -60,10 +63,11 @@ const (
 	PhaseScript                 // GET of the iPXE script
 	PhaseImages                 // kernel and initrd over HTTP
 	PhaseInventory              // the inventory callback, until the agent accepted it
+	PhaseTask                   // a task boot's task, from the plan's fetch to its last step
 	NumPhases
 )
 
-var phaseNames = [NumPhases]string{"DHCP (PXE)", "TFTP first stage", "DHCP (iPXE)", "iPXE script", "kernel+initrd", "inventory POST"}
+var phaseNames = [NumPhases]string{"DHCP (PXE)", "TFTP first stage", "DHCP (iPXE)", "iPXE script", "kernel+initrd", "inventory POST", "task"}
 
 func (p Phase) String() string {
 	if p >= 0 && p < NumPhases {
@@ -146,6 +150,13 @@ type Machine struct {
 	// Serial, if set, is the machine's serial console: its firmware
 	// prints each step of the boot there ("sim: DHCPDISCOVER", ...).
 	Serial *Serial
+	// A task boot's hardware (see TaskMachine): TaskDir holds its
+	// temporary files ("": the system's temporary directory); TaskMemory
+	// and TaskDiskBytes override DefaultTaskMemory and
+	// DefaultTaskDiskBytes.
+	TaskDir       string
+	TaskMemory    int64
+	TaskDiskBytes int64
 }
 
 // Retries counts what a machine had to do again.
@@ -173,6 +184,11 @@ type Result struct {
 	Kernel   int64 // bytes fetched
 	Initrd   int64
 	Reported bool
+	// Task is the task a task boot ran (metalfleet.task), and TaskErr
+	// its failed step, reported (nodeagent.ErrStepFailed wrapped): the
+	// boot itself succeeded, and waits to be powered off.
+	Task    string
+	TaskErr error
 	// Took is the whole time from the first boot's start, failed boots
 	// included.
 	Took time.Duration
@@ -299,6 +315,22 @@ func (m *Machine) Boot(ctx context.Context) (*Result, error) {
 	}
 	if mac == "" {
 		mac = m.MAC.String()
+	}
+	if task := cmdline[proto.CmdlineTask]; task != "" && task != proto.TaskDiscovery {
+		// A task ramdisk: the real task runner. A failed step was
+		// reported (the coordinator powers the machine off); any other
+		// error fails the boot, and the machine reboots into the task
+		// again, resuming at the step the coordinator recorded.
+		res.Task = task
+		err := m.runTask(ctx, fw, ack.YourIPAddr, cb, mac, token, task)
+		phase(PhaseTask)
+		res.Took = time.Since(start)
+		if err != nil && !errors.Is(err, nodeagent.ErrStepFailed) {
+			return res, fmt.Errorf("task %s: %w", task, err)
+		}
+		res.TaskErr = err
+		m.logf("%s: task %s ended in %s (err %v)", m.MAC, task, res.Took.Round(time.Millisecond), err)
+		return res, nil
 	}
 	if err := m.callback(ctx, fw, client, cb, mac, token, &res.Retries); err != nil {
 		return res, fmt.Errorf("inventory callback: %w", err)

@@ -1,0 +1,243 @@
+package sim
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/metalfleet/metalfleet/proto"
+	"github.com/metalfleet/metalfleet/rackagent/nodeagent"
+)
+
+// A machine booted into a task ramdisk (metalfleet.task other than
+// discovery) runs the real task runner, nodeagent.RunTask, against its
+// rack agent, with a TaskMachine standing for its hardware: the sim's own
+// inventory, memory of TaskMemory bytes, and disks whose first
+// TaskDiskBytes are temporary files (reads past them are zeros, writes
+// past them fail). Exec runs only the lab's vendor tool, /bin/mflab
+// (nodeagent's own code, in-process, on a lab device file of the task);
+// any other program is refused, so a RAID task or a vendor tool other
+// than the lab's fails clearly on a simulated machine.
+
+// Defaults of a simulated machine's task hardware.
+const (
+	DefaultTaskMemory    = 8 << 20
+	DefaultTaskDiskBytes = 4 << 20
+)
+
+// labDeviceBytes is the size of a task's lab device file (sparse): the
+// header, and slots for a few components.
+const labDeviceBytes = 1<<20 + 4*nodeagent.LabSlotSize
+
+// TaskMachine is the hardware of a simulated machine as a task sees it
+// (nodeagent.Machine). Its files live in Dir; Close removes them.
+type TaskMachine struct {
+	// MAC is the boot MAC; the inventory is Inventory(MAC).
+	MAC net.HardwareAddr
+	// Dir holds the disk files and the lab device.
+	Dir string
+	// Memory is what MemAvailable says (default DefaultTaskMemory).
+	Memory int64
+	// DiskBytes is how much of each disk is backed by a file (default
+	// DefaultTaskDiskBytes).
+	DiskBytes int64
+
+	mu sync.Mutex
+}
+
+var _ nodeagent.Machine = (*TaskMachine)(nil)
+
+// NewTaskMachine makes the task hardware of mac in a new temporary
+// directory under dir ("" for the system's).
+func NewTaskMachine(mac net.HardwareAddr, dir string) (*TaskMachine, error) {
+	d, err := os.MkdirTemp(dir, "sim-task-"+strings.ReplaceAll(mac.String(), ":", "")+"-")
+	if err != nil {
+		return nil, err
+	}
+	return &TaskMachine{MAC: mac, Dir: d, Memory: DefaultTaskMemory, DiskBytes: DefaultTaskDiskBytes}, nil
+}
+
+// Close removes the machine's files.
+func (t *TaskMachine) Close() error { return os.RemoveAll(t.Dir) }
+
+// Inventory is the sim's inventory of the machine.
+func (t *TaskMachine) Inventory(context.Context) (*proto.Inventory, error) {
+	inv := Inventory(t.MAC)
+	return &inv, nil
+}
+
+// MemAvailable is Memory.
+func (t *TaskMachine) MemAvailable() (int64, error) { return t.Memory, nil }
+
+var diskNameRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,31}$`)
+
+// OpenDisk opens disk name of the inventory.
+func (t *TaskMachine) OpenDisk(name string, write bool) (nodeagent.DiskDevice, error) {
+	var size int64 = -1
+	for _, d := range Inventory(t.MAC).Disks {
+		if d.Name == name {
+			size = d.SizeBytes
+		}
+	}
+	if size < 0 || !diskNameRE.MatchString(name) {
+		return nil, fmt.Errorf("sim: no disk %q in this machine's inventory", name)
+	}
+	backed := min(size, t.DiskBytes)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	f, err := os.OpenFile(filepath.Join(t.Dir, "disk-"+name), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if st, err := f.Stat(); err != nil || st.Size() != backed {
+		if err := f.Truncate(backed); err != nil { // sparse: no space until written
+			f.Close()
+			return nil, err
+		}
+	}
+	return &simDisk{name: name, f: f, size: size, backed: backed, write: write}, nil
+}
+
+// Exec runs /bin/mflab in-process on the task's lab device, and refuses
+// every other program.
+func (t *TaskMachine) Exec(ctx context.Context, program string, args []string) (nodeagent.ExecResult, error) {
+	if program != proto.LabTool.Firmware.Program {
+		return nodeagent.ExecResult{}, fmt.Errorf("sim: %s is not simulated (a simulated machine runs only the lab's %s)", program, proto.LabTool.Firmware.Program)
+	}
+	if err := ctx.Err(); err != nil {
+		return nodeagent.ExecResult{}, err
+	}
+	dev, err := t.labDevice()
+	if err != nil {
+		return nodeagent.ExecResult{}, err
+	}
+	var out, errb bytes.Buffer
+	code := nodeagent.MFLab(append([]string{"--device", dev}, args...), "/", &out, &errb)
+	return nodeagent.ExecResult{Stdout: out.Bytes(), Stderr: errb.Bytes(), ExitCode: code}, nil
+}
+
+// labDevice is the path of the task's lab device, made on first use.
+func (t *TaskMachine) labDevice() (string, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	p := filepath.Join(t.Dir, "mflab-device")
+	if _, err := os.Stat(p); err == nil {
+		return p, nil
+	}
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	return p, f.Truncate(labDeviceBytes)
+}
+
+// simDisk is a disk of size bytes whose first backed bytes are a file.
+type simDisk struct {
+	name         string
+	f            *os.File
+	size, backed int64
+	write        bool
+}
+
+func (d *simDisk) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("sim disk %s: negative offset", d.name)
+	}
+	if off >= d.size {
+		return 0, io.EOF
+	}
+	var eof error
+	if rest := d.size - off; int64(len(p)) > rest {
+		p, eof = p[:rest], io.EOF
+	}
+	n := 0
+	if off < d.backed {
+		k := int(min(int64(len(p)), d.backed-off))
+		m, err := d.f.ReadAt(p[:k], off)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return m, err
+		}
+		clear(p[m:k])
+		n = k
+	}
+	clear(p[n:]) // past the file: an unwritten disk reads as zeros
+	return len(p), eof
+}
+
+func (d *simDisk) WriteAt(p []byte, off int64) (int, error) {
+	if !d.write {
+		return 0, fmt.Errorf("sim disk %s: opened read-only", d.name)
+	}
+	if off < 0 || off+int64(len(p)) > d.backed {
+		return 0, fmt.Errorf("sim disk %s: writes past its first %d bytes are not simulated (at %d, %d bytes)", d.name, d.backed, off, len(p))
+	}
+	return d.f.WriteAt(p, off)
+}
+
+func (d *simDisk) Sync() error  { return nil } // a temporary file: nothing to make durable
+func (d *simDisk) Close() error { return d.f.Close() }
+
+// taskHTTPClient sends from the machine's leased address (BindLease) and
+// bounds the wait for an answer's headers, not a whole transfer.
+func (m *Machine) taskHTTPClient(fw Firmware, ip net.IP) *http.Client {
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	if m.BindLease {
+		d.LocalAddr = &net.TCPAddr{IP: ip}
+	}
+	tr := &http.Transport{DialContext: d.DialContext, MaxIdleConnsPerHost: 2, IdleConnTimeout: 30 * time.Second,
+		DisableCompression: true, ResponseHeaderTimeout: fw.HTTPTimeout}
+	return &http.Client{Transport: tr}
+}
+
+// runTask runs the task of a task boot with the real runner; its log
+// goes to the machine's serial console, as a ramdisk's does.
+func (m *Machine) runTask(ctx context.Context, fw Firmware, ip net.IP, callback, mac, token, task string) error {
+	tm, err := NewTaskMachine(m.MAC, m.TaskDir)
+	if err != nil {
+		return fmt.Errorf("task hardware: %w", err)
+	}
+	defer tm.Close()
+	if m.TaskMemory > 0 {
+		tm.Memory = m.TaskMemory
+	}
+	if m.TaskDiskBytes > 0 {
+		tm.DiskBytes = m.TaskDiskBytes
+	}
+	client := m.taskHTTPClient(fw, ip)
+	defer client.CloseIdleConnections()
+	log := slog.New(slog.NewTextHandler(serialLines{m}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	m.say("sim: ramdisk: running task %s", task)
+	err = nodeagent.RunTask(ctx, nodeagent.TaskEnv{CallbackURL: callback, MAC: mac, Token: token, Machine: tm,
+		Log: log, HTTP: client, TempDir: tm.Dir})
+	switch {
+	case err == nil:
+		m.say("sim: ramdisk: task %s done; waiting to be powered off", task)
+	case errors.Is(err, nodeagent.ErrStepFailed):
+		m.say("sim: ramdisk: task %s failed: %v; waiting to be powered off", task, err)
+	default:
+		m.say("sim: ramdisk: task %s: %v", task, err)
+	}
+	return err
+}
+
+// serialLines writes log records as console lines.
+type serialLines struct{ m *Machine }
+
+func (s serialLines) Write(p []byte) (int, error) {
+	for _, line := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
+		s.m.say("nodeagent: %s", line)
+	}
+	return len(p), nil
+}
