@@ -52,6 +52,7 @@ type taskConsoles struct {
 
 	mu   sync.Mutex
 	caps map[string]*capture // by node uuid
+	held int                 // captures held back by max, as last logged
 	wg   sync.WaitGroup
 }
 
@@ -161,8 +162,13 @@ func (t *taskConsoles) reconcile(ctx context.Context, v *bootstate.View) {
 			t.capture(cctx, uuid, name, c.task)
 		}()
 	}
-	if held > 0 {
-		t.log.Warn("task consoles not captured: too many at once", "held_back", held, "capturing", len(t.caps), "max", t.max)
+	if held != t.held { // logged when it changes, not at every look
+		if held > 0 {
+			t.log.Warn("task consoles not captured: too many at once", "held_back", held, "capturing", len(t.caps), "max", t.max)
+		} else {
+			t.log.Info("every task console is captured", "capturing", len(t.caps))
+		}
+		t.held = held
 	}
 }
 

@@ -234,3 +234,56 @@ func TestTaskConsoleReattach(t *testing.T) {
 		return tc.capturing()[tcNode1] == "t-10"
 	})
 }
+
+// TestTaskConsoleBound: captures take at most half the console sessions;
+// one held back is captured once another task ends.
+func TestTaskConsoleBound(t *testing.T) {
+	m := console.New(console.Config{MaxSessions: 2, Logger: coordtest.Logger(t),
+		Open: func(ctx context.Context, node string) (io.ReadWriteCloser, error) {
+			_, agentSide := net.Pipe()
+			return agentSide, nil
+		}})
+	defer m.Close()
+	store := bootStore(t)
+	node := func(uuid, mac, task string) proto.BootNode {
+		return proto.BootNode{UUID: uuid, MACs: []string{mac}, BMC: &proto.BootBMC{BMC: proto.BMC{Driver: proto.DriverIPMI}},
+			Task: &proto.TaskPlan{ID: task, Kind: proto.TaskInspect}}
+	}
+	st := &proto.RackBootState{Rack: proto.Rack{Name: "r1"}, Nodes: []proto.BootNode{
+		node(tcNode1, "52:54:00:00:00:01", "t-1"), node(tcNode2, "52:54:00:00:00:02", "t-2")}}
+	if err := store.Set(st); err != nil {
+		t.Fatal(err)
+	}
+	tc := newTaskConsoles(m, "a1", nil, 2, coordtest.Logger(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tc.run(ctx, store) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	testkit.Eventually(t, 10*time.Second, "one capture", func() bool { return m.Sessions() == 1 })
+	first := ""
+	for uuid := range tc.capturing() {
+		first = uuid
+	}
+	if n := len(tc.capturing()); n != 1 {
+		t.Fatalf("%d captures with 2 sessions, want 1 (half)", n)
+	}
+	// The captured node's task ends: the other is captured.
+	st2 := &proto.RackBootState{Rack: proto.Rack{Name: "r1"}, Index: 2}
+	for _, n := range st.Nodes {
+		if n.UUID == first {
+			n.Task = nil
+		}
+		st2.Nodes = append(st2.Nodes, n)
+	}
+	if err := store.Set(st2); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, "the held-back node captured", func() bool {
+		c := tc.capturing()
+		_, still := c[first]
+		return len(c) == 1 && !still && m.Sessions() == 1
+	})
+}

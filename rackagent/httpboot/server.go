@@ -108,6 +108,8 @@ type Server struct {
 	events  *eventLimiter
 	burnin  chan struct{} // network burn-in transfer slots
 	waiting atomic.Int64  // network burn-in transfers waiting for a slot
+	// burninLimit: the burn-in routes' rate per source.
+	burninLimit *limiter
 }
 
 // New returns a Server; it listens only in Serve.
@@ -154,6 +156,8 @@ func New(cfg Config) *Server {
 		limiter: newLimiter(cfg.CallbackRate, cfg.CallbackBurst),
 		events:  newEventLimiter(cfg.BootEventEvery),
 		burnin:  make(chan struct{}, cfg.BurninConcurrency),
+		// Ten times the callbacks' rate.
+		burninLimit: newLimiter(10*cfg.CallbackRate, 10*cfg.CallbackBurst),
 	}
 	s.mux.HandleFunc("GET /boot/{file}", s.handleScript)
 	s.mux.HandleFunc("GET /artifacts/{sha256}", s.handleArtifact)

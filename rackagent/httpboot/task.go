@@ -16,19 +16,21 @@ import (
 // The task routes: what a task ramdisk asks of its rack agent besides
 // its callbacks. Each needs the node's current task token (the boot
 // config's TaskToken, compared in constant time) as a bearer token and
-// the MAC (MACHeader or ?mac=), and counts against the source address's
-// callback rate.
+// the MAC (MACHeader or ?mac=). A plan request counts against the
+// source address's callback rate; the burn-in's transfers against a rate
+// of their own, ten times higher (a fast link makes many short
+// transfers, which BurninConcurrency bounds anyway).
 //
 //	GET  /v1/task             the node's TaskPlan (proto.TaskPlanPath)
 //	GET  /v1/burnin/source    ?bytes=N: N bytes to read (network burn-in)
 //	POST /v1/burnin/sink      the body is read and dropped; answers its size
 
-// taskCaller authenticates a task ramdisk's request: the source's rate,
-// the MAC, and its current task token. On failure it has answered (and
-// logged a refused token with the source address).
-func (s *Server) taskCaller(w http.ResponseWriter, r *http.Request) (mac string, node *proto.BootNode, log *slog.Logger, ok bool) {
+// taskCaller authenticates a task ramdisk's request: the source's rate
+// (in lim), the MAC, and its current task token. On failure it has
+// answered (and logged a refused token with the source address).
+func (s *Server) taskCaller(w http.ResponseWriter, r *http.Request, lim *limiter) (mac string, node *proto.BootNode, log *slog.Logger, ok bool) {
 	ip := sourceIP(r)
-	if !s.limiter.allow(ip, s.now()) {
+	if !lim.allow(ip, s.now()) {
 		w.Header().Set("Retry-After", "1")
 		writeError(w, proto.Errorf(proto.CodeRateLimited, "too many requests from %s; slow down", ip))
 		return "", nil, nil, false
@@ -57,7 +59,7 @@ func (s *Server) taskCaller(w http.ResponseWriter, r *http.Request) (mac string,
 // handlePlan serves GET TaskPlanPath: the node's TaskPlan, its artifacts'
 // URLs pointing at this agent's cache.
 func (s *Server) handlePlan(w http.ResponseWriter, r *http.Request) {
-	mac, n, log, ok := s.taskCaller(w, r)
+	mac, n, log, ok := s.taskCaller(w, r, s.limiter)
 	if !ok {
 		return
 	}

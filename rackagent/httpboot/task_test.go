@@ -190,6 +190,22 @@ func TestTaskPlanRateLimited(t *testing.T) {
 			t.Error("429 without Retry-After")
 		}
 	}
+	// The burn-in's transfers have a rate of their own, ten times the
+	// callbacks'.
+	ok, limited := 0, 0
+	for range 25 {
+		switch status, body, _ := h.do("GET", proto.BurninSourcePath+"?bytes=1", auth(testToken, "aa:bb:cc:00:00:02"), nil); status {
+		case 200:
+			ok++
+		case 429:
+			limited++
+		default:
+			t.Fatalf("burn-in source = %d %s", status, body)
+		}
+	}
+	if ok != 20 || limited != 5 {
+		t.Errorf("25 burn-in transfers at once: %d done, %d limited; want 20, 5", ok, limited)
+	}
 }
 
 func stepReport(task string, mut func(*proto.StepReport)) string {
