@@ -31,6 +31,9 @@ func (tx *Tx) PutTask(t *proto.Task) {
 	tx.d.tasks[t.ID] = t
 	if !exists {
 		tx.d.nodeTasks[t.Node] = append(tx.d.nodeTasks[t.Node], t.ID)
+	}
+	if !exists || t.State.Ended() && !old.State.Ended() {
+		// A new task, or one that just ended (one more finished).
 		tx.trimTasks(t.Node)
 	}
 	if n := tx.d.nodes[t.Node]; n != nil {
