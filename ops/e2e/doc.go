@@ -38,6 +38,26 @@
 // ipmitool (power, boot device, reset, soft-off, SOL): when it fails, the
 // lab is at fault.
 //
+// TestTasksQEMU (tasks_test.go, taskslab_test.go) runs servicing tasks on
+// one VM behind the virtual BMC, through the CLI (`node task NODE KIND
+// --param ... --wait -o json`), with the task ramdisk of build/ramdisk
+// (settings tasks.kernel, tasks.ramdisk: the discovery images). The VM's
+// SMBIOS vendor is QEMU, so the lab vendor tool (/bin/mflab in the
+// ramdisk) matches it; it has two 64 MiB disks for RAID and the lab
+// tool's device (serial MFLAB-DEVICE), each a sparse file kept across
+// power-ons. In order, each from a manageable node that is powered off:
+// an inspect, during which a step report and a plan fetch with a wrong
+// task token are refused 401 by the rack agent; a 3 s burn-in whose
+// per-component results (cpu, memory, disk, network) are on the task and
+// on node.task_results, with its time by phase logged as a Markdown
+// table; RAID1 over the two disks (the new inventory shows the array,
+// and the disks' files hold the md superblocks); a firmware update of the
+// lab device's bios from an image served by the test over HTTP in the
+// namespace (versions before and after); BIOS settings read back; a
+// setting the lab tool cannot read back as set fails the task naming it;
+// and an inspect that finds a disk added while the VM was off. It skips
+// (fails under CI) when the ramdisk has no mflab or mdadm.
+//
 // The tests skip unless METALFLEET_E2E=1 (`make e2e` sets it), so that
 // `go test ./...` stays fast. Then they need root, ip(8), /dev/net/tun,
 // qemu-system-x86_64 and the NIC's iPXE ROM (Debian packages
@@ -84,5 +104,7 @@
 //	                       default: built for the test)
 //	METALFLEET_E2E_UEFI=1  run the UEFI (OVMF) variant too
 //	METALFLEET_E2E_IPV6    ra (default), on or off; see above
+//	METALFLEET_E2E_RAMDISK=DIR  the kernel and ramdisk of DIR (ops/ramdisk/build.sh OUT=DIR)
+//	                       instead of build/ramdisk, which is built when missing
 //	CI=true                a missing dependency fails instead of skipping
 package e2e

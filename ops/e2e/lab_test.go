@@ -104,9 +104,15 @@ func ramdisk(t *testing.T, dir string) ramdiskFiles {
 	t.Helper()
 	root := repoRoot(t)
 	src := filepath.Join(root, "build", "ramdisk")
+	if d := os.Getenv("METALFLEET_E2E_RAMDISK"); d != "" {
+		src = d // another build (ops/ramdisk/build.sh OUT=DIR), used as it is
+	}
 	kernel, rd := filepath.Join(src, "vmlinuz"), filepath.Join(src, "metalfleet-ramdisk.cpio.gz")
 	_, err1 := os.Stat(kernel)
 	_, err2 := os.Stat(rd)
+	if (err1 != nil || err2 != nil) && os.Getenv("METALFLEET_E2E_RAMDISK") != "" {
+		t.Fatalf("METALFLEET_E2E_RAMDISK=%s: no vmlinuz and metalfleet-ramdisk.cpio.gz there", src)
+	}
 	if err1 != nil || err2 != nil {
 		t.Logf("%s has no kernel and ramdisk: running ops/ramdisk/build.sh", src)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)

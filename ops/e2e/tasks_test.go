@@ -518,7 +518,7 @@ func (r *taskRun) raid1(t *testing.T) {
 func (r *taskRun) firmware(t *testing.T) {
 	const version = "2.7.1-e2e"
 	name := "lab-bios-" + version + ".bin"
-	url, sha := r.img.add(t, name, labFirmwareImage(t, "bios", version))
+	url, sha := r.img.add(t, name, labFirmwareImage("bios", version))
 	r.l.mustCall("POST", "/v1/images", proto.Image{Name: "lab-bios-e2e", Kind: firmwareImageKind, URL: url, SHA256: sha}, nil)
 	task, tt := r.runTask(t, proto.TaskFirmware, true, "component=bios", "image=lab-bios-e2e")
 	t.Log(tt.phaseLines("firmware (lab tool, component bios)"))
@@ -561,16 +561,25 @@ func (r *taskRun) bios(t *testing.T) {
 	}
 }
 
-// biosMismatch asks for a setting the lab device cannot hold as asked:
-// the verify step fails naming it, the task fails with the console log
-// attached, the node is failed with a last_error naming task and step.
+// biosMismatch: with a vendor tool whose BIOS Set applies nothing
+// (labIgnoresSet, through the vendor_tools setting), the verify step's
+// readback cannot match: it fails naming the setting, the task fails with
+// the console log attached, the node is failed with a last_error naming
+// task and step. The vendor_tools setting is cleared after (the built-in
+// lab tool again).
 func (r *taskRun) biosMismatch(t *testing.T) {
-	settings, setting := labUnmatchableSetting()
-	if settings == "" {
-		t.Skip("the lab tool (/bin/mflab) has no setting whose readback cannot match")
-	}
-	task, tt := r.runTask(t, proto.TaskBIOS, false, "settings="+settings)
+	tools := []proto.VendorTool{labIgnoresSet}
+	r.l.mustCall("PATCH", "/v1/settings", proto.SettingsPatch{VendorTools: &tools}, nil)
+	defer func() {
+		none := []proto.VendorTool{}
+		r.l.mustCall("PATCH", "/v1/settings", proto.SettingsPatch{VendorTools: &none}, nil)
+	}()
+	const setting = "SRIOV" // Disabled on a fresh lab device, and not set by the bios step
+	task, tt := r.runTask(t, proto.TaskBIOS, false, `settings={"`+setting+`":"Enabled"}`)
 	t.Log(tt.phaseLines("bios, readback mismatch (failed task)"))
+	if task.Vendor != labIgnoresSet.Name {
+		t.Errorf("task vendor %q, want %s (the vendor_tools setting)", task.Vendor, labIgnoresSet.Name)
+	}
 	var failed *proto.Step
 	for i, s := range task.Steps {
 		if s.State == proto.StepFailed {
@@ -587,14 +596,17 @@ func (r *taskRun) biosMismatch(t *testing.T) {
 	if !strings.Contains(failed.Error, setting) {
 		t.Errorf("the failed step's error %q does not name the setting %s", failed.Error, setting)
 	}
+	if !strings.Contains(task.Error, setting) {
+		t.Errorf("the task's error %q does not name the setting %s", task.Error, setting)
+	}
 	if task.ConsoleLog == "" {
 		t.Errorf("failed task %s has no console log attached", task.ID)
 	} else {
-		t.Logf("failed task's console log: %d bytes", len(task.ConsoleLog))
+		t.Logf("failed task's console log: %d bytes, last lines:\n%s", len(task.ConsoleLog), tail(cleanConsole([]byte(task.ConsoleLog)), 5))
 	}
 	n := r.getNode(t, r.node)
-	if !strings.Contains(n.LastError, task.ID) && !strings.Contains(n.LastError, string(proto.TaskBIOS)) ||
-		!strings.Contains(n.LastError, failed.Name) {
+	t.Logf("node after the failed task: %s, last_error %q", n.ProvisionState, n.LastError)
+	if !strings.Contains(n.LastError, task.ID) || !strings.Contains(n.LastError, failed.Name) {
 		t.Errorf("node last_error %q does not name the task (%s) and the step (%s)", n.LastError, task.ID, failed.Name)
 	}
 }

@@ -192,8 +192,9 @@ func tail(s string, n int) string {
 	return strings.Join(ls, "\n")
 }
 
-// cpioNames lists the names in a gzip'd newc cpio archive, without a
-// leading "./", with a symbolic link's target ("name -> target").
+// cpioNames lists the names in gzip'd newc cpio archives (one after
+// another, as Linux unpacks an initramfs), without a leading "./", with a
+// symbolic link's target ("name -> target").
 func cpioNames(file string) ([]string, error) {
 	f, err := os.Open(file)
 	if err != nil {
@@ -226,7 +227,13 @@ func cpioNames(file string) ([]string, error) {
 		name := strings.TrimPrefix(strings.TrimRight(string(raw[nameAt:nameAt+nameSize]), "\x00"), "./")
 		dataAt := (nameAt + nameSize + 3) &^ 3
 		if name == "TRAILER!!!" {
-			break
+			// Another archive may follow (Linux unpacks them all), after
+			// zero padding.
+			off = (dataAt + size + 3) &^ 3
+			for off < len(raw) && raw[off] == 0 {
+				off++
+			}
+			continue
 		}
 		if mode&0o170000 == 0o120000 && dataAt+size <= len(raw) {
 			name += " -> " + string(raw[dataAt:dataAt+size])
@@ -363,65 +370,74 @@ func (tt *taskTimes) phaseLines(title string) string {
 	return strings.TrimRight(b.String(), "\n")
 }
 
-// --- the lab vendor tool (/bin/mflab, rackagent/nodeagent) ---
+// --- the lab vendor tool (/bin/mflab, rackagent/nodeagent/mflab.go) ---
 
-// firmwareImageKind is the image kind a firmware image is registered
-// with.
-var firmwareImageKind = proto.ImageDisk
+// firmwareImageKind is the image kind a firmware task takes.
+var firmwareImageKind = proto.ImageFirmware
 
-// labFirmwareImage is a firmware image of the lab tool for component at
-// version.
-func labFirmwareImage(t *testing.T, component, version string) []byte {
-	t.Helper()
-	return []byte(fmt.Sprintf("MFLAB-FIRMWARE component=%s version=%s\n", component, version))
+// labFirmwareImage is a lab firmware image for component at version: the
+// header line "MFLAB-FIRMWARE <component> <version>", then a 256 KiB
+// payload (the tool writes it to the component's slot and reads it back).
+func labFirmwareImage(component, version string) []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "MFLAB-FIRMWARE %s %s\n", component, version)
+	block := sha256.Sum256([]byte(version))
+	for b.Len() < 256<<10 {
+		b.Write(block[:])
+		block = sha256.Sum256(block[:])
+	}
+	return b.Bytes()
 }
 
-// firmwareVersions reads the versions before and after from a firmware
-// task's steps' results.
+// firmwareResult is a firmware step's result (each step has the fields
+// it knows).
+type firmwareResult struct {
+	Component     string `json:"component"`
+	Image         string `json:"image"`
+	SHA256        string `json:"sha256"`
+	VersionBefore string `json:"version_before"`
+	VersionAfter  string `json:"version_after"`
+}
+
+// firmwareVersions reads the version before from the download step's
+// result and the version after from the verify step's.
 func firmwareVersions(t *testing.T, task proto.Task) (before, after string) {
 	t.Helper()
-	for _, s := range task.Steps {
-		var res map[string]any
-		if json.Unmarshal(s.Result, &res) != nil {
-			continue
+	var d, v firmwareResult
+	for _, x := range []struct {
+		step string
+		res  *firmwareResult
+	}{{proto.StepNameDownload, &d}, {proto.StepNameVerify, &v}} {
+		s := stepByName(t, task, x.step)
+		if err := json.Unmarshal(s.Result, x.res); err != nil {
+			t.Errorf("firmware %s step: result %q: %v", x.step, s.Result, err)
 		}
-		for k, v := range res {
-			str, ok := v.(string)
-			if !ok {
-				continue
-			}
-			switch {
-			case strings.Contains(k, "before"):
-				before = str
-			case strings.Contains(k, "after"):
-				after = str
-			}
-		}
+		t.Logf("firmware %s step result: %s", x.step, s.Result)
 	}
-	return before, after
+	if v.VersionBefore != "" && v.VersionBefore != d.VersionBefore {
+		t.Errorf("firmware: version before %q in the download step, %q in the verify step", d.VersionBefore, v.VersionBefore)
+	}
+	return d.VersionBefore, v.VersionAfter
 }
 
 // readBackSettings reads the settings read back from a bios verify
-// step's result.
+// step's result ({"settings": {...}, "asked": {...}, "matched": N}).
 func readBackSettings(t *testing.T, result json.RawMessage) map[string]string {
 	t.Helper()
-	var res map[string]json.RawMessage
-	if err := json.Unmarshal(result, &res); err != nil {
-		t.Fatalf("bios verify result %s: %v", result, err)
+	var res struct {
+		Settings map[string]string `json:"settings"`
 	}
-	for _, k := range []string{"settings", "read_back", "readback", "actual"} {
-		var m map[string]string
-		if json.Unmarshal(res[k], &m) == nil && m != nil {
-			return m
-		}
+	if err := json.Unmarshal(result, &res); err != nil || res.Settings == nil {
+		t.Fatalf("bios verify result %s: no settings read back (%v)", result, err)
 	}
-	t.Fatalf("bios verify result %s: no settings read back", result)
-	return nil
+	return res.Settings
 }
 
-// labUnmatchableSetting is a settings map (JSON) with a setting the lab
-// tool cannot read back as asked, and that setting's name; "" when the
-// tool has none.
-func labUnmatchableSetting() (string, string) {
-	return "", ""
+// labIgnoresSet is a vendor tool for the lab VM whose BIOS Set does not
+// apply anything (mflab help: exit 0, nothing written), while Get reads
+// the device: a BIOS that takes settings and silently keeps its own, so
+// a readback cannot match. mflab itself has no read-only setting.
+var labIgnoresSet = proto.VendorTool{
+	Name: "lab-bios-ignores-set", Vendor: "QEMU", Product: "LabVM-Tasks",
+	BIOS: &proto.ToolCommands{Program: "/bin/mflab", Get: []string{"bios-get"}, Set: []string{"help"}},
 }
