@@ -1,6 +1,8 @@
 #!/bin/sh
-# Build the task ramdisk: nodeagent as /init, the kernel modules of
-# ops/ramdisk/modules.txt with their dependencies, and the matching kernel.
+# Build the task ramdisk: nodeagent as /init (and as /bin/mflab, the lab's
+# vendor tool), mdadm with its shared libraries for raid tasks, the kernel
+# modules of ops/ramdisk/modules.txt with their dependencies, and the
+# matching kernel.
 #
 #   ops/ramdisk/build.sh            (make ramdisk)
 #
@@ -16,8 +18,11 @@
 #                 depends on, else the newest in /lib/modules)
 #   MODULES="..." module names instead of modules.txt
 #   VERSION=V     nodeagent version (default: git describe)
-# Installs linux-image-amd64 and cpio with apt-get when they are missing
-# (root needed then, and for the /dev/console node in the archive).
+#   TOOLS="..."   more programs to put in the ramdisk (vendor tools), each
+#                 copied to the same path with the shared libraries ldd
+#                 names
+# Installs linux-image-amd64, cpio and mdadm with apt-get when they are
+# missing (root needed then, and for the /dev/console node in the archive).
 set -eu
 
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -26,7 +31,7 @@ GO=${GO:-go}
 
 need() { dpkg-query -W -f '${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 missing=""
-for p in linux-image-amd64 cpio; do need "$p" || missing="$missing $p"; done
+for p in linux-image-amd64 cpio mdadm; do need "$p" || missing="$missing $p"; done
 if [ -n "$missing" ]; then
 	echo "build.sh: installing$missing" >&2
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing >&2
@@ -58,6 +63,38 @@ mkdir -p "$STAGE/dev" "$STAGE/proc" "$STAGE/sys" "$STAGE/run" "$STAGE/tmp" \
 	"$STAGE/etc/metalfleet" "$STAGE/lib/modules/$KVER"
 cp "$OUT/nodeagent" "$STAGE/init"
 chmod 755 "$STAGE/init"
+# nodeagent run as mflab is the lab's vendor tool (proto.LabTool).
+mkdir -p "$STAGE/bin"
+ln -s /init "$STAGE/bin/mflab"
+
+# mdadm (raid tasks) and any vendor tools, each with the shared libraries
+# and the dynamic loader ldd names, at the same paths (without
+# /etc/ld.so.cache the loader searches its built-in directories, which on
+# Debian include /lib/x86_64-linux-gnu).
+MDADM=$(command -v mdadm || echo /sbin/mdadm)
+[ -x "$MDADM" ] || { echo "build.sh: no mdadm" >&2; exit 1; }
+copy_program() {
+	src=$1 dst=$2
+	mkdir -p "$STAGE$(dirname "$dst")"
+	cp -L "$src" "$STAGE$dst"
+	chmod 755 "$STAGE$dst"
+	ldd "$src" 2>/dev/null | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) (.*/\1/p' |
+		while read -r lib; do
+			[ -e "$STAGE$lib" ] && continue
+			mkdir -p "$STAGE$(dirname "$lib")"
+			cp -L "$lib" "$STAGE$lib"
+		done
+}
+copy_program "$MDADM" /sbin/mdadm
+for tool in ${TOOLS:-}; do
+	copy_program "$tool" "$tool"
+done
+mkdir -p "$STAGE/etc/mdadm"
+if [ "$(id -u)" = 0 ]; then
+	# The copied mdadm runs in the ramdisk's tree alone.
+	chroot "$STAGE" /sbin/mdadm --version >/dev/null 2>&1 ||
+		{ echo "build.sh: mdadm does not run inside the ramdisk tree" >&2; exit 1; }
+fi
 # The kernel opens /dev/console for init before devtmpfs is mounted; without
 # the node, init starts with no output until it mounts /dev (it does).
 mknod -m 600 "$STAGE/dev/console" c 5 1 2>/dev/null ||
@@ -91,6 +128,7 @@ ramdisk_sha256=$(sha "$OUT/metalfleet-ramdisk.cpio.gz")
 nodeagent_version=$VERSION
 nodeagent_sha256=$(sha "$OUT/nodeagent")
 modules=$nmod
+mdadm_version=$("$MDADM" --version 2>&1 | head -1)
 INFO
 
 size() { stat -c %s "$1"; }
