@@ -27,6 +27,10 @@ import (
 // history.
 const taskConsoleUser = "metalfleet-task"
 
+// longSession: a capture whose session ended after this long attaches
+// again at once (one that ends sooner waits, with backoff).
+const longSession = 5 * time.Second
+
 // taskConsoleShare is the share of the console manager's sessions that
 // captures may take: the rest stay for operators.
 const taskConsoleShare = 2 // one half
@@ -197,6 +201,7 @@ func (t *taskConsoles) capture(ctx context.Context, node, name, task string) {
 				log.Info("task console captured (read-only)")
 			}
 			failed, wait = 0, t.retryMin
+			began := time.Now()
 			for { // the manager keeps the log; this client only holds the session
 				if _, err := cl.Next(ctx); err != nil {
 					break
@@ -206,6 +211,11 @@ func (t *taskConsoles) capture(ctx context.Context, node, name, task string) {
 			if ctx.Err() != nil {
 				log.Info("task console capture ended: the task left the boot state")
 				return
+			}
+			if time.Since(began) >= longSession {
+				// The boot's output goes on: attach again at once.
+				log.Info("task console session ended; attaching again")
+				continue
 			}
 			log.Info("task console session ended; attaching again", "retry_in", wait)
 		}
