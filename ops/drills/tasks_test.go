@@ -86,7 +86,7 @@ func newBurninRig(t *testing.T) *burninRig {
 	}
 	hw := net.HardwareAddr{0x52, 0x54, 0x00, 0x0b, 0x00, 0x01}
 	r.host = sim.NewHost(&sim.Machine{MAC: hw, DHCP: server, RelayIP: net.IPv4(127, 0, 0, 1), BindLease: true,
-		Report: simReport, Firmware: drillFirmware})
+		Report: simReport, Firmware: drillFirmware, TaskDir: t.TempDir()})
 	if err := r.host.StartBMC(sim.BMCConfig{Password: "drill-pw", Username: "admin"}); err != nil {
 		t.Fatal(err)
 	}
