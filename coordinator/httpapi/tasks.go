@@ -45,8 +45,10 @@ func (a *API) createTask(c *call) (any, error) {
 		return nil, proto.Errorf(proto.CodeNotFound, "node %q not found", id)
 	}
 	// The state is checked before an agent is looked for, so a node in
-	// the wrong state is told so (409), not that no agent is heard of.
-	if err := fsm.CanServe(n); err != nil && req.RequestID == "" {
+	// the wrong state is told so (409), not that no agent is heard of;
+	// but for a retry of a request already recorded (the FSM answers its
+	// task).
+	if err := fsm.CanServe(n); err != nil && !hasRequest(a.b.Store().NodeTasks(n.UUID), req.RequestID) {
 		return nil, err
 	}
 	agent, err := a.requireAgent(n.Rack, n.UUID)
@@ -67,6 +69,16 @@ func (a *API) createTask(c *call) (any, error) {
 	}
 	c.status = http.StatusCreated
 	return v, nil
+}
+
+// hasRequest reports whether one of tasks was made by request id.
+func hasRequest(tasks []*proto.Task, id string) bool {
+	for _, t := range tasks {
+		if id != "" && t.Request == id {
+			return true
+		}
+	}
+	return false
 }
 
 // newTaskID makes a task id: "t-" and 10 hex digits.

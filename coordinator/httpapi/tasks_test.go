@@ -104,6 +104,13 @@ func TestAPITaskRequests(t *testing.T) {
 	}
 	e.runErrCases([]errCase{{name: "no agent", method: "POST", path: "/v1/nodes/lone/tasks", body: `{"kind":"inspect"}`,
 		status: 503, code: proto.CodeUnavailable, msg: "no rack agent of rack lonely"}})
+	// A node in the wrong state is a 409, not a 503, with a request id
+	// too (the CLI always sends one).
+	e.createNode(proto.NodeCreate{Name: "lone2", MACs: []string{mac(3)}})
+	e.ok(200, "PATCH", "/v1/nodes/lone2", asAdmin, `{"rack":"lonely","bmc":{"driver":"fake","address":"b2"}}`, nil)
+	e.runErrCases([]errCase{{name: "wrong state with a request id, no agent", method: "POST", path: "/v1/nodes/lone2/tasks",
+		body:   `{"kind":"inspect","request_id":"9b1e6c1e-req"}`,
+		status: 409, code: proto.CodeWrongState, msg: "cannot service node lone2: it is enrolled"}})
 	if ts := e.srv.Store().NodeTasks(lone.UUID); len(ts) != 0 {
 		t.Fatalf("refused requests recorded tasks: %v", ts)
 	}
