@@ -133,8 +133,9 @@ func (r *taskRunner) burnCPU(ctx context.Context, sc *stepCtx) stepResult {
 	return stepResult{result: res, err: err}
 }
 
-// memChunk is the unit the memory burn-in allocates and checks.
-const memChunk = 64 << 20
+// memChunk is the unit the memory burn-in allocates and checks (a
+// variable for tests).
+var memChunk int64 = 64 << 20
 
 // memPatterns names the memory burn-in's patterns, in order.
 var memPatterns = []string{"0x55", "0xaa", "walking-ones", "address"}
@@ -208,30 +209,50 @@ func (r *taskRunner) burnMemory(ctx context.Context, sc *stepCtx) stepResult {
 		chunks = nil
 		debug.FreeOSMemory()
 	}()
+	bases := make([]uint64, len(chunks)) // each chunk's first word in the region
+	for i := 1; i < len(chunks); i++ {
+		bases[i] = bases[i-1] + uint64(len(chunks[i-1]))
+	}
+	// Each phase (write or verify one pattern over the region) runs on
+	// every core, a chunk at a time.
+	workers := min(runtime.NumCPU(), len(chunks))
+	phase := func(pi int, verify bool) {
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		for w := 0; w < workers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for ci := int(next.Add(1) - 1); ci < len(chunks) && ctx.Err() == nil; ci = int(next.Add(1) - 1) {
+					if !verify {
+						memFill(chunks[ci], pi, bases[ci])
+					} else if bad := memCheck(chunks[ci], pi, bases[ci]); bad > 0 {
+						mu.Lock()
+						res.Errors += bad
+						mu.Unlock()
+						sc.logf("memory: pass %d pattern %s: %d bad words in chunk %d", res.Passes+1, memPatterns[pi], bad, ci)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+	}
 	start := r.clock.Now()
 	wallStart := time.Now()
 	var touched int64
 	done := false
 	for !done {
 		for pi := range memPatterns {
-			for phase := 0; phase < 2; phase++ {
-				base := uint64(0)
-				for ci, c := range chunks {
-					if err := ctx.Err(); err != nil {
-						return stepResult{result: res, err: err}
-					}
-					if phase == 0 {
-						memFill(c, pi, base)
-					} else if bad := memCheck(c, pi, base); bad > 0 {
-						res.Errors += bad
-						sc.logf("memory: pass %d pattern %s: %d bad words in chunk %d", res.Passes+1, memPatterns[pi], bad, ci)
-					}
-					base += uint64(len(c))
-					touched += int64(len(c)) * 8
-					pct := int(100 * r.clock.Now().Sub(start) / p.Duration)
-					if err := sc.progress(ctx, pct, "memory: pass %d, pattern %s, %d errors", res.Passes+1, memPatterns[pi], res.Errors); err != nil {
-						return stepResult{result: res, err: err}
-					}
+			for _, verify := range []bool{false, true} {
+				phase(pi, verify)
+				if err := ctx.Err(); err != nil {
+					return stepResult{result: res, err: err}
+				}
+				touched += region
+				pct := int(100 * r.clock.Now().Sub(start) / p.Duration)
+				if err := sc.progress(ctx, pct, "memory: pass %d, pattern %s, %d errors", res.Passes+1, memPatterns[pi], res.Errors); err != nil {
+					return stepResult{result: res, err: err}
 				}
 			}
 		}

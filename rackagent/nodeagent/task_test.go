@@ -757,6 +757,22 @@ func TestStepBounds(t *testing.T) {
 	}
 }
 
+func TestRunTaskMemoryInChunks(t *testing.T) {
+	defer func(n int64) { memChunk = n }(memChunk)
+	memChunk = 1 << 20
+	a := newTestAgent(t, planOf(proto.TaskBurnin, map[string]string{"duration": "1s", "memory_percent": "95", "network": "false"}))
+	a.plan.Steps[0].State, a.plan.Steps[2].State = proto.StepPassed, proto.StepPassed
+	m := newTestMachine(t)
+	m.mem = 10<<20 + 12345
+	if err := runTestTask(t, a, m); err != nil {
+		t.Fatalf("RunTask = %v", err)
+	}
+	mem := decode[memResult](t, a.results()["memory"].Result)
+	if want := (int64(10<<20+12345) * 95 / 100) &^ 4095; mem.Bytes != want || mem.Errors != 0 || mem.Passes < 1 {
+		t.Errorf("memory = %+v, want %d bytes in 1 MiB chunks, no errors", mem, want)
+	}
+}
+
 func TestMemoryPatternsFindErrors(t *testing.T) {
 	words := make([]uint64, 1024)
 	for p := range memPatterns {
