@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -116,5 +117,63 @@ func TestUsage(t *testing.T) {
 	}
 	if err := run(context.Background(), []string{"inventory", "-h"}, io.Discard, io.Discard); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("inventory -h = %v, want flag.ErrHelp", err)
+	}
+}
+
+func TestMFLabAndTask(t *testing.T) {
+	dev := filepath.Join(t.TempDir(), "lab.img")
+	if err := os.WriteFile(dev, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(dev, 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if err := run(context.Background(), []string{"mflab", "--device", dev, "firmware-version", "bmc"}, &out, &errb); err != nil || out.String() != "1.0.0\n" {
+		t.Errorf("mflab firmware-version = %v, %q (%s), want the factory version", err, out.String(), errb.String())
+	}
+	var ee exitError
+	if err := run(context.Background(), []string{"mflab", "--device", dev, "bogus"}, io.Discard, io.Discard); !errors.As(err, &ee) || ee != 2 {
+		t.Errorf("mflab bogus = %v, want exit status 2", err)
+	}
+	t.Setenv("METALFLEET_TOKEN", "")
+	if err := run(context.Background(), []string{"task", "--callback", "http://a/v1/callback", "--mac", "52:54:00:12:34:56"}, io.Discard, io.Discard); !errors.As(err, new(usageError)) {
+		t.Errorf("task without a token = %v, want a usage error", err)
+	}
+}
+
+// TestRunAsMFLab builds nodeagent and runs it through a link named
+// mflab, as the ramdisk's /bin/mflab.
+func TestRunAsMFLab(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds nodeagent")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "nodeagent")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	link := filepath.Join(dir, "mflab")
+	if err := os.Symlink(bin, link); err != nil {
+		t.Fatal(err)
+	}
+	dev := filepath.Join(dir, "lab.img")
+	if err := os.WriteFile(dev, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(dev, 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(link, "--device", dev, "bios-get").Output()
+	var got map[string]string
+	if err != nil || json.Unmarshal(out, &got) != nil || got["BootMode"] != nodeagent.LabDefaultBIOS["BootMode"] {
+		t.Errorf("mflab bios-get = %q, %v; want the default settings", out, err)
+	}
+	cmd := exec.Command(link, "firmware-apply", "bios", filepath.Join(dir, "missing.img"))
+	cmd.Env = append(os.Environ(), "METALFLEET_MFLAB_DEVICE="+dev)
+	out, err = cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "missing.img") {
+		t.Errorf("mflab firmware-apply of a missing file = %v, %q; want exit status 1 naming the file", err, out)
 	}
 }

@@ -1,7 +1,7 @@
 // Package nodeagent is the library of the small static program inside every
 // task ramdisk (cmd/nodeagent).
 //
-// It does three things:
+// It does four things:
 //
 //   - Collect reads a machine's inventory (proto.Inventory) from /sys,
 //     /proc and /dev under a filesystem root: "/" on a machine, a fixture
@@ -15,8 +15,15 @@
 //     loads the kernel modules the ramdisk build listed, reads the kernel
 //     command line (metalfleet.callback, metalfleet.mac, BOOTIF,
 //     metalfleet.token, metalfleet.task, ...), takes a DHCP lease on the
-//     boot interface, collects and reports the inventory, then powers off
-//     or stays up as the command line says.
+//     boot interface, collects and reports the inventory (or, for a task,
+//     runs RunTask), then powers off or stays up as the command line says.
+//   - RunTask runs a servicing task (inspect, burn-in, firmware, BIOS,
+//     RAID): it fetches the plan from the rack agent, runs the steps not
+//     yet passed on a Machine (LinuxMachine in the ramdisk, a simulated
+//     one in dev mode) and reports each step's start, progress and
+//     result. Vendor tools run as programs (ToolArgs, no shell); mdadm
+//     does software RAID; MFLab is the lab's own vendor tool
+//     (proto.LabTool), firmware and BIOS settings on a disk.
 //
 // What needs a real machine (mount, finit_module, netlink, ioctl, raw
 // sockets, reboot) is kept thin; what decides (parsing the command line,

@@ -69,7 +69,10 @@ func linuxInit(console io.Writer) *initSystem {
 			if env.Machine == nil {
 				env.Machine = &LinuxMachine{PXEMAC: env.MAC, Log: log}
 			}
-			env.Reporter = rep
+			// A task's reports wait longer for the agent than the
+			// discovery inventory: a step's result is worth keeping
+			// through an agent's restart.
+			env.Reporter = &Reporter{Log: log, MaxElapsed: TaskReportMaxElapsed}
 			return RunTask(ctx, env)
 		},
 		powerOff: func() error { unix.Sync(); return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF) },

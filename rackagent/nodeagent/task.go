@@ -62,6 +62,12 @@ const MaxExecOutput = 1 << 20
 // DefaultMDADM is the mdadm program of the task ramdisk.
 const DefaultMDADM = "/sbin/mdadm"
 
+// TaskReportMaxElapsed is how long the ramdisk retries fetching the
+// plan and posting a start or result report before it gives up (and
+// follows metalfleet.onerror: by default it reboots, fetches the plan
+// again and resumes).
+const TaskReportMaxElapsed = 10 * time.Minute
+
 // DefaultProgressEvery is how often a running step reports its progress.
 const DefaultProgressEvery = 5 * time.Second
 
