@@ -148,10 +148,21 @@ func (r *taskRunner) download(ctx context.Context, sc *stepCtx, a proto.Artifact
 	if a.Size > 0 {
 		limit = a.Size
 	}
-	var n int64
+	var (
+		n          int64
+		mismatches int
+	)
 	err := r.retry(ctx, "GET "+a.URL, func(ctx context.Context) error {
 		var err error
 		n, err = r.downloadOnce(ctx, sc, a, file, limit)
+		var bad *checksumError
+		if errors.As(err, &bad) {
+			// One bad copy may be one bad transfer; three are the image.
+			if mismatches++; mismatches >= 3 {
+				return &StatusError{Status: http.StatusUnprocessableEntity, Body: fmt.Sprintf("%v (%d downloads)", err, mismatches)}
+			}
+			sc.logf("download %d: %v; again", mismatches, err)
+		}
 		return err
 	})
 	if err != nil {
@@ -199,10 +210,16 @@ func (r *taskRunner) downloadOnce(ctx context.Context, sc *stepCtx, a proto.Arti
 		return n, fmt.Errorf("the image is %d bytes, want %d", n, a.Size)
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != strings.ToLower(a.SHA256) {
-		// A corrupt copy may be one bad transfer: temporary.
-		return n, fmt.Errorf("sha256 mismatch: got %s, want %s", got, strings.ToLower(a.SHA256))
+		return n, &checksumError{got: got, want: strings.ToLower(a.SHA256)}
 	}
 	return n, os.Rename(tmp.Name(), file)
+}
+
+// checksumError is an image whose sha256 is not the artifact's.
+type checksumError struct{ got, want string }
+
+func (e *checksumError) Error() string {
+	return fmt.Sprintf("sha256 mismatch: got %s, want %s", e.got, e.want)
 }
 
 // progressWriter reports a transfer's progress.
@@ -211,7 +228,6 @@ type progressWriter struct {
 	sc          *stepCtx
 	n, total    int64
 	what        string
-	progressErr error
 }
 
 func (p *progressWriter) Write(b []byte) (int, error) {

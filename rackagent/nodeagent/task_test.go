@@ -439,7 +439,7 @@ func TestRunTaskFirmware(t *testing.T) {
 		{name: "tool without firmware", vendor: &proto.VendorTool{Name: "acme", Vendor: "QEMU", BIOS: proto.LabTool.BIOS}, image: image,
 			wantFail: "download", wantError: `its vendor tool "acme" has no firmware commands`},
 		{name: "corrupt download", vendor: &proto.LabTool, image: image, artifact: proto.Artifact{SHA256: sha([]byte("other"))},
-			wantFail: "download", wantError: "sha256 mismatch"},
+			wantFail: "download", wantError: "sha256 mismatch: got " + sha(image) + ", want " + sha([]byte("other")) + " (3 downloads)"},
 		{name: "image for another component", vendor: &proto.LabTool, image: labImage("bmc", "3.0", "x"),
 			wantFail: "apply", wantError: `the image is for component "bmc", not "bios"`},
 		{name: "not an image", vendor: &proto.LabTool, image: []byte("hello\nworld"),
