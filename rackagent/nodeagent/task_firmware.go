@@ -224,10 +224,10 @@ func (e *checksumError) Error() string {
 
 // progressWriter reports a transfer's progress.
 type progressWriter struct {
-	ctx         context.Context
-	sc          *stepCtx
-	n, total    int64
-	what        string
+	ctx      context.Context
+	sc       *stepCtx
+	n, total int64
+	what     string
 }
 
 func (p *progressWriter) Write(b []byte) (int, error) {
