@@ -10,6 +10,28 @@ import (
 	"github.com/metalfleet/metalfleet/proto"
 )
 
+// Vendor tools, as the ramdisk runs them (proto.VendorTool is the
+// contract). To add a hardware model's tools:
+//
+//  1. Build them into the task ramdisk: ops/ramdisk/build.sh
+//     TOOLS="/opt/vendor/bin/fwupd-cli /opt/vendor/bin/biosctl" copies
+//     each program to the same path with the shared libraries ldd names.
+//  2. Add a proto.VendorTool to the vendor_tools setting, matched on the
+//     inventory's system vendor and product, with the program and the
+//     argument words of each command ({component}, {file}, {level},
+//     {disks} are replaced inside words; nothing goes through a shell).
+//  3. Make each command keep the contract: exit status 0 on success,
+//     anything else with the cause on stderr; firmware Version prints
+//     the version on its first line; BIOS Get prints one JSON object of
+//     settings (strings, numbers or booleans); BIOS Set reads such an
+//     object from {file}; RAID Create takes {level} (0, 1, 10) and
+//     {disks} (comma-separated /dev paths), RAID Delete removes every
+//     array.
+//
+// The step's log gets each command line, its stdout and stderr (each
+// cut at MaxExecOutput) and its exit status; a command is killed after
+// DefaultToolTimeout.
+
 // DefaultToolTimeout bounds one vendor tool command (a firmware write
 // can take many minutes).
 const DefaultToolTimeout = 30 * time.Minute
