@@ -207,5 +207,8 @@ func (h *Host) Close() error {
 		err = b.close()
 	}
 	h.serial.Close()
+	if cerr := h.M.Close(); err == nil {
+		err = cerr
+	}
 	return err
 }

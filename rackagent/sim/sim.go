@@ -34,6 +34,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -157,6 +158,9 @@ type Machine struct {
 	TaskDir       string
 	TaskMemory    int64
 	TaskDiskBytes int64
+
+	labMu   sync.Mutex
+	labPath string // the lab device file (see TaskMachine), once made
 }
 
 // Retries counts what a machine had to do again.

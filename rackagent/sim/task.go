@@ -26,7 +26,9 @@ import (
 // inventory, memory of TaskMemory bytes, and disks whose first
 // TaskDiskBytes are temporary files (reads past them are zeros, writes
 // past them fail). Exec runs only the lab's vendor tool, /bin/mflab
-// (nodeagent's own code, in-process, on a lab device file of the task);
+// (nodeagent's own code, in-process, on the machine's lab device file,
+// which keeps its firmware versions and BIOS settings from one task to
+// the next until the machine is closed);
 // any other program is refused, so a RAID task or a vendor tool other
 // than the lab's fails clearly on a simulated machine.
 
@@ -52,6 +54,11 @@ type TaskMachine struct {
 	// DiskBytes is how much of each disk is backed by a file (default
 	// DefaultTaskDiskBytes).
 	DiskBytes int64
+	// LabDevice is the lab device file mflab works on ("": one made in
+	// Dir on first use).
+	LabDevice string
+	// lab, if set, gives the lab device on first use (the machine's).
+	lab func() (string, error)
 
 	mu sync.Mutex
 }
@@ -127,20 +134,63 @@ func (t *TaskMachine) Exec(ctx context.Context, program string, args []string) (
 	return nodeagent.ExecResult{Stdout: out.Bytes(), Stderr: errb.Bytes(), ExitCode: code}, nil
 }
 
-// labDevice is the path of the task's lab device, made on first use.
+// labDevice is the path of the lab device, made on first use.
 func (t *TaskMachine) labDevice() (string, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	p := filepath.Join(t.Dir, "mflab-device")
-	if _, err := os.Stat(p); err == nil {
-		return p, nil
+	if t.LabDevice != "" {
+		return t.LabDevice, nil
 	}
-	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	newLab := t.lab
+	if newLab == nil {
+		newLab = func() (string, error) { return newLabDevice(t.Dir) }
+	}
+	p, err := newLab()
+	if err == nil {
+		t.LabDevice = p
+	}
+	return p, err
+}
+
+// newLabDevice makes a fresh (factory) lab device file in dir.
+func newLabDevice(dir string) (string, error) {
+	f, err := os.CreateTemp(dir, "sim-mflab-device-")
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
-	return p, f.Truncate(labDeviceBytes)
+	if err := f.Truncate(labDeviceBytes); err != nil { // sparse
+		os.Remove(f.Name())
+		return "", err
+	}
+	return f.Name(), nil
+}
+
+// labDevice is the machine's lab device, made on first use; Close
+// removes it.
+func (m *Machine) labDevice() (string, error) {
+	m.labMu.Lock()
+	defer m.labMu.Unlock()
+	if m.labPath == "" {
+		p, err := newLabDevice(m.TaskDir)
+		if err != nil {
+			return "", err
+		}
+		m.labPath = p
+	}
+	return m.labPath, nil
+}
+
+// Close removes the machine's lab device file, if it has one.
+func (m *Machine) Close() error {
+	m.labMu.Lock()
+	defer m.labMu.Unlock()
+	if m.labPath == "" {
+		return nil
+	}
+	err := os.Remove(m.labPath)
+	m.labPath = ""
+	return err
 }
 
 // simDisk is a disk of size bytes whose first backed bytes are a file.
@@ -215,6 +265,7 @@ func (m *Machine) runTask(ctx context.Context, fw Firmware, ip net.IP, callback,
 	if m.TaskDiskBytes > 0 {
 		tm.DiskBytes = m.TaskDiskBytes
 	}
+	tm.lab = m.labDevice // made when a task first runs mflab
 	client := m.taskHTTPClient(fw, ip)
 	defer client.CloseIdleConnections()
 	log := slog.New(slog.NewTextHandler(serialLines{m}, &slog.HandlerOptions{Level: slog.LevelInfo}))

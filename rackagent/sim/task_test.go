@@ -210,6 +210,30 @@ func TestTaskFirmwareWithLabTool(t *testing.T) {
 	if r := res["download"]; !r.Passed || json.Unmarshal(r.Result, &fig) != nil || fig.VersionBefore != nodeagent.LabFactoryVersion {
 		t.Errorf("download: %+v, want passed with version_before %s", r, nodeagent.LabFactoryVersion)
 	}
+
+	// The machine keeps its lab device from one task to the next: a
+	// second task finds the version the first applied.
+	plan.ID = "t-fw2"
+	b.add(taskNode(2, plan))
+	reps.mu.Lock()
+	reps.got = nil
+	reps.mu.Unlock()
+	if err := m.runTask(ctx, Firmware{}.withDefaults(), net.IPv4(127, 0, 0, 1), base+proto.CallbackPrefix, taskMAC(2).String(), "token-2", "firmware"); err != nil {
+		t.Fatalf("second firmware task: %v", err)
+	}
+	if r := reps.results(taskMAC(2).String())["download"]; json.Unmarshal(r.Result, &fig) != nil || fig.VersionBefore != "2.5.0" {
+		t.Errorf("second task's download: %+v, want version_before 2.5.0 (the first task's)", r)
+	}
+	lab := m.labPath
+	if _, err := os.Stat(lab); err != nil {
+		t.Fatalf("lab device: %v", err)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(lab); !os.IsNotExist(err) {
+		t.Errorf("the lab device %s outlived Close: %v", lab, err)
+	}
 }
 
 // TestTaskRAIDRefused: a program the sim does not simulate (mdadm) fails
