@@ -110,8 +110,9 @@ type Step struct {
 	// Log is the step's log, the last MaxStepLog bytes.
 	Log string `json:"log,omitempty"`
 	// Attempts counts the starts of this step (a node that rebooted
-	// mid-step starts it again).
+	// mid-step starts it again); Boot is the ramdisk boot of the last.
 	Attempts  int       `json:"attempts,omitempty"`
+	Boot      string    `json:"boot,omitempty"`
 	StartedAt time.Time `json:"started_at,omitzero"`
 	EndedAt   time.Time `json:"ended_at,omitzero"`
 }
@@ -250,6 +251,10 @@ type StepReport struct {
 	Log string `json:"log,omitempty"`
 	// Inventory is the inventory collected by an inventory step.
 	Inventory *Inventory `json:"inventory,omitempty"`
+	// Boot names the ramdisk's boot (random, made at each start of the
+	// runner): a start of the current step again from the same boot is
+	// a retried report, from another boot a restart of the step.
+	Boot string `json:"boot,omitempty"`
 }
 
 // Bounds on a step report (the callback body is bounded by
@@ -281,6 +286,9 @@ func (r *StepReport) Validate() error {
 	case StepEventStart, StepEventProgress, StepEventResult:
 	default:
 		return Errorf(CodeInvalid, "event %q: want start, progress or result", truncateForError(r.Event))
+	}
+	if len(r.Boot) > 64 {
+		return tooLong("boot", len(r.Boot), 64)
 	}
 	if r.Percent < 0 || r.Percent > 100 {
 		return Errorf(CodeInvalid, "percent %d: want 0-100", r.Percent)

@@ -145,8 +145,9 @@ const (
 // task t at now and says what it did. Only the task's current step moves:
 // a report for a step already passed (a replay, or a ramdisk resuming)
 // changes nothing; one for a later step is refused (out of order); a
-// start of the current step again (the node rebooted mid-step) counts an
-// attempt and keeps its log.
+// start of the current step again from another ramdisk boot (the node
+// rebooted mid-step) counts an attempt and keeps its log; from the same
+// boot (a retried report) it changes nothing.
 func ApplyStep(t *proto.Task, r *proto.StepReport, now time.Time) (*proto.Task, TaskVerdict, error) {
 	if r.Task != t.ID {
 		return t, TaskUnchanged, proto.Errorf(proto.CodeConflict, "the report is for task %s; the node's task is %s", r.Task, t.ID)
@@ -164,6 +165,9 @@ func ApplyStep(t *proto.Task, r *proto.StepReport, now time.Time) (*proto.Task, 
 		return t, TaskUnchanged, proto.Errorf(proto.CodeConflict, "task %s: step %d (%s) reported before step %d (%s) passed",
 			t.ID, r.Index, r.Step, t.Current, t.Steps[t.Current].Name)
 	}
+	if cur := t.Steps[t.Current]; r.Event == proto.StepEventStart && r.Boot != "" && cur.State == proto.StepRunning && cur.Boot == r.Boot {
+		return t, TaskUnchanged, nil // the same start, retried by the ramdisk
+	}
 	c := t.Clone()
 	s := &c.Steps[c.Current]
 	c.ProgressAt = now
@@ -173,12 +177,12 @@ func ApplyStep(t *proto.Task, r *proto.StepReport, now time.Time) (*proto.Task, 
 	}
 	switch r.Event {
 	case proto.StepEventStart:
-		s.State, s.Attempts, s.StartedAt, s.Percent = proto.StepRunning, s.Attempts+1, now, 0
+		s.State, s.Attempts, s.StartedAt, s.Percent, s.Boot = proto.StepRunning, s.Attempts+1, now, 0, r.Boot
 		s.Error, s.Result = "", nil
 		return c, TaskMoved, nil
 	case proto.StepEventProgress:
 		if s.State == proto.StepPending {
-			s.State, s.Attempts, s.StartedAt = proto.StepRunning, s.Attempts+1, now
+			s.State, s.Attempts, s.StartedAt, s.Boot = proto.StepRunning, s.Attempts+1, now, r.Boot
 		}
 		s.Percent = r.Percent
 		return c, TaskMoved, nil

@@ -120,6 +120,31 @@ func TestApplyStep(t *testing.T) {
 			verdict: TaskUnchanged, errCode: proto.CodeConflict, errHas: []string{"before step 0 (download) passed"},
 		},
 		{
+			name: "a start retried from the same ramdisk boot changes nothing",
+			task: func() *proto.Task {
+				t := runningTask(proto.TaskBurnin, burnin, passed(1), running)
+				t.Steps[1].Boot = "boot-a"
+				return t
+			}(),
+			report:  proto.StepReport{Task: "t-0000000001", Step: "memory", Index: 1, Event: proto.StepEventStart, Boot: "boot-a"},
+			verdict: TaskUnchanged,
+		},
+		{
+			name: "a start from another ramdisk boot is a restart of the step",
+			task: func() *proto.Task {
+				t := runningTask(proto.TaskBurnin, burnin, passed(1), running)
+				t.Steps[1].Boot = "boot-a"
+				return t
+			}(),
+			report:  proto.StepReport{Task: "t-0000000001", Step: "memory", Index: 1, Event: proto.StepEventStart, Boot: "boot-b"},
+			verdict: TaskMoved,
+			check: func(t *testing.T, got *proto.Task) {
+				if s := got.Steps[1]; s.Attempts != 2 || s.Boot != "boot-b" {
+					t.Errorf("step 1 = %+v, want attempt 2 from boot-b", s)
+				}
+			},
+		},
+		{
 			name:    "start of the current step again counts an attempt (resume after a reboot)",
 			task:    runningTask(proto.TaskBurnin, burnin, passed(1), running),
 			report:  proto.StepReport{Task: "t-0000000001", Step: "memory", Index: 1, Event: proto.StepEventStart, Log: "second boot\n"},

@@ -88,6 +88,15 @@ func applyTaskCreate(tx *state.Tx, c *TaskCreate) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if params.Firmware != nil {
+		im := tx.Image(params.Firmware.Image)
+		if im == nil {
+			return nil, proto.Errorf(proto.CodeInvalid, "param image: image %q does not exist", params.Firmware.Image)
+		}
+		if im.Kind != proto.ImageFirmware {
+			return nil, proto.Errorf(proto.CodeInvalid, "param image: image %q is a %s image, not a firmware image", im.Name, im.Kind)
+		}
+	}
 	boot, err := decide.TaskBoot(tx.Settings(), tx.Images(), n, t.Kind)
 	if err != nil {
 		return nil, err
@@ -102,15 +111,6 @@ func applyTaskCreate(tx *state.Tx, c *TaskCreate) (any, error) {
 	vendor, err := decide.TaskVendor(tx.Settings(), n, inv, t.Kind)
 	if err != nil {
 		return nil, err
-	}
-	if params.Firmware != nil {
-		im := tx.Image(params.Firmware.Image)
-		if im == nil {
-			return nil, proto.Errorf(proto.CodeInvalid, "param image: image %q does not exist", params.Firmware.Image)
-		}
-		if im.Kind != proto.ImageFirmware {
-			return nil, proto.Errorf(proto.CodeInvalid, "param image: image %q is a %s image, not a firmware image", im.Name, im.Kind)
-		}
 	}
 	if params.RAID != nil && inv != nil {
 		for _, serial := range params.RAID.Disks {
@@ -215,10 +215,10 @@ func applyTaskStep(tx *state.Tx, node *proto.Node, r *proto.AgentReport) error {
 		tx.AppendHistory(n.UUID, proto.HistoryEvent{Time: r.Time, Kind: "task", User: "system",
 			Message: fmt.Sprintf("task %s: step %d (%s) started again (attempt %d): the node rebooted or its ramdisk restarted", t.ID, sr.Index+1, step.Name, step.Attempts)})
 	}
-	switch verdict {
-	case decide.TaskDone, decide.TaskStepFailed:
+	switch {
+	case verdict == decide.TaskDone || verdict == decide.TaskStepFailed:
 		endTask(tx, n, next, r.Agent, r.Time)
-	default:
+	case sr.Event != proto.StepEventProgress:
 		n.UpdatedAt = r.Time
 		tx.PutNode(n)
 	}

@@ -610,3 +610,35 @@ func TestTaskHistoryBounded(t *testing.T) {
 		t.Fatal("the oldest task is still stored")
 	}
 }
+
+// TestTaskProgressDoesNotWakeAgents: a progress report changes what the
+// task shows but not its plan, so the rack's boot index stays; a start
+// and a result move it.
+func TestTaskProgressDoesNotWakeAgents(t *testing.T) {
+	h := taskFleet(t)
+	h.must(taskCreate("t-1", proto.TaskBurnin, map[string]string{"duration": "1s"}))
+	at := tc0.Add(time.Minute)
+	boot := func() uint64 { return h.f.Store().BootIndex("r1") }
+
+	b0 := boot()
+	h.mustReport("s", proto.StepReport{Task: "t-1", Step: "cpu", Index: 0, Event: proto.StepEventStart, Boot: "b1"}, at)
+	if b1 := boot(); b1 == b0 {
+		t.Fatal("a step start did not move the rack's boot index: the agents' plan would be stale")
+	}
+	b1 := boot()
+	h.mustReport("p", proto.StepReport{Task: "t-1", Step: "cpu", Index: 0, Event: proto.StepEventProgress, Percent: 50, Message: "half"}, at.Add(time.Second))
+	if got := h.task("t-1").Steps[0]; got.Percent != 50 || got.Message != "half" {
+		t.Fatalf("progress not applied: %+v", got)
+	}
+	if boot() != b1 {
+		t.Error("a progress report moved the rack's boot index: every agent of the rack would re-read its boot state")
+	}
+	h.mustReport("s2", proto.StepReport{Task: "t-1", Step: "cpu", Index: 0, Event: proto.StepEventStart, Boot: "b1"}, at.Add(2*time.Second))
+	if got := h.task("t-1").Steps[0]; got.Attempts != 1 || got.Percent != 50 {
+		t.Errorf("a start retried from the same boot changed the step: %+v", got)
+	}
+	h.mustReport("r", proto.StepReport{Task: "t-1", Step: "cpu", Index: 0, Event: proto.StepEventResult, Passed: true}, at.Add(3*time.Second))
+	if boot() == b1 {
+		t.Error("a step result did not move the rack's boot index")
+	}
+}

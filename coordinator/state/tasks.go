@@ -21,7 +21,8 @@ type taskKeyRecord struct {
 func (tx *Tx) Task(id string) *proto.Task { return tx.d.tasks[id] }
 
 // PutTask stores t (a new task, or a changed copy), stamps it, keeps the
-// node's list bounded and wakes the node's rack agents.
+// node's list bounded and, when its plan changed, wakes the node's rack
+// agents.
 func (tx *Tx) PutTask(t *proto.Task) {
 	old, exists := tx.d.tasks[t.ID]
 	tx.stamp(&t.Meta, !exists)
@@ -36,9 +37,25 @@ func (tx *Tx) PutTask(t *proto.Task) {
 		// A new task, or one that just ended (one more finished).
 		tx.trimTasks(t.Node)
 	}
-	if n := tx.d.nodes[t.Node]; n != nil {
+	// The rack's agents carry the task's plan (its step states): wake
+	// them only when that changed, not for a progress report.
+	if n := tx.d.nodes[t.Node]; n != nil && (!exists || planChanged(old, t)) {
 		tx.bumpRack(n.Rack)
 	}
+}
+
+// planChanged reports whether what a rack agent's TaskPlan shows of a
+// task differs between a and b.
+func planChanged(a, b *proto.Task) bool {
+	if a.State != b.State || a.Current != b.Current || len(a.Steps) != len(b.Steps) {
+		return true
+	}
+	for i := range a.Steps {
+		if a.Steps[i].State != b.Steps[i].State {
+			return true
+		}
+	}
+	return false
 }
 
 // trimTasks drops the oldest finished tasks of node beyond MaxTaskHistory.
