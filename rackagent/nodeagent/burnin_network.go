@@ -20,6 +20,8 @@ const (
 	netGrowBelow     = 2 * time.Second
 	// netMaxFailures in a row stop the network burn-in.
 	netMaxFailures = 3
+	// netMaxSlowDowns bounds the 429 waits past the duration.
+	netMaxSlowDowns = 30
 )
 
 // netResult is the network burn-in's result.
@@ -49,7 +51,11 @@ func (r *taskRunner) burnNetwork(ctx context.Context, sc *stepCtx) stepResult {
 	var res netResult
 	size := int64(netFirstTransfer)
 	start := r.clock.Now()
-	for res.Transfers == 0 || r.clock.Now().Sub(start) < p.Duration {
+	// Run for the duration, and until both ways were tried (an agent
+	// that only ever asks to slow down gets netMaxSlowDowns waits).
+	tried := map[bool]bool{}
+	slowDowns := 0
+	for (len(tried) < 2 && slowDowns < netMaxSlowDowns) || r.clock.Now().Sub(start) < p.Duration {
 		if err := ctx.Err(); err != nil {
 			return stepResult{result: res, err: err}
 		}
@@ -59,7 +65,20 @@ func (r *taskRunner) burnNetwork(ctx context.Context, sc *stepCtx) stepResult {
 			n, err := r.netTransfer(ctx, rx, size)
 			d := time.Since(t)
 			took = max(took, d)
+			var se *StatusError
+			if errors.As(err, &se) && se.Status == http.StatusTooManyRequests {
+				// The agent's rate bound, not a fault of the network:
+				// wait and go on.
+				slowDowns++
+				sc.logf("network: the agent asks to slow down (429)")
+				select {
+				case <-ctx.Done():
+				case <-r.clock.After(time.Second):
+				}
+				continue
+			}
 			res.Transfers++
+			tried[rx] = true
 			if err != nil {
 				res.Errors++
 				res.failuresInRow++
@@ -90,8 +109,11 @@ func (r *taskRunner) burnNetwork(ctx context.Context, sc *stepCtx) stepResult {
 	res.RxMBPerSec, res.TxMBPerSec = rate(res.rxBytes, res.rxTime), rate(res.txBytes, res.txTime)
 	sc.logf("network: %d transfers, rx %.1f MB/s, tx %.1f MB/s, %d bytes, %d errors", res.Transfers, res.RxMBPerSec, res.TxMBPerSec, res.Bytes, res.Errors)
 	var err error
-	if res.Errors > 0 {
+	switch {
+	case res.Errors > 0:
 		err = fmt.Errorf("network: %d of %d transfers failed, the last: %v", res.Errors, res.Transfers, res.lastErr)
+	case res.rxBytes == 0 || res.txBytes == 0:
+		err = fmt.Errorf("network: no transfer both ways in %s (the agent asked to slow down %d times)", p.Duration, slowDowns)
 	}
 	res.Status = statusOf(err)
 	return stepResult{result: res, err: err}

@@ -72,6 +72,7 @@ type testAgent struct {
 	rx, tx    int64
 	badAuth   int
 	planGets  int
+	slowDown  int // burn-in source requests answered 429
 }
 
 func newTestAgent(t *testing.T, plan proto.TaskPlan) *testAgent {
@@ -122,6 +123,9 @@ func (a *testAgent) serve(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		w.WriteHeader(http.StatusAccepted)
+	case r.URL.Path == proto.BurninSourcePath && a.slowDown > 0:
+		a.slowDown--
+		http.Error(w, `{"error":{"code":"rate_limited","message":"slow down"}}`, http.StatusTooManyRequests)
 	case r.Method == http.MethodGet && r.URL.Path == proto.BurninSourcePath:
 		n, err := strconv.ParseInt(r.URL.Query().Get("bytes"), 10, 64)
 		if err != nil || n < 0 || n > proto.MaxBurninBytes {
@@ -312,6 +316,7 @@ func decode[T any](t *testing.T, raw json.RawMessage) T {
 func TestRunTaskBurnin(t *testing.T) {
 	a := newTestAgent(t, planOf(proto.TaskBurnin, map[string]string{
 		"duration": "3s", "memory_percent": "50", "disk_bytes": "1MiB", "destructive": "true", "network": "true"}))
+	a.slowDown = 2 // the agent's rate bound is no network error
 	m := newTestMachine(t)
 	m.inv.Disks = append(m.inv.Disks, proto.Disk{Name: "md127", SizeBytes: testDiskSize, RAID: "raid1", Members: []string{"vda", "vdb"}})
 	if err := runTestTask(t, a, m); err != nil {
@@ -371,7 +376,7 @@ func TestRunTaskBurnin(t *testing.T) {
 		t.Error("the lab device was written")
 	}
 	net := decode[netResult](t, res["network"].Result)
-	if net.Bytes <= 0 || net.RxMBPerSec <= 0 || net.TxMBPerSec <= 0 || net.Errors != 0 || a.rx == 0 || a.tx == 0 {
+	if net.Bytes <= 0 || net.RxMBPerSec <= 0 || net.TxMBPerSec <= 0 || net.Errors != 0 || a.rx == 0 || a.tx == 0 || a.slowDown != 0 {
 		t.Errorf("network = %+v (agent rx %d tx %d), want bytes both ways", net, a.rx, a.tx)
 	}
 	if a.plan.Steps[3].State != proto.StepPassed {
