@@ -50,11 +50,14 @@
 // task token are refused 401 by the rack agent; a 3 s burn-in whose
 // per-component results (cpu, memory, disk, network) are on the task and
 // on node.task_results, with its time by phase logged as a Markdown
-// table; RAID1 over the two disks (the new inventory shows the array,
+// table; a long burn-in aborted (`node task abort`) while its cpu step
+// runs; RAID1 over the two disks (the new inventory shows the array,
 // and the disks' files hold the md superblocks); a firmware update of the
 // lab device's bios from an image served by the test over HTTP in the
 // namespace (versions before and after); BIOS settings read back; a
-// setting the lab tool cannot read back as set fails the task naming it;
+// setting that cannot be read back as set (a vendor_tools entry whose
+// BIOS Set applies nothing) fails the task naming it, with the console
+// log of its boot attached;
 // and an inspect that finds a disk added while the VM was off. It skips
 // (fails under CI) when the ramdisk has no mflab or mdadm.
 //

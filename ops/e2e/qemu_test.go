@@ -7,6 +7,7 @@ package e2e
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -149,6 +150,12 @@ const (
 )
 
 func watchConsole(path string, markers []string) *consoleWatch {
+	return watchConsoleFrom(path, 0, markers)
+}
+
+// watchConsoleFrom is watchConsole of what the log holds past its first
+// from bytes (a log that each power-on appends to).
+func watchConsoleFrom(path string, from int64, markers []string) *consoleWatch {
 	w := &consoleWatch{path: path, seen: map[string]time.Time{}, quit: make(chan struct{}), done: make(chan struct{})}
 	res := make([]*regexp.Regexp, len(markers))
 	for i, m := range markers {
@@ -159,7 +166,7 @@ func watchConsole(path string, markers []string) *consoleWatch {
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			b, _ := os.ReadFile(path)
+			b, _ := readFrom(path, from)
 			// Lines joined: the firmware wraps long lines (with cursor
 			// moves under SeaBIOS's serial console).
 			text := strings.ReplaceAll(cleanConsole(b), "\n", "")
@@ -179,6 +186,19 @@ func watchConsole(path string, markers []string) *consoleWatch {
 		}
 	}()
 	return w
+}
+
+// readFrom reads a file past its first from bytes.
+func readFrom(path string, from int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if _, err := f.Seek(from, io.SeekStart); err != nil {
+		return nil, err
+	}
+	return io.ReadAll(f)
 }
 
 func (w *consoleWatch) stop() {

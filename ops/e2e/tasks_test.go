@@ -60,10 +60,12 @@ var burninParams = []string{"duration=3s", "memory_percent=5", "disk_bytes=16MiB
 // (ipmi_sim), with the real coordinator, rack agent, CLI and task ramdisk
 // (build/ramdisk: nodeagent with mdadm and the lab vendor tool /bin/mflab):
 // an inspect (during which a step report with a wrong task token is
-// refused), a short burn-in whose per-component results are kept, a RAID1
-// array over two of the VM's disks, a firmware update and BIOS settings
-// through the lab tool, a BIOS setting whose readback cannot match, and an
-// inspect that finds a disk added while the VM was off. The subtests
+// refused), a short burn-in whose per-component results are kept, a long
+// burn-in aborted while its cpu step runs, a RAID1 array over two of the
+// VM's disks, a firmware update and BIOS settings through the lab tool, a
+// BIOS setting whose readback cannot match (a vendor tool whose Set
+// applies nothing), and an inspect that finds a disk added while the VM
+// was off. The subtests
 // share the VM and the fleet; each starts from a manageable node that is
 // powered off, and leaves it so.
 func TestTasksQEMU(t *testing.T) {
@@ -103,6 +105,7 @@ func TestTasksQEMU(t *testing.T) {
 		{"manage", r.manage, true},
 		{"inspect, wrong task token", r.inspectWrongToken, true},
 		{"burn-in", r.burnin, false},
+		{"abort a burn-in", r.abortBurnin, false},
 		{"raid1", r.raid1, false},
 		{"firmware", r.firmware, false},
 		{"bios", r.bios, false},
@@ -191,16 +194,20 @@ func (r *taskRun) getTask(id string) (proto.Task, error) {
 // succeeds) or failed, powered off, its VM off, its boot config restored,
 // the task in the node's task_results and task list. It returns the task
 // and its times.
-func (r *taskRun) runTask(t *testing.T, kind proto.TaskKind, wantOK bool, params ...string) (proto.Task, *taskTimes) {
+func (r *taskRun) runTask(t *testing.T, kind proto.TaskKind, want proto.TaskState, params ...string) (proto.Task, *taskTimes) {
 	t.Helper()
 	c := r.startTaskCLI(t, taskNode, kind, params...)
-	return r.finishTask(t, c, kind, wantOK)
+	return r.finishTask(t, c, kind, want)
 }
 
-func (r *taskRun) finishTask(t *testing.T, c *taskCLI, kind proto.TaskKind, wantOK bool) (proto.Task, *taskTimes) {
+// finishTask waits for the CLI started by startTaskCLI and checks the
+// task ended in state want, and what it left (see runTask).
+func (r *taskRun) finishTask(t *testing.T, c *taskCLI, kind proto.TaskKind, want proto.TaskState) (proto.Task, *taskTimes) {
 	t.Helper()
 	task := c.wait(t, taskLimit)
-	tt := &taskTimes{CLI: c.started, CLIDone: c.ended, Created: task.CreatedAt, Ended: task.EndedAt, Steps: task.Steps}
+	c.console.stop()
+	tt := &taskTimes{CLI: c.started, CLIDone: c.ended, Created: task.CreatedAt, Ended: task.EndedAt, Steps: task.Steps,
+		Fetched: c.console.at(c.initrdDone), Init: c.console.at(markInit)}
 	t.Logf("%s task %s: %s in %.1fs (CLI); progress on stderr:\n%s", kind, task.ID, task.State, c.ended.Sub(c.started).Seconds(), tail(c.stderr.String(), 30))
 	for _, s := range task.Steps {
 		t.Logf("  step %-9s %-7s %5.1fs attempts %d result %s error %q", s.Name, s.State, s.EndedAt.Sub(s.StartedAt).Seconds(), s.Attempts, s.Result, s.Error)
@@ -208,6 +215,7 @@ func (r *taskRun) finishTask(t *testing.T, c *taskCLI, kind proto.TaskKind, want
 	if task.Kind != kind || task.Node != r.node {
 		t.Errorf("task kind %q node %q, want %s on %s", task.Kind, task.Node, kind, r.node)
 	}
+	wantOK := want == proto.TaskSucceeded
 	if wantOK && task.State != proto.TaskSucceeded {
 		for _, s := range task.Steps {
 			if s.State == proto.StepFailed || s.Log != "" && s.State != proto.StepPassed {
@@ -219,8 +227,8 @@ func (r *taskRun) finishTask(t *testing.T, c *taskCLI, kind proto.TaskKind, want
 		}
 		t.Fatalf("%s task %s: state %s, error %q: want succeeded", kind, task.ID, task.State, task.Error)
 	}
-	if !wantOK && task.State != proto.TaskFailed {
-		t.Fatalf("%s task %s: state %s: want failed", kind, task.ID, task.State)
+	if !wantOK && task.State != want {
+		t.Fatalf("%s task %s: state %s, error %q: want %s", kind, task.ID, task.State, task.Error, want)
 	}
 	if len(task.Steps) > 0 {
 		tt.FirstStep = task.Steps[0].StartedAt
@@ -246,12 +254,12 @@ func (r *taskRun) finishTask(t *testing.T, c *taskCLI, kind proto.TaskKind, want
 	} else if tt.VMStartBoot != bootPXE {
 		t.Errorf("the VM booted %q for the task, want pxe (boot device pxe, once)", tt.VMStartBoot)
 	}
-	want := proto.StateManageable
-	if !wantOK {
-		want = proto.StateFailed
+	wantNode := proto.StateManageable
+	if want == proto.TaskFailed {
+		wantNode = proto.StateFailed
 	}
-	n := r.waitNode(t, 3*time.Minute, "the node "+string(want)+", power_state off, after the task", func(n proto.Node) bool {
-		return n.ProvisionState == want && n.PowerState == proto.PowerOff && !r.v.On()
+	n := r.waitNode(t, 3*time.Minute, "the node "+string(wantNode)+", power_state off, after the task", func(n proto.Node) bool {
+		return n.ProvisionState == wantNode && n.PowerState == proto.PowerOff && !r.v.On()
 	})
 	tt.Manageable = time.Now()
 	tt.VMOff = r.v.Exited()
@@ -376,7 +384,7 @@ func (r *taskRun) inspectWrongToken(t *testing.T) {
 			t.Errorf("%s while task %s runs: %s, want 401 Unauthorized", c.what, id, resp.Status)
 		}
 	}
-	task, tt := r.finishTask(t, c, proto.TaskInspect, true)
+	task, tt := r.finishTask(t, c, proto.TaskInspect, proto.TaskSucceeded)
 	for _, s := range task.Steps {
 		if strings.Contains(s.Error, "forged") || strings.Contains(task.Error, "forged") {
 			t.Errorf("the forged report reached the task: step %s error %q", s.Name, s.Error)
@@ -395,7 +403,7 @@ func (r *taskRun) inspectWrongToken(t *testing.T) {
 // on the task and on the node (task_results.burnin). It logs the time by
 // phase, as a table for BENCHMARKS.md.
 func (r *taskRun) burnin(t *testing.T) {
-	task, tt := r.runTask(t, proto.TaskBurnin, true, burninParams...)
+	task, tt := r.runTask(t, proto.TaskBurnin, proto.TaskSucceeded, burninParams...)
 	n := r.getNode(t, r.node)
 	sum := n.TaskResults[proto.TaskBurnin]
 	if sum == nil {
@@ -444,6 +452,46 @@ func collectedAt(inv proto.Inventory) time.Time {
 	return at
 }
 
+// abortBurnin aborts a long burn-in while its cpu step runs: the task
+// is aborted (the --wait CLI exits non-zero with it), the running step
+// failed "aborted", the node manageable and powered off, with a
+// last_error that says who aborted it.
+func (r *taskRun) abortBurnin(t *testing.T) {
+	c := r.startTaskCLI(t, taskNode, proto.TaskBurnin, "duration=10m", "memory_percent=5", "disk_bytes=1MiB", "network=false")
+	var id string
+	testkit.Until(t, 4*time.Minute, "the burn-in's cpu step to run", func() error {
+		if !c.running() {
+			t.Fatalf("node task burnin exited (%v) before its cpu step ran: %s", c.err, c.stderr.String())
+		}
+		var n proto.Node
+		if _, err := r.l.call("GET", "/v1/nodes/"+r.node, nil, &n); err != nil {
+			return err
+		}
+		if n.Task == "" {
+			return fmt.Errorf("no task yet")
+		}
+		id = n.Task
+		task, err := r.getTask(id)
+		if err != nil {
+			return err
+		}
+		if s := task.CurrentStep(); s == nil || s.Name != proto.StepNameCPU || s.State != proto.StepRunning {
+			return fmt.Errorf("task %s at step %d %+v", id, task.Current, task.CurrentStep())
+		}
+		return nil
+	})
+	out := r.mustCLI(t, "node", "task", "abort", taskNode, id)
+	t.Logf("node task abort: %s", strings.TrimSpace(out))
+	task, tt := r.finishTask(t, c, proto.TaskBurnin, proto.TaskAborted)
+	t.Log(tt.phaseLines("burn-in aborted during its cpu step"))
+	if s := stepByName(t, task, proto.StepNameCPU); s.State != proto.StepFailed || s.Error != "aborted" {
+		t.Errorf("the cpu step after the abort: %s %q, want failed \"aborted\"", s.State, s.Error)
+	}
+	if n := r.getNode(t, r.node); !strings.Contains(n.LastError, "aborted") {
+		t.Errorf("node last_error %q after the abort: want it to say the task was aborted", n.LastError)
+	}
+}
+
 func jsonEqual(a, b json.RawMessage) bool {
 	var x, y any
 	if json.Unmarshal(a, &x) != nil || json.Unmarshal(b, &y) != nil {
@@ -459,7 +507,7 @@ func jsonEqual(a, b json.RawMessage) bool {
 // files hold md superblocks of one level-1 array.
 func (r *taskRun) raid1(t *testing.T) {
 	a, b := tasksVM.Disks[0], tasksVM.Disks[1]
-	task, tt := r.runTask(t, proto.TaskRAID, true, "level=1", "disks="+a.Serial+","+b.Serial)
+	task, tt := r.runTask(t, proto.TaskRAID, proto.TaskSucceeded, "level=1", "disks="+a.Serial+","+b.Serial)
 	t.Log(tt.phaseLines("raid1"))
 	t.Logf("raid step: %s\nlog:\n%s", stepByName(t, task, proto.StepNameRAID).Result, tail(stepByName(t, task, proto.StepNameRAID).Log, 20))
 	_, inv := r.inventory(t)
@@ -520,7 +568,7 @@ func (r *taskRun) firmware(t *testing.T) {
 	name := "lab-bios-" + version + ".bin"
 	url, sha := r.img.add(t, name, labFirmwareImage("bios", version))
 	r.l.mustCall("POST", "/v1/images", proto.Image{Name: "lab-bios-e2e", Kind: firmwareImageKind, URL: url, SHA256: sha}, nil)
-	task, tt := r.runTask(t, proto.TaskFirmware, true, "component=bios", "image=lab-bios-e2e")
+	task, tt := r.runTask(t, proto.TaskFirmware, proto.TaskSucceeded, "component=bios", "image=lab-bios-e2e")
 	t.Log(tt.phaseLines("firmware (lab tool, component bios)"))
 	before, after := firmwareVersions(t, task)
 	t.Logf("firmware bios: version before %q, after %q", before, after)
@@ -545,7 +593,7 @@ const biosSettings = `{"BootOrder":"pxe,disk","HyperThreading":"off"}`
 // bios applies settings with the lab tool; the verify step reads back
 // what was set.
 func (r *taskRun) bios(t *testing.T) {
-	task, tt := r.runTask(t, proto.TaskBIOS, true, "settings="+biosSettings)
+	task, tt := r.runTask(t, proto.TaskBIOS, proto.TaskSucceeded, "settings="+biosSettings)
 	t.Log(tt.phaseLines("bios (lab tool)"))
 	var want map[string]string
 	if err := json.Unmarshal([]byte(biosSettings), &want); err != nil {
@@ -575,7 +623,7 @@ func (r *taskRun) biosMismatch(t *testing.T) {
 		r.l.mustCall("PATCH", "/v1/settings", proto.SettingsPatch{VendorTools: &none}, nil)
 	}()
 	const setting = "SRIOV" // Disabled on a fresh lab device, and not set by the bios step
-	task, tt := r.runTask(t, proto.TaskBIOS, false, `settings={"`+setting+`":"Enabled"}`)
+	task, tt := r.runTask(t, proto.TaskBIOS, proto.TaskFailed, `settings={"`+setting+`":"Enabled"}`)
 	t.Log(tt.phaseLines("bios, readback mismatch (failed task)"))
 	if task.Vendor != labIgnoresSet.Name {
 		t.Errorf("task vendor %q, want %s (the vendor_tools setting)", task.Vendor, labIgnoresSet.Name)
@@ -599,10 +647,24 @@ func (r *taskRun) biosMismatch(t *testing.T) {
 	if !strings.Contains(task.Error, setting) {
 		t.Errorf("the task's error %q does not name the setting %s", task.Error, setting)
 	}
-	if task.ConsoleLog == "" {
-		t.Errorf("failed task %s has no console log attached", task.ID)
-	} else {
-		t.Logf("failed task's console log: %d bytes, last lines:\n%s", len(task.ConsoleLog), tail(cleanConsole([]byte(task.ConsoleLog)), 5))
+	// The agent's capture of the task's console is attached to the
+	// failed task after it ended (a Raft command of its own).
+	var withLog proto.Task
+	testkit.Until(t, time.Minute, "the console log of the task's boot attached to the failed task", func() error {
+		var err error
+		if withLog, err = r.getTask(task.ID); err != nil {
+			return err
+		}
+		if withLog.ConsoleLog == "" {
+			return fmt.Errorf("task %s (%s) has no console_log", task.ID, withLog.State)
+		}
+		return nil
+	})
+	console := cleanConsole([]byte(withLog.ConsoleLog))
+	t.Logf("failed task's console log: %d bytes, attached %.1fs after the task ended; last lines:\n%s",
+		len(withLog.ConsoleLog), time.Since(task.EndedAt).Seconds(), tail(console, 8))
+	if !strings.Contains(console, setting) {
+		t.Errorf("the failed task's console log does not show the failing step (no %q in it)", setting)
 	}
 	n := r.getNode(t, r.node)
 	t.Logf("node after the failed task: %s, last_error %q", n.ProvisionState, n.LastError)
@@ -619,7 +681,7 @@ func (r *taskRun) inspectAddedDisk(t *testing.T) {
 		t.Fatalf("disk %s is in the inventory before it was added", addedDisk.Serial)
 	}
 	r.v.AddDisk(addedDisk)
-	_, tt := r.runTask(t, proto.TaskInspect, true)
+	_, tt := r.runTask(t, proto.TaskInspect, proto.TaskSucceeded)
 	t.Log(tt.phaseLines("inspect (a disk added)"))
 	_, after := r.inventory(t)
 	t.Logf("inventory after the disk was added: %s", summary(after))

@@ -23,6 +23,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -106,9 +107,13 @@ type taskCLI struct {
 	stdout  testkit.SyncBuffer
 	stderr  testkit.SyncBuffer
 	started time.Time
-	done    chan struct{}
-	ended   time.Time
-	err     error
+	// console notes when the VM's serial console shows the boot's
+	// milestones (what it printed since the command started).
+	console    *consoleWatch
+	initrdDone string // its marker of the initrd fetched
+	done       chan struct{}
+	ended      time.Time
+	err        error
 }
 
 // startTaskCLI runs `metalfleet node task NODE KIND --param P... --timeout
@@ -126,6 +131,14 @@ func (o *oob) startTaskCLI(t *testing.T, node string, kind proto.TaskKind, param
 	c.cmd.Env = append(os.Environ(), "METALFLEET_TOKEN="+o.l.adminToken)
 	c.cmd.Stdout, c.cmd.Stderr = &c.stdout, &c.stderr
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	var from int64
+	if fi, err := os.Stat(o.v.Serial); err == nil {
+		from = fi.Size()
+	}
+	// iPXE prints "URL... ok" once a download is done (bootVM).
+	c.initrdDone = regexp.QuoteMeta(o.l.images.RamdiskSHA) + `\.\.\.[ 0-9%.]*o`
+	c.console = watchConsoleFrom(o.v.Serial, from, []string{c.initrdDone, markInit})
+	t.Cleanup(c.console.stop)
 	c.started = time.Now()
 	if err := c.cmd.Start(); err != nil {
 		t.Fatalf("metalfleet %s: %v", strings.Join(args, " "), err)
@@ -327,6 +340,8 @@ type taskTimes struct {
 	Created     time.Time // task.created_at
 	VMStart     time.Time // QEMU started by the BMC (power cycle done)
 	Boot        *bootRecord
+	Fetched     time.Time // iPXE has the initrd (console)
+	Init        time.Time // the ramdisk's /init (nodeagent) runs (console)
 	FirstStep   time.Time // the first step's start report
 	LastStep    time.Time // the last step's end
 	Ended       time.Time // task.ended_at
@@ -353,9 +368,10 @@ func (tt *taskTimes) phaseLines(title string) string {
 	if r := tt.Boot; r != nil {
 		row("  boot: firmware DHCP", "QEMU started -> first DHCPDISCOVER at the agent", tt.VMStart, r.Discover)
 		row("  boot: iPXE", "first DHCPDISCOVER -> boot script served", r.Discover, r.Script)
-		row("  boot: kernel and ramdisk", "boot script -> initrd fetch started", r.Script, r.Initrd)
-		row("  boot: Linux, nodeagent", "initrd fetch started -> the ramdisk's DHCP lease", r.Initrd, r.RamdiskLease)
-		row("  boot: plan", "the ramdisk's DHCP lease -> first step started", r.RamdiskLease, tt.FirstStep)
+		row("  boot: kernel and initrd over HTTP", "boot script -> initrd fetched (console)", r.Script, tt.Fetched)
+		row("  boot: Linux", "initrd fetched -> /init (nodeagent) runs (console)", tt.Fetched, tt.Init)
+		row("  boot: nodeagent", "/init runs -> the ramdisk's DHCP lease (modules, DHCP)", tt.Init, r.RamdiskLease)
+		row("  boot: plan", "the ramdisk's DHCP lease -> first step started (plan fetched)", r.RamdiskLease, tt.FirstStep)
 	}
 	row("boot", "QEMU started -> first step started", tt.VMStart, tt.FirstStep)
 	for _, s := range tt.Steps {
