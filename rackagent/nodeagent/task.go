@@ -2,6 +2,8 @@ package nodeagent
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -143,6 +145,9 @@ type taskRunner struct {
 	progress *Reporter // progress reports: a short retry budget
 	plan     *proto.TaskPlan
 	params   proto.TaskParams
+	// boot names this run (proto.StepReport.Boot): a start the agent
+	// gets twice from one boot is a retried report, not a restart.
+	boot string
 
 	// versionBefore is the firmware version the download step read
 	// (lost when the ramdisk restarts between the steps).
@@ -173,7 +178,9 @@ func newTaskRunner(env TaskEnv) (*taskRunner, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &taskRunner{env: env, base: base, log: env.Log, clock: env.Clock, http: env.HTTP}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	r := &taskRunner{env: env, base: base, log: env.Log, clock: env.Clock, http: env.HTTP, boot: hex.EncodeToString(b[:])}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
@@ -492,7 +499,7 @@ func (s *stepCtx) progress(ctx context.Context, percent int, format string, args
 
 // post sends one report of this step.
 func (s *stepCtx) post(ctx context.Context, rep *Reporter, body proto.StepReport) error {
-	body.Task, body.Step, body.Index = s.r.plan.ID, s.name, s.index
+	body.Task, body.Step, body.Index, body.Boot = s.r.plan.ID, s.name, s.index, s.r.boot
 	if err := body.Validate(); err != nil {
 		return fmt.Errorf("step %s: the %s report is not valid: %w", s.name, body.Event, err)
 	}
@@ -525,7 +532,7 @@ func (s *stepCtx) finish(ctx context.Context, res stepResult) error {
 	s.mu.Lock()
 	body.Log = s.log.String()
 	s.mu.Unlock()
-	body.Task, body.Step, body.Index = s.r.plan.ID, s.name, s.index
+	body.Task, body.Step, body.Index, body.Boot = s.r.plan.ID, s.name, s.index, s.r.boot
 	if err := body.Validate(); err != nil && body.Inventory != nil {
 		// An inventory the agent would refuse must not hide the result.
 		body.Inventory, body.Passed = nil, false

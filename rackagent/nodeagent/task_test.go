@@ -379,6 +379,13 @@ func TestRunTaskBurnin(t *testing.T) {
 	if net.Bytes <= 0 || net.RxMBPerSec <= 0 || net.TxMBPerSec <= 0 || net.Errors != 0 || a.rx == 0 || a.tx == 0 || a.slowDown != 0 {
 		t.Errorf("network = %+v (agent rx %d tx %d), want bytes both ways", net, a.rx, a.tx)
 	}
+	boots := map[string]bool{}
+	for _, r := range a.reports {
+		boots[r.Boot] = true
+	}
+	if len(boots) != 1 || boots[""] {
+		t.Errorf("reports name boots %v, want one, the same in every report", boots)
+	}
 	if a.plan.Steps[3].State != proto.StepPassed {
 		t.Errorf("plan after = %+v", a.plan.Steps)
 	}
@@ -398,6 +405,13 @@ func TestRunTaskResumesAfterPassedSteps(t *testing.T) {
 	}
 	if r := a.results()["disk"]; r.Index != 2 || !r.Passed {
 		t.Errorf("disk result = %+v, want index 2, passed", r)
+	}
+	// Another run (the ramdisk rebooted) is another boot.
+	plan2 := planOf(proto.TaskInspect, nil)
+	a1 := newTestAgent(t, plan2)
+	runTestTask(t, a1, m)
+	if b1, b0 := a1.results()["inventory"].Boot, a.results()["disk"].Boot; b1 == b0 || b1 == "" {
+		t.Errorf("two runs reported boots %q and %q, want two different ones", b0, b1)
 	}
 	before, _ := os.ReadFile(filepath.Join(m.dir, "vda"))
 	if !bytes.Equal(before, make([]byte, len(before))) {
