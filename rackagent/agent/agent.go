@@ -391,7 +391,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	run("leases", a.leaseLoop)
 	run("mgmt", a.serveMgmt)
 	run("power", func(ctx context.Context) error { return a.power.Run(ctx, a.boot) })
-	run("task-consoles", a.runTaskConsoles)
+	// Task console captures stop before the console manager closes, so
+	// none opens a session again while the agent stops.
+	capCtx, stopCaptures := context.WithCancel(ctx)
+	capturesDone := make(chan struct{})
+	go func() {
+		defer close(capturesDone)
+		_ = a.runTaskConsoles(capCtx)
+	}()
 	if a.cfg.Interface != "" && !a.cfg.NoRouterAdverts {
 		run("router-adverts", func(ctx context.Context) error {
 			if err := ra.Run(ctx, a.cfg.Interface, ra.DefaultInterval, a.log.With("component", "ra")); err != nil {
@@ -416,6 +423,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.gossip != nil {
 		_ = a.gossip.Leave(time.Second) // tell the rack's other agent at once
 	}
+	stopCaptures()
+	<-capturesDone
 	a.console.Close() // its console-end reports go out with the outbox's last flush
 	cancel()
 	wg.Wait()

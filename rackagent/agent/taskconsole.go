@@ -62,9 +62,15 @@ type taskConsoles struct {
 
 type capture struct {
 	task   string
-	cancel context.CancelFunc
+	cancel context.CancelCauseFunc
 	done   chan struct{}
 }
+
+// Why a capture ends (its context's cause).
+var (
+	errTaskGone     = errors.New("the task left the boot state")
+	errCaptureStops = errors.New("the rack agent stops")
+)
 
 func newTaskConsoles(m *console.Manager, self string, mine func(string) bool, maxSessions int, log *slog.Logger) *taskConsoles {
 	if maxSessions <= 0 {
@@ -139,7 +145,7 @@ func (t *taskConsoles) reconcile(ctx context.Context, v *bootstate.View) {
 	defer t.mu.Unlock()
 	for uuid, c := range t.caps {
 		if n, ok := want[uuid]; !ok || n.Task.ID != c.task {
-			c.cancel()
+			c.cancel(errTaskGone)
 			delete(t.caps, uuid)
 		}
 	}
@@ -152,7 +158,7 @@ func (t *taskConsoles) reconcile(ctx context.Context, v *bootstate.View) {
 			held++
 			continue
 		}
-		cctx, cancel := context.WithCancel(ctx)
+		cctx, cancel := context.WithCancelCause(ctx)
 		c := &capture{task: n.Task.ID, cancel: cancel, done: make(chan struct{})}
 		t.caps[uuid] = c
 		name := n.Name
@@ -209,7 +215,11 @@ func (t *taskConsoles) capture(ctx context.Context, node, name, task string) {
 			}
 			cl.Close()
 			if ctx.Err() != nil {
-				log.Info("task console capture ended: the task left the boot state")
+				why := context.Cause(ctx)
+				if !errors.Is(why, errTaskGone) {
+					why = errCaptureStops // the run's context ended
+				}
+				log.Info("task console capture ended", "why", why.Error())
 				return
 			}
 			if time.Since(began) >= longSession {
@@ -245,7 +255,7 @@ func (t *taskConsoles) capturing() map[string]string {
 func (t *taskConsoles) stopAll() {
 	t.mu.Lock()
 	for uuid, c := range t.caps {
-		c.cancel()
+		c.cancel(errCaptureStops)
 		delete(t.caps, uuid)
 	}
 	t.mu.Unlock()
