@@ -224,6 +224,12 @@ const (
 	BurninSinkPath   = "/v1/burnin/sink"
 )
 
+// AgentBootHeader names, on the burn-in routes' answers, the rack agent's
+// boot server run (random per start): a transfer that failed while the
+// agent restarted is told from a network fault by the next answer's
+// differing value.
+const AgentBootHeader = "X-Metalfleet-Agent-Boot"
+
 // MaxBurninBytes bounds one network burn-in transfer.
 const MaxBurninBytes = 1 << 30
 

@@ -68,6 +68,7 @@ func (s *Server) burninSlot(w http.ResponseWriter, r *http.Request) (release fun
 
 // handleBurninSource serves GET BurninSourcePath?bytes=N.
 func (s *Server) handleBurninSource(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set(proto.AgentBootHeader, s.boot)
 	_, _, log, ok := s.taskCaller(w, r, s.burninLimit)
 	if !ok {
 		return
@@ -107,6 +108,7 @@ func (s *Server) handleBurninSource(w http.ResponseWriter, r *http.Request) {
 
 // handleBurninSink serves POST BurninSinkPath.
 func (s *Server) handleBurninSink(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set(proto.AgentBootHeader, s.boot)
 	_, _, log, ok := s.taskCaller(w, r, s.burninLimit)
 	if !ok {
 		return

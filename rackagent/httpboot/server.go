@@ -2,6 +2,7 @@ package httpboot
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -110,6 +111,8 @@ type Server struct {
 	waiting atomic.Int64  // network burn-in transfers waiting for a slot
 	// burninLimit: the burn-in routes' rate per source.
 	burninLimit *limiter
+	// boot names this server's run (proto.AgentBootHeader).
+	boot string
 }
 
 // New returns a Server; it listens only in Serve.
@@ -158,6 +161,7 @@ func New(cfg Config) *Server {
 		burnin:  make(chan struct{}, cfg.BurninConcurrency),
 		// Ten times the callbacks' rate.
 		burninLimit: newLimiter(10*cfg.CallbackRate, 10*cfg.CallbackBurst),
+		boot:        rand.Text(),
 	}
 	s.mux.HandleFunc("GET /boot/{file}", s.handleScript)
 	s.mux.HandleFunc("GET /artifacts/{sha256}", s.handleArtifact)

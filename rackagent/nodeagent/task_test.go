@@ -73,6 +73,12 @@ type testAgent struct {
 	badAuth   int
 	planGets  int
 	slowDown  int // burn-in source requests answered 429
+	// boot is the agent run the burn-in routes name (AgentBootHeader);
+	// cut burn-in downloads are cut mid-stream, and with restartOnCut the
+	// run changes after each (an agent restart).
+	boot         string
+	cut          int
+	restartOnCut bool
 }
 
 func newTestAgent(t *testing.T, plan proto.TaskPlan) *testAgent {
@@ -132,10 +138,20 @@ func (a *testAgent) serve(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "bad bytes", http.StatusBadRequest)
 			return
 		}
+		w.Header().Set(proto.AgentBootHeader, a.boot)
 		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		if a.cut > 0 {
+			a.cut--
+			io.Copy(w, &patternReader{left: n / 2})
+			if a.restartOnCut {
+				a.boot += "-restarted"
+			}
+			panic(http.ErrAbortHandler) // the connection drops mid-body
+		}
 		m, _ := io.Copy(w, &patternReader{left: n})
 		a.tx += m
 	case r.Method == http.MethodPost && r.URL.Path == proto.BurninSinkPath:
+		w.Header().Set(proto.AgentBootHeader, a.boot)
 		m, _ := io.Copy(io.Discard, io.LimitReader(r.Body, proto.MaxBurninBytes))
 		a.rx += m
 		w.WriteHeader(http.StatusNoContent)
@@ -909,6 +925,41 @@ func TestRunInitRunsTheTask(t *testing.T) {
 			_ = finish(ctx, sys, p, err) // stays up until ctx ends, or reboots
 			if !slices.Equal(m.actions, tc.wantActions) {
 				t.Errorf("actions = %v, want %v", m.actions, tc.wantActions)
+			}
+		})
+	}
+}
+
+// TestNetworkBurninAgentRestart: a download cut mid-stream is a network
+// error, unless the agent's next answer comes from another run (it
+// restarted): then it is counted as an agent restart and the step passes.
+func TestNetworkBurninAgentRestart(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		restart  bool
+		wantPass bool
+	}{
+		{"agent restarted", true, true},
+		{"same agent: a network fault", false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := newTestAgent(t, planOf(proto.TaskBurnin, map[string]string{
+				"duration": "1s", "memory_percent": "0", "disk_bytes": "0", "network": "true"}))
+			for i := range a.plan.Steps[:3] {
+				a.plan.Steps[i].State = proto.StepPassed
+			}
+			a.boot, a.cut, a.restartOnCut = "run-1", 1, tc.restart
+			err := runTestTask(t, a, newTestMachine(t))
+			res := a.results()
+			net := decode[netResult](t, res["network"].Result)
+			if tc.wantPass {
+				if err != nil || net.Status != "pass" || net.Errors != 0 || net.AgentRestarts != 1 {
+					t.Fatalf("RunTask = %v, network = %+v; want pass, 0 errors, 1 agent restart", err, net)
+				}
+				return
+			}
+			if err == nil || net.Status != "fail" || net.Errors != 1 || net.AgentRestarts != 0 {
+				t.Fatalf("RunTask = %v, network = %+v; want a failure with 1 error", err, net)
 			}
 		})
 	}
