@@ -418,10 +418,21 @@ func TestLeaderKilledDuringBurnin(t *testing.T) {
 // reach the restarted agent; the task ends succeeded, the node is left
 // manageable, powered off, with its boot config restored.
 //
-// The kill lands in the memory or disk step, not the network one: the
-// network burn-in measures transfers to the agent, and a transfer cut by
-// the agent's death is a network error, which fails that step by design.
+// The kill lands in the memory or disk step; TestAgentKilledDuringNetwork
+// kills it during the network step, whose transfers go to the agent.
 func TestAgentKilledDuringBurnin(t *testing.T) {
+	agentKillDrill(t, proto.StepNameMemory, proto.StepNameDisk)
+}
+
+// TestAgentKilledDuringNetwork: as TestAgentKilledDuringBurnin, with the
+// agent killed while the network step moves data to and from it. The
+// transfer the kill cuts is counted as an agent restart (the restarted
+// agent names another run), not as a network error, and the step passes.
+func TestAgentKilledDuringNetwork(t *testing.T) {
+	agentKillDrill(t, proto.StepNameNetwork)
+}
+
+func agentKillDrill(t *testing.T, steps ...string) {
 	if testing.Short() {
 		t.Skip("starts coordinator and agent processes")
 	}
@@ -432,10 +443,10 @@ func TestAgentKilledDuringBurnin(t *testing.T) {
 	}
 	task := r.startBurnin(t)
 	t.Logf("burn-in task %s started: steps %d, params %v", task.ID, len(task.Steps), task.Params)
-	running := r.waitStepRunning(t, task.ID, proto.StepNameMemory, proto.StepNameDisk)
+	running := r.waitStepRunning(t, task.ID, steps...)
 	step := running.CurrentStep()
-	const retrying = "report failed; retrying"
-	seenBefore := strings.Count(r.host.Serial().Log(), retrying)
+	const retrying, refused = "report failed; retrying", "the agent refuses connections"
+	seenBefore := strings.Count(r.host.Serial().Log(), retrying) + strings.Count(r.host.Serial().Log(), refused)
 	killed := time.Now()
 	r.agent.Kill()
 	t.Logf("rack agent SIGKILLed while step %s ran (started %.2fs before, attempt %d)", step.Name, killed.Sub(step.StartedAt).Seconds(), step.Attempts)
@@ -446,7 +457,8 @@ func TestAgentKilledDuringBurnin(t *testing.T) {
 	saw := false
 	deadline := time.Now().Add(20 * time.Second)
 	testkit.Eventually(t, 25*time.Second, "the ramdisk to find the agent gone, or 20 s", func() bool {
-		saw = strings.Count(r.host.Serial().Log(), retrying) > seenBefore
+		log := r.host.Serial().Log()
+		saw = strings.Count(log, retrying)+strings.Count(log, refused) > seenBefore
 		return saw || time.Now().After(deadline)
 	})
 	down := time.Since(killed)
@@ -465,6 +477,15 @@ func TestAgentKilledDuringBurnin(t *testing.T) {
 			s.EndedAt.Sub(killed).Seconds(), seen.Sub(killed).Seconds())
 	}
 	r.checkDone(t, done, before.Boot, killed, seenEnd, "agent killed")
+	if step.Name == proto.StepNameNetwork {
+		var net struct {
+			Errors        int `json:"errors"`
+			AgentRestarts int `json:"agent_restarts"`
+		}
+		if err := json.Unmarshal(stepByName(done, step.Name).Result, &net); err != nil || net.Errors != 0 || net.AgentRestarts == 0 {
+			t.Errorf("network result %s (%v): want the transfers the kill cut counted as agent restarts, no errors", stepByName(done, step.Name).Result, err)
+		}
+	}
 	WaitFor(t, 30*time.Second, "the restarted agent's outbox drained", func() bool {
 		v, ok := Metric(r.agentHTTP, "metalfleet_agent_outbox_reports")
 		return ok && v == 0
