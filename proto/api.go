@@ -24,6 +24,10 @@ type NodePatch struct {
 	IP         *string            `json:"ip,omitempty"`
 	BMC        *BMCPatch          `json:"bmc,omitempty"`
 	Properties *map[string]string `json:"properties,omitempty"`
+	// Traits replaces the operator's traits; RootDevice the root-disk
+	// hint (an empty hint clears it).
+	Traits     *[]string       `json:"traits,omitempty"`
+	RootDevice *RootDeviceHint `json:"root_device,omitempty"`
 }
 
 // BMCPatch changes some fields of a node's BMC.
@@ -68,6 +72,9 @@ type SettingsPatch struct {
 	// VendorTools replaces the whole list (an empty list: the built-in
 	// lab tool only).
 	VendorTools *[]VendorTool `json:"vendor_tools,omitempty"`
+	// DeployMax and DeployMaxPerRack bound the deploys running at once.
+	DeployMax        *int `json:"deploy_max,omitempty"`
+	DeployMaxPerRack *int `json:"deploy_max_per_rack,omitempty"`
 }
 
 // TokenCreate is the body of POST /v1/tokens.

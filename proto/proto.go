@@ -95,6 +95,12 @@ type Node struct {
 	SavedBoot *SavedBoot  `json:"saved_boot,omitempty"`
 	// Task is the id of the node's running task.
 	Task string `json:"task,omitempty"`
+	// Traits are set by operators (CUSTOM_GPU, ...); the scheduler adds
+	// those the inventory makes obvious (decide.NodeTraits).
+	Traits []string `json:"traits,omitempty"`
+	// RootDevice picks the disk an instance's image goes to (before the
+	// flavor's hint).
+	RootDevice *RootDeviceHint `json:"root_device,omitempty"`
 	// TaskResults is the latest finished task of each kind.
 	TaskResults map[TaskKind]*TaskSummary `json:"task_results,omitempty"`
 	CreatedAt   time.Time                 `json:"created_at"`
@@ -137,6 +143,11 @@ func (n *Node) Clone() *Node {
 		c.BMCStatus = &b
 	}
 	c.Boot = n.Boot.Clone()
+	c.Traits = append([]string(nil), n.Traits...)
+	if n.RootDevice != nil {
+		h := *n.RootDevice
+		c.RootDevice = &h
+	}
 	if n.SavedBoot != nil {
 		sb := SavedBoot{Boot: n.SavedBoot.Boot.Clone(), Task: n.SavedBoot.Task}
 		c.SavedBoot = &sb
@@ -199,6 +210,12 @@ type Flavor struct {
 	RequiredTraits []string `json:"required_traits,omitempty"`
 	Rack           string   `json:"rack,omitempty"`
 	RescueImage    string   `json:"rescue_image,omitempty"`
+	// RootDevice picks the disk an image is written to (the node's own
+	// hint wins); none: the smallest disk that fits.
+	RootDevice *RootDeviceHint `json:"root_device,omitempty"`
+	// FullErase: cleaning after delete erases every disk whole, not only
+	// its first and last MiB and its signatures.
+	FullErase bool `json:"full_erase,omitempty"`
 	Meta
 }
 
@@ -230,24 +247,37 @@ type InstanceState string
 
 // Instance states.
 const (
-	InstanceBuilding InstanceState = "building"
-	InstanceRunning  InstanceState = "running"
-	InstanceRescue   InstanceState = "rescue"
-	InstanceDeleting InstanceState = "deleting"
-	InstanceError    InstanceState = "error"
+	InstanceQueued     InstanceState = "queued"
+	InstanceBuilding   InstanceState = "building"
+	InstanceRunning    InstanceState = "running"
+	InstanceRescuing   InstanceState = "rescuing"
+	InstanceRescue     InstanceState = "rescue"
+	InstanceUnrescuing InstanceState = "unrescuing"
+	InstanceDeleting   InstanceState = "deleting"
+	InstanceError      InstanceState = "error"
 )
 
 // Instance is a workload placed on one node.
 type Instance struct {
-	UUID        string        `json:"uuid"`
-	Name        string        `json:"name"`
-	Flavor      string        `json:"flavor"`
-	Image       string        `json:"image"`
-	Node        string        `json:"node,omitempty"` // node uuid
-	State       InstanceState `json:"state"`
-	RescueImage string        `json:"rescue_image,omitempty"`
-	CreatedAt   time.Time     `json:"created_at"`
-	UpdatedAt   time.Time     `json:"updated_at"`
+	UUID   string        `json:"uuid"`
+	Name   string        `json:"name"`
+	Flavor string        `json:"flavor"`
+	Image  string        `json:"image"`
+	Node   string        `json:"node,omitempty"` // node uuid
+	State  InstanceState `json:"state"`
+	// RescueImage is the instance's own rescue image (else its flavor's).
+	RescueImage string `json:"rescue_image,omitempty"`
+	LastError   string `json:"last_error,omitempty"`
+	// Forced: the node was named by an administrator (no scheduling).
+	Forced bool `json:"forced,omitempty"`
+	// Task is the node task running for this instance (deploy, clean,
+	// rescue), if any.
+	Task string `json:"task,omitempty"`
+	// StateSince is when the instance entered its state (busy states
+	// time out from it).
+	StateSince time.Time `json:"state_since,omitzero"`
+	CreatedAt  time.Time `json:"created_at"`
+	UpdatedAt  time.Time `json:"updated_at"`
 	Meta
 }
 
@@ -269,6 +299,11 @@ type Settings struct {
 	// VendorTools are the vendor tools by hardware model; empty means the
 	// built-in LabTool only.
 	VendorTools []VendorTool `json:"vendor_tools,omitempty"`
+	// DeployMax and DeployMaxPerRack bound the instance deploys running
+	// at once, in the fleet and per rack (0: DefaultDeployMax,
+	// DefaultDeployMaxPerRack); beyond them instances wait, queued.
+	DeployMax        int `json:"deploy_max,omitempty"`
+	DeployMaxPerRack int `json:"deploy_max_per_rack,omitempty"`
 	Meta
 }
 

@@ -531,6 +531,29 @@ type BIOSParams struct {
 	Settings map[string]string
 }
 
+// DeployParams are a deploy's parameters.
+type DeployParams struct {
+	Image string // image name: TaskPlan.Artifacts[Image]
+	// RootDevice picks the disk (nil: the smallest that fits).
+	RootDevice *RootDeviceHint
+	// MinBytes: the root disk must be at least this big (the flavor's
+	// disk_gb).
+	MinBytes int64
+}
+
+// CleanParams are a clean's parameters.
+type CleanParams struct {
+	// Full erases every disk whole, not only its first and last MiB and
+	// its signatures.
+	Full bool
+}
+
+// RescueParams are a rescue's parameters: how user rescue logs in over
+// SSH (neither: only the serial console shell).
+type RescueParams struct {
+	Auth RescueAuth
+}
+
 // TaskParams is a task's parameters, parsed and defaulted: one of the
 // fields is set, for its kind.
 type TaskParams struct {
@@ -538,6 +561,9 @@ type TaskParams struct {
 	RAID     *RAIDParams
 	Firmware *FirmwareParams
 	BIOS     *BIOSParams
+	Deploy   *DeployParams
+	Clean    *CleanParams
+	Rescue   *RescueParams
 }
 
 // Burn-in defaults, sized for a real server.
@@ -548,6 +574,9 @@ const (
 )
 
 var taskParamNames = map[TaskKind][]string{
+	TaskDeploy:   {"image", "root_device", "min_bytes"},
+	TaskClean:    {"full"},
+	TaskRescue:   {"password_salt", "password_sha256", "ssh_key"},
 	TaskInspect:  {},
 	TaskBurnin:   {"duration", "memory_percent", "disk_bytes", "destructive", "network"},
 	TaskFirmware: {"component", "image"},
@@ -583,6 +612,39 @@ func ParseTaskParams(k TaskKind, params map[string]string) (TaskParams, error) {
 		return Errorf(CodeInvalid, "param %s=%q: want %s", key, truncateForError(params[key]), want)
 	}
 	switch k {
+	case TaskDeploy:
+		d := &DeployParams{Image: params["image"]}
+		if d.Image == "" {
+			return out, Errorf(CodeInvalid, "param image is required: the name of the disk image")
+		}
+		if v := params["root_device"]; v != "" {
+			var h RootDeviceHint
+			if err := json.Unmarshal([]byte(v), &h); err != nil {
+				return out, bad("root_device", "a JSON root-device hint such as {\"serial\":\"S1\"}")
+			}
+			d.RootDevice = &h
+		}
+		if v, ok := params["min_bytes"]; ok {
+			n, err := ParseBytes(v)
+			if err != nil {
+				return out, bad("min_bytes", "a size such as 10GiB")
+			}
+			d.MinBytes = n
+		}
+		out.Deploy = d
+	case TaskClean:
+		c := &CleanParams{}
+		if v, ok := params["full"]; ok {
+			x, err := strconv.ParseBool(v)
+			if err != nil {
+				return out, bad("full", "true or false")
+			}
+			c.Full = x
+		}
+		out.Clean = c
+	case TaskRescue:
+		out.Rescue = &RescueParams{Auth: RescueAuth{PasswordSalt: params["password_salt"],
+			PasswordSHA256: params["password_sha256"], SSHKey: params["ssh_key"]}}
 	case TaskBurnin:
 		b := &BurninParams{Duration: DefaultBurninDuration, MemoryPercent: DefaultBurninMemoryPercent,
 			DiskBytes: DefaultBurninDiskBytes, Network: true}
@@ -751,6 +813,12 @@ func TaskSteps(k TaskKind, p TaskParams) []Step {
 		names = []string{StepNameApply, StepNameVerify}
 	case TaskRAID:
 		names = []string{StepNameRAID, StepNameInventory}
+	case TaskDeploy:
+		names = []string{StepNameWrite}
+	case TaskClean:
+		names = []string{StepNameErase}
+	case TaskRescue:
+		names = []string{StepNameRescue}
 	}
 	steps := make([]Step, len(names))
 	for i, n := range names {
@@ -768,8 +836,12 @@ func DefaultTaskTimeout(k TaskKind, p TaskParams) time.Duration {
 		if p.Burnin != nil {
 			return p.Burnin.Duration + 30*time.Minute
 		}
-	case TaskFirmware:
+	case TaskFirmware, TaskDeploy:
 		return time.Hour
+	case TaskClean:
+		if p.Clean != nil && p.Clean.Full {
+			return 24 * time.Hour
+		}
 	}
 	return 30 * time.Minute
 }

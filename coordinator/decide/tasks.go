@@ -118,7 +118,7 @@ func Plan(t *proto.Task, vendor *proto.VendorTool, images map[string]*proto.Imag
 	for _, s := range t.Steps {
 		p.Steps = append(p.Steps, proto.PlanStep{Name: s.Name, State: s.State})
 	}
-	if t.Kind == proto.TaskFirmware {
+	if t.Kind == proto.TaskFirmware || t.Kind == proto.TaskDeploy {
 		if im := images[t.Params["image"]]; im != nil {
 			p.Artifacts = map[string]proto.Artifact{im.Name: *Artifact(im)}
 		}

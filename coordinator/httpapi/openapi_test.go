@@ -583,7 +583,7 @@ func TestOpenAPIEnums(t *testing.T) {
 		{"StepState", strs(proto.StepPending, proto.StepRunning, proto.StepPassed, proto.StepFailed)},
 		{"BootKind", strs(proto.BootDiscovery, proto.BootLocalDisk, proto.BootRamdisk)},
 		{"ReportKind", strs(proto.ReportMACSeen, proto.ReportBootEvent, proto.ReportLease, proto.ReportPower, proto.ReportCallback)},
-		{"InstanceState", strs(proto.InstanceBuilding, proto.InstanceRunning, proto.InstanceRescue, proto.InstanceDeleting, proto.InstanceError)},
+		{"InstanceState", strs(proto.InstanceQueued, proto.InstanceBuilding, proto.InstanceRunning, proto.InstanceRescuing, proto.InstanceRescue, proto.InstanceUnrescuing, proto.InstanceDeleting, proto.InstanceError)},
 		{"ErrorCode", strs(proto.CodeInvalid, proto.CodeUnauthorized, proto.CodeForbidden, proto.CodeNotFound,
 			proto.CodeConflict, proto.CodeWrongState, proto.CodeTooLarge, proto.CodeNoLeader, proto.CodeUnavailable,
 			proto.CodeInternal, proto.CodeNotAllowed, proto.CodeTimeout, proto.CodeUnsupported, proto.CodeUndecodable, proto.CodeRateLimited)},
