@@ -81,6 +81,9 @@ func applyTaskCreate(tx *state.Tx, c *TaskCreate) (any, error) {
 			}
 		}
 	}
+	if !t.Kind.Valid() {
+		return nil, proto.Errorf(proto.CodeInvalid, "kind %q: want one of inspect, burnin, firmware, bios, raid (deploy, clean and rescue come with instances)", t.Kind)
+	}
 	if err := CanServe(n); err != nil {
 		return nil, err
 	}
@@ -125,35 +128,52 @@ func applyTaskCreate(tx *state.Tx, c *TaskCreate) (any, error) {
 	if tx.Task(t.ID) != nil {
 		return nil, proto.Errorf(proto.CodeConflict, "task %s already exists", t.ID)
 	}
-	tx.SetTaskKey(c.Key)
-	key := tx.TaskKey()
-	if len(key) == 0 {
-		return nil, proto.Errorf(proto.CodeInternal, "no task key: the proposer sent none")
-	}
 	if vendor != nil {
 		t.Vendor = vendor.Name
+	}
+	t.Request = c.Request
+	n = n.Clone()
+	if err := startTask(tx, n, t, params, boot, c.Agent, c.Key, c.Now); err != nil {
+		return nil, err
+	}
+	n.ProvisionState, n.LastError = proto.StateServicing, ""
+	tx.PutTask(t)
+	tx.PutNode(n)
+	tx.AppendHistory(n.UUID, proto.HistoryEvent{Time: c.Now, Kind: "task", User: t.By,
+		Message: fmt.Sprintf("task %s (%s) started: %d steps, timeout %s", t.ID, t.Kind, len(t.Steps), time.Duration(t.Timeout))})
+	return t.Clone(), nil
+}
+
+// startTask gives t (ID, Kind, Params, Timeout and By set) its steps,
+// timeout and token hash, saves n's boot config and replaces it by boot,
+// and asks agent for PXE once and a reboot. n is the caller's copy, to
+// be stored by the caller with t (tx.PutTask, tx.PutNode) after its
+// state is set. key becomes the cluster's task key if there is none.
+func startTask(tx *state.Tx, n *proto.Node, t *proto.Task, params proto.TaskParams, boot proto.BootConfig, agent string, key []byte, now time.Time) error {
+	if agent == "" {
+		return proto.Errorf(proto.CodeInternal, "a task without a rack agent to power-cycle the node")
+	}
+	if tx.Task(t.ID) != nil {
+		return proto.Errorf(proto.CodeConflict, "task %s already exists", t.ID)
+	}
+	tx.SetTaskKey(key)
+	if len(tx.TaskKey()) == 0 {
+		return proto.Errorf(proto.CodeInternal, "no task key: the proposer sent none")
 	}
 	t.Node, t.State, t.Current, t.Error, t.ConsoleLog = n.UUID, proto.TaskRunning, 0, "", ""
 	t.Steps = proto.TaskSteps(t.Kind, params)
 	if t.Timeout <= 0 {
 		t.Timeout = proto.Duration(proto.DefaultTaskTimeout(t.Kind, params))
 	}
-	t.CreatedAt, t.ProgressAt, t.EndedAt = c.Now, c.Now, time.Time{}
-	t.TokenHash = decide.TokenHash(decide.TaskToken(key, n.UUID, t.ID))
-	t.Request = c.Request
-
-	n = n.Clone()
-	n.ProvisionState, n.UpdatedAt, n.LastError = proto.StateServicing, c.Now, ""
+	t.CreatedAt, t.ProgressAt, t.EndedAt = now, now, time.Time{}
+	t.TokenHash = decide.TokenHash(decide.TaskToken(tx.TaskKey(), n.UUID, t.ID))
+	n.UpdatedAt = now
 	n.SavedBoot = &proto.SavedBoot{Boot: n.Boot.Clone(), Task: t.ID}
 	n.Boot, n.Task = &boot, t.ID
 	addIntent(tx, n, proto.Intent{Action: proto.ActionBootDevice, Boot: &proto.BootDeviceSpec{Device: proto.BootDevicePXE},
-		Agent: c.Agent, By: t.By, At: c.Now})
-	addIntent(tx, n, proto.Intent{Action: proto.ActionPower, Power: proto.PowerTargetReboot, Agent: c.Agent, By: t.By, At: c.Now})
-	tx.PutTask(t)
-	tx.PutNode(n)
-	tx.AppendHistory(n.UUID, proto.HistoryEvent{Time: c.Now, Kind: "task", User: t.By,
-		Message: fmt.Sprintf("task %s (%s) started: %d steps, timeout %s", t.ID, t.Kind, len(t.Steps), time.Duration(t.Timeout))})
-	return t.Clone(), nil
+		Agent: agent, By: t.By, At: now})
+	addIntent(tx, n, proto.Intent{Action: proto.ActionPower, Power: proto.PowerTargetReboot, Agent: agent, By: t.By, At: now})
+	return nil
 }
 
 // CanServe says why a task may not start on n now, if so.
