@@ -51,7 +51,10 @@
 // per-component results (cpu, memory, disk, network) are on the task and
 // on node.task_results, with its time by phase logged as a Markdown
 // table; a long burn-in aborted (`node task abort`) while its cpu step
-// runs; RAID1 over the two disks (the new inventory shows the array,
+// runs; a burn-in whose VM is reset (QEMU's system_reset, behind
+// Metalfleet's back) during its memory step, which boots the task ramdisk
+// again and resumes at that step (cpu not run again, memory's second
+// attempt); RAID1 over the two disks (the new inventory shows the array,
 // and the disks' files hold the md superblocks); a firmware update of the
 // lab device's bios from an image served by the test over HTTP in the
 // namespace (versions before and after); BIOS settings read back; a

@@ -61,7 +61,8 @@ var burninParams = []string{"duration=3s", "memory_percent=5", "disk_bytes=16MiB
 // (build/ramdisk: nodeagent with mdadm and the lab vendor tool /bin/mflab):
 // an inspect (during which a step report with a wrong task token is
 // refused), a short burn-in whose per-component results are kept, a long
-// burn-in aborted while its cpu step runs, a RAID1 array over two of the
+// burn-in aborted while its cpu step runs, a burn-in whose VM is reset
+// during its memory step (it resumes there), a RAID1 array over two of the
 // VM's disks, a firmware update and BIOS settings through the lab tool, a
 // BIOS setting whose readback cannot match (a vendor tool whose Set
 // applies nothing), and an inspect that finds a disk added while the VM
@@ -106,6 +107,7 @@ func TestTasksQEMU(t *testing.T) {
 		{"inspect, wrong task token", r.inspectWrongToken, true},
 		{"burn-in", r.burnin, false},
 		{"abort a burn-in", r.abortBurnin, false},
+		{"reboot mid-task", r.rebootMidTask, false},
 		{"raid1", r.raid1, false},
 		{"firmware", r.firmware, false},
 		{"bios", r.bios, false},
@@ -461,16 +463,14 @@ func collectedAt(inv proto.Inventory) time.Time {
 	return at
 }
 
-// abortBurnin aborts a long burn-in while its cpu step runs: the task
-// is aborted (the --wait CLI exits non-zero with it), the running step
-// failed "aborted", the node manageable and powered off, with a
-// last_error that says who aborted it.
-func (r *taskRun) abortBurnin(t *testing.T) {
-	c := r.startTaskCLI(t, taskNode, proto.TaskBurnin, "duration=10m", "memory_percent=5", "disk_bytes=1MiB", "network=false")
-	var id string
-	testkit.Until(t, 4*time.Minute, "the burn-in's cpu step to run", func() error {
+// waitStep waits until the task the CLI c started runs its step name,
+// and returns the task then.
+func (r *taskRun) waitStep(t *testing.T, c *taskCLI, name string) proto.Task {
+	t.Helper()
+	var task proto.Task
+	testkit.Until(t, 4*time.Minute, "the task's "+name+" step to run", func() error {
 		if !c.running() {
-			t.Fatalf("node task burnin exited (%v) before its cpu step ran: %s", c.err, c.stderr.String())
+			t.Fatalf("metalfleet %s exited (%v) before step %s ran: %s", strings.Join(c.args, " "), c.err, name, c.stderr.String())
 		}
 		var n proto.Node
 		if _, err := r.l.call("GET", "/v1/nodes/"+r.node, nil, &n); err != nil {
@@ -479,16 +479,25 @@ func (r *taskRun) abortBurnin(t *testing.T) {
 		if n.Task == "" {
 			return fmt.Errorf("no task yet")
 		}
-		id = n.Task
-		task, err := r.getTask(id)
-		if err != nil {
+		var err error
+		if task, err = r.getTask(n.Task); err != nil {
 			return err
 		}
-		if s := task.CurrentStep(); s == nil || s.Name != proto.StepNameCPU || s.State != proto.StepRunning {
-			return fmt.Errorf("task %s at step %d %+v", id, task.Current, task.CurrentStep())
+		if s := task.CurrentStep(); s == nil || s.Name != name || s.State != proto.StepRunning {
+			return fmt.Errorf("task %s at step %d %+v", task.ID, task.Current, task.CurrentStep())
 		}
 		return nil
 	})
+	return task
+}
+
+// abortBurnin aborts a long burn-in while its cpu step runs: the task
+// is aborted (the --wait CLI exits non-zero with it), the running step
+// failed "aborted", the node manageable and powered off, with a
+// last_error that says who aborted it.
+func (r *taskRun) abortBurnin(t *testing.T) {
+	c := r.startTaskCLI(t, taskNode, proto.TaskBurnin, "duration=10m", "memory_percent=5", "disk_bytes=1MiB", "network=false")
+	id := r.waitStep(t, c, proto.StepNameCPU).ID
 	out := r.mustCLI(t, "node", "task", "abort", taskNode, id)
 	t.Logf("node task abort: %s", strings.TrimSpace(out))
 	task, tt := r.finishTask(t, c, proto.TaskBurnin, proto.TaskAborted)
@@ -498,6 +507,40 @@ func (r *taskRun) abortBurnin(t *testing.T) {
 	}
 	if n := r.getNode(t, r.node); !strings.Contains(n.LastError, "aborted") {
 		t.Errorf("node last_error %q after the abort: want it to say the task was aborted", n.LastError)
+	}
+}
+
+// rebootMidTask resets the VM behind Metalfleet's back (QEMU's
+// system_reset: a machine that rebooted by itself) while a burn-in's
+// memory step runs. It network-boots the task ramdisk again, which
+// resumes at the step recorded: the cpu step is not run again, the memory
+// step counts a second attempt, the task succeeds.
+func (r *taskRun) rebootMidTask(t *testing.T) {
+	c := r.startTaskCLI(t, taskNode, proto.TaskBurnin, "duration=5s", "memory_percent=5", "disk_bytes=1MiB", "network=false")
+	before := r.waitStep(t, c, proto.StepNameMemory)
+	cpuBefore := stepByName(t, before, proto.StepNameCPU)
+	boots := r.v.SerialCount(`msg="running the task"`)
+	resetAt := time.Now()
+	if err := r.v.hmp("system_reset"); err != nil {
+		t.Fatalf("system_reset: %v", err)
+	}
+	task, tt := r.finishTask(t, c, proto.TaskBurnin, proto.TaskSucceeded)
+	t.Log(tt.phaseLines("burn-in with a reset of the VM during its memory step (the phases until the first step are the first boot's)"))
+	cpu, mem := stepByName(t, task, proto.StepNameCPU), stepByName(t, task, proto.StepNameMemory)
+	t.Logf("after the reset: cpu attempts %d ended %s; memory attempts %d started %s ended %s; the reset at %s",
+		cpu.Attempts, cpu.EndedAt.Format("15:04:05.000"), mem.Attempts, mem.StartedAt.Format("15:04:05.000"),
+		mem.EndedAt.Format("15:04:05.000"), resetAt.Format("15:04:05.000"))
+	if cpu.Attempts != 1 || !cpu.EndedAt.Equal(cpuBefore.EndedAt) {
+		t.Errorf("the cpu step ran again after the reset: attempts %d, ended %s (was %s)", cpu.Attempts, cpu.EndedAt, cpuBefore.EndedAt)
+	}
+	if mem.Attempts != 2 {
+		t.Errorf("the memory step: %d attempts, want 2 (started again after the reset)", mem.Attempts)
+	}
+	if !mem.EndedAt.After(resetAt) {
+		t.Errorf("the memory step ended at %s, before the reset (%s)", mem.EndedAt, resetAt)
+	}
+	if n := r.v.SerialCount(`msg="running the task"`); n <= boots {
+		t.Errorf("the VM's console shows no second run of the task ramdisk after the reset (%d runs, %d before)", n, boots)
 	}
 }
 
