@@ -414,6 +414,8 @@ func (r *taskRunner) runStep(ctx context.Context, sc *stepCtx, name string) step
 		return r.biosApply(ctx, sc)
 	case k == proto.TaskBIOS && name == proto.StepNameVerify:
 		return r.biosVerify(ctx, sc)
+	case k == proto.TaskDeploy && name == proto.StepNameWrite:
+		return r.deployWrite(ctx, sc)
 	}
 	return stepResult{err: fmt.Errorf("this nodeagent (%s) does not know step %q of a %s task", Version, name, k)}
 }
