@@ -76,3 +76,7 @@ clean: ## remove build outputs
 .PHONY: bench-bmc
 bench-bmc: ## IPMI power polls/s of one poller against 1,000 simulated BMCs (sessions reused) beside an ipmitool process per poll, with CPU per poll (under a minute)
 	METALFLEET_BENCH_BMC=1 $(GO) test -count=1 -timeout 3m -v -run 'TestBMCPoll' ./ops/bench/bmcpoll/
+
+.PHONY: bench-sched
+bench-sched: ## scheduling decisions/s over 10,000 simulated nodes: Schedule decoding inventories, with a warm CapacityCache, and the decodes alone (about 3 min)
+	$(GO) test -count=6 -timeout 20m -run '^$$' -bench 'Schedule' -benchtime 3s ./coordinator/decide/
