@@ -278,7 +278,7 @@ func needTasks(t *testing.T, images ramdiskFiles, bin string) {
 	}
 	for _, b := range []string{"mflab", "mdadm"} {
 		if !has(b) {
-			missing = append(missing, "/"+b+" in build/ramdisk/metalfleet-ramdisk.cpio.gz (make ramdisk)")
+			missing = append(missing, b+" in the task ramdisk (build/ramdisk or $METALFLEET_E2E_RAMDISK; make ramdisk)")
 		}
 	}
 	out, _ := exec.Command(bin, "node", "task", "--help").CombinedOutput()
