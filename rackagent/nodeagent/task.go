@@ -102,6 +102,8 @@ type TaskEnv struct {
 	TempDir string
 	// MDADM is the mdadm program ("": DefaultMDADM).
 	MDADM string
+	// WipeFS is the wipefs program ("": DefaultWipeFS).
+	WipeFS string
 	// ProgressEvery is the least time between two progress reports of a
 	// step (0: DefaultProgressEvery).
 	ProgressEvery time.Duration
@@ -202,6 +204,9 @@ func newTaskRunner(env TaskEnv) (*taskRunner, error) {
 	}
 	if r.env.MDADM == "" {
 		r.env.MDADM = DefaultMDADM
+	}
+	if r.env.WipeFS == "" {
+		r.env.WipeFS = DefaultWipeFS
 	}
 	if r.env.ProgressEvery <= 0 {
 		r.env.ProgressEvery = DefaultProgressEvery
@@ -416,6 +421,8 @@ func (r *taskRunner) runStep(ctx context.Context, sc *stepCtx, name string) step
 		return r.biosVerify(ctx, sc)
 	case k == proto.TaskDeploy && name == proto.StepNameWrite:
 		return r.deployWrite(ctx, sc)
+	case k == proto.TaskClean && name == proto.StepNameErase:
+		return r.cleanErase(ctx, sc)
 	}
 	return stepResult{err: fmt.Errorf("this nodeagent (%s) does not know step %q of a %s task", Version, name, k)}
 }
