@@ -652,7 +652,9 @@ func simFleet(n, racks int) ([]*proto.Node, []*proto.Flavor) {
 func BenchmarkSchedule(b *testing.B) {
 	nodes, flavors := simFleet(10000, 100)
 	rackLoad := map[string]int{}
+	var invBytes int
 	for _, n := range nodes {
+		invBytes += len(n.Inventory)
 		if n.InstanceUUID != "" {
 			rackLoad[n.Rack]++
 		}
@@ -684,6 +686,7 @@ func BenchmarkSchedule(b *testing.B) {
 		}
 		report(b)
 		b.ReportMetric(perDecision, "decodes/decision")
+		b.ReportMetric(float64(invBytes)/float64(len(nodes)), "inventory-B")
 	})
 	b.Run("cached", func(b *testing.B) {
 		var c CapacityCache
