@@ -276,8 +276,15 @@ func (r *taskRun) finishTask(t *testing.T, c *taskCLI, kind proto.TaskKind, want
 	tt.VMOff = r.v.Exited()
 	if !tt.VMStart.IsZero() {
 		b := &bootRecord{PowerOn: tt.VMStart}
-		b.scan(readAgentLog(r.l.file("agent.log")), tasksVM.MAC, r.node)
+		lines := readAgentLog(r.l.file("agent.log"))
+		b.scan(lines, tasksVM.MAC, r.node)
 		tt.Boot = b
+		for _, l := range lines {
+			if l.Msg == "task plan served" && l.Node == r.node && l.Time.After(tt.VMStart) {
+				tt.PlanServed = l.Time
+				break
+			}
+		}
 	}
 	if n.Task != "" {
 		t.Errorf("node.task %q after the task ended", n.Task)

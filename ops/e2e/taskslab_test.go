@@ -342,6 +342,7 @@ type taskTimes struct {
 	Boot        *bootRecord
 	Fetched     time.Time // iPXE has the initrd (console)
 	Init        time.Time // the ramdisk's /init (nodeagent) runs (console)
+	PlanServed  time.Time // the agent served the task plan (its log)
 	FirstStep   time.Time // the first step's start report
 	LastStep    time.Time // the last step's end
 	Ended       time.Time // task.ended_at
@@ -371,7 +372,8 @@ func (tt *taskTimes) phaseLines(title string) string {
 		row("  boot: kernel and initrd over HTTP", "boot script -> initrd fetched (console)", r.Script, tt.Fetched)
 		row("  boot: Linux", "initrd fetched -> /init (nodeagent) runs (console)", tt.Fetched, tt.Init)
 		row("  boot: nodeagent", "/init runs -> the ramdisk's DHCP lease (modules, DHCP)", tt.Init, r.RamdiskLease)
-		row("  boot: plan", "the ramdisk's DHCP lease -> first step started (plan fetched)", r.RamdiskLease, tt.FirstStep)
+		row("  boot: plan", "the ramdisk's DHCP lease -> task plan served (agent)", r.RamdiskLease, tt.PlanServed)
+		row("  boot: first step", "task plan served -> first step started", tt.PlanServed, tt.FirstStep)
 	}
 	row("boot", "QEMU started -> first step started", tt.VMStart, tt.FirstStep)
 	for _, s := range tt.Steps {
