@@ -69,6 +69,8 @@ type InstanceRequest struct {
 	RescueImage string `json:"rescue_image,omitempty"`
 	// Node forces the instance onto a node (uuid or name; admin role).
 	Node string `json:"node,omitempty"`
+	// RequestID makes a retried create return the instance it made.
+	RequestID string `json:"request_id,omitempty"`
 }
 
 // InstancePatch is the body of PATCH /v1/instances/{id}: a nil field is

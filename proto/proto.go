@@ -239,6 +239,9 @@ type Image struct {
 	URL    string    `json:"url"`
 	SHA256 string    `json:"sha256"`
 	Size   int64     `json:"size,omitempty"`
+	// Kernel names the kernel image a ramdisk image boots with (a rescue
+	// image that is not the nodeagent ramdisk); empty: the task kernel.
+	Kernel string `json:"kernel,omitempty"`
 	Meta
 }
 
@@ -270,9 +273,16 @@ type Instance struct {
 	LastError   string `json:"last_error,omitempty"`
 	// Forced: the node was named by an administrator (no scheduling).
 	Forced bool `json:"forced,omitempty"`
+	// Request is the client's request id of the create.
+	Request string `json:"request_id,omitempty"`
 	// Task is the node task running for this instance (deploy, clean,
 	// rescue), if any.
 	Task string `json:"task,omitempty"`
+	// BootGen is the generation of the reboot into the instance's disk
+	// (after a deploy or an unrescue): when it is done, with the boot
+	// device set to disk, or when the node is seen taking the local-boot
+	// path, the instance is running.
+	BootGen uint64 `json:"boot_generation,omitempty"`
 	// StateSince is when the instance entered its state (busy states
 	// time out from it).
 	StateSince time.Time `json:"state_since,omitzero"`

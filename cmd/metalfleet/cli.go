@@ -17,6 +17,7 @@ func addCLICommands(root *cobra.Command, g *globals) {
 		newNodeCmd(g),
 		newFlavorCmd(g),
 		newImageCmd(g),
+		newInstanceCmd(g),
 		newRackCmd(g),
 		newSettingsCmd(g),
 		newTokenCmd(g),

@@ -108,7 +108,38 @@ func newNodeListCmd(g *globals) *cobra.Command {
 }
 
 func newNodeShowCmd(g *globals) *cobra.Command {
-	return showCmd(g, "ID", "Show a node (by uuid, name or MAC)", (*apiclient.Client).Node, (*globals).showNode)
+	var instance string
+	cmd := &cobra.Command{
+		Use:   "show ID | --instance NAME_OR_UUID",
+		Short: "Show a node (by uuid, name or MAC, or by the instance it holds)",
+		Args:  args(cobra.MaximumNArgs(1)),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			if (len(a) == 1) == (instance != "") {
+				return fmt.Errorf("node show: give a node ID or --instance NAME_OR_UUID, one of them")
+			}
+			c, err := g.client()
+			if err != nil {
+				return err
+			}
+			if instance == "" {
+				n, err := c.Node(cmd.Context(), a[0])
+				if err != nil {
+					return err
+				}
+				return g.showNode(n)
+			}
+			var nodes []*proto.Node
+			if _, err := c.Do(cmd.Context(), "GET", "/v1/nodes?instance="+url.QueryEscape(instance), nil, &nodes); err != nil {
+				return err
+			}
+			if len(nodes) == 0 {
+				return fmt.Errorf("node show: no node holds instance %q", instance)
+			}
+			return g.showNode(nodes[0])
+		},
+	}
+	cmd.Flags().StringVar(&instance, "instance", "", "the node holding this instance (name or uuid)")
+	return cmd
 }
 
 // showNode prints a node: its JSON, or key: value lines.

@@ -338,8 +338,8 @@ func TestArgumentErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"node", "show"}, "accepts 1 arg(s), received 0; usage: metalfleet node show ID"},
-		{[]string{"node", "show", "a", "b"}, "accepts 1 arg(s), received 2"},
+		{[]string{"node", "show"}, "give a node ID or --instance NAME_OR_UUID"},
+		{[]string{"node", "show", "a", "b"}, "accepts at most 1 arg(s), received 2"},
 		{[]string{"node", "provision", "n1"}, "accepts 2 arg(s), received 1; usage: metalfleet node provision ID TARGET"},
 		{[]string{"node", "bogus"}, `unknown command "bogus" for "metalfleet node"`},
 		{[]string{"node", "create", "--name", "x"}, `required flag(s) "mac" not set`},

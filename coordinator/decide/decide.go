@@ -131,7 +131,9 @@ func RackBootState(in RackInput) proto.RackBootState {
 			UUID: n.UUID, Name: n.Name, MACs: append([]string(nil), n.MACs...), IP: n.IP,
 			Boot: NodeBoot(n, d), BMC: NodeBMC(n),
 		}
-		if t := in.Tasks[n.Task]; t != nil && !t.State.Ended() && bn.Boot.Kind == proto.BootRamdisk {
+		// A node in rescue keeps its rescue task's token and plan: a
+		// rebooted rescue ramdisk reports in again.
+		if t := in.Tasks[n.Task]; t != nil && (!t.State.Ended() || t.Kind == proto.TaskRescue && n.ProvisionState == proto.StateRescue) && bn.Boot.Kind == proto.BootRamdisk {
 			bn.Boot.TaskToken = TaskToken(in.TaskKey, n.UUID, t.ID)
 			var inv *proto.Inventory
 			if len(n.Inventory) > 0 {

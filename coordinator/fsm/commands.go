@@ -46,6 +46,11 @@ const (
 	TypeTaskAbort          Type = 29
 	TypeTaskTimeout        Type = 30
 	TypeTaskConsoleLog     Type = 31
+	TypeInstanceStart      Type = 32 // instances (instances.go)
+	TypeInstanceRescue     Type = 33
+	TypeInstanceUnrescue   Type = 34
+	TypeInstancePatch      Type = 35
+	TypeInstanceTimeout    Type = 36
 )
 
 // Command is implemented by every command body. Time and ids are decided
@@ -136,14 +141,28 @@ type ImageDelete struct {
 	Name string `json:"name"`
 }
 
-// InstanceCreate records an instance, on a node if Instance.Node is set.
+// InstanceCreate records an instance bound to the node Instance.Node
+// (the scheduler's choice, or an administrator's when Forced), queued; a
+// forced one starts its deploy at once through Agent. Request makes a
+// retried create return the first.
 type InstanceCreate struct {
 	Instance proto.Instance `json:"instance"`
+	Forced   bool           `json:"forced,omitempty"`
+	Request  string         `json:"request,omitempty"`
+	Agent    string         `json:"agent,omitempty"`
+	Key      []byte         `json:"key,omitempty"`
+	By       string         `json:"by,omitempty"`
+	Now      time.Time      `json:"now"`
 }
 
-// InstanceDelete removes an instance and frees its node.
+// InstanceDelete deletes an instance: a queued one (or one without a
+// node) at once, else through cleaning its node by Agent.
 type InstanceDelete struct {
-	Ref string `json:"ref"`
+	Ref   string    `json:"ref"`
+	Agent string    `json:"agent,omitempty"`
+	Key   []byte    `json:"key,omitempty"`
+	By    string    `json:"by,omitempty"`
+	Now   time.Time `json:"now"`
 }
 
 // SettingsUpdate changes fleet settings.

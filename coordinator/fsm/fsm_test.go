@@ -319,23 +319,27 @@ func TestObjectCommands(t *testing.T) {
 
 	// Instances tie flavors, images and nodes together, on available
 	// nodes only (forcing a node skips filters, never state checks).
-	h.must(node(uuid1, "n1", "52:54:00:00:00:01", proto.StateEnrolled))
-	h.fails(InstanceCreate{Instance: proto.Instance{UUID: uuid2, Name: "web1", Flavor: "small", Image: "disk", Node: "n1", CreatedAt: t0}},
-		proto.CodeWrongState, "it is enrolled")
+	n1 := node(uuid1, "n1", "52:54:00:00:00:01", proto.StateEnrolled)
+	n1.Node.Rack = "r1"
+	n1.Node.BMC = proto.BMC{Driver: proto.DriverFake, Address: "bmc-n1"}
+	n1.Node.Inventory = []byte(`{"cpus":{"count":4},"memory":{"total_bytes":8589934592},"disks":[{"name":"vda","size_bytes":107374182400}]}`)
+	h.must(n1)
+	h.fails(InstanceCreate{Instance: proto.Instance{UUID: uuid2, Name: "web1", Flavor: "small", Image: "disk", Node: "n1", CreatedAt: t0}, Now: t0},
+		proto.CodeWrongState, "is enrolled")
 	makeAvailable(h, "n1")
 	h.must(NodeSetMaintenance{Ref: "n1", Maintenance: true, Reason: "fan", Now: t0})
-	h.fails(InstanceCreate{Instance: proto.Instance{UUID: uuid2, Name: "web1", Flavor: "small", Image: "disk", Node: "n1", CreatedAt: t0}},
+	h.fails(InstanceCreate{Instance: proto.Instance{UUID: uuid2, Name: "web1", Flavor: "small", Image: "disk", Node: "n1", CreatedAt: t0}, Now: t0},
 		proto.CodeWrongState, "maintenance")
 	h.must(NodeSetMaintenance{Ref: "n1", Maintenance: false, Now: t0})
-	in := h.must(InstanceCreate{Instance: proto.Instance{UUID: uuid2, Name: "web1", Flavor: "small", Image: "disk", Node: "n1", CreatedAt: t0}}).(*proto.Instance)
-	if in.Node != uuid1 || in.State != proto.InstanceBuilding {
+	in := h.must(InstanceCreate{Instance: proto.Instance{UUID: uuid2, Name: "web1", Flavor: "small", Image: "disk", Node: "n1", CreatedAt: t0}, Now: t0}).(*proto.Instance)
+	if in.Node != uuid1 || in.State != proto.InstanceQueued {
 		t.Fatalf("instance = %+v", in)
 	}
 	if n, _ := h.f.Store().Node("n1"); n.InstanceUUID != uuid2 {
 		t.Fatalf("node does not name its instance: %+v", n)
 	}
-	h.fails(InstanceCreate{Instance: proto.Instance{UUID: uuid3, Name: "web2", Flavor: "small", Image: "disk", Node: "n1"}}, proto.CodeConflict, "already holds")
-	h.fails(InstanceCreate{Instance: proto.Instance{UUID: uuid3, Name: "web1", Flavor: "small", Image: "disk"}}, proto.CodeConflict, "exists")
+	h.fails(InstanceCreate{Instance: proto.Instance{UUID: uuid3, Name: "web2", Flavor: "small", Image: "disk", Node: "n1"}, Now: t0}, proto.CodeWrongState, "already holds")
+	h.fails(InstanceCreate{Instance: proto.Instance{UUID: uuid3, Name: "web1", Flavor: "small", Image: "disk"}, Now: t0}, proto.CodeConflict, "exists")
 	h.fails(FlavorDelete{Name: "small"}, proto.CodeConflict, "instance(s) [web1]")
 	h.fails(ImageDelete{Name: "disk"}, proto.CodeConflict, "instance web1")
 	h.fails(NodeDelete{Ref: "n1"}, proto.CodeWrongState, "holds instance")
@@ -430,11 +434,12 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	nc.Node.BMC = proto.BMC{Driver: "ipmi", Address: "10.0.0.5", Password: "pw"}
 	nc.Node.Properties = map[string]string{"a": "b"}
 	nc.Node.Rack = "r1"
+	nc.Node.Traits = []string{"ssd"}
 	nc.Node.Inventory = []byte(`{"cpus":{"count":4}}`)
 	h.must(nc)
 	h.must(node(uuid3, "", "52:54:00:00:00:03", proto.StateDiscovered))
 	makeAvailable(h, uuid1)
-	h.must(InstanceCreate{Instance: proto.Instance{UUID: uuid2, Name: "i1", Flavor: "f", Image: "d", Node: uuid1, CreatedAt: t0}})
+	h.must(InstanceCreate{Instance: proto.Instance{UUID: uuid2, Name: "i1", Flavor: "f", Image: "d", Node: uuid1, CreatedAt: t0}, Now: t0})
 	k := "k"
 	h.must(SettingsUpdate{Patch: proto.SettingsPatch{DiscoveryKernel: &k}})
 	h.must(TokenCreate{Token: proto.Token{ID: "t1", Role: proto.RoleReader, CreatedAt: t0}, SecretHash: strings.Repeat("c", 64)})
@@ -546,6 +551,12 @@ func TestTableMatchesDesign(t *testing.T) {
 		"rescue -unrescue-> unrescuing": true, "unrescuing -unrescue-done-> active": true,
 		"servicing -fail-> failed": true, "deploying -fail-> failed": true, "cleaning -fail-> failed": true,
 		"rescuing -fail-> failed": true, "unrescuing -fail-> failed": true,
+		// Deleting an instance cleans its node from wherever the instance
+		// is (DESIGN.md: "delete from any instance state"); unrescue may
+		// cancel a rescue that has not reported in yet.
+		"deploying -undeploy-> cleaning": true, "rescuing -undeploy-> cleaning": true, "rescue -undeploy-> cleaning": true,
+		"unrescuing -undeploy-> cleaning": true, "failed -undeploy-> cleaning": true,
+		"rescuing -unrescue-> unrescuing": true,
 	}
 	got := map[string]bool{}
 	for _, tr := range proto.Transitions {

@@ -3,6 +3,8 @@ package fsm
 import (
 	"encoding/binary"
 	"net/netip"
+	"regexp"
+	"slices"
 	"time"
 
 	"github.com/metalfleet/metalfleet/coordinator/state"
@@ -208,6 +210,30 @@ func applyNodeUpdate(tx *state.Tx, c *NodeUpdate) (any, error) {
 	if p.Properties != nil {
 		n.Properties = *p.Properties
 	}
+	if p.Traits != nil {
+		traits := slices.Clone(*p.Traits)
+		if len(traits) > 64 {
+			return nil, proto.Errorf(proto.CodeInvalid, "traits: %d given; at most 64", len(traits))
+		}
+		for _, t := range traits {
+			if !traitRE.MatchString(t) {
+				return nil, proto.Errorf(proto.CodeInvalid, "trait %q: want upper-case letters, digits and _ (1-128), such as CUSTOM_GPU", t)
+			}
+		}
+		slices.Sort(traits)
+		n.Traits = slices.Compact(traits)
+		if len(n.Traits) == 0 {
+			n.Traits = nil
+		}
+	}
+	if h := p.RootDevice; h != nil {
+		if *h == (proto.RootDeviceHint{}) {
+			n.RootDevice = nil
+		} else {
+			c := *h
+			n.RootDevice = &c
+		}
+	}
 	if err := checkNodeFields(tx, n, n.UUID); err != nil {
 		return nil, err
 	}
@@ -226,6 +252,8 @@ func applyNodeUpdate(tx *state.Tx, c *NodeUpdate) (any, error) {
 	tx.PutNode(n)
 	return n.Clone(), nil
 }
+
+var traitRE = regexp.MustCompile(`^[A-Z0-9_]{1,128}$`)
 
 func setIf[T any](dst *T, v *T) {
 	if v != nil {

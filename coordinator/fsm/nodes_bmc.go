@@ -232,6 +232,7 @@ func applyBMCResult(tx *state.Tx, node *proto.Node, r *proto.AgentReport) error 
 		msg += "; power " + string(r.PowerState)
 	}
 	n.UpdatedAt = r.Time
+	diskBooted(tx, n, "", r.Time)
 	tx.PutNode(n)
 	tx.AppendHistory(n.UUID, proto.HistoryEvent{Time: r.Time, Kind: "intent-result", User: r.Agent,
 		Message: fmt.Sprintf("generation %d: %s", in.Generation, msg)})

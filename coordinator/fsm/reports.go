@@ -96,6 +96,11 @@ func applyAgentReport(tx *state.Tx, rack string, r *proto.AgentReport) error {
 		}
 		n := node.Clone()
 		n.LastBoot = &proto.BootEvent{Event: ev, Agent: r.Agent, Time: r.Time}
+		if ev == "script" {
+			// Served its boot script: with a local-disk boot config, the
+			// node takes the local-boot path.
+			diskBooted(tx, n, "seen taking the local-boot path (rack agent "+r.Agent+" served its local-disk script)", r.Time)
+		}
 		tx.PutNode(n)
 		return nil
 	case proto.ReportLease:

@@ -236,6 +236,7 @@ func applyTaskStep(tx *state.Tx, node *proto.Node, r *proto.AgentReport) error {
 			Message: fmt.Sprintf("task %s: step %d (%s) started again (attempt %d): the node rebooted or its ramdisk restarted", t.ID, sr.Index+1, step.Name, step.Attempts)})
 	}
 	switch {
+	case (verdict == decide.TaskDone || verdict == decide.TaskStepFailed) && instanceTaskEnded(tx, n, next, verdict, r.Agent, r.Time):
 	case verdict == decide.TaskDone || verdict == decide.TaskStepFailed:
 		endTask(tx, n, next, r.Agent, r.Time)
 	case sr.Event != proto.StepEventProgress:
@@ -299,6 +300,9 @@ func applyTaskAbort(tx *state.Tx, c *TaskAbort) (any, error) {
 	if t == nil || t.Node != n.UUID {
 		return nil, proto.Errorf(proto.CodeNotFound, "node %s has no task %q", nodeRef(n), c.Task)
 	}
+	if isInstanceTask(t.Kind) {
+		return nil, proto.Errorf(proto.CodeWrongState, "task %s is instance %s's %s: delete or unrescue the instance instead", t.ID, n.InstanceUUID, t.Kind)
+	}
 	if err := decide.CanAbort(t); err != nil {
 		return nil, err
 	}
@@ -325,6 +329,13 @@ func applyTaskTimeout(tx *state.Tx, c *TaskTimeout) (any, error) {
 	next := t.Clone()
 	next.State, next.EndedAt = proto.TaskFailed, c.Now
 	next.Error = fmt.Sprintf("task %s (%s) failed at step %d (%s): no progress for %s (its timeout)", t.ID, t.Kind, min(t.Current, len(t.Steps)-1)+1, stepName(t), time.Duration(t.Timeout))
+	if isInstanceTask(t.Kind) {
+		if in := tx.Instance(n.InstanceUUID); in != nil && in.Task == t.ID {
+			tx.PutTask(next)
+			instanceFailed(tx, n.Clone(), cloneInstance(in), next.Error, c.Agent, c.Now)
+			return next.Clone(), nil
+		}
+	}
 	if s := next.CurrentStep(); s != nil {
 		s.State, s.Error, s.EndedAt = proto.StepFailed, "timed out", c.Now
 	}
@@ -355,4 +366,8 @@ func applyTaskConsoleLog(tx *state.Tx, c *TaskConsoleLog) (any, error) {
 	}
 	tx.PutTask(next)
 	return nil, nil
+}
+
+func isInstanceTask(k proto.TaskKind) bool {
+	return k == proto.TaskDeploy || k == proto.TaskClean || k == proto.TaskRescue
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/metalfleet/metalfleet/coordinator/decide"
 	"github.com/metalfleet/metalfleet/coordinator/fsm"
 	"github.com/metalfleet/metalfleet/coordinator/state"
 	"github.com/metalfleet/metalfleet/proto"
@@ -124,6 +125,9 @@ type API struct {
 	flight  *prometheus.GaugeVec
 
 	contacts contacts
+	// sched keeps the nodes' capacities between scheduling decisions
+	// (decoding 10,000 inventories per decision would be most of it).
+	sched decide.CapacityCache
 }
 
 // kind says where a route is served.

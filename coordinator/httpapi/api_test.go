@@ -730,8 +730,12 @@ func TestAPIInstanceFilters(t *testing.T) {
 	wantError(t, "instances of an unknown node", e.call("GET", "/v1/instances?node="+unknown, asAdmin, nil),
 		404, proto.CodeNotFound, fmt.Sprintf("node %q not found", unknown))
 
-	// An instance on host, made through Raft (the API cannot yet).
-	e.ok(http.StatusCreated, "POST", "/v1/flavors", asAdmin, proto.Flavor{Name: "small", CPUs: 2, MemoryMB: 4096, DiskGB: 40}, nil)
+	// An instance bound to host, made through Raft (queued: no deploy
+	// starts without a rack agent). host has a BMC and the flavor asks
+	// for nothing its missing inventory could not give.
+	e.ok(http.StatusCreated, "POST", "/v1/flavors", asAdmin, proto.Flavor{Name: "small"}, nil)
+	drv, addr := proto.DriverFake, "bmc-host"
+	e.ok(200, "PATCH", "/v1/nodes/"+host.UUID, asAdmin, proto.NodePatch{BMC: &proto.BMCPatch{Driver: &drv, Address: &addr}}, nil)
 	e.ok(http.StatusCreated, "POST", "/v1/images", asAdmin, proto.Image{
 		Name: "debian", Kind: proto.ImageDisk, URL: "http://images.example/debian.img", SHA256: strings.Repeat("ab", 32)}, nil)
 	in := proto.Instance{UUID: uuid.NewString(), Name: "web-1", Flavor: "small", Image: "debian", Node: host.UUID,
@@ -739,7 +743,7 @@ func TestAPIInstanceFilters(t *testing.T) {
 	for _, ev := range []proto.Event{"manage", "provide"} { // instances go on available nodes
 		applyCommand(t, e, fsm.NodeProvision{Ref: host.UUID, Event: ev, Actor: proto.ActorOperator, Now: time.Now().UTC()})
 	}
-	applyCommand(t, e, fsm.InstanceCreate{Instance: in})
+	applyCommand(t, e, fsm.InstanceCreate{Instance: in, Now: time.Now().UTC()})
 
 	for _, ref := range []string{"web-1", in.UUID} {
 		var nodes []proto.Node
@@ -751,7 +755,7 @@ func TestAPIInstanceFilters(t *testing.T) {
 	for _, ref := range []string{host.UUID, "host", mac(2)} {
 		var insts []proto.Instance
 		e.ok(200, "GET", "/v1/instances?node="+ref, asAdmin, nil, &insts)
-		if len(insts) != 1 || insts[0].UUID != in.UUID || insts[0].Node != host.UUID || insts[0].State != proto.InstanceBuilding {
+		if len(insts) != 1 || insts[0].UUID != in.UUID || insts[0].Node != host.UUID || insts[0].State != proto.InstanceQueued {
 			t.Errorf("GET /v1/instances?node=%s: %+v, want instance web-1", ref, insts)
 		}
 	}

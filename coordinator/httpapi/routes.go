@@ -64,7 +64,12 @@ func (a *API) routes() []Route {
 		{"DELETE", "/v1/images/{name}", O, kindWrite, a.deleteImage},
 
 		{"GET", "/v1/instances", R, kindRead, a.listInstances},
+		{"POST", "/v1/instances", O, kindWrite, a.createInstance},
 		{"GET", "/v1/instances/{id}", R, kindRead, a.getInstance},
+		{"PATCH", "/v1/instances/{id}", O, kindWrite, a.patchInstance},
+		{"DELETE", "/v1/instances/{id}", O, kindWrite, a.deleteInstance},
+		{"POST", "/v1/instances/{id}/rescue", O, kindWrite, a.rescueInstance},
+		{"POST", "/v1/instances/{id}/unrescue", O, kindWrite, a.unrescueInstance},
 
 		{"GET", "/v1/settings", R, kindRead, a.getSettings},
 		{"PATCH", "/v1/settings", O, kindWrite, a.patchSettings},

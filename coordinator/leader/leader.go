@@ -234,6 +234,7 @@ func (l *Leader) run(ctx context.Context) {
 		}
 	}
 	go l.taskLoop(ctx)
+	go l.admitLoop(ctx)
 	l.expireLeases(ctx)
 }
 

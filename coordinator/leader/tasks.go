@@ -52,6 +52,7 @@ func (l *Leader) taskRound(ctx context.Context, tried map[string]bool) {
 		}
 		l.log.Warn("task timed out", "task", t.ID, "node", t.Node, "timeout", time.Duration(t.Timeout))
 	}
+	l.instanceTimeouts(ctx, now)
 	if l.cfg.Tasks == nil {
 		return
 	}
