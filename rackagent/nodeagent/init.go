@@ -134,6 +134,11 @@ func runInit(ctx context.Context, sys *initSystem) (BootParams, error) {
 	if err != nil {
 		log.Warn("kernel command line", "err", err)
 	}
+	if p.Task == string(proto.TaskRescue) && p.PowerOff {
+		// A rescue ramdisk stays up: the coordinator ends the rescue.
+		log.Warn("metalfleet.poweroff ignored: a rescue ramdisk stays up")
+		p.PowerOff = false
+	}
 	log.Info("parameters", "params", p.String())
 
 	// Wait for the NICs to show (the boot MAC's, or any), bring them

@@ -73,6 +73,14 @@ func linuxInit(console io.Writer) *initSystem {
 			// discovery inventory: a step's result is worth keeping
 			// through an agent's restart.
 			env.Reporter = &Reporter{Log: log, MaxElapsed: TaskReportMaxElapsed}
+			// A rescue task's shell on the serial console, and its SSH
+			// server (when its params let user rescue in).
+			if env.RescueShell == nil {
+				env.RescueShell = (&ConsoleShell{Log: log}).Start
+			}
+			if env.RescueSSH == "" {
+				env.RescueSSH = ":22"
+			}
 			return RunTask(ctx, env)
 		},
 		powerOff: func() error { unix.Sync(); return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF) },
@@ -106,7 +114,7 @@ func consoleLogger(w io.Writer) *slog.Logger {
 	})).With("app", "nodeagent")
 }
 
-// mountAll mounts the kernel filesystems and makes /dev/console the
+// mountAll mounts the kernel filesystems (and devpts) and makes /dev/console the
 // standard streams.
 func mountAll() error {
 	const nsd = unix.MS_NOSUID | unix.MS_NODEV
@@ -119,6 +127,8 @@ func mountAll() error {
 		{"sysfs", "/sys", "sysfs", nsd | unix.MS_NOEXEC, ""},
 		{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
 		{"tmpfs", "/run", "tmpfs", nsd, "mode=0755"},
+		// Pseudo-terminals for the rescue SSH server's sessions.
+		{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "mode=0620,ptmxmode=0666"},
 	}
 	var errs []error
 	for _, m := range mounts {

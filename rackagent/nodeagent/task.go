@@ -104,6 +104,18 @@ type TaskEnv struct {
 	MDADM string
 	// WipeFS is the wipefs program ("": DefaultWipeFS).
 	WipeFS string
+	// RescueShell starts a rescue task's serial console shell and keeps
+	// it running (started again when it exits) until ctx ends; it
+	// returns once the first shell runs (nil: no console shell, as on a
+	// simulated machine). The ramdisk's is ConsoleShell.Start.
+	RescueShell func(ctx context.Context) error
+	// RescueSSH is the address a rescue task's SSH server listens on
+	// when its params let user rescue in (":22" in the ramdisk; "": no
+	// SSH server).
+	RescueSSH string
+	// RescueShellProgram is the shell of SSH sessions ("":
+	// DefaultRescueShell).
+	RescueShellProgram string
 	// ProgressEvery is the least time between two progress reports of a
 	// step (0: DefaultProgressEvery).
 	ProgressEvery time.Duration
@@ -121,7 +133,10 @@ var ErrStepFailed = errors.New("task step failed")
 // failed over resumes where the task is), and reports each step's start,
 // progress and result to CallbackURL/task. It stops after the last step
 // (the coordinator then powers the node off) or at the first failed step
-// (an error wrapping ErrStepFailed). Any other error means the
+// (an error wrapping ErrStepFailed). A rescue task's RunTask returns
+// only when ctx ends: its shell and SSH server run until then, whether
+// its step passed now or before this boot (see rescue.go). Any other
+// error means the
 // coordinator may not know where the task is (the plan could not be
 // fetched, a report was refused or could not be delivered).
 func RunTask(ctx context.Context, env TaskEnv) error {
@@ -133,7 +148,10 @@ func RunTask(ctx context.Context, env TaskEnv) error {
 	if err != nil {
 		return err
 	}
-	return r.run(ctx, plan)
+	if err := r.run(ctx, plan); err != nil || plan.Kind != proto.TaskRescue {
+		return err
+	}
+	return r.stayRescued(ctx)
 }
 
 // taskRunner is one RunTask.
@@ -154,6 +172,8 @@ type taskRunner struct {
 	// versionBefore is the firmware version the download step read
 	// (lost when the ramdisk restarts between the steps).
 	versionBefore string
+	// rescue is what a rescue task started (nil until then).
+	rescue *rescueResult
 }
 
 // taskHTTPClient bounds the wait for an answer's headers, not a whole
@@ -347,6 +367,7 @@ func (r *taskRunner) run(ctx context.Context, plan *proto.TaskPlan) error {
 	}
 	if first < 0 {
 		log.Info("every step has passed already")
+		r.params, _ = proto.ParseTaskParams(plan.Kind, plan.Params)
 		return nil
 	}
 	log.Info("running the task", "steps", len(plan.Steps), "from", plan.Steps[first].Name)
@@ -423,6 +444,8 @@ func (r *taskRunner) runStep(ctx context.Context, sc *stepCtx, name string) step
 		return r.deployWrite(ctx, sc)
 	case k == proto.TaskClean && name == proto.StepNameErase:
 		return r.cleanErase(ctx, sc)
+	case k == proto.TaskRescue && name == proto.StepNameRescue:
+		return r.rescueStep(ctx, sc)
 	}
 	return stepResult{err: fmt.Errorf("this nodeagent (%s) does not know step %q of a %s task", Version, name, k)}
 }
