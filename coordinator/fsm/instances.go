@@ -317,7 +317,7 @@ func instanceTaskEnded(tx *state.Tx, n *proto.Node, next *proto.Task, verdict de
 	case proto.TaskDeploy:
 		// The image is on the disk: boot it.
 		n.Task, n.SavedBoot = "", nil
-		bootDisk(tx, n, in, agent, now)
+		bootDisk(tx, n, in, &proto.BootConfig{Kind: proto.BootLocalDisk}, agent, now)
 		tx.AppendHistory(n.UUID, proto.HistoryEvent{Time: now, Kind: "instance", User: "system",
 			Message: fmt.Sprintf("instance %s: image written (%s); booting the disk", in.Name, compactResult(next))})
 	case proto.TaskClean:
@@ -355,10 +355,10 @@ func compactResult(t *proto.Task) string {
 	return "no result"
 }
 
-// bootDisk makes n boot its disk: boot config local-disk, boot device
-// disk (persistent), a reboot; in waits for it (BootGen).
-func bootDisk(tx *state.Tx, n *proto.Node, in *proto.Instance, agent string, now time.Time) {
-	n.Boot = &proto.BootConfig{Kind: proto.BootLocalDisk}
+// bootDisk makes n boot its disk: boot config boot (local disk), boot
+// device disk (persistent), a reboot; in waits for it (BootGen).
+func bootDisk(tx *state.Tx, n *proto.Node, in *proto.Instance, boot *proto.BootConfig, agent string, now time.Time) {
+	n.Boot = boot
 	n.UpdatedAt = now
 	addIntent(tx, n, proto.Intent{Action: proto.ActionBootDevice, Boot: &proto.BootDeviceSpec{Device: proto.BootDeviceDisk, Persistent: true},
 		Agent: agent, By: "instance " + in.Name, At: now})
@@ -381,8 +381,10 @@ func diskBooted(tx *state.Tx, n *proto.Node, how string, at time.Time) {
 		return
 	}
 	if how == "" {
-		// Through the BMC: the reboot after the switch is done, and the
-		// boot device is set to disk.
+		// Through the BMC: the reboot after the switch is done, after the
+		// boot device was set to disk (or the BMC refused: then the
+		// firmware's order boots the disk, through the agent's exit
+		// script if it network-boots first).
 		var reboot, dev *proto.Intent
 		for i := range n.Intents {
 			x := &n.Intents[i]
@@ -393,10 +395,13 @@ func diskBooted(tx *state.Tx, n *proto.Node, how string, at time.Time) {
 				dev = x
 			}
 		}
-		if reboot == nil || !reboot.Done || reboot.Error != "" || dev == nil || !dev.Done || dev.Error != "" {
+		if reboot == nil || !reboot.Done || reboot.Error != "" || dev == nil || !dev.Done {
 			return
 		}
 		how = "the reboot into the disk is done, boot device disk"
+		if dev.Error != "" {
+			how = "the reboot into the disk is done (the BMC did not set boot device disk: " + dev.Error + "; the firmware's boot order goes on to the disk)"
+		}
 	} else if at.Before(in.StateSince) {
 		return // a boot seen before the switch
 	}
@@ -472,7 +477,9 @@ func applyInstanceDelete(tx *state.Tx, c *InstanceDelete) (any, error) {
 		params["full"] = "true"
 	}
 	next, node := cloneInstance(in), n.Clone()
-	node.SavedBoot = nil // a clean ends with no boot config of the instance's
+	// A clean ends with no boot config of the instance's, and one that
+	// fails leaves none either (never a rescue ramdisk to boot).
+	node.SavedBoot, node.Boot = nil, nil
 	t := &proto.Task{ID: instanceTaskID(in, "clean", c.Now), Kind: proto.TaskClean, Params: params, By: cmp.Or(c.By, "instance delete")}
 	if err := startInstanceTask(tx, node, t, c.Agent, c.Key, c.Now); err != nil {
 		return nil, err
@@ -589,12 +596,14 @@ func applyInstanceUnrescue(tx *state.Tx, c *InstanceUnrescue) (any, error) {
 		node.Task = ""
 	}
 	// The recorded boot config comes back (the instance's local disk).
-	if node.SavedBoot != nil {
-		node.SavedBoot = nil
+	restored := &proto.BootConfig{Kind: proto.BootLocalDisk}
+	if node.SavedBoot != nil && node.SavedBoot.Boot != nil {
+		restored = node.SavedBoot.Boot.Clone()
 	}
+	node.SavedBoot = nil
 	node.ProvisionState = proto.StateUnrescuing
 	setInstanceState(next, proto.InstanceUnrescuing, c.Now)
-	bootDisk(tx, node, next, c.Agent, c.Now)
+	bootDisk(tx, node, next, restored, c.Agent, c.Now)
 	tx.PutNode(node)
 	tx.PutInstance(next)
 	tx.AppendHistory(node.UUID, proto.HistoryEvent{Time: c.Now, Kind: "instance", User: c.By,

@@ -3,6 +3,7 @@ package leader
 import (
 	"context"
 	"crypto/rand"
+	"slices"
 	"sort"
 	"time"
 
@@ -35,10 +36,16 @@ func (l *Leader) admitRound(ctx context.Context) {
 	}
 	st := l.b.Store()
 	all := st.Instances("")
+	if !slices.ContainsFunc(all, func(in *proto.Instance) bool { return in.State == proto.InstanceQueued }) {
+		return // the common case, without reading a node
+	}
 	var queued []*proto.Instance
 	rackOf := map[string]string{}
 	total, perRack := 0, map[string]int{}
 	for _, in := range all {
+		if in.State != proto.InstanceQueued && in.State != proto.InstanceBuilding {
+			continue
+		}
 		n, ok := st.Node(in.Node)
 		if !ok {
 			continue
