@@ -64,14 +64,14 @@ func (a *API) requireAgent(rack, node string) (string, error) {
 	return "", proto.Errorf(proto.CodeUnavailable, "no rack agent of rack %s has called the coordinator lately, so none can act on the BMC; is one running?", rack)
 }
 
-// who names the caller in intents and history: its token's description,
-// else its id.
+// who names the caller in intents and history: its token's id, with its
+// description when it has one ("admin-bootstrap (created by --bootstrap)").
 func (c *call) who() string {
 	if c.token == nil {
 		return ""
 	}
 	if c.token.Description != "" {
-		return c.token.Description + " (" + c.token.ID + ")"
+		return c.token.ID + " (" + c.token.Description + ")"
 	}
 	return c.token.ID
 }
