@@ -576,7 +576,7 @@ const (
 var taskParamNames = map[TaskKind][]string{
 	TaskDeploy:   {"image", "root_device", "min_bytes"},
 	TaskClean:    {"full"},
-	TaskRescue:   {"password_salt", "password_sha256", "ssh_key"},
+	TaskRescue:   {"image", "password_salt", "password_sha256", "ssh_key"},
 	TaskInspect:  {},
 	TaskBurnin:   {"duration", "memory_percent", "disk_bytes", "destructive", "network"},
 	TaskFirmware: {"component", "image"},

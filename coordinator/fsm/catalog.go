@@ -185,6 +185,11 @@ func applySettingsUpdate(tx *state.Tx, c *SettingsUpdate) (any, error) {
 	setIf(&s.TasksKernel, p.TasksKernel)
 	setIf(&s.TasksRamdisk, p.TasksRamdisk)
 	setIf(&s.TasksCmdline, p.TasksCmdline)
+	setIf(&s.DeployMax, p.DeployMax)
+	setIf(&s.DeployMaxPerRack, p.DeployMaxPerRack)
+	if s.DeployMax < 0 || s.DeployMaxPerRack < 0 {
+		return nil, proto.Errorf(proto.CodeInvalid, "deploy_max %d, deploy_max_per_rack %d: want 0 (the default) or more", s.DeployMax, s.DeployMaxPerRack)
+	}
 	if p.VendorTools != nil {
 		tools := *p.VendorTools
 		if len(tools) > proto.MaxVendorTools {

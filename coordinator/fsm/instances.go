@@ -402,8 +402,8 @@ func diskBooted(tx *state.Tx, n *proto.Node, how string, at time.Time) {
 		if dev.Error != "" {
 			how = "the reboot into the disk is done (the BMC did not set boot device disk: " + dev.Error + "; the firmware's boot order goes on to the disk)"
 		}
-	} else if at.Before(in.StateSince) {
-		return // a boot seen before the switch
+	} else if at.Before(diskSwitchAt(n, in)) {
+		return // a boot seen before the switch (a late report of the ramdisk's)
 	}
 	in = cloneInstance(in)
 	setInstanceState(in, proto.InstanceRunning, at)
@@ -412,6 +412,19 @@ func diskBooted(tx *state.Tx, n *proto.Node, how string, at time.Time) {
 	tx.PutInstance(in)
 	tx.AppendHistory(n.UUID, proto.HistoryEvent{Time: at, Kind: "instance", User: "system",
 		Message: fmt.Sprintf("instance %s running: %s", in.Name, how)})
+}
+
+// diskSwitchAt is when n was switched to boot its disk for in: the time
+// of the switch's intents (a building instance's StateSince is the
+// deploy's start, long before); in.StateSince when later intents
+// replaced both.
+func diskSwitchAt(n *proto.Node, in *proto.Instance) time.Time {
+	for _, x := range n.Intents {
+		if x.Action == proto.ActionBootDevice && x.Generation == in.BootGen-1 || x.Action == proto.ActionPower && x.Generation == in.BootGen {
+			return x.At
+		}
+	}
+	return in.StateSince
 }
 
 // instanceFailed moves in to error with why and n to failed: the task
