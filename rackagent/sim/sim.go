@@ -159,8 +159,9 @@ type Machine struct {
 	TaskMemory    int64
 	TaskDiskBytes int64
 
-	labMu   sync.Mutex
-	labPath string // the lab device file (see TaskMachine), once made
+	labMu    sync.Mutex
+	labPath  string // the lab device file (see TaskMachine), once made
+	diskPath string // the directory of the disk files (see TaskMachine), once made
 }
 
 // Retries counts what a machine had to do again.

@@ -10,8 +10,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -24,18 +26,29 @@ import (
 // discovery) runs the real task runner, nodeagent.RunTask, against its
 // rack agent, with a TaskMachine standing for its hardware: the sim's own
 // inventory, memory of TaskMemory bytes, and disks whose first
-// TaskDiskBytes are temporary files (reads past them are zeros, writes
-// past them fail). Exec runs only the lab's vendor tool, /bin/mflab
-// (nodeagent's own code, in-process, on the machine's lab device file,
-// which keeps its firmware versions and BIOS settings from one task to
-// the next until the machine is closed);
+// TaskDiskBytes are sparse files (reads past them are zeros; writes past
+// them fail, unless they write zeros, which changes nothing there). The
+// machine keeps its disk files from one task to the next until it is
+// closed, so a deploy's image is still there for the clean that erases
+// it. Exec runs the lab's vendor tool, /bin/mflab (nodeagent's own code,
+// in-process, on the machine's lab device file, which keeps its firmware
+// versions and BIOS settings from one task to the next until the machine
+// is closed), and wipefs (util-linux's, the host's, on the disk files);
 // any other program is refused, so a RAID task or a vendor tool other
 // than the lab's fails clearly on a simulated machine.
+//
+// Instance tasks run as in the ramdisk: a deploy writes the image to the
+// disk files (an image up to TaskDiskBytes), a clean erases them, and a
+// rescue reports in and stays up until the machine is powered off or
+// reset; it offers no console shell and no SSH server (its result says
+// serial_shell false, ssh "").
 
 // Defaults of a simulated machine's task hardware.
 const (
-	DefaultTaskMemory    = 8 << 20
-	DefaultTaskDiskBytes = 4 << 20
+	DefaultTaskMemory = 8 << 20
+	// DefaultTaskDiskBytes is sparse: a file takes room only where it
+	// was written.
+	DefaultTaskDiskBytes = 64 << 20
 )
 
 // labDeviceBytes is the size of a task's lab device file (sparse): the
@@ -59,6 +72,9 @@ type TaskMachine struct {
 	LabDevice string
 	// lab, if set, gives the lab device on first use (the machine's).
 	lab func() (string, error)
+	// disks, if set, gives the directory of the disk files on first
+	// use (the machine's; else Dir).
+	disks func() (string, error)
 
 	mu sync.Mutex
 }
@@ -101,9 +117,13 @@ func (t *TaskMachine) OpenDisk(name string, write bool) (nodeagent.DiskDevice, e
 		return nil, fmt.Errorf("sim: no disk %q in this machine's inventory", name)
 	}
 	backed := min(size, t.DiskBytes)
+	file, err := t.diskFile(name)
+	if err != nil {
+		return nil, err
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	f, err := os.OpenFile(filepath.Join(t.Dir, "disk-"+name), os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(file, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -116,9 +136,25 @@ func (t *TaskMachine) OpenDisk(name string, write bool) (nodeagent.DiskDevice, e
 	return &simDisk{name: name, f: f, size: size, backed: backed, write: write}, nil
 }
 
-// Exec runs /bin/mflab in-process on the task's lab device, and refuses
-// every other program.
+// diskFile is the path of disk name's file.
+func (t *TaskMachine) diskFile(name string) (string, error) {
+	dir := t.Dir
+	if t.disks != nil {
+		d, err := t.disks()
+		if err != nil {
+			return "", err
+		}
+		dir = d
+	}
+	return filepath.Join(dir, "disk-"+name), nil
+}
+
+// Exec runs /bin/mflab in-process on the task's lab device, and wipefs
+// (the host's) on the disk files; it refuses every other program.
 func (t *TaskMachine) Exec(ctx context.Context, program string, args []string) (nodeagent.ExecResult, error) {
+	if path.Base(program) == "wipefs" {
+		return t.wipefs(ctx, args)
+	}
 	if program != proto.LabTool.Firmware.Program {
 		return nodeagent.ExecResult{}, fmt.Errorf("sim: %s is not simulated (a simulated machine runs only the lab's %s)", program, proto.LabTool.Firmware.Program)
 	}
@@ -132,6 +168,38 @@ func (t *TaskMachine) Exec(ctx context.Context, program string, args []string) (
 	var out, errb bytes.Buffer
 	code := nodeagent.MFLab(append([]string{"--device", dev}, args...), "/", &out, &errb)
 	return nodeagent.ExecResult{Stdout: out.Bytes(), Stderr: errb.Bytes(), ExitCode: code}, nil
+}
+
+// wipefs runs the host's wipefs with each /dev/NAME argument replaced by
+// disk NAME's file (made if need be). A signature is found only in a
+// disk's first TaskDiskBytes (the file's end is its "end").
+func (t *TaskMachine) wipefs(ctx context.Context, args []string) (nodeagent.ExecResult, error) {
+	prog := ""
+	for _, p := range []string{"/usr/sbin/wipefs", "/sbin/wipefs", "/usr/bin/wipefs"} {
+		if st, err := os.Stat(p); err == nil && !st.IsDir() {
+			prog = p
+			break
+		}
+	}
+	if prog == "" {
+		return nodeagent.ExecResult{}, errors.New("sim: wipefs is not installed on this host (util-linux): a clean cannot run on a simulated machine")
+	}
+	a := slices.Clone(args)
+	for i, x := range a {
+		name, ok := strings.CutPrefix(x, "/dev/")
+		if !ok {
+			continue
+		}
+		d, err := t.OpenDisk(name, false) // makes the file
+		if err != nil {
+			return nodeagent.ExecResult{}, err
+		}
+		d.Close()
+		if a[i], err = t.diskFile(name); err != nil {
+			return nodeagent.ExecResult{}, err
+		}
+	}
+	return nodeagent.RunProgram(ctx, prog, a)
 }
 
 // labDevice is the path of the lab device, made on first use.
@@ -181,16 +249,36 @@ func (m *Machine) labDevice() (string, error) {
 	return m.labPath, nil
 }
 
-// Close removes the machine's lab device file, if it has one.
+// diskDir is the directory of the machine's disk files, made on first
+// use; Close removes it.
+func (m *Machine) diskDir() (string, error) {
+	m.labMu.Lock()
+	defer m.labMu.Unlock()
+	if m.diskPath == "" {
+		d, err := os.MkdirTemp(m.TaskDir, "sim-disks-"+strings.ReplaceAll(m.MAC.String(), ":", "")+"-")
+		if err != nil {
+			return "", err
+		}
+		m.diskPath = d
+	}
+	return m.diskPath, nil
+}
+
+// Close removes the machine's lab device file and disk files, if it has
+// them.
 func (m *Machine) Close() error {
 	m.labMu.Lock()
 	defer m.labMu.Unlock()
-	if m.labPath == "" {
-		return nil
+	var errs []error
+	if m.labPath != "" {
+		errs = append(errs, os.Remove(m.labPath))
+		m.labPath = ""
 	}
-	err := os.Remove(m.labPath)
-	m.labPath = ""
-	return err
+	if m.diskPath != "" {
+		errs = append(errs, os.RemoveAll(m.diskPath))
+		m.diskPath = ""
+	}
+	return errors.Join(errs...)
 }
 
 // simDisk is a disk of size bytes whose first backed bytes are a file.
@@ -230,10 +318,64 @@ func (d *simDisk) WriteAt(p []byte, off int64) (int, error) {
 	if !d.write {
 		return 0, fmt.Errorf("sim disk %s: opened read-only", d.name)
 	}
-	if off < 0 || off+int64(len(p)) > d.backed {
-		return 0, fmt.Errorf("sim disk %s: writes past its first %d bytes are not simulated (at %d, %d bytes)", d.name, d.backed, off, len(p))
+	if off < 0 || off+int64(len(p)) > d.size {
+		return 0, fmt.Errorf("sim disk %s: a write at %d of %d bytes is past its end (%d bytes)", d.name, off, len(p), d.size)
+	}
+	if off+int64(len(p)) > d.backed {
+		// Past the file every byte reads as zero: writing zeros there
+		// changes nothing; anything else is not simulated.
+		k := max(0, d.backed-off)
+		if !allZero(p[k:]) {
+			return 0, fmt.Errorf("sim disk %s: writes past its first %d bytes are not simulated (at %d, %d bytes)", d.name, d.backed, off, len(p))
+		}
+		if k == 0 {
+			return len(p), nil
+		}
+		if _, err := d.f.WriteAt(p[:k], off); err != nil {
+			return 0, err
+		}
+		return len(p), nil
 	}
 	return d.f.WriteAt(p, off)
+}
+
+// ZeroRange zeroes [off, off+n): the file's part is written with zeros,
+// the rest reads as zeros already (so a full erase of a simulated 4 TB
+// disk takes no time).
+func (d *simDisk) ZeroRange(off, n int64) error {
+	if !d.write {
+		return fmt.Errorf("sim disk %s: opened read-only", d.name)
+	}
+	if off < 0 || n < 0 || off+n > d.size {
+		return fmt.Errorf("sim disk %s: zeroing %d bytes at %d is past its end (%d bytes)", d.name, n, off, d.size)
+	}
+	end := min(off+n, d.backed)
+	if off < end && end == d.backed {
+		// To the file's end: cut it and grow it back (sparse zeros).
+		if err := d.f.Truncate(off); err != nil {
+			return err
+		}
+		return d.f.Truncate(d.backed)
+	}
+	if off >= end {
+		return nil // past the file: zeros already
+	}
+	zeros := make([]byte, 1<<20)
+	for ; off < end; off += int64(len(zeros)) {
+		if _, err := d.f.WriteAt(zeros[:min(int64(len(zeros)), end-off)], off); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func (d *simDisk) Sync() error  { return nil } // a temporary file: nothing to make durable
@@ -266,6 +408,7 @@ func (m *Machine) runTask(ctx context.Context, fw Firmware, ip net.IP, callback,
 		tm.DiskBytes = m.TaskDiskBytes
 	}
 	tm.lab = m.labDevice // made when a task first runs mflab
+	tm.disks = m.diskDir // kept from one task to the next
 	client := m.taskHTTPClient(fw, ip)
 	defer client.CloseIdleConnections()
 	log := slog.New(slog.NewTextHandler(serialLines{m}, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -273,6 +416,8 @@ func (m *Machine) runTask(ctx context.Context, fw Firmware, ip net.IP, callback,
 	err = nodeagent.RunTask(ctx, nodeagent.TaskEnv{CallbackURL: callback, MAC: mac, Token: token, Machine: tm,
 		Log: log, HTTP: client, TempDir: tm.Dir})
 	switch {
+	case task == string(proto.TaskRescue) && ctx.Err() != nil:
+		m.say("sim: ramdisk: rescue ended (powered off or reset)")
 	case err == nil:
 		m.say("sim: ramdisk: task %s done; waiting to be powered off", task)
 	case errors.Is(err, nodeagent.ErrStepFailed):

@@ -139,7 +139,7 @@ func burninPlan(id string) proto.TaskPlan {
 
 // TestTaskBurnin: a simulated machine runs a short burn-in with the real
 // task runner against a real agent's task routes; every component passes
-// with figures, and its disks' files are gone afterwards.
+// with figures, and its disks' files stay with the machine until it is closed.
 func TestTaskBurnin(t *testing.T) {
 	base, b, reps := taskAgent(t)
 	b.add(taskNode(1, burninPlan("t-burn")))
@@ -164,8 +164,16 @@ func TestTaskBurnin(t *testing.T) {
 	if !strings.Contains(m.Serial.Log(), "running task burnin") {
 		t.Errorf("the console does not show the task:\n%s", m.Serial.Log())
 	}
+	// The machine keeps its disks (a deploy's image stays for the next
+	// task) until it is closed; nothing else of the task is left.
+	if des, _ := os.ReadDir(dir); len(des) != 1 || !strings.HasPrefix(des[0].Name(), "sim-disks-") {
+		t.Errorf("after the task: %v, want only the machine's disks", des)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
 	if des, _ := os.ReadDir(dir); len(des) != 0 {
-		t.Errorf("the task's files are left behind: %v", des)
+		t.Errorf("the machine's files are left behind after Close: %v", des)
 	}
 }
 
@@ -290,8 +298,20 @@ func TestTaskDisk(t *testing.T) {
 	if buf[0] != 0 || buf[4096] != 'x' || buf[8191] != 'x' || buf[8192] != 0 || buf[12287] != 0 {
 		t.Errorf("read back %q...: want zeros, the write, zeros", buf[:8])
 	}
-	if _, err := d.WriteAt(make([]byte, 4096), 8192); err == nil || !strings.Contains(err.Error(), "not simulated") {
+	if _, err := d.WriteAt([]byte(strings.Repeat("y", 4096)), 8192); err == nil || !strings.Contains(err.Error(), "not simulated") {
 		t.Errorf("a write past the backing = %v, want refused", err)
+	}
+	// Zeros past the backing change nothing: taken.
+	if _, err := d.WriteAt(make([]byte, 8192), 4096); err != nil {
+		t.Errorf("a write of zeros across the backing's end = %v, want it taken", err)
+	}
+	if n, err := d.ReadAt(buf, 0); n != len(buf) || err != nil || buf[4096] != 0 || buf[8191] != 0 {
+		t.Errorf("after writing zeros: ReadAt = %d, %v, %q..., want zeros", n, err, buf[4096:4100])
+	}
+	if z, ok := d.(interface{ ZeroRange(off, n int64) error }); !ok {
+		t.Error("a sim disk cannot zero a range")
+	} else if err := z.ZeroRange(0, 4<<40); err == nil {
+		t.Error("zeroing past the disk's end was taken")
 	}
 	ro, err := tm.OpenDisk("sdb", false)
 	if err != nil {
