@@ -1,8 +1,10 @@
 #!/bin/sh
 # Build the task ramdisk: nodeagent as /init (and as /bin/mflab, the lab's
-# vendor tool), mdadm with its shared libraries for raid tasks, the kernel
-# modules of ops/ramdisk/modules.txt with their dependencies, and the
-# matching kernel.
+# vendor tool), mdadm with its shared libraries for raid tasks, util-linux's
+# wipefs with its shared libraries for clean tasks, busybox (static) as
+# /bin/sh with a link for each of its applets (the rescue shell, dd), the
+# kernel modules of ops/ramdisk/modules.txt with their dependencies, and
+# the matching kernel.
 #
 #   ops/ramdisk/build.sh            (make ramdisk)
 #
@@ -21,8 +23,9 @@
 #   TOOLS="..."   more programs to put in the ramdisk (vendor tools), each
 #                 copied to the same path with the shared libraries ldd
 #                 names
-# Installs linux-image-amd64, cpio and mdadm with apt-get when they are
-# missing (root needed then, and for the /dev/console node in the archive).
+# Installs linux-image-amd64, cpio, mdadm, busybox-static and util-linux
+# with apt-get when they are missing (root needed then, and for the
+# /dev/console node in the archive).
 set -eu
 
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -31,7 +34,7 @@ GO=${GO:-go}
 
 need() { dpkg-query -W -f '${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 missing=""
-for p in linux-image-amd64 cpio mdadm; do need "$p" || missing="$missing $p"; done
+for p in linux-image-amd64 cpio mdadm busybox-static util-linux; do need "$p" || missing="$missing $p"; done
 if [ -n "$missing" ]; then
 	echo "build.sh: installing$missing" >&2
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing >&2
@@ -86,14 +89,38 @@ copy_program() {
 		done
 }
 copy_program "$MDADM" /sbin/mdadm
+# wipefs (clean tasks) erases every signature libblkid knows.
+WIPEFS=$(command -v wipefs || echo /sbin/wipefs)
+[ -x "$WIPEFS" ] || { echo "build.sh: no wipefs (util-linux)" >&2; exit 1; }
+copy_program "$WIPEFS" /sbin/wipefs
 for tool in ${TOOLS:-}; do
 	copy_program "$tool" "$tool"
 done
+# busybox-static: /bin/sh is the rescue shell (on the serial console and
+# over SSH), and each applet gets a link where the ramdisk has nothing of
+# its own (never over /init, mflab, mdadm or wipefs).
+BUSYBOX=/bin/busybox
+[ -x "$BUSYBOX" ] || { echo "build.sh: no $BUSYBOX (busybox-static)" >&2; exit 1; }
+cp "$BUSYBOX" "$STAGE/bin/busybox"
+chmod 755 "$STAGE/bin/busybox"
+"$BUSYBOX" --list-full | while read -r applet; do
+	case "$applet" in
+	"" | linuxrc | */init) continue ;;
+	esac
+	[ -e "$STAGE/$applet" ] || [ -L "$STAGE/$applet" ] && continue
+	mkdir -p "$STAGE/$(dirname "$applet")"
+	ln -s /bin/busybox "$STAGE/$applet"
+done
+[ -L "$STAGE/bin/sh" ] || ln -s busybox "$STAGE/bin/sh"
 mkdir -p "$STAGE/etc/mdadm"
 if [ "$(id -u)" = 0 ]; then
 	# The copied mdadm runs in the ramdisk's tree alone.
 	chroot "$STAGE" /sbin/mdadm --version >/dev/null 2>&1 ||
 		{ echo "build.sh: mdadm does not run inside the ramdisk tree" >&2; exit 1; }
+	chroot "$STAGE" /sbin/wipefs --version >/dev/null 2>&1 ||
+		{ echo "build.sh: wipefs does not run inside the ramdisk tree" >&2; exit 1; }
+	[ "$(chroot "$STAGE" /bin/sh -c 'echo $((6*7))' 2>/dev/null)" = 42 ] ||
+		{ echo "build.sh: /bin/sh (busybox) does not run inside the ramdisk tree" >&2; exit 1; }
 fi
 # The kernel opens /dev/console for init before devtmpfs is mounted; without
 # the node, init starts with no output until it mounts /dev (it does).
@@ -129,6 +156,8 @@ nodeagent_version=$VERSION
 nodeagent_sha256=$(sha "$OUT/nodeagent")
 modules=$nmod
 mdadm_version=$("$MDADM" --version 2>&1 | head -1)
+wipefs_version=$("$WIPEFS" --version 2>&1 | head -1)
+busybox_version=$("$BUSYBOX" 2>&1 | head -1)
 INFO
 
 size() { stat -c %s "$1"; }
