@@ -88,7 +88,9 @@ func (a *API) createInstance(c *call) (any, error) {
 		cmd.Instance, cmd.Now = in, a.cfg.Now()
 		v, err := c.apply(cmd)
 		var pe *proto.Error
-		if errors.As(err, &pe) && pe.Code == proto.CodeWrongState && strings.Contains(pe.Message, n.UUID) {
+		// The bind's only wrong_state is decide.CheckForce's for this
+		// node, which names it by name when it has one (not its uuid).
+		if errors.As(err, &pe) && pe.Code == proto.CodeWrongState {
 			tried = append(tried, n.UUID) // taken meanwhile: schedule again
 			continue
 		}
