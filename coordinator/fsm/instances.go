@@ -197,6 +197,9 @@ func applyInstanceStart(tx *state.Tx, c *InstanceStart) (any, error) {
 	if n == nil || f == nil {
 		return nil, proto.Errorf(proto.CodeConflict, "instance %s: its node or flavor is gone", in.Name)
 	}
+	if n.Maintenance {
+		return nil, nil // nothing would power it: it waits, queued (the leader skips it)
+	}
 	total, perRack := deployLimits(tx)
 	s := tx.Settings()
 	if ids := decide.Admit([]*proto.Instance{in}, map[string]string{in.UUID: n.Rack}, total, perRack, s.DeployMax, s.DeployMaxPerRack); len(ids) == 0 {

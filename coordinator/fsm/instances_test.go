@@ -900,3 +900,22 @@ func TestInstanceSnapshotMidRescue(t *testing.T) {
 		t.Fatalf("restored replica: instance %s after unrescue and reboot, want running", in.State)
 	}
 }
+
+// TestInstanceStartWaitsOutMaintenance: a queued instance whose node was
+// put in maintenance after the bind stays queued (nothing would power
+// the node: the deploy could only time out); it starts once the node is
+// out of maintenance.
+func TestInstanceStartWaitsOutMaintenance(t *testing.T) {
+	h := instFleet(t)
+	h.must(instCreate("web1", instA, "small", false, tc0))
+	h.must(NodeSetMaintenance{Ref: "n1", Maintenance: true, Reason: "PSU swap", Now: tc0})
+	before := instBytes(h)
+	if v := h.must(InstanceStart{Ref: "web1", Agent: "a1", Key: taskKey, Now: tc0.Add(time.Minute)}); v != nil || instBytes(h) != before {
+		t.Fatalf("start on a node in maintenance = %+v or changed the state, want it to stay queued", v)
+	}
+	h.must(NodeSetMaintenance{Ref: "n1", Maintenance: false, Now: tc0.Add(2 * time.Minute)})
+	h.must(InstanceStart{Ref: "web1", Agent: "a1", Key: taskKey, Now: tc0.Add(3 * time.Minute)})
+	if st := h.inst("web1").State; st != proto.InstanceBuilding {
+		t.Fatalf("instance %s once the node left maintenance, want building", st)
+	}
+}

@@ -486,3 +486,39 @@ func TestAPIInstanceAdmission(t *testing.T) {
 		}
 	}
 }
+
+// TestAPIInstanceAdmissionMaintenance: a queued instance whose node went
+// into maintenance after the bind waits (it does not take a deploy slot
+// and does not block those behind it), and starts once the node is out.
+func TestAPIInstanceAdmissionMaintenance(t *testing.T) {
+	e := startAPI(t)
+	e.instanceCatalog()
+	nodes := map[string]*proto.Node{}
+	for i, name := range []string{"n1", "n2", "n3"} {
+		nodes[name] = e.availableNode(name, i+1)
+	}
+	e.standIn("agent-m")
+	steps := e.stepReporter()
+	e.ok(200, "PATCH", "/v1/settings", asAdmin, `{"deploy_max":1}`, nil)
+	var x, a, b proto.Instance
+	e.ok(http.StatusCreated, "POST", "/v1/instances", asAdmin, proto.InstanceRequest{Name: "x", Flavor: "small", Image: "disk", Node: "n3"}, &x)
+	e.ok(http.StatusCreated, "POST", "/v1/instances", asAdmin, proto.InstanceRequest{Name: "a", Flavor: "small", Image: "disk"}, &a)
+	if a.State != proto.InstanceQueued || a.Node != nodes["n1"].UUID {
+		t.Fatalf("create a = %s on %s, want queued on n1", a.State, a.Node)
+	}
+	e.ok(200, "PUT", "/v1/nodes/n1/maintenance", asAdmin, proto.MaintenanceRequest{Maintenance: true, Reason: "PSU swap"}, nil)
+	e.ok(http.StatusCreated, "POST", "/v1/instances", asAdmin, proto.InstanceRequest{Name: "b", Flavor: "small", Image: "disk"}, &b)
+	if b.State != proto.InstanceQueued || b.Node != nodes["n2"].UUID {
+		t.Fatalf("create b = %s on %s, want queued on n2", b.State, b.Node)
+	}
+	// x's deploy ends: b starts, a waits out the maintenance.
+	steps.result(nodes["n3"], x.Task, proto.StepNameWrite, false, "test: write refused")
+	coordtest.WaitFor(t, 10*time.Second, "b building", func() bool { return e.instance("b").State == proto.InstanceBuilding })
+	if st := e.instance("a").State; st != proto.InstanceQueued {
+		t.Fatalf("a (node in maintenance) is %s, want queued", st)
+	}
+	// b's deploy ends and n1 leaves maintenance: a starts.
+	steps.result(nodes["n2"], e.instance("b").Task, proto.StepNameWrite, false, "test: write refused")
+	e.ok(200, "PUT", "/v1/nodes/n1/maintenance", asAdmin, proto.MaintenanceRequest{Maintenance: false}, nil)
+	coordtest.WaitFor(t, 10*time.Second, "a building", func() bool { return e.instance("a").State == proto.InstanceBuilding })
+}

@@ -47,8 +47,8 @@ func (l *Leader) admitRound(ctx context.Context) {
 			continue
 		}
 		n, ok := st.Node(in.Node)
-		if !ok {
-			continue
+		if !ok || in.State == proto.InstanceQueued && n.Maintenance {
+			continue // in maintenance: nothing would power it; it waits
 		}
 		rackOf[in.UUID] = n.Rack
 		switch in.State {
