@@ -241,7 +241,7 @@ func (o *oob) cli(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), oobCLITimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", o.l.NS, o.l.bin}, args...)...)
-	cmd.Env = append(os.Environ(), "METALFLEET_TOKEN="+o.l.adminToken)
+	cmd.Env = append(os.Environ(), "METALFLEET_TOKEN="+o.l.adminToken, "METALFLEET_ADDR="+o.l.addr())
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -637,9 +637,15 @@ type consoleProc struct {
 // namespace; it is stopped by its pid when the test ends.
 func (o *oob) startConsole(t *testing.T, name string, args ...string) *consoleProc {
 	t.Helper()
+	return o.startConsoleOn(t, "bmc1", name, args...)
+}
+
+// startConsoleOn is startConsole of the node named node.
+func (o *oob) startConsoleOn(t *testing.T, node, name string, args ...string) *consoleProc {
+	t.Helper()
 	c := &consoleProc{name: name, done: make(chan struct{})}
-	c.cmd = exec.Command("ip", append([]string{"netns", "exec", o.l.NS, o.l.bin, "node", "console", "bmc1"}, args...)...)
-	c.cmd.Env = append(os.Environ(), "METALFLEET_TOKEN="+o.l.adminToken)
+	c.cmd = exec.Command("ip", append([]string{"netns", "exec", o.l.NS, o.l.bin, "node", "console", node}, args...)...)
+	c.cmd.Env = append(os.Environ(), "METALFLEET_TOKEN="+o.l.adminToken, "METALFLEET_ADDR="+o.l.addr())
 	c.cmd.Stdout, c.cmd.Stderr = &c.stdout, &c.stderr
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var err error

@@ -9,6 +9,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -178,6 +179,19 @@ type lab struct {
 	images     ramdiskFiles
 	// agentArgs are more flags for the rack agent.
 	agentArgs []string
+	// apiAddr is the coordinator the test and the CLI talk to (""
+	// means 127.0.0.1:7480, the first server); coordAddrs, when set,
+	// is the rack agent's --coordinator list (a cluster of servers).
+	apiAddr    string
+	coordAddrs string
+}
+
+// addr is the API address of the coordinator the test talks to.
+func (l *lab) addr() string {
+	if l.apiAddr != "" {
+		return l.apiAddr
+	}
+	return "127.0.0.1:7480"
 }
 
 func (l *lab) prefix() string { return fmt.Sprintf("10.99.%d", l.X) }
@@ -250,7 +264,7 @@ func (l *lab) call(method, path string, in, out any) (uint64, error) {
 		}
 		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequest(method, "http://127.0.0.1:7480"+path, body)
+	req, err := http.NewRequest(method, "http://"+l.addr()+path, body)
 	if err != nil {
 		return 0, err
 	}
@@ -338,7 +352,7 @@ func (l *lab) startAgent() {
 	t.Helper()
 	argv := append([]string{l.bin, "rackagent",
 		"--name", "a1", "--rack", "r1", "--data-dir", filepath.Join(l.dir, "agent"),
-		"--coordinator", "127.0.0.1:7480", "--token-file", filepath.Join(l.dir, "agent.token"),
+		"--coordinator", cmp.Or(l.coordAddrs, "127.0.0.1:7480"), "--token-file", filepath.Join(l.dir, "agent.token"),
 		"--interface", bridgeName, "--advertise-ip", l.ServerIP,
 		"--tftp-addr", l.ServerIP + ":69", "--http-addr", l.ServerIP + ":8080", "--log-level", "debug",
 		"--no-router-adverts=" + fmt.Sprint(l.ipv6 != "ra")}, l.agentArgs...)

@@ -42,6 +42,10 @@ type vmSpec struct {
 	CPUs         int
 	Disks        []vmDisk
 	UEFI         bool
+	// DiskBoot: behind the virtual BMC, the default boot device boots
+	// the VM's disks (bootindex in their order), not the installed OS's
+	// kernel and initrd (an instance's image written to a disk).
+	DiskBoot bool
 }
 
 // vm is one power-on of the VM: the QEMU process and its console.

@@ -401,13 +401,34 @@ func (v *vbmc) startVM(boot string) error {
 		"-smbios", fmt.Sprintf("type=1,manufacturer=%s,product=%s,serial=%s,uuid=%s", s.Manufacturer, s.Product, s.Serial, s.UUID),
 		"-netdev", "tap,id=n0,ifname=" + tapName + ",script=no,downscript=no",
 	}
-	disks, err := v.diskArgs(s.Disks)
+	if s.UEFI {
+		// OVMF, with the VM's own copy of the UEFI variables (kept
+		// across power-ons, as a machine's NVRAM).
+		vars := filepath.Join(v.dir, "OVMF_VARS.fd")
+		if _, err := os.Stat(vars); err != nil {
+			b, err := os.ReadFile(ovmfVars)
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(vars, b, 0o644); err != nil {
+				return err
+			}
+		}
+		args = append(args,
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+ovmfCode,
+			"-drive", "if=pflash,format=raw,unit=1,file="+vars)
+	}
+	diskBoot := boot != bootPXE && s.DiskBoot
+	disks, err := v.diskArgs(s.Disks, diskBoot)
 	if err != nil {
 		return err
 	}
 	args = append(args, disks...)
 	if boot == bootPXE {
 		args = append(args, "-device", nic+",bootindex=1")
+	} else if diskBoot {
+		// The disks (bootindex in order); the NIC without a boot entry.
+		args = append(args, "-device", nic)
 	} else {
 		// The installed OS (QEMU's -kernel boots first whatever the
 		// NIC's bootindex); the NIC is there, without a boot entry.
@@ -445,8 +466,9 @@ func (v *vbmc) startVM(boot string) error {
 // diskArgs are QEMU's arguments for the spec's disks: virtio-blk with the
 // disk's serial, backed by a sparse raw file of the vbmc's directory named
 // for the serial, made on the first power-on and kept for the next ones
-// (what the guest wrote stays, as on a real disk).
-func (v *vbmc) diskArgs(disks []vmDisk) ([]string, error) {
+// (what the guest wrote stays, as on a real disk). bootable: each disk
+// gets a bootindex, in order.
+func (v *vbmc) diskArgs(disks []vmDisk, bootable bool) ([]string, error) {
 	var args []string
 	for i, d := range disks {
 		f := v.DiskFile(d.Serial)
@@ -463,9 +485,13 @@ func (v *vbmc) diskArgs(disks []vmDisk) ([]string, error) {
 				return nil, err
 			}
 		}
+		dev := fmt.Sprintf("virtio-blk-pci,drive=d%d,serial=%s", i+1, d.Serial)
+		if bootable {
+			dev += fmt.Sprintf(",bootindex=%d", i+1)
+		}
 		args = append(args,
 			"-drive", fmt.Sprintf("if=none,id=d%d,file=%s,format=raw", i+1, f),
-			"-device", fmt.Sprintf("virtio-blk-pci,drive=d%d,serial=%s", i+1, d.Serial))
+			"-device", dev)
 	}
 	return args, nil
 }
