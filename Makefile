@@ -80,3 +80,7 @@ bench-bmc: ## IPMI power polls/s of one poller against 1,000 simulated BMCs (ses
 .PHONY: bench-sched
 bench-sched: ## scheduling decisions/s over 10,000 simulated nodes: Schedule decoding inventories, with a warm CapacityCache, and the decodes alone (about 3 min)
 	$(GO) test -count=6 -timeout 20m -run '^$$' -bench 'Schedule' -benchtime 3s ./coordinator/decide/
+
+.PHONY: bench-tasks
+bench-tasks: build ## the coordinator's Raft entries and CPU per servicing task: 100 simulated machines running a burn-in at once, idle baseline subtracted (RUNS=3, a few minutes)
+	METALFLEET_BIN=$(CURDIR)/$(BIN) METALFLEET_BENCH_TASKS=1 METALFLEET_BENCH_TASKS_RUNS=$(or $(RUNS),3) $(GO) test -count=1 -timeout 30m -v -run 'TestBurninCost' ./ops/bench/tasks/
