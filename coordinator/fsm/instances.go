@@ -49,11 +49,16 @@ type InstanceRescue struct {
 	TaskID  string `json:"task_id"`
 	Request proto.RescueRequest
 	// Salt salts the password's hash (the proposer's random bytes).
-	Salt  string    `json:"salt,omitempty"`
-	Agent string    `json:"agent"`
-	Key   []byte    `json:"key,omitempty"`
-	By    string    `json:"by,omitempty"`
-	Now   time.Time `json:"now"`
+	Salt string `json:"salt,omitempty"`
+	// PasswordSHA256 is the hex of SHA-256(Salt + password), made by the
+	// proposer, which leaves Request.Password empty: the Raft log (on
+	// every server's disk) never holds the password. A password in
+	// Request (an older proposer) is hashed here.
+	PasswordSHA256 string    `json:"password_sha256,omitempty"`
+	Agent          string    `json:"agent"`
+	Key            []byte    `json:"key,omitempty"`
+	By             string    `json:"by,omitempty"`
+	Now            time.Time `json:"now"`
 }
 
 func (InstanceRescue) Type() Type { return TypeInstanceRescue }
@@ -533,9 +538,12 @@ func applyInstanceRescue(tx *state.Tx, c *InstanceRescue) (any, error) {
 		return nil, err
 	}
 	params := map[string]string{"image": image}
-	if c.Request.Password != "" {
-		h := sha256.Sum256([]byte(c.Salt + c.Request.Password))
-		params["password_salt"], params["password_sha256"] = c.Salt, hex.EncodeToString(h[:])
+	sum := c.PasswordSHA256
+	if sum == "" && c.Request.Password != "" {
+		sum = RescuePasswordHash(c.Salt, c.Request.Password)
+	}
+	if sum != "" {
+		params["password_salt"], params["password_sha256"] = c.Salt, sum
 	}
 	if c.Request.SSHKey != "" {
 		params["ssh_key"] = c.Request.SSHKey
@@ -556,6 +564,13 @@ func applyInstanceRescue(tx *state.Tx, c *InstanceRescue) (any, error) {
 		Message: fmt.Sprintf("instance %s: rescue into image %s (task %s)%s", in.Name, image, t.ID,
 			ifStr(c.Request.Password != "" || c.Request.SSHKey != "", "; SSH for user rescue"))})
 	return cloneInstance(next), nil
+}
+
+// RescuePasswordHash is the hex of SHA-256(salt + password), what a
+// rescue task keeps of a rescue password (proto.RescueAuth).
+func RescuePasswordHash(salt, password string) string {
+	h := sha256.Sum256([]byte(salt + password))
+	return hex.EncodeToString(h[:])
 }
 
 // RescueImage is the rescue image of in: the request's, else the

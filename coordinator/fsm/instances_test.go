@@ -519,13 +519,25 @@ func TestInstanceRescueLife(t *testing.T) {
 	gen := node1(h).BMCGeneration
 	const password = "Pa55-w0rd-in-clear"
 	at := tc0.Add(time.Hour)
-	tk := rescued(h, proto.RescueRequest{Password: password, SSHKey: "ssh-ed25519 AAAA rescuer"}, at)
 	sum := sha256.Sum256([]byte("5a17" + password))
+	if got := RescuePasswordHash("5a17", password); got != hex.EncodeToString(sum[:]) {
+		t.Fatalf("RescuePasswordHash = %s, want the hex of SHA-256(salt+password)", got)
+	}
+	// The proposer hashes the password (as the API does): the command,
+	// in the Raft log, does not hold it.
+	h.must(InstanceRescue{Ref: "web1", TaskID: "t-rescue", Request: proto.RescueRequest{SSHKey: "ssh-ed25519 AAAA rescuer"}, Salt: "5a17",
+		PasswordSHA256: RescuePasswordHash("5a17", password), Agent: "a1", By: "ops", Now: at})
+	tk := h.task("t-rescue")
 	if tk.Params["password_salt"] != "5a17" || tk.Params["password_sha256"] != hex.EncodeToString(sum[:]) || tk.Params["ssh_key"] != "ssh-ed25519 AAAA rescuer" {
 		t.Fatalf("rescue task params %v, want the salt, SHA-256(salt+password) and the key", tk.Params)
 	}
 	if snap := stateBytes(t, h.f.Store()); bytes.Contains(snap, []byte(password)) {
 		t.Fatal("the password is in the state in clear")
+	}
+	for i, e := range h.log {
+		if bytes.Contains(e, []byte(password)) {
+			t.Fatalf("log entry %d holds the password in clear", i+1)
+		}
 	}
 	n := node1(h)
 	if n.ProvisionState != proto.StateRescuing || n.Task != "t-rescue" || n.SavedBoot == nil || n.SavedBoot.Boot == nil ||
@@ -856,7 +868,10 @@ func TestInstanceSnapshotMidRescue(t *testing.T) {
 	h := instFleet(t)
 	deployed(h)
 	const password = "Snap-Pa55word"
-	rescued(h, proto.RescueRequest{Password: password}, tc0.Add(time.Hour))
+	// A password in the request (an older proposer) is hashed by Apply.
+	if tk := rescued(h, proto.RescueRequest{Password: password}, tc0.Add(time.Hour)); tk.Params["password_sha256"] != RescuePasswordHash("5a17", password) {
+		t.Fatalf("rescue task params %v, want the password's salted hash", tk.Params)
+	}
 	h.stepResult("r", "t-rescue", proto.StepNameRescue, true, "", tc0.Add(time.Hour+time.Minute))
 
 	snap := stateBytes(t, h.f.Store())

@@ -190,9 +190,16 @@ func (a *API) rescueInstance(c *call) (any, error) {
 	}
 	salt := make([]byte, 16)
 	_, _ = rand.Read(salt)
+	cmd := fsm.InstanceRescue{Ref: in.UUID, TaskID: newTaskID(), Salt: hex.EncodeToString(salt), Agent: agent,
+		Key: a.taskKey(), By: c.who(), Now: a.cfg.Now()}
+	if req.Password != "" {
+		// Hashed here: the command goes into the Raft log, on disk.
+		cmd.PasswordSHA256 = fsm.RescuePasswordHash(cmd.Salt, req.Password)
+		req.Password = ""
+	}
+	cmd.Request = req
 	c.status = http.StatusAccepted
-	return c.apply(fsm.InstanceRescue{Ref: in.UUID, TaskID: newTaskID(), Request: req, Salt: hex.EncodeToString(salt), Agent: agent,
-		Key: a.taskKey(), By: c.who(), Now: a.cfg.Now()})
+	return c.apply(cmd)
 }
 
 func (a *API) unrescueInstance(c *call) (any, error) {

@@ -9,7 +9,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -65,6 +68,29 @@ func (e *apiEnv) lonelyNode(name string, i int) *proto.Node {
 		e.t.Fatalf("node %s is %s after a rack change, want available", name, n.ProvisionState)
 	}
 	return &n
+}
+
+// filesHolding lists the files under dir whose bytes contain s.
+func filesHolding(t *testing.T, dir, s string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(b, []byte(s)) {
+			out = append(out, path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 func (e *apiEnv) instance(ref string) *proto.Instance {
@@ -374,6 +400,10 @@ func TestAPIInstanceLife(t *testing.T) {
 	r := e.ok(200, "GET", "/v1/nodes/n1/tasks/"+got.Task, asAdmin, nil, &tk)
 	if tk.Kind != proto.TaskRescue || tk.Params["image"] != "rsc" || tk.Params["password_sha256"] == "" || strings.Contains(string(r.Body), password) {
 		t.Fatalf("rescue task %s params %v, want a rescue into rsc with the password's hash only", tk.Kind, tk.Params)
+	}
+	// Nowhere on disk either: not in the Raft log, nor in a snapshot.
+	if files := filesHolding(t, e.srv.Cfg.DataDir, password); len(files) > 0 {
+		t.Errorf("the rescue password is on disk in clear, in %v", files)
 	}
 	agent.Answer("")
 	steps.result(n, got.Task, proto.StepNameRescue, true, "")
