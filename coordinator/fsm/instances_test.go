@@ -934,3 +934,30 @@ func TestInstanceStartWaitsOutMaintenance(t *testing.T) {
 		t.Fatalf("instance %s once the node left maintenance, want building", st)
 	}
 }
+
+// TestInstanceNodeHeldByInstance: an operator may not move a node that
+// holds an instance (manage a failed one, then provide it, would leave
+// an instance no delete can clean: undeploy is not allowed from
+// available); the instance's delete is the way, and it works from error.
+func TestInstanceNodeHeldByInstance(t *testing.T) {
+	h := instFleet(t)
+	in := h.must(instCreate("web1", instA, "small", true, tc0)).(*proto.Instance)
+	h.stepResult("w", in.Task, proto.StepNameWrite, false, "no disk", tc0.Add(time.Minute))
+	if n := node1(h); n.ProvisionState != proto.StateFailed {
+		t.Fatalf("node %s, want failed", n.ProvisionState)
+	}
+	h.fails(NodeProvision{Ref: "n1", Event: "manage", Actor: proto.ActorOperator, Now: tc0.Add(2 * time.Minute)},
+		proto.CodeWrongState, "node n1 holds instance web1 ("+instA+"): delete the instance")
+	got := h.must(InstanceDelete{Ref: "web1", Agent: "a1", Now: tc0.Add(3 * time.Minute)}).(*proto.Instance)
+	h.stepResult("e", got.Task, proto.StepNameErase, true, "", tc0.Add(4*time.Minute))
+	if n := node1(h); n.ProvisionState != proto.StateAvailable || n.InstanceUUID != "" {
+		t.Fatalf("node %s instance %q after the delete, want available, free", n.ProvisionState, n.InstanceUUID)
+	}
+	// A free node is the operator's again.
+	h.must(NodeProvision{Ref: "n1", Event: "manage", Actor: proto.ActorOperator, Now: tc0.Add(5 * time.Minute)})
+	// A queued instance's node, too, stays as it is.
+	h.must(NodeProvision{Ref: "n1", Event: "provide", Actor: proto.ActorOperator, Now: tc0.Add(6 * time.Minute)})
+	h.must(instCreate("web2", instB, "small", false, tc0.Add(7*time.Minute)))
+	h.fails(NodeProvision{Ref: "n1", Event: "manage", Actor: proto.ActorOperator, Now: tc0.Add(8 * time.Minute)},
+		proto.CodeWrongState, "holds instance web2")
+}

@@ -339,6 +339,15 @@ func applyNodeProvision(tx *state.Tx, c *NodeProvision) (any, error) {
 	if t.Actor != c.Actor {
 		return nil, proto.Errorf(proto.CodeInvalid, "%s is not a transition this caller may ask for", c.Event)
 	}
+	if c.Actor == proto.ActorOperator && n.InstanceUUID != "" {
+		// Moved by hand (a failed node managed, then provided), it would
+		// hold an instance that no delete can clean.
+		held := n.InstanceUUID
+		if in := tx.Instance(held); in != nil {
+			held = in.Name + " (" + in.UUID + ")"
+		}
+		return nil, proto.Errorf(proto.CodeWrongState, "node %s holds instance %s: delete the instance (its clean frees the node)", nodeRef(n), held)
+	}
 	to, err := proto.CheckTransition(nodeRef(n), n.ProvisionState, c.Event)
 	if err != nil {
 		return nil, err
