@@ -22,6 +22,8 @@ import (
 
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/metalfleet/metalfleet/coordinator/apiclient"
 	"github.com/metalfleet/metalfleet/coordinator/fsm"
@@ -103,8 +105,10 @@ type result struct {
 	load0, load1   string
 	breakdown      map[string]int // Raft entries by command
 	reportKinds    map[string]int // the agent reports in them by kind (a callback's by step)
-	reports        int            // agent reports inside the entries
-	entryBytes     int            // the entries' data
+	routes         map[string]int // API requests served during the tasks, by route
+	baseRoutes     map[string]int
+	reports        int // agent reports inside the entries
+	entryBytes     int // the entries' data
 	baseWall       time.Duration
 	baseEntries    uint64
 	baseCPU        time.Duration
@@ -142,6 +146,8 @@ func (r *result) log(t *testing.T) {
 	t.Logf("Raft entries during the tasks, by command: %s", breakdownLine(r.breakdown))
 	t.Logf("agent reports in them, by kind (callbacks by step): %s", breakdownLine(r.reportKinds))
 	t.Logf("Raft entries during the baseline: %s", breakdownLine(r.baseBreakdown))
+	t.Logf("API requests served during the tasks, by route (a /metrics read each snapshot): %s", breakdownLine(r.routes))
+	t.Logf("API requests served during the baseline: %s", breakdownLine(r.baseRoutes))
 	t.Logf("setup (discovery, BMCs, manage) took %s; %d entries while it settled", r.setupTook.Round(100*time.Millisecond), r.settleEntries)
 }
 
@@ -342,6 +348,7 @@ func runOnce(t *testing.T, bin string, machines int) *result {
 	r.entries = after.index - before.index
 	r.coordCPU = after.coordCPU - before.coordCPU
 	r.devCPU = after.devCPU - before.devCPU
+	r.routes = routeDelta(before.routes, after.routes)
 
 	// The baseline: as long again, the same reads, nothing else asked.
 	w.replay(r.wall, r.cheap, r.full)
@@ -349,6 +356,7 @@ func runOnce(t *testing.T, bin string, machines int) *result {
 	r.baseWall = base.at.Sub(after.at)
 	r.baseEntries = base.index - after.index
 	r.baseCPU = base.coordCPU - after.coordCPU
+	r.baseRoutes = routeDelta(after.routes, base.routes)
 	r.coordPeakRSSKB = vmHWM(coord.pid())
 
 	// The tasks as recorded (read after the baseline: not measured).
@@ -396,11 +404,12 @@ type snapshot struct {
 	index            uint64
 	coordCPU, devCPU time.Duration
 	load             string
+	routes           map[string]float64 // API requests served so far, by method and route
 }
 
 func snap(t *testing.T, coord, dev *proc, c *apiclient.Client) snapshot {
 	t.Helper()
-	s := snapshot{index: appliedIndex(t, c)}
+	s := snapshot{index: appliedIndex(t, c), routes: apiRequests(t, c)}
 	s.at = time.Now()
 	var err error
 	if s.coordCPU, err = coord.cpu(); err != nil {
@@ -416,6 +425,46 @@ func snap(t *testing.T, coord, dev *proc, c *apiclient.Client) snapshot {
 		}
 	}
 	return s
+}
+
+// apiRequests reads metalfleet_api_requests_total from /metrics, summed
+// over status codes.
+func apiRequests(t *testing.T, c *apiclient.Client) map[string]float64 {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx(t, 10*time.Second), "GET", strings.TrimSuffix(c.Addrs()[0], "/")+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	out := map[string]float64{}
+	for _, m := range fams["metalfleet_api_requests_total"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "route" {
+				out[l.GetValue()] += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return out
+}
+
+// routeDelta is after - before, route by route (routes with none left out).
+func routeDelta(before, after map[string]float64) map[string]int {
+	d := map[string]int{}
+	for k, v := range after {
+		if n := int(v - before[k]); n > 0 {
+			d[k] = n
+		}
+	}
+	return d
 }
 
 func appliedIndex(t *testing.T, c *apiclient.Client) uint64 {
