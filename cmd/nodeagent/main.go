@@ -11,9 +11,10 @@
 //	                                                  print the module files to
 //	                                                  load, dependencies first
 //	                                                  (the ramdisk build uses it)
-//	nodeagent task --callback URL --mac MAC --token T
-//	                                                  run the servicing task of
-//	                                                  this machine (as the ramdisk does)
+//	nodeagent task --callback URL --mac MAC --token T [--rescue-ssh ADDR]
+//	                                                  run the task of this machine
+//	                                                  (as the ramdisk does): servicing,
+//	                                                  deploy, clean or rescue
 //	nodeagent mflab COMMAND ...                       the lab's vendor tool (see below)
 //	nodeagent version
 //
@@ -77,7 +78,7 @@ const usage = `usage:
   nodeagent inventory [--root /] [--lldp 2s]
   nodeagent report --callback URL --mac MAC [--token T] [--step inventory] [--root /] [--lldp 2s]
   nodeagent modules --dir /lib/modules/VERSION NAME...
-  nodeagent task --callback URL --mac MAC [--token T]
+  nodeagent task --callback URL --mac MAC [--token T] [--root /] [--rescue-ssh ADDR]
   nodeagent mflab [--device PATH] firmware-version|firmware-apply|bios-get|bios-set ...
   nodeagent version
 As PID 1 (a ramdisk's /init) it runs the ramdisk; see the kernel command line parameters in
@@ -246,6 +247,7 @@ func cmdTask(ctx context.Context, args []string, stderr io.Writer) error {
 	mac := fs.String("mac", "", "the MAC to run the task as (the boot interface's)")
 	token := fs.String("token", os.Getenv("METALFLEET_TOKEN"), "the task token (default $METALFLEET_TOKEN)")
 	root := fs.String("root", "/", "the filesystem root of the machine (/sys, /proc, /dev)")
+	rescueSSH := fs.String("rescue-ssh", "", "a rescue task's SSH server address, such as :2222 (default: none; the ramdisk's is :22)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -254,7 +256,7 @@ func cmdTask(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	err := nodeagent.RunTask(ctx, nodeagent.TaskEnv{CallbackURL: *callback, MAC: *mac, Token: *token, Log: log,
-		Machine: &nodeagent.LinuxMachine{Root: *root, PXEMAC: *mac, Log: log}})
+		Machine: &nodeagent.LinuxMachine{Root: *root, PXEMAC: *mac, Log: log}, RescueSSH: *rescueSSH})
 	if err != nil {
 		return err
 	}
