@@ -297,7 +297,9 @@ func startExpiryRounds(t *testing.T, fk *fake, clk *clock.Fake) func() {
 	l.expiryRound = func() { rounds.Add(1) }
 	l.Start(context.Background())
 	t.Cleanup(l.Stop)
-	if !clk.BlockUntil(1, 5*time.Second) {
+	// Two waiters: the task loop's ticker and the expiry ticker (one
+	// alone may be the task loop's: advancing then misses the expiry).
+	if !clk.BlockUntil(2, 5*time.Second) {
 		t.Fatal("the expiry ticker was never armed")
 	}
 	return func() {
