@@ -552,3 +552,33 @@ func TestAPIInstanceAdmissionMaintenance(t *testing.T) {
 	e.ok(200, "PUT", "/v1/nodes/n1/maintenance", asAdmin, proto.MaintenanceRequest{Maintenance: false}, nil)
 	coordtest.WaitFor(t, 10*time.Second, "a building", func() bool { return e.instance("a").State == proto.InstanceBuilding })
 }
+
+// TestAPIInstanceAdmissionPerRack: deploy_max_per_rack bounds each
+// rack's deploys; a full rack does not hold back another rack's.
+func TestAPIInstanceAdmissionPerRack(t *testing.T) {
+	e := startAPI(t)
+	e.instanceCatalog()
+	e.availableNode("a1", 1)
+	e.availableNode("a2", 2)
+	e.availableNode("b1", 3)
+	e.ok(http.StatusCreated, "POST", "/v1/racks", asAdmin, proto.Rack{Name: "r2", Subnet: "10.79.0.0/24"}, nil)
+	var b1 proto.Node
+	e.ok(200, "PATCH", "/v1/nodes/b1", asAdmin, `{"rack":"r2"}`, &b1)
+	coordtest.NewStandInAgent(t, e.base[len("http://"):], e.createToken(proto.RoleAgent, "r2").Secret, "r2", "agent-r2").Poll()
+	e.ok(200, "PATCH", "/v1/settings", asAdmin, `{"deploy_max_per_rack":1}`, nil)
+	// Flavors pin the racks (bmc-r twice, then r2).
+	e.ok(http.StatusCreated, "POST", "/v1/flavors", asAdmin, proto.Flavor{Name: "in-a", Rack: bmcRack}, nil)
+	e.ok(http.StatusCreated, "POST", "/v1/flavors", asAdmin, proto.Flavor{Name: "in-b", Rack: "r2"}, nil)
+	for _, c := range []struct{ name, flavor string }{{"first", "in-a"}, {"second", "in-a"}, {"third", "in-b"}} {
+		e.ok(http.StatusCreated, "POST", "/v1/instances", asAdmin, proto.InstanceRequest{Name: c.name, Flavor: c.flavor, Image: "disk"}, nil)
+	}
+	coordtest.WaitFor(t, 10*time.Second, "first and third building", func() bool {
+		return e.instance("first").State == proto.InstanceBuilding && e.instance("third").State == proto.InstanceBuilding
+	})
+	if st := e.instance("second").State; st != proto.InstanceQueued {
+		t.Fatalf("second (rack %s already deploying one, at most 1) is %s, want queued", bmcRack, st)
+	}
+	if in := e.instance("third"); in.Node != b1.UUID {
+		t.Fatalf("third is on %s, want b1 (rack r2)", in.Node)
+	}
+}
