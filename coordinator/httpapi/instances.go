@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"cmp"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -83,6 +84,15 @@ func (a *API) createInstance(c *call) (any, error) {
 		})
 		if n == nil {
 			return nil, decide.NoFitError(f, nf)
+		}
+		// A deploy that could never boot is a 409 now, as for a forced
+		// create, not an instance queued for ever without a reason.
+		images := map[string]*proto.Image{}
+		for _, im := range st.Images() {
+			images[im.Name] = im
+		}
+		if _, err := decide.TaskBoot(st.Settings(), images, n, proto.TaskDeploy); err != nil {
+			return nil, proto.Errorf(proto.CodeWrongState, "instance %s could not deploy on node %s: %v", req.Name, cmp.Or(n.Name, n.UUID), err)
 		}
 		in.Node = n.UUID
 		cmd.Instance, cmd.Now = in, a.cfg.Now()

@@ -582,3 +582,33 @@ func TestAPIInstanceAdmissionPerRack(t *testing.T) {
 		t.Fatalf("third is on %s, want b1 (rack r2)", in.Node)
 	}
 }
+
+// TestAPIInstanceCreateNoTaskImages: without the task images no deploy
+// can boot: a scheduled create is a 409 saying so (as a forced one is),
+// not an instance queued for ever with no reason; a node property that
+// names them is enough for that node.
+func TestAPIInstanceCreateNoTaskImages(t *testing.T) {
+	e := startAPI(t)
+	e.ok(http.StatusCreated, "POST", "/v1/images", asAdmin, proto.Image{Name: "disk", Kind: proto.ImageDisk, URL: "http://images.test/disk.raw", SHA256: taskSHA}, nil)
+	e.ok(http.StatusCreated, "POST", "/v1/flavors", asAdmin, proto.Flavor{Name: "small"}, nil)
+	e.availableNode("n1", 1)
+	e.runErrCases([]errCase{
+		{name: "scheduled", method: "POST", path: "/v1/instances", body: `{"name":"q","flavor":"small","image":"disk"}`,
+			status: 409, code: proto.CodeWrongState, msg: "instance q could not deploy on node n1: cannot boot a task: tasks.kernel is not set; tasks.ramdisk is not set"},
+		{name: "forced", method: "POST", path: "/v1/instances", body: `{"name":"q","flavor":"small","image":"disk","node":"n1"}`,
+			status: 409, code: proto.CodeWrongState, msg: "tasks.kernel is not set"},
+	})
+	if all := e.srv.Store().Instances(""); len(all) != 0 {
+		t.Fatalf("refused creates recorded %d instances", len(all))
+	}
+	for _, im := range []proto.Image{
+		{Name: "k", Kind: proto.ImageKernel, URL: "http://images.test/k", SHA256: taskSHA},
+		{Name: "r", Kind: proto.ImageRamdisk, URL: "http://images.test/r", SHA256: taskSHA},
+	} {
+		e.ok(http.StatusCreated, "POST", "/v1/images", asAdmin, im, nil)
+	}
+	e.ok(200, "PATCH", "/v1/nodes/n1", asAdmin, `{"properties":{"tasks.kernel":"k","tasks.ramdisk":"r"}}`, nil)
+	var in proto.Instance
+	e.ok(http.StatusCreated, "POST", "/v1/instances", asAdmin, proto.InstanceRequest{Name: "q", Flavor: "small", Image: "disk"}, &in)
+	coordtest.WaitFor(t, 10*time.Second, "q building", func() bool { return e.instance("q").State == proto.InstanceBuilding })
+}
