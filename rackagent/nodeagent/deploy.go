@@ -37,6 +37,8 @@ import (
 //     buffer at its offset with one aligned write (the Machine opens the
 //     disk with O_DIRECT where it can), hashing the bytes written (sha256
 //     and a CRC-32C per block);
+//   - the disk's last MiB is zeroed before the image is written (no
+//     backup GPT header of an earlier system survives past the image);
 //   - after an fsync the step reads exactly those bytes back (O_DIRECT,
 //     the page cache dropped) and compares the sha256; on a mismatch the
 //     per-block CRCs name the blocks that differ.
@@ -297,8 +299,9 @@ type imageWriter struct {
 	a   proto.Artifact
 	res deployResult
 
-	disk *proto.Disk // chosen on the first attempt
-	crcs []uint32    // CRC-32C of each deployBlock written
+	disk       *proto.Disk // chosen on the first attempt
+	tailZeroed bool        // the disk's last MiB
+	crcs       []uint32    // CRC-32C of each deployBlock written
 }
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -425,6 +428,19 @@ func (w *imageWriter) writeOnce(ctx context.Context) error {
 		return permanent("opening %s for writing: %w", w.disk.Name, err)
 	}
 	defer dev.Close()
+	if !w.tailZeroed {
+		// A backup GPT header left at the disk's end by an earlier
+		// system would contradict the image's partition table: the last
+		// MiB is zeroed first (the image overwrites it if it reaches it).
+		end := w.disk.SizeBytes &^ (diskAlign - 1)
+		from := max(0, end-cleanEdge)
+		zeros := alignedBuf(cleanEdge)
+		if err := zeroRange(dev, from, end-from, zeros); err != nil {
+			return permanent("zeroing the last MiB of %s: %w", w.disk.Name, err)
+		}
+		w.tailZeroed = true
+		sc.logf("zeroed the last %d bytes of %s (an old backup GPT header)", end-from, w.disk.Name)
+	}
 
 	// The reader: fetch, decompress, fill aligned buffers.
 	free := make(chan []byte, deployBuffers)

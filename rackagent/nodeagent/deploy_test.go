@@ -186,8 +186,11 @@ func TestRunTaskDeploy(t *testing.T) {
 			if !bytes.Equal(disk[:len(img)], img) {
 				t.Error("the disk does not hold the image")
 			}
-			if rest := disk[len(img):]; !bytes.Equal(rest, bytes.Repeat([]byte{0xaa}, len(rest))) {
+			if rest := disk[len(img) : len(disk)-1<<20]; !bytes.Equal(rest, bytes.Repeat([]byte{0xaa}, len(rest))) {
 				t.Error("the bytes after the image changed")
+			}
+			if firstNonZero(disk[len(disk)-1<<20:]) >= 0 {
+				t.Error("the disk's last MiB (an old backup GPT header's place) was not zeroed")
 			}
 			other := map[string]string{"vda": "vdb", "vdb": "vda"}[tc.disk]
 			if o, _ := os.ReadFile(filepath.Join(m.dir, other)); !bytes.Equal(o, bytes.Repeat([]byte{0xaa}, len(o))) {

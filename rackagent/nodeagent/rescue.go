@@ -362,13 +362,17 @@ type winChange struct {
 func (s *rescueSSH) session(ctx context.Context, ch ssh.Channel, reqs <-chan *ssh.Request) {
 	defer ch.Close()
 	var (
-		pty     *ptyReq
-		tty     *ptyPair
-		started bool
-		done    = make(chan int, 1)
-		env     []string
+		pty    *ptyReq
+		tty    *ptyPair
+		cmd    *exec.Cmd
+		exited bool
+		done   = make(chan int, 1)
+		env    []string
 	)
 	defer func() {
+		if cmd != nil && !exited {
+			_ = cmd.Process.Kill() // the client left: its shell goes too
+		}
 		if tty != nil {
 			tty.Close()
 		}
@@ -376,6 +380,7 @@ func (s *rescueSSH) session(ctx context.Context, ch ssh.Channel, reqs <-chan *ss
 	for {
 		select {
 		case code := <-done:
+			exited = true
 			ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{uint32(code)}))
 			return
 		case req, ok := <-reqs:
@@ -385,7 +390,7 @@ func (s *rescueSSH) session(ctx context.Context, ch ssh.Channel, reqs <-chan *ss
 			switch req.Type {
 			case "pty-req":
 				var p ptyReq
-				if started || ssh.Unmarshal(req.Payload, &p) != nil {
+				if cmd != nil || ssh.Unmarshal(req.Payload, &p) != nil {
 					req.Reply(false, nil)
 					continue
 				}
@@ -406,7 +411,7 @@ func (s *rescueSSH) session(ctx context.Context, ch ssh.Channel, reqs <-chan *ss
 				req.Reply(false, nil)
 			case "shell", "exec":
 				var cmdline struct{ Command string }
-				if started || req.Type == "exec" && ssh.Unmarshal(req.Payload, &cmdline) != nil {
+				if cmd != nil || req.Type == "exec" && ssh.Unmarshal(req.Payload, &cmdline) != nil {
 					req.Reply(false, nil)
 					continue
 				}
@@ -414,15 +419,15 @@ func (s *rescueSSH) session(ctx context.Context, ch ssh.Channel, reqs <-chan *ss
 				if req.Type == "exec" {
 					args = []string{"-c", cmdline.Command}
 				}
-				cmd := exec.CommandContext(ctx, s.shell, args...)
-				cmd.Dir = "/"
-				cmd.Env = append(rescueEnv(), env...)
+				c := exec.CommandContext(ctx, s.shell, args...)
+				c.Dir = "/"
+				c.Env = append(rescueEnv(), env...)
 				var err error
 				if pty != nil {
-					cmd.Env = append(cmd.Env, "TERM="+orDefault(pty.Term, "vt100"))
-					tty, err = startInPTY(cmd, ch, pty.Rows, pty.Cols)
+					c.Env = append(c.Env, "TERM="+orDefault(pty.Term, "vt100"))
+					tty, err = startInPTY(c, ch, pty.Rows, pty.Cols)
 				} else {
-					err = startPiped(cmd, ch)
+					err = startPiped(c, ch)
 				}
 				if err != nil {
 					s.log.Warn("rescue SSH: starting the shell", "err", err)
@@ -430,10 +435,11 @@ func (s *rescueSSH) session(ctx context.Context, ch ssh.Channel, reqs <-chan *ss
 					fmt.Fprintf(ch.Stderr(), "metalfleet rescue: cannot start %s: %v\r\n", s.shell, err)
 					return
 				}
-				started = true
+				cmd = c
 				req.Reply(true, nil)
+				tty := tty
 				go func() {
-					code := waitCode(cmd.Wait())
+					code := waitCode(c.Wait())
 					if tty != nil {
 						tty.drain()
 					}

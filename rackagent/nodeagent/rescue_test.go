@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -416,4 +417,35 @@ func TestRunInitRescueStaysUp(t *testing.T) {
 	if p.PowerOff {
 		t.Error("a rescue ramdisk would power off")
 	}
+}
+
+// TestRescueSSHClientLeaves: a command still running when its client
+// goes is killed.
+func TestRescueSSHClientLeaves(t *testing.T) {
+	addr, _ := startRescueSSH(t, proto.RescueAuth{PasswordSalt: rescueSalt, PasswordSHA256: rescuePasswordHash(rescueSalt, rescuePassword)})
+	c, err := dialRescue(addr, RescueUser, ssh.Password(rescuePassword))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := s.StdoutPipe()
+	if err := s.Start("echo $$; exec sleep 60"); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := strings.TrimSpace(line)
+	if _, err := os.Stat("/proc/" + pid); err != nil {
+		t.Fatalf("the command (pid %q) is not running: %v", pid, err)
+	}
+	c.Close()
+	testkit.Eventually(t, 10*time.Second, "the command killed", func() bool {
+		_, err := os.Stat("/proc/" + pid)
+		return os.IsNotExist(err)
+	})
 }
