@@ -203,7 +203,9 @@ func applyInstanceStart(tx *state.Tx, c *InstanceStart) (any, error) {
 		return nil, proto.Errorf(proto.CodeConflict, "instance %s: its node or flavor is gone", in.Name)
 	}
 	if n.Maintenance {
-		return nil, nil // nothing would power it: it waits, queued (the leader skips it)
+		// Operators are at work on it (the scheduler and a forced create
+		// refuse such a node too): it waits, queued (the leader skips it).
+		return nil, nil
 	}
 	total, perRack := deployLimits(tx)
 	s := tx.Settings()

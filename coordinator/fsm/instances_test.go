@@ -917,9 +917,10 @@ func TestInstanceSnapshotMidRescue(t *testing.T) {
 }
 
 // TestInstanceStartWaitsOutMaintenance: a queued instance whose node was
-// put in maintenance after the bind stays queued (nothing would power
-// the node: the deploy could only time out); it starts once the node is
-// out of maintenance.
+// put in maintenance after the bind stays queued (maintenance keeps the
+// scheduler and a forced create off a node; a deploy would power-cycle
+// it under the operators' hands); it starts once the node is out of
+// maintenance.
 func TestInstanceStartWaitsOutMaintenance(t *testing.T) {
 	h := instFleet(t)
 	h.must(instCreate("web1", instA, "small", false, tc0))

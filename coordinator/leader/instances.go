@@ -53,7 +53,7 @@ func (l *Leader) admitRound(ctx context.Context) {
 		}
 		n, ok := st.Node(in.Node)
 		if !ok || in.State == proto.InstanceQueued && n.Maintenance {
-			continue // in maintenance: nothing would power it; it waits
+			continue // in maintenance (operators at work on it): it waits
 		}
 		rackOf[in.UUID] = n.Rack
 		switch in.State {
