@@ -2,7 +2,7 @@ package nodeagent
 
 import (
 	"context"
-	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -200,9 +200,7 @@ func newTaskRunner(env TaskEnv) (*taskRunner, error) {
 	if err != nil {
 		return nil, err
 	}
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	r := &taskRunner{env: env, base: base, log: env.Log, clock: env.Clock, http: env.HTTP, boot: hex.EncodeToString(b[:])}
+	r := &taskRunner{env: env, base: base, log: env.Log, clock: env.Clock, http: env.HTTP, boot: runID()}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
@@ -393,11 +391,15 @@ func (r *taskRunner) run(ctx context.Context, plan *proto.TaskPlan) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		if res.err != nil {
+			// Logged before it is reported: the report ends the task, and
+			// with it the console capture the coordinator attaches.
+			log.Error("step failed", "step", name, "err", res.err)
+		}
 		if err := sc.finish(ctx, res); err != nil {
 			return err
 		}
 		if res.err != nil {
-			log.Error("step failed", "step", name, "err", res.err)
 			return fmt.Errorf("task %s: step %s: %v: %w", plan.ID, name, res.err, ErrStepFailed)
 		}
 		log.Info("step passed", "step", name)
@@ -618,4 +620,14 @@ func (t *tailBuffer) String() string {
 		s = s[len(s)-proto.MaxStepLog:]
 	}
 	return s
+}
+
+// runID names this run of the runner (StepReport.Boot) without waiting
+// for the kernel's random pool: in a fresh ramdisk crypto/rand blocks
+// until it is ready, a second or more. The kernel's boot id (made anew
+// at every boot) and the clock and pid tell runs apart.
+func runID() string {
+	b, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	h := sha256.Sum256(fmt.Appendf(b, "|%d|%d", time.Now().UnixNano(), os.Getpid()))
+	return hex.EncodeToString(h[:8])
 }

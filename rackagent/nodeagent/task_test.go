@@ -161,6 +161,10 @@ func (a *testAgent) serve(w http.ResponseWriter, r *http.Request) {
 			http.NotFound(w, r)
 			return
 		}
+		// Not under the lock: a runner that posts a progress report while
+		// it reads the body would wait for it (the test deadlocked so).
+		a.mu.Unlock()
+		defer a.mu.Lock()
 		w.Write(b)
 	default:
 		http.NotFound(w, r)
