@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"compress/gzip"
 	"crypto/rand"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -113,15 +115,25 @@ func zstdOf(t *testing.T, b []byte) []byte {
 	return enc.EncodeAll(b, nil)
 }
 
-// deployPlan is a deploy plan of the artifact served as name by a.
+// deployPlan is a deploy plan of the artifact served as name by an
+// artifact server of its own (the test agent answers one request at a
+// time: an image streamed from it would hold up the progress reports).
 func deployPlan(a *testAgent, name string, served []byte, sum string, params map[string]string) proto.TaskPlan {
 	if params == nil {
 		params = map[string]string{}
 	}
 	params["image"] = name
 	plan := planOf(proto.TaskDeploy, params)
-	a.artifacts[name] = served
-	plan.Artifacts = map[string]proto.Artifact{name: {Name: name, URL: a.URL + "/artifacts/" + name, SHA256: sum, Size: int64(len(served))}}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer "+taskToken || r.Header.Get(proto.MACHeader) != taskMAC {
+			a.t.Errorf("artifact request without the token or MAC: %v", r.Header)
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		w.Write(served)
+	}))
+	a.t.Cleanup(srv.Close)
+	plan.Artifacts = map[string]proto.Artifact{name: {Name: name, URL: srv.URL + "/artifacts/" + name, SHA256: sum, Size: int64(len(served))}}
 	return plan
 }
 
