@@ -22,8 +22,10 @@ import (
 // /dev/console as its standard streams) and /run, loads the modules in
 // ModuleListFile, reads the kernel command line (see ParseCmdline), takes
 // a DHCP lease on the boot interface, collects the inventory and reports
-// it to metalfleet.callback, printing its progress on the console. Then
-// it powers off, reboots or stays up as the command line says. It
+// it to metalfleet.callback, printing its progress on the console (or,
+// with metalfleet.task and a token, runs that task: see RunTask). Then
+// it powers off, reboots or stays up as the command line says; a rescue
+// ramdisk (metalfleet.task=rescue) always stays up, its shells running. It
 // returns only when that fails (or ctx ends while staying up); PID 1 must
 // then not exit, or the kernel panics.
 func RunInit(ctx context.Context) error {
