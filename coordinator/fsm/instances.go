@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -214,7 +215,19 @@ func applyInstanceStart(tx *state.Tx, c *InstanceStart) (any, error) {
 	}
 	next, node := cloneInstance(in), n.Clone()
 	if err := startDeploy(tx, node, next, f, c.Agent, c.Key, c.Now); err != nil {
-		return nil, err
+		var pe *proto.Error
+		if !errors.As(err, &pe) || pe.Code == proto.CodeInternal {
+			return nil, err
+		}
+		// The deploy cannot start (the node lost its BMC, the task
+		// images are gone, ...): say so on the instance rather than keep
+		// it queued, retried after every change. It never touched the
+		// node, so a delete removes it at once.
+		next = cloneInstance(in)
+		setInstanceState(next, proto.InstanceError, c.Now)
+		next.LastError = "the deploy could not start: " + pe.Message
+		tx.PutInstance(next)
+		return cloneInstance(next), nil
 	}
 	tx.PutNode(node)
 	tx.PutInstance(next)
@@ -476,7 +489,9 @@ func applyInstanceDelete(tx *state.Tx, c *InstanceDelete) (any, error) {
 		return nil, proto.Errorf(proto.CodeNotFound, "instance %q not found", c.Ref)
 	}
 	n := tx.Node(in.Node)
-	if in.State == proto.InstanceQueued || n == nil || n.InstanceUUID != in.UUID {
+	// Queued, or in error before its deploy started (its node still
+	// available): nothing ran on the node, so nothing to clean.
+	if in.State == proto.InstanceQueued || n == nil || n.InstanceUUID != in.UUID || n.ProvisionState == proto.StateAvailable {
 		if n != nil && n.InstanceUUID == in.UUID {
 			n = n.Clone()
 			n.InstanceUUID, n.UpdatedAt = "", c.Now

@@ -185,7 +185,7 @@ func CanServe(n *proto.Node) error {
 		return proto.Errorf(proto.CodeWrongState, "node %s is running task %s", nodeRef(n), n.Task)
 	}
 	if n.Maintenance {
-		return proto.Errorf(proto.CodeWrongState, "node %s is in maintenance (%s): nothing powers it; take it out of maintenance first", nodeRef(n), ifStr(n.MaintenanceReason != "", n.MaintenanceReason))
+		return proto.Errorf(proto.CodeWrongState, "node %s is in maintenance (%s): take it out of maintenance first", nodeRef(n), ifStr(n.MaintenanceReason != "", n.MaintenanceReason))
 	}
 	return CanDriveBMC(n)
 }

@@ -156,12 +156,16 @@ func (a *API) deleteInstance(c *call) (any, error) {
 		return nil, proto.Errorf(proto.CodeNotFound, "instance %q not found", id)
 	}
 	cmd := fsm.InstanceDelete{Ref: in.UUID, By: c.who(), Now: a.cfg.Now(), Key: a.taskKey()}
-	if in.State != proto.InstanceQueued && in.Node != "" {
-		_, agent, err := a.instanceNodeAgent(id)
-		if err != nil {
-			return nil, err
+	if n, ok := a.b.Store().Node(in.Node); ok {
+		// The agent goes with every delete it is known for: the leader may
+		// start a queued instance's deploy between this read and the
+		// command, which then needs it to clean the node.
+		cmd.Agent = a.rackAgent(n.Rack, n.UUID)
+		if cmd.Agent == "" && in.State != proto.InstanceQueued && n.ProvisionState != proto.StateAvailable {
+			if _, err := a.requireAgent(n.Rack, n.UUID); err != nil {
+				return nil, err
+			}
 		}
-		cmd.Agent = agent
 	}
 	v, err := c.apply(cmd)
 	if err != nil {
