@@ -962,3 +962,30 @@ func TestInstanceNodeHeldByInstance(t *testing.T) {
 	h.fails(NodeProvision{Ref: "n1", Event: "manage", Actor: proto.ActorOperator, Now: tc0.Add(8 * time.Minute)},
 		proto.CodeWrongState, "holds instance web2")
 }
+
+// TestInstanceStartCannotStart: a bound, queued instance whose deploy
+// cannot start (here the node lost its BMC after the bind) goes to error
+// with the reason rather than stay queued forever, and deleting it is
+// immediate (nothing ran on the node).
+func TestInstanceStartCannotStart(t *testing.T) {
+	h := instFleet(t)
+	h.must(instCreate("a", instA, "small", false, tc0))
+	n := node1(h).Clone()
+	n.BMC = proto.BMC{}
+	h.putNode(n)
+	h.must(InstanceStart{Ref: "a", Agent: "a1", Key: taskKey, Now: tc0.Add(time.Minute)})
+	in := h.inst("a")
+	if in.State != proto.InstanceError || !strings.Contains(in.LastError, "the deploy could not start") || !strings.Contains(in.LastError, "no BMC") {
+		t.Fatalf("instance = %s %q, want error saying the deploy could not start for want of a BMC", in.State, in.LastError)
+	}
+	if n := node1(h); n.ProvisionState != proto.StateAvailable || n.Task != "" || n.Boot != nil {
+		t.Fatalf("node = %s task %q boot %+v: the failed start touched it", n.ProvisionState, n.Task, n.Boot)
+	}
+	h.must(InstanceDelete{Ref: "a", Now: tc0.Add(2 * time.Minute)})
+	if _, ok := h.f.Store().Instance("a"); ok {
+		t.Fatal("the instance is still there after its delete")
+	}
+	if n := node1(h); n.InstanceUUID != "" || n.ProvisionState != proto.StateAvailable {
+		t.Fatalf("node = %s holding %q, want available and free", n.ProvisionState, n.InstanceUUID)
+	}
+}
