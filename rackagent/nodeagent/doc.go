@@ -23,7 +23,11 @@
 //     one in dev mode) and reports each step's start, progress and
 //     result. Vendor tools run as programs (ToolArgs, no shell); mdadm
 //     does software RAID; MFLab is the lab's own vendor tool
-//     (proto.LabTool), firmware and BIOS settings on a disk.
+//     (proto.LabTool), firmware and BIOS settings on a disk. It also runs
+//     an instance's tasks: deploy (the image, raw, gzip or zstd, streamed
+//     to the root disk and read back), clean (wipefs and zeroes) and
+//     rescue (a busybox shell on the serial console and, when asked, an
+//     SSH server for user rescue; the ramdisk then stays up).
 //
 // What needs a real machine (mount, finit_module, netlink, ioctl, raw
 // sockets, reboot) is kept thin; what decides (parsing the command line,
