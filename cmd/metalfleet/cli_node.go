@@ -180,6 +180,8 @@ func (g *globals) showNode(n *proto.Node) error {
 		kv{"bmc.status", fmtBMCStatus(n.BMCStatus)},
 		kv{"intents", fmtIntents(n.Intents)},
 		kv{"properties", joinProps(n.Properties)},
+		kv{"traits", strings.Join(n.Traits, ", ")},
+		kv{"root_device", rootHint(n.RootDevice)},
 		kv{"instance", n.InstanceUUID},
 		kv{"last_error", n.LastError},
 		kv{"last_boot", fmtBoot(n.LastBoot)},
@@ -352,9 +354,10 @@ func newNodeCreateCmd(g *globals) *cobra.Command {
 
 func newNodeSetCmd(g *globals) *cobra.Command {
 	var name, rack, ip string
-	var macs, props []string
+	var macs, props, traits []string
 	var clearProps bool
 	var bmc bmcFlags
+	var root proto.RootDeviceHint
 	cmd := &cobra.Command{
 		Use:   "set ID [flags]",
 		Short: "Change a node's fields: only the flags given are changed",
@@ -389,12 +392,19 @@ is given), --ip "" gives it the lowest free address of its rack.`,
 				m := map[string]string{}
 				p.Properties = &m
 			}
+			if fl.Changed("trait") {
+				traits = slices.DeleteFunc(traits, func(t string) bool { return strings.TrimSpace(t) == "" })
+				p.Traits = &traits
+			}
+			if fl.Changed("root-device-name") || fl.Changed("root-device-serial") || fl.Changed("root-device-wwn") || fl.Changed("root-device-min-size-gb") {
+				p.RootDevice = &root // all empty: clears the hint
+			}
 			var err error
 			if p.BMC, err = bmc.patch(cmd); err != nil {
 				return err
 			}
 			if p == (proto.NodePatch{}) {
-				return fmt.Errorf("node set: nothing to change; give at least one of --name, --mac, --rack, --ip, --property, --clear-properties, --bmc-*")
+				return fmt.Errorf("node set: nothing to change; give at least one of --name, --mac, --rack, --ip, --property, --clear-properties, --trait, --root-device-*, --bmc-*")
 			}
 			c, err := g.client()
 			if err != nil {
@@ -414,6 +424,11 @@ is given), --ip "" gives it the lowest free address of its rack.`,
 	f.StringVar(&ip, "ip", "", "reserved address in the rack's subnet, outside its pool (\"\": the lowest free one)")
 	f.StringArrayVar(&props, "property", nil, "property key=value (repeatable; replaces all properties)")
 	f.BoolVar(&clearProps, "clear-properties", false, "remove all properties")
+	f.StringSliceVar(&traits, "trait", nil, "operator trait such as CUSTOM_GPU (repeatable; replaces the list; --trait \"\" clears it)")
+	f.StringVar(&root.Name, "root-device-name", "", "root-disk hint for instances: disk name (sda, nvme0n1)")
+	f.StringVar(&root.Serial, "root-device-serial", "", "root-disk hint: disk serial")
+	f.StringVar(&root.WWN, "root-device-wwn", "", "root-disk hint: disk WWN")
+	f.Int64Var(&root.MinSizeGB, "root-device-min-size-gb", 0, "root-disk hint: at least this many GiB (all root-device flags empty: no hint)")
 	bmc.register(f)
 	cmd.MarkFlagsMutuallyExclusive("property", "clear-properties")
 	return cmd
@@ -594,4 +609,21 @@ func latestVerify(n *proto.Node) proto.Intent {
 		}
 	}
 	return proto.Intent{}
+}
+
+// rootHint prints a root-device hint: its fields that are set.
+func rootHint(h *proto.RootDeviceHint) string {
+	if h == nil {
+		return ""
+	}
+	var parts []string
+	for _, f := range []struct{ k, v string }{{"name", h.Name}, {"serial", h.Serial}, {"wwn", h.WWN}} {
+		if f.v != "" {
+			parts = append(parts, f.k+"="+f.v)
+		}
+	}
+	if h.MinSizeGB > 0 {
+		parts = append(parts, fmt.Sprintf("min_size_gb=%d", h.MinSizeGB))
+	}
+	return strings.Join(parts, " ")
 }
