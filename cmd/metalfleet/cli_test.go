@@ -318,6 +318,15 @@ func TestNodeCommands(t *testing.T) {
 		if n := c.node("e2"); len(n.Properties) != 0 {
 			t.Errorf("set --clear-properties: got %v, want none", n.Properties)
 		}
+		kv = parseKVOut(t, c.ok("node", "set", "e2", "--trait", "CUSTOM_GPU", "--trait", "CUSTOM_FPGA", "--root-device-serial", "S1"))
+		if kv["traits"] != "CUSTOM_FPGA, CUSTOM_GPU" || kv["root_device"] != "serial=S1" {
+			t.Errorf("set --trait --root-device-serial: traits %q root_device %q", kv["traits"], kv["root_device"])
+		}
+		wantContains(t, "a bad trait", c.fail("node", "set", "e2", "--trait", "gpu"), `trait "gpu"`)
+		c.ok("node", "set", "e2", "--trait", "", "--root-device-serial", "")
+		if n := c.node("e2"); len(n.Traits) != 0 || n.RootDevice != nil {
+			t.Errorf("clearing traits and the root-device hint: got %v, %+v", n.Traits, n.RootDevice)
+		}
 	})
 
 	t.Run("delete", func(t *testing.T) {
