@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -155,6 +156,33 @@ func ramdiskHas(file string, b []byte) (bool, error) {
 	return bytes.Contains(raw, b), nil
 }
 
+// rescueImage is a rescue image named name: the nodeagent ramdisk (its
+// rescue mode) with one more cpio archive appended (Linux unpacks them
+// all) holding /mf-rescue-image, the name: each rescue image has its own
+// bytes (the agent caches artifacts by sha256), and the rescue shell
+// shows which one booted.
+func rescueImage(t *testing.T, ramdisk, name string) (string, string) {
+	t.Helper()
+	b, err := os.ReadFile(ramdisk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw bytes.Buffer
+	w := &cpioWriter{w: &raw}
+	w.add("mf-rescue-image", 0o100644, []byte(name+"\n"), 0, 0)
+	w.add("TRAILER!!!", 0, nil, 0, 0)
+	var z bytes.Buffer
+	zw := gzip.NewWriter(&z)
+	zw.Write(raw.Bytes())
+	zw.Close()
+	b = append(b, z.Bytes()...)
+	file := filepath.Join(filepath.Dir(ramdisk), name+".cpio.gz")
+	if err := os.WriteFile(file, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return file, shaHex(b)
+}
+
 // instRun is one lab's instance test.
 type instRun struct {
 	*oob
@@ -224,7 +252,8 @@ func runInstances(t *testing.T, uefi bool, bin string, images ramdiskFiles) {
 	// The rescue images: the nodeagent ramdisk (its rescue mode), under
 	// two names so that the test tells which one a rescue booted.
 	for _, n := range []string{rescueInst, rescueFlavor} {
-		r.mustCLI(t, "image", "create", n, "--kind", "ramdisk", "--url", "file://"+images.Ramdisk, "--sha256", images.RamdiskSHA)
+		file, sha := rescueImage(t, images.Ramdisk, n)
+		r.mustCLI(t, "image", "create", n, "--kind", "ramdisk", "--url", "file://"+file, "--sha256", sha)
 	}
 	r.mustCLI(t, "flavor", "create", r.flavor, "--rack", "r1", "--rescue-image", rescueFlavor)
 	t.Logf("%s image %s: %d bytes on disk, %d served (%s), sha256 of the disk bytes %s", r.fw, r.image, len(r.raw), len(served),
@@ -253,6 +282,31 @@ func runInstances(t *testing.T, uefi bool, bin string, images ramdiskFiles) {
 func shaHex(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
+}
+
+// lastTask is the node's latest task of kind (GET /v1/nodes/{id}/tasks).
+func (r *instRun) lastTask(t *testing.T, kind proto.TaskKind) (proto.Task, bool) {
+	t.Helper()
+	var list []proto.Task
+	if _, err := r.l.call("GET", "/v1/nodes/"+r.node+"/tasks", nil, &list); err != nil {
+		t.Errorf("GET tasks: %v", err)
+		return proto.Task{}, false
+	}
+	var last proto.Task
+	for _, x := range list {
+		if x.Kind == kind && x.CreatedAt.After(last.CreatedAt) {
+			last = x
+		}
+	}
+	if last.ID == "" {
+		return last, false
+	}
+	full, err := r.getTask(last.ID)
+	if err != nil {
+		t.Errorf("task %s: %v", last.ID, err)
+		return last, false
+	}
+	return full, true
 }
 
 // getTask reads a task of the node from the API.
@@ -453,15 +507,9 @@ func (r *instRun) checkRunning(t *testing.T, markers int, after string) {
 // deployPhases logs the deploy by phase, from the task, the VM's starts,
 // the agent's log and the console.
 func (r *instRun) deployPhases(t *testing.T, start, done time.Time) {
-	n := r.getNode(t, r.node)
-	sum := n.TaskResults[proto.TaskDeploy]
-	if sum == nil {
-		t.Errorf("node.task_results has no deploy")
-		return
-	}
-	task, err := r.getTask(sum.ID)
-	if err != nil {
-		t.Errorf("deploy task %s: %v", sum.ID, err)
+	task, ok := r.lastTask(t, proto.TaskDeploy)
+	if !ok {
+		t.Errorf("the node's tasks hold no deploy task")
 		return
 	}
 	var write proto.Step
@@ -654,8 +702,8 @@ func (r *instRun) checkRescue(t *testing.T, in proto.Instance, image, password s
 	}
 	// The serial shell, through the BMC's SOL and `node console`.
 	testkit.EventuallyEvery(t, 60*time.Second, 100*time.Millisecond, "ipmi_sim to connect SOL to the VM's serial port", r.v.SOLConnected)
-	c := r.startConsoleOn(t, r.nodeN, "rescue-"+r.fw, "--force")
-	typeUntil(t, c, "echo RESCUE-$((6*7))", "RESCUE-42")
+	c := r.openConsole(t)
+	typeUntil(t, c, "echo RESCUE-$((6*7)) $(cat /mf-rescue-image)", "RESCUE-42 "+image)
 	if !strings.Contains(c.out(), "metalfleet-rescue# ") {
 		t.Errorf("the rescue shell's prompt %q is not on the console: %q", "metalfleet-rescue# ", tail(c.out(), 5))
 	}
@@ -680,6 +728,38 @@ func (r *instRun) checkRescue(t *testing.T, in proto.Instance, image, password s
 	if _, err := r.sshRun(res.SSH, password+"-wrong", "true"); err == nil {
 		t.Errorf("ssh rescue@%s let a wrong password in", res.SSH)
 	}
+}
+
+// openConsole opens `node console NODE --force`. A BMC may refuse SOL
+// while a session of a rack agent killed earlier is still active there
+// ("Payload already active on another session"): tried again every 5 s
+// for up to 3 minutes, the refusals logged.
+func (r *instRun) openConsole(t *testing.T) *consoleProc {
+	t.Helper()
+	var c *consoleProc
+	start := time.Now()
+	refusals := 0
+	var last string
+	testkit.Until(t, 3*time.Minute, "node console to open (not refused by the BMC)", func() error {
+		if c != nil && c.running() {
+			return nil
+		}
+		if c != nil {
+			refusals++
+			last = strings.TrimSpace(c.stderr.String())
+		}
+		c = r.startConsoleOn(t, r.nodeN, fmt.Sprintf("rescue-%s-%d", r.fw, refusals), "--force")
+		select {
+		case <-c.done:
+			return fmt.Errorf("node console exited: %v: %s", c.err, strings.TrimSpace(c.stderr.String()))
+		case <-time.After(5 * time.Second):
+			return nil
+		}
+	})
+	if refusals > 0 {
+		t.Logf("node console was refused %d times over %.1fs before it opened; last: %s", refusals, time.Since(start).Seconds(), last)
+	}
+	return c
 }
 
 // sshRun runs command over SSH as user rescue with password, from inside
@@ -715,27 +795,38 @@ func (r *instRun) sshRun(addr, password, command string) (string, error) {
 // its data dir.
 func (r *instRun) rescueInstanceImage(t *testing.T) {
 	pw := "rescue-pw-" + r.fw
+	var from int64
+	if fi, err := os.Stat(r.v.Serial); err == nil {
+		from = fi.Size()
+	}
 	c := r.startCLI(t, "instance", "rescue", r.inst, "--password-file", filepath.Join(r.dir, "rescue.pw"), "--wait", "--timeout", "20m", "-o", "json")
-	var killed time.Time
 	if !r.uefi {
-		testkit.Until(t, 4*time.Minute, "the node to fetch the rescue image's initrd from the agent", func() error {
-			if !c.running() {
-				t.Fatalf("instance rescue exited (%v) before the node fetched the rescue image: %s", c.err, c.stderr.String())
-			}
-			for _, l := range readAgentLog(r.l.file("agent.log")) {
-				if l.Msg == "node fetching artifact" && l.Artifact == rescueInst && l.Time.After(c.started) {
-					return nil
+		// Killed once Linux runs the rescue ramdisk's /init (the kernel
+		// and initrd fetched: a fetch cut by the kill fails the iPXE
+		// boot for good, see the report), and kept down until the
+		// ramdisk brings its interface up for DHCP: its first
+		// DHCPDISCOVER finds no agent; the lease, the plan and the
+		// report come from the agent started again.
+		waitConsole := func(what, re string) time.Time {
+			rx := regexp.MustCompile(re)
+			testkit.EventuallyEvery(t, 4*time.Minute, 50*time.Millisecond, what, func() bool {
+				if !c.running() {
+					t.Fatalf("instance rescue exited (%v) before %s: %s", c.err, what, c.stderr.String())
 				}
-			}
-			return fmt.Errorf("no fetch of %s yet", rescueInst)
-		})
-		killed = time.Now()
+				b, _ := readFrom(r.v.Serial, from)
+				return rx.MatchString(cleanConsole(b))
+			})
+			return time.Now()
+		}
+		initAt := waitConsole("the rescue ramdisk's /init to run (console)", markInit)
 		if err := r.l.agent.Stop(syscall.SIGKILL, 10*time.Second); err != nil {
 			t.Logf("agent stop: %v", err)
 		}
-		t.Logf("fault: rack agent killed (SIGKILL) %.1fs after instance rescue, as the node boots the rescue ramdisk; starting it again on its data dir", killed.Sub(c.started).Seconds())
+		killed := time.Now()
+		t.Logf("fault: rack agent killed (SIGKILL) %.1fs after instance rescue, as the rescue ramdisk's /init runs", killed.Sub(c.started).Seconds())
+		waitConsole("the rescue ramdisk to bring its interface up for DHCP (console)", `msg=interface app=nodeagent`)
 		r.l.startAgent()
-		t.Logf("rack agent back %.1fs after the kill", time.Since(killed).Seconds())
+		t.Logf("rack agent started again on its data dir %.1fs after the kill (%.1fs after /init)", time.Since(killed).Seconds(), time.Since(initAt).Seconds())
 	}
 	in := c.wait(t, instLimit)
 	r.rescueTiming(t, "rescue (instance's image, password)"+map[bool]string{false: ", rack agent killed during the rescue boot", true: ""}[r.uefi], c)
@@ -819,6 +910,16 @@ func (r *instRun) holdBMC(t *testing.T) func() {
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
+	testkit.Until(t, 10*time.Second, "ipmi_sim stopped (state T)", func() error {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return err
+		}
+		if f := strings.Fields(string(b)); len(f) < 3 || f[2] != "T" {
+			return fmt.Errorf("/proc/%d/stat: %.60s", pid, b)
+		}
+		return nil
+	})
 	held := true
 	cont := func() {
 		if held {
@@ -868,19 +969,36 @@ func (r *instRun) rescueFlavorImage(t *testing.T) {
 	var pending []string
 	for _, x := range n.Intents {
 		if x.Generation > before {
-			pending = append(pending, fmt.Sprintf("%s gen %d done %v", x.Action, x.Generation, x.Done))
-			if x.Done {
-				t.Errorf("intent %s (generation %d) done before the leader was killed: the fault is not between the switch and the reboot", x.Action, x.Generation)
-			}
+			pending = append(pending, fmt.Sprintf("%s gen %d at %s done %v (done_at %s)", x.Action, x.Generation,
+				x.At.Format("15:04:05.000"), x.Done, x.DoneAt.Format("15:04:05.000")))
 		}
 	}
 	killed := time.Now()
 	_ = r.coords[li].Stop(syscall.SIGKILL, 10*time.Second)
-	t.Logf("fault: leader %s killed (SIGKILL) %.2fs after instance rescue; the rescue's intents then: %s", r.coords[li].Name, killed.Sub(c.started).Seconds(), strings.Join(pending, "; "))
+	t.Logf("fault: leader %s killed (SIGKILL) at %s, %.2fs after instance rescue; the rescue's intents as the follower showed them: %s",
+		r.coords[li].Name, killed.Format("15:04:05.000"), killed.Sub(c.started).Seconds(), strings.Join(pending, "; "))
+	// What the BMC did: nothing of the rescue's until it was let go.
+	if ops := r.v.Ops(c.started, "set"); len(ops) > 0 {
+		t.Errorf("the BMC acted before the leader was killed (it was held): %+v", ops)
+	}
 	cont()
+	t.Logf("BMC let go at %s", time.Now().Format("15:04:05.000"))
 	nl := r.leader(t)
 	t.Logf("new leader %s %.1fs after the kill", r.coords[nl].Name, time.Since(killed).Seconds())
 	in := c.wait(t, instLimit)
+	for _, o := range r.v.Ops(c.started, "set") {
+		t.Logf("BMC chassis_control after the rescue: %s %s", o.At.Format("15:04:05.000"), o.Args)
+	}
+	// The intents' record from the unrescue before to now (the node's
+	// history), for a reader of this log.
+	var hist []proto.HistoryEvent
+	if _, err := r.l.call("GET", "/v1/nodes/"+r.node+"/history", nil, &hist); err == nil {
+		for _, e := range hist {
+			if strings.HasPrefix(e.Kind, "intent") && e.Time.After(c.started.Add(-15*time.Second)) {
+				t.Logf("history: %s %s %s %q", e.Time.Format("15:04:05.000"), e.Kind, e.User, e.Message)
+			}
+		}
+	}
 	r.rescueTiming(t, "rescue (flavor's image), leader killed between the switch and the reboot", c)
 	r.checkRescue(t, in, rescueFlavor, "")
 }
