@@ -311,6 +311,7 @@ func (o *oob) waitNode(t *testing.T, limit time.Duration, what string, cond func
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
+		n = proto.Node{} // decoded afresh: an omitted field must not keep an earlier poll's value
 		_, last = o.l.call("GET", "/v1/nodes/"+o.node, nil, &n)
 		if last == nil && cond(n) {
 			return n
