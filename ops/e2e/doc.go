@@ -64,6 +64,31 @@
 // and an inspect that finds a disk added while the VM was off. It skips
 // (fails under CI) when the ramdisk has no mflab or mdadm.
 //
+// TestInstancesQEMU (instances_test.go, instimage_test.go) runs an
+// instance's life through the CLI on a VM behind the virtual BMC whose
+// boot device "default" boots its disks (vmSpec.DiskBoot), in BIOS and
+// UEFI (OVMF) labs run in parallel: a disk image the test builds (BIOS:
+// an MBR boot sector printing a marker on COM1, raw; UEFI: GRUB as
+// EFI/BOOT/BOOTX64.EFI on an mtools FAT ESP in a GPT disk, gzip'd) is
+// deployed (`instance create --wait`; BIOS forced with --node, UEFI
+// scheduled) to the smaller of two disks, whose bytes the test checks
+// from the host, and boots (the marker on the serial console); rescue
+// with the instance's rescue image and a password (the serial shell
+// through `node console` answers, SSH for user rescue, dd's raw write
+// rate of the other disk), unrescue (the marker again, the disk's bytes
+// unchanged, boot config local-disk with nothing saved), rescue with the
+// flavor's image, unrescue, and delete (the disks' first and last MiB
+// zero, wipefs finds nothing). The BIOS lab runs three coordinators and
+// a fault in each rescue or unrescue: the rack agent killed as the
+// rescue ramdisk's /init runs (started again on its data dir), the VM's
+// power cut during an unrescue (ipmi_sim held with SIGSTOP so that it is
+// before the agent's reboot), the leader killed between the rescue's
+// boot config switch and the reboot (the BMC held likewise). The
+// deploy's phases, the rescue and unrescue times and the write rates are
+// logged as Markdown rows. TestInstanceImagesQEMU boots the two images
+// in QEMU alone. They need grub-efi-amd64-bin and mtools (UEFI image),
+// and skip (fail under CI) when the ramdisk has no rescue mode.
+//
 // The tests skip unless METALFLEET_E2E=1 (`make e2e` sets it), so that
 // `go test ./...` stays fast. Then they need root, ip(8), /dev/net/tun,
 // qemu-system-x86_64 and the NIC's iPXE ROM (Debian packages
@@ -109,6 +134,8 @@
 //	METALFLEET_BIN=PATH    the metalfleet binary (relative: from the repository's root;
 //	                       default: built for the test)
 //	METALFLEET_E2E_UEFI=1  run the UEFI (OVMF) variant too
+//	METALFLEET_E2E_INSTANCES  bios or uefi: TestInstancesQEMU runs that lab only
+//	METALFLEET_E2E_IMAGE_MIB  the BIOS instance image's size (default 24; 1024 for BENCHMARKS.md)
 //	METALFLEET_E2E_IPV6    ra (default), on or off; see above
 //	METALFLEET_E2E_RAMDISK=DIR  the kernel and ramdisk of DIR (ops/ramdisk/build.sh OUT=DIR)
 //	                       instead of build/ramdisk, which is built when missing
