@@ -166,6 +166,13 @@ func (g *imageGate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Write(g.body)
 }
 
+// requests is how many requests the server had.
+func (g *imageGate) requests() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.hits
+}
+
 func (g *imageGate) hold() {
 	g.mu.Lock()
 	g.gate = make(chan struct{})
@@ -553,7 +560,7 @@ func TestInstanceLifeFaults(t *testing.T) {
 	running := r.waitStepRunning(t, deployTask, proto.StepNameWrite)
 	li, killed := r.killLeader(t)
 	t.Logf("phase 1 deploy: leader %s SIGKILLed %.2fs after the create, while step write ran (started %.2fs before; the image held by the test's server, %d request(s))",
-		r.procs[li].ID, killed.Sub(created).Seconds(), killed.Sub(running.CurrentStep().StartedAt).Seconds(), r.image.hits)
+		r.procs[li].ID, killed.Sub(created).Seconds(), killed.Sub(running.CurrentStep().StartedAt).Seconds(), r.image.requests())
 	r.image.open()
 	_, seen := r.waitInstance(t, 3*time.Minute, proto.InstanceRunning)
 	done, _ := r.waitTaskEnded(t, deployTask, time.Minute)
@@ -660,6 +667,7 @@ func (r *instRig) unrescueLeaderKill(t *testing.T, disk string) {
 func (r *instRig) rescueAgentKill(t *testing.T, disk string) {
 	t.Helper()
 	from := len(r.host.Serial().Log())
+	boots := r.host.Boots()
 	start := time.Now()
 	retry503(t, 30*time.Second, "POST rescue", func() error {
 		_, err := r.all.RescueInstance(Ctx(t, 20*time.Second), r.inst, proto.RescueRequest{})
@@ -678,7 +686,7 @@ func (r *instRig) rescueAgentKill(t *testing.T, disk string) {
 	r.agent.Start(t)
 	t.Logf("phase 4 rescue: rack agent restarted on its data dir %.2fs after the kill (the machine: %q)", time.Since(killed).Seconds(), saw)
 	_, seen := r.waitInstance(t, 3*time.Minute, proto.InstanceRescue)
-	t.Logf("phase 4 rescue: instance rescue %.2fs after the kill (%.2fs after the POST); the machine booted %d times in all", seen.Sub(killed).Seconds(), seen.Sub(start).Seconds(), r.host.Boots())
+	t.Logf("phase 4 rescue: instance rescue %.2fs after the kill (%.2fs after the POST); %d power-on boot(s) of the machine since the POST (a failed network boot starts over within one)", seen.Sub(killed).Seconds(), seen.Sub(start).Seconds(), r.host.Boots()-boots)
 	r.checkRescue(t, "phase 4 rescue (agent killed)", disk)
 }
 
@@ -833,10 +841,14 @@ func (r *instRig) deleteLeaderKill(t *testing.T, disk string) {
 	file := r.diskFile(t, disk)
 	from := len(r.host.Serial().Log())
 	start := time.Now()
-	retry503(t, 30*time.Second, "DELETE instance", func() error {
-		_, err := r.all.DeleteInstance(Ctx(t, 20*time.Second), r.inst)
+	var del *proto.Instance
+	retry503(t, 30*time.Second, "DELETE instance", func() (err error) {
+		del, err = r.all.DeleteInstance(Ctx(t, 20*time.Second), r.inst)
 		return err
 	})
+	if del.State != proto.InstanceDeleting || del.Task == "" {
+		t.Fatalf("DELETE answered instance %s task %q, want deleting with a clean task", del.State, del.Task)
+	}
 	r.consoleSince(t, from, time.Minute, "the machine running the clean", "sim: ramdisk: running task clean")
 	li, killed := r.killLeader(t)
 	t.Logf("phase 8 delete: leader %s SIGKILLed %.2fs after the DELETE, as the clean ramdisk started its task", r.procs[li].ID, killed.Sub(start).Seconds())
@@ -855,6 +867,17 @@ func (r *instRig) deleteLeaderKill(t *testing.T, disk string) {
 	})
 	n := r.waitNode(t, time.Minute, "the node available", func(n *proto.Node) bool { return n.ProvisionState == proto.StateAvailable })
 	t.Logf("phase 8 delete: instance gone %.2fs after the kill (%.2fs after the DELETE)", gone.Sub(killed).Seconds(), gone.Sub(start).Seconds())
+	if clean, err := r.all.Task(Ctx(t, 5*time.Second), r.node, del.Task); err != nil {
+		t.Errorf("clean task %s: %v", del.Task, err)
+	} else if s := stepByName(clean, proto.StepNameErase); clean.State != proto.TaskSucceeded || s.State != proto.StepPassed {
+		t.Errorf("clean task %s %s, erase %s (%q): want succeeded", clean.ID, clean.State, s.State, s.Error)
+	} else {
+		t.Logf("phase 8 delete: clean task %s: erase step started %.2fs %s the kill, its result recorded %.2fs after it", clean.ID,
+			s.StartedAt.Sub(killed).Abs().Seconds(), map[bool]string{true: "after", false: "before"}[s.StartedAt.After(killed)], s.EndedAt.Sub(killed).Seconds())
+		if !s.EndedAt.After(killed) {
+			t.Errorf("the erase step ended before the kill: the kill did not land during the clean")
+		}
+	}
 	if n.Boot != nil || n.SavedBoot != nil || n.Task != "" || n.InstanceUUID != "" {
 		t.Errorf("after delete: node boot %+v saved %+v task %q instance %q: want none", n.Boot, n.SavedBoot, n.Task, n.InstanceUUID)
 	}
