@@ -44,8 +44,8 @@ ramdisk: ## build the task ramdisk (nodeagent as /init), its kernel and BUILD-IN
 	ops/ramdisk/build.sh
 
 .PHONY: e2e
-e2e: deps build ramdisk ## boot QEMU VMs (BIOS and UEFI) from a rack agent: discovery, and power, boot device, power sync and console through a virtual BMC (root)
-	METALFLEET_E2E=1 METALFLEET_E2E_UEFI=1 METALFLEET_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 15m -v -run QEMU ./ops/e2e/
+e2e: deps build ramdisk ## boot QEMU VMs (BIOS and UEFI) from a rack agent: discovery; power, boot device, power sync and console through a virtual BMC; servicing tasks; instances: deploy, rescue, unrescue, delete, with faults (root)
+	METALFLEET_E2E=1 METALFLEET_E2E_UEFI=1 METALFLEET_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 30m -v -run QEMU ./ops/e2e/
 
 .PHONY: drill-linearizable
 drill-linearizable: build ## linearizability drill: 3 coordinator processes, KILLS (60) leader SIGKILLs and cluster restarts, checked with porcupine
