@@ -395,6 +395,27 @@ func diskSum(t *testing.T, f string, n int) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
+// drainArrived forgets the held calls an earlier phase left reported.
+func (g *gatedPower) drainArrived() {
+	for {
+		select {
+		case <-g.arrived:
+		default:
+			return
+		}
+	}
+}
+
+// heldNow says which held call reached the BMC so far ("" for none).
+func (g *gatedPower) heldNow() string {
+	select {
+	case a := <-g.arrived:
+		return a
+	default:
+		return ""
+	}
+}
+
 // localDisk says whether b is the local-disk boot config and nothing else.
 func localDisk(b *proto.BootConfig) bool {
 	return b != nil && b.Kind == proto.BootLocalDisk && b.Kernel == nil && b.Initrd == nil && b.TaskToken == ""
@@ -604,6 +625,7 @@ func (r *instRig) rescueLeaderKill(t *testing.T, disk string) {
 	t.Helper()
 	li := leaderOf(t, r.procs, r.token)
 	boots := r.host.Boots()
+	r.power.drainArrived()
 	r.power.hold(false)
 	start := time.Now()
 	if _, err := r.all.RescueInstance(Ctx(t, 20*time.Second), r.inst, proto.RescueRequest{}); err != nil {
@@ -614,9 +636,10 @@ func (r *instRig) rescueLeaderKill(t *testing.T, disk string) {
 	r.procs[li].Kill()
 	killed := time.Now()
 	rebooted := r.host.Boots() != boots
+	held := r.power.heldNow()
 	r.power.free()
-	t.Logf("phase 2 rescue: leader %s SIGKILLed %.1fms after the rescue POST returned (%.1fms for the POST); the machine rebooted before the kill: %v",
-		r.procs[li].ID, float64(killed.Sub(posted).Microseconds())/1000, float64(posted.Sub(start).Microseconds())/1000, rebooted)
+	t.Logf("phase 2 rescue: leader %s SIGKILLed %.1fms after the rescue POST returned (%.1fms for the POST); the machine rebooted before the kill: %v; the agent's power action held at the BMC then: %q (\"\": not sent yet)",
+		r.procs[li].ID, float64(killed.Sub(posted).Microseconds())/1000, float64(posted.Sub(start).Microseconds())/1000, rebooted, held)
 	if rebooted {
 		t.Errorf("the machine rebooted before the kill: the kill was not between the switch and the reboot")
 	}
@@ -636,6 +659,7 @@ func (r *instRig) unrescueLeaderKill(t *testing.T, disk string) {
 	t.Helper()
 	li := leaderOf(t, r.procs, r.token)
 	boots := r.host.Boots()
+	r.power.drainArrived()
 	r.power.hold(false)
 	start := time.Now()
 	if _, err := r.all.UnrescueInstance(Ctx(t, 20*time.Second), r.inst); err != nil {
@@ -646,9 +670,10 @@ func (r *instRig) unrescueLeaderKill(t *testing.T, disk string) {
 	r.procs[li].Kill()
 	killed := time.Now()
 	rebooted := r.host.Boots() != boots
+	held := r.power.heldNow()
 	r.power.free()
-	t.Logf("phase 3 unrescue: leader %s SIGKILLed %.1fms after the unrescue POST returned; the machine rebooted before the kill: %v",
-		r.procs[li].ID, float64(killed.Sub(posted).Microseconds())/1000, rebooted)
+	t.Logf("phase 3 unrescue: leader %s SIGKILLed %.1fms after the unrescue POST returned; the machine rebooted before the kill: %v; the agent's power action held at the BMC then: %q (\"\": not sent yet)",
+		r.procs[li].ID, float64(killed.Sub(posted).Microseconds())/1000, rebooted, held)
 	if rebooted {
 		t.Errorf("the machine rebooted before the kill: the kill was not between the switch and the reboot")
 	}
@@ -682,7 +707,7 @@ func (r *instRig) rescueAgentKill(t *testing.T, disk string) {
 	t.Logf("phase 4 rescue: rack agent SIGKILLed %.2fs after the rescue POST; the console's last line then: %q", killed.Sub(start).Seconds(), at)
 	from2 := len(r.host.Serial().Log())
 	saw := r.consoleSince(t, from2, 30*time.Second, "the machine's boot to fail for the dead agent",
-		"boot failed", "report failed; retrying", "the agent refuses connections", "rebooting")
+		"boot failed", "rebooting", "msg=retrying", "report failed; retrying", "the agent refuses connections")
 	r.agent.Start(t)
 	t.Logf("phase 4 rescue: rack agent restarted on its data dir %.2fs after the kill (the machine: %q)", time.Since(killed).Seconds(), saw)
 	_, seen := r.waitInstance(t, 3*time.Minute, proto.InstanceRescue)
@@ -702,10 +727,7 @@ func (r *instRig) unrescuePowerCut(t *testing.T, disk string, beforeRead bool) {
 	}
 	r.power.hold(beforeRead)
 	defer r.power.free()
-	// Drain what an earlier phase left.
-	for len(r.power.arrived) > 0 {
-		<-r.power.arrived
-	}
+	r.power.drainArrived()
 	start := time.Now()
 	var in *proto.Instance
 	retry503(t, 30*time.Second, "POST unrescue", func() (err error) {
