@@ -60,6 +60,18 @@ func TestScriptFloodMakesNoReports(t *testing.T) {
 	if got := h.reporter.take(); len(got) != 1 {
 		t.Fatalf("a script GET 5 s later made %d reports, want 1", len(got))
 	}
+	// The node's boot config becomes its local disk (an unrescue): its
+	// next script, within the same second, is reported (the coordinator
+	// sees the node take the local-boot path), and only once.
+	n := ramdiskNode()
+	n.Boot = proto.BootConfig{Kind: proto.BootLocalDisk}
+	h.backend.addNode(n)
+	for range 3 {
+		h.serveFrom("10.1.0.2:4000", "GET", "/boot/aa:bb:cc:00:00:02.ipxe", nil, "")
+	}
+	if got := h.reporter.take(); len(got) != 1 || got[0].Event != "script" {
+		t.Fatalf("scripts of the same node booting its local disk now: reports %+v, want one", got)
+	}
 }
 
 // TestDiscoveryInventoryBinding: the inventory of a discovery boot is

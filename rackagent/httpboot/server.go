@@ -270,19 +270,26 @@ func (s *Server) handleScript(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	log.Debug("served boot script", "kind", boot.Kind, "task", boot.Task)
-	s.bootEvent(proto.AgentReport{Event: "script", MAC: mac, Node: uuid})
+	// The limiter tells scripts apart by what they boot: a node that boots
+	// its local disk seconds after its rescue ramdisk must still be
+	// reported taking the local-boot path.
+	s.bootEventOf(proto.AgentReport{Event: "script", MAC: mac, Node: uuid}, string(boot.Kind))
 }
 
 // bootEvent reports a boot event of a known node, at most one per node
 // and event per BootEventEvery. An unknown MAC's is not reported: its
 // DHCP sighting already tells the coordinator of it (gathered per
 // interval, capped), and an unauthenticated GET must not become a report.
-func (s *Server) bootEvent(r proto.AgentReport) {
+func (s *Server) bootEvent(r proto.AgentReport) { s.bootEventOf(r, "") }
+
+// bootEventOf is bootEvent with the limiter keyed also by what the node
+// boots (kind).
+func (s *Server) bootEventOf(r proto.AgentReport, kind string) {
 	if r.Node == "" {
 		return
 	}
 	now := s.now()
-	if !s.events.allow(r.Node, r.Event, now) {
+	if !s.events.allow(r.Node, r.Event+"\x00"+kind, now) {
 		return
 	}
 	r.Kind, r.Time = proto.ReportBootEvent, now
