@@ -105,17 +105,18 @@ func (s *fakeSource) set(nodes ...proto.BootNode) {
 // next calls only; and it counts opens, closes, calls and calls in
 // flight. Driver "powertest", by address.
 type testBMC struct {
-	mu         sync.Mutex
-	stuck      bool                 // power actions are accepted and do nothing
-	afterApply proto.BMCErrorKind   // power actions act, then fail with this kind
-	failNext   []proto.BMCErrorKind // the next calls fail with these kinds
-	gate       chan struct{}        // calls wait until it is closed
-	opens      int
-	closes     int
-	calls      int
-	inflight   int
-	maxFlight  int
-	budget     map[string]time.Duration // op -> time left to the call's deadline when it entered
+	mu          sync.Mutex
+	stuck       bool                 // power actions are accepted and do nothing
+	afterApply  proto.BMCErrorKind   // power actions act, then fail with this kind
+	lossOnReset bool                 // the power is lost just before a reset arrives (once)
+	failNext    []proto.BMCErrorKind // the next calls fail with these kinds
+	gate        chan struct{}        // calls wait until it is closed
+	opens       int
+	closes      int
+	calls       int
+	inflight    int
+	maxFlight   int
+	budget      map[string]time.Duration // op -> time left to the call's deadline when it entered
 }
 
 var testBMCs sync.Map // address -> *testBMC
@@ -214,6 +215,10 @@ func (d *testDriver) Power(ctx context.Context, a bmc.PowerAction) error {
 	defer leave()
 	d.t.mu.Lock()
 	stuck, after := d.t.stuck, d.t.afterApply
+	if a == bmc.PowerReset && d.t.lossOnReset {
+		d.t.lossOnReset = false
+		d.fake.SetPower(proto.PowerOff)
+	}
 	d.t.mu.Unlock()
 	if stuck {
 		return nil

@@ -580,7 +580,19 @@ func (m *Manager) act(ctx context.Context, uuid string, a bmc.PowerAction, want 
 		// A power action may take longer than a read: a Redfish BMC
 		// answers 202 and the driver follows its task monitor.
 		err := m.call(withCallTimeout(ctx, m.cfg.SettleTimeout), uuid, func(ctx context.Context, d bmc.Driver) error { return d.Power(ctx, a) })
-		if err == nil || !retryable(err) || ctx.Err() != nil {
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		if !retryable(err) {
+			if a == bmc.PowerReset && bmc.KindOf(err) == proto.BMCErrRefused {
+				// Refused: the node may have lost its power since it was
+				// read on. An off node was not reset; a reboot of an off
+				// node powers it on.
+				if ps, rerr := m.readPower(ctx, uuid); rerr == nil && ps == proto.PowerOff && try < m.cfg.Tries {
+					a = bmc.PowerOn
+					continue
+				}
+			}
 			return err
 		}
 		// The BMC may have acted: read before anything else.

@@ -735,3 +735,28 @@ func TestRecordWriteFailureRetried(t *testing.T) {
 		t.Errorf("BMC actions = %v, want one power on", got)
 	}
 }
+
+// TestRebootPowerLostBeforeReset: the node is on when a reboot reads it,
+// then loses power before the reset arrives; the BMC refuses the reset
+// (the chassis is off). The agent reads the power again and, finding it
+// off, powers it on: what a reboot of an off node does. (Before, the
+// reboot failed and the node stayed off: an unrescue then waited for its
+// timeout.)
+func TestRebootPowerLostBeforeReset(t *testing.T) {
+	h := newHarness(t, Config{})
+	a := addr(t, "lost")
+	tb := testBMCFor(a)
+	tb.mu.Lock()
+	tb.lossOnReset = true
+	tb.mu.Unlock()
+	fb := bmc.FakeFor(a)
+	fb.SetPower(proto.PowerOn)
+	h.src.set(node("n1", "powertest", a, powerIntent(3, proto.PowerTargetReboot)))
+	r := h.waitReports(proto.ReportBMC, 1, 0)[0]
+	if r.Error != "" || r.PowerState != proto.PowerOn {
+		t.Fatalf("report = %+v, want the reboot done, power on", r)
+	}
+	if got := fb.Actions(); !slices.Equal(got, []bmc.PowerAction{bmc.PowerOn}) {
+		t.Errorf("BMC actions = %v, want one power-on (the refused reset did nothing)", got)
+	}
+}
