@@ -418,6 +418,15 @@ func diskBooted(tx *state.Tx, n *proto.Node, how string, at time.Time) {
 				dev = x
 			}
 		}
+		if reboot != nil && reboot.Done && reboot.Error != "" && in.LastError == "" {
+			// Said on the instance: it waits for the node to take the
+			// local-boot path (an operator powering it on), else its
+			// timeout.
+			c := cloneInstance(in)
+			c.LastError, c.UpdatedAt = "the reboot into the disk failed: "+reboot.Error+"; power the node on (it is running once it boots its disk), or it goes to error at its timeout", at
+			tx.PutInstance(c)
+			return
+		}
 		if reboot == nil || !reboot.Done || reboot.Error != "" || dev == nil || !dev.Done {
 			return
 		}

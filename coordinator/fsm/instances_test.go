@@ -405,8 +405,14 @@ func TestInstanceDeployBMCRefusedBootDevice(t *testing.T) {
 	h2.stepResult("w", in.Task, proto.StepNameWrite, true, "", at)
 	h2.must(bmcReport(gen+1, proto.ActionBootDevice, "", at.Add(time.Second)))
 	h2.must(bmcReport(gen+2, proto.ActionPower, "BMC busy", at.Add(2*time.Second)))
-	if st := h2.inst("web1").State; st != proto.InstanceBuilding {
-		t.Fatalf("instance %s after a failed reboot, want building", st)
+	if got := h2.inst("web1"); got.State != proto.InstanceBuilding || !strings.Contains(got.LastError, "the reboot into the disk failed: BMC busy") {
+		t.Fatalf("instance %s %q after a failed reboot, want building, saying the reboot failed", got.State, got.LastError)
+	}
+	// The operator powers it on; it takes the local-boot path: running,
+	// the message gone.
+	h2.must(bootEvent("on", "script", at.Add(time.Minute)))
+	if got := h2.inst("web1"); got.State != proto.InstanceRunning || got.LastError != "" {
+		t.Fatalf("instance %s %q after the local boot, want running without last_error", got.State, got.LastError)
 	}
 }
 
