@@ -281,6 +281,9 @@ func (s *rescueSSH) serve(ctx context.Context, ln net.Listener) {
 		ln.Close()
 	}()
 	cfg := s.config()
+	// serve returns once its connections have (they end with ctx).
+	var conns sync.WaitGroup
+	defer conns.Wait()
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -296,7 +299,9 @@ func (s *rescueSSH) serve(ctx context.Context, ln net.Listener) {
 			c.Close()
 			continue
 		}
+		conns.Add(1)
 		go func() {
+			defer conns.Done()
 			defer func() { <-s.sem }()
 			s.conn(ctx, c, cfg)
 		}()
