@@ -67,7 +67,7 @@
 // TestInstancesQEMU (instances_test.go, instimage_test.go) runs an
 // instance's life through the CLI on a VM behind the virtual BMC whose
 // boot device "default" boots its disks (vmSpec.DiskBoot), in BIOS and
-// UEFI (OVMF) labs run in parallel: a disk image the test builds (BIOS:
+// UEFI (OVMF) labs, one after the other: a disk image the test builds (BIOS:
 // an MBR boot sector printing a marker on COM1, raw; UEFI: GRUB as
 // EFI/BOOT/BOOTX64.EFI on an mtools FAT ESP in a GPT disk, gzip'd) is
 // deployed (`instance create --wait`; BIOS forced with --node, UEFI
