@@ -111,11 +111,20 @@ func RenderScript(p ScriptParams) (string, error) {
 		return "", fmt.Errorf("the kernel command line would be %d bytes; Linux keeps only %d", len(cmdline), maxCmdline)
 	}
 
+	// A download or boot that fails (the agent restarting, a cut
+	// transfer) network-boots the machine again after a pause rather
+	// than fall through to "no bootable device" and sit there until a
+	// task's timeout: the next boot asks DHCP anew (the rack's other
+	// agent answers if this one is gone).
 	var b strings.Builder
 	b.WriteString("#!ipxe\n")
-	b.WriteString("kernel " + kernel + " " + cmdline + "\n")
-	b.WriteString("initrd " + initrd + "\n")
-	b.WriteString("boot\n")
+	b.WriteString("kernel " + kernel + " " + cmdline + " || goto failed\n")
+	b.WriteString("initrd " + initrd + " || goto failed\n")
+	b.WriteString("boot || goto failed\n")
+	b.WriteString(":failed\n")
+	b.WriteString("echo metalfleet: the boot files could not be fetched or booted, network-booting again in 10 s\n")
+	b.WriteString("sleep 10\n")
+	b.WriteString("reboot\n")
 	return b.String(), nil
 }
 
