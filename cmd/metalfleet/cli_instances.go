@@ -92,19 +92,9 @@ func newInstanceCreateCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var in *proto.Instance
-			for deadline := time.Now().Add(30 * time.Second); ; {
-				in, err = c.CreateInstance(cmd.Context(), req)
-				var ae *apiclient.Error
-				if err == nil {
-					break
-				}
-				if !errors.As(err, &ae) || ae.Code != proto.CodeNoLeader && ae.Code != proto.CodeTimeout || time.Now().After(deadline) {
-					return err
-				}
-				if err := pause(cmd.Context(), 500*time.Millisecond); err != nil {
-					return err
-				}
+			in, err := retryWrite(cmd.Context(), func() (*proto.Instance, error) { return c.CreateInstance(cmd.Context(), req) })
+			if err != nil {
+				return err
 			}
 			if wait {
 				if in, err = waitInstance(cmd.Context(), c, in.UUID, timeout, func(in *proto.Instance, _ bool) bool {

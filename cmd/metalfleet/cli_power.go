@@ -64,6 +64,23 @@ func retryIntent(ctx context.Context, c *apiclient.Client, node string, wait tim
 	return out, nil
 }
 
+// retryWrite sends a request carrying a request id until it is answered,
+// for up to 30 s while the answer is lost to a leader change (the id
+// makes the coordinator record it once).
+func retryWrite[T any](ctx context.Context, send func() (T, error)) (T, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		v, err := send()
+		var ae *apiclient.Error
+		if err == nil || !errors.As(err, &ae) || ae.Code != proto.CodeNoLeader && ae.Code != proto.CodeTimeout || time.Now().After(deadline) {
+			return v, err
+		}
+		if err := pause(ctx, 500*time.Millisecond); err != nil {
+			return v, err
+		}
+	}
+}
+
 func pause(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()

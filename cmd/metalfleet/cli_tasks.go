@@ -66,19 +66,9 @@ it fails; with -o json the progress goes to stderr and stdout gets the task.`,
 				return err
 			}
 			req := proto.TaskRequest{Kind: kind, Params: pm, Timeout: proto.Duration(timeout), RequestID: uuid.NewString()}
-			var t *proto.Task
-			for deadline := time.Now().Add(30 * time.Second); ; {
-				t, err = c.CreateTask(cmd.Context(), a[0], req)
-				var ae *apiclient.Error
-				if err == nil {
-					break
-				}
-				if !errors.As(err, &ae) || ae.Code != proto.CodeNoLeader && ae.Code != proto.CodeTimeout || time.Now().After(deadline) {
-					return err
-				}
-				if err := pause(cmd.Context(), 500*time.Millisecond); err != nil {
-					return err
-				}
+			t, err := retryWrite(cmd.Context(), func() (*proto.Task, error) { return c.CreateTask(cmd.Context(), a[0], req) })
+			if err != nil {
+				return err
 			}
 			if !wait {
 				if g.json() {
