@@ -244,14 +244,8 @@ func (r *taskRunner) deployArtifact() (*proto.DeployParams, proto.Artifact, erro
 	if p == nil {
 		return nil, proto.Artifact{}, errors.New("no deploy params")
 	}
-	a, ok := r.plan.Artifacts[p.Image]
-	if !ok || a.URL == "" {
-		return p, a, fmt.Errorf("image %q is not among the plan's artifacts", p.Image)
-	}
-	if _, err := hex.DecodeString(a.SHA256); err != nil || len(a.SHA256) != 64 {
-		return p, a, fmt.Errorf("image %q: sha256 %q is not 64 hex digits", p.Image, a.SHA256)
-	}
-	return p, a, nil
+	a, err := r.planArtifact(p.Image)
+	return p, a, err
 }
 
 // deployWrite is the write step.

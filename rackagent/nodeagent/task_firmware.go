@@ -46,14 +46,21 @@ func (r *taskRunner) firmwareArtifact() (*proto.FirmwareParams, proto.Artifact, 
 	if p == nil {
 		return nil, proto.Artifact{}, errors.New("no firmware params")
 	}
-	a, ok := r.plan.Artifacts[p.Image]
+	a, err := r.planArtifact(p.Image)
+	return p, a, err
+}
+
+// planArtifact returns the plan's artifact of the named image, its URL
+// set and its sha256 well formed.
+func (r *taskRunner) planArtifact(image string) (proto.Artifact, error) {
+	a, ok := r.plan.Artifacts[image]
 	if !ok || a.URL == "" {
-		return p, a, fmt.Errorf("image %q is not among the plan's artifacts", p.Image)
+		return a, fmt.Errorf("image %q is not among the plan's artifacts", image)
 	}
 	if _, err := hex.DecodeString(a.SHA256); err != nil || len(a.SHA256) != 64 {
-		return p, a, fmt.Errorf("image %q: sha256 %q is not 64 hex digits", p.Image, a.SHA256)
+		return a, fmt.Errorf("image %q: sha256 %q is not 64 hex digits", image, a.SHA256)
 	}
-	return p, a, nil
+	return a, nil
 }
 
 // firmwareDownload fetches the image through the agent's cache, checks
