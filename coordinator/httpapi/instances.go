@@ -71,10 +71,10 @@ func (a *API) createInstance(c *call) (any, error) {
 	}
 	var tried []string
 	for i := 0; i < scheduleTries; i++ {
-		load := a.rackLoad()
 		var n *proto.Node
 		var nf *proto.NoFit
 		st.ReadNodes(func(all []*proto.Node) {
+			load := rackLoad(all)
 			if len(tried) > 0 {
 				all = slices.DeleteFunc(slices.Clone(all), func(n *proto.Node) bool { return slices.Contains(tried, n.UUID) })
 			}
@@ -113,12 +113,12 @@ func (a *API) createInstance(c *call) (any, error) {
 	return nil, proto.Errorf(proto.CodeConflict, "no node could be bound for instance %s: the %d nodes chosen were taken meanwhile; retry", req.Name, len(tried))
 }
 
-// rackLoad counts the instances per rack, for the scheduler's spread.
-func (a *API) rackLoad() map[string]int {
+// rackLoad counts the nodes holding an instance per rack, for the
+// scheduler's spread (read with the nodes, copying none).
+func rackLoad(nodes []*proto.Node) map[string]int {
 	load := map[string]int{}
-	st := a.b.Store()
-	for _, in := range st.Instances("") {
-		if n, ok := st.Node(in.Node); ok {
+	for _, n := range nodes {
+		if n.InstanceUUID != "" {
 			load[n.Rack]++
 		}
 	}
