@@ -44,7 +44,9 @@ func (s InstanceState) Valid() bool {
 }
 
 // Instance state timeouts: a busy instance that has not moved on by then
-// goes to error and its node is powered off.
+// goes to error and its node is powered off. While the instance's task
+// (deploy, clean, rescue) runs, the task's own progress timeout applies
+// instead (a full erase of a large disk takes hours but reports progress).
 var InstanceTimeouts = map[InstanceState]time.Duration{
 	InstanceBuilding:   time.Hour,
 	InstanceRescuing:   30 * time.Minute,

@@ -226,10 +226,12 @@ func CanAbort(t *proto.Task) error {
 	return nil
 }
 
-// tail keeps the last n bytes of s.
+// tail keeps the last n bytes of s, as valid UTF-8 (a cut may split a
+// character; every replica, restored from a snapshot or not, holds the
+// same string).
 func tail(s string, n int) string {
 	if len(s) <= n {
-		return s
+		return strings.ToValidUTF8(s, "")
 	}
-	return s[len(s)-n:]
+	return strings.ToValidUTF8(s[len(s)-n:], "")
 }

@@ -146,14 +146,14 @@ func applyInstanceCreate(tx *state.Tx, c *InstanceCreate) (any, error) {
 	in.CreatedAt, in.UpdatedAt = c.Now, c.Now
 	n = n.Clone()
 	n.InstanceUUID, n.UpdatedAt = in.UUID, c.Now
-	tx.AppendHistory(n.UUID, proto.HistoryEvent{Time: c.Now, Kind: "instance", User: c.By,
-		Message: fmt.Sprintf("instance %s (%s) bound%s", in.Name, in.UUID, ifStr(c.Forced, " (forced by an administrator)"))})
 	if c.Forced {
 		// A forced create is never queued: its deploy starts now.
 		if err := startDeploy(tx, n, &in, f, c.Agent, c.Key, c.Now); err != nil {
 			return nil, err
 		}
 	}
+	tx.AppendHistory(n.UUID, proto.HistoryEvent{Time: c.Now, Kind: "instance", User: c.By,
+		Message: fmt.Sprintf("instance %s (%s) bound%s", in.Name, in.UUID, ifStr(c.Forced, " (forced by an administrator)"))})
 	tx.PutNode(n)
 	tx.PutInstance(&in)
 	return cloneInstance(&in), nil
@@ -691,6 +691,9 @@ func applyInstanceTimeout(tx *state.Tx, c *InstanceTimeout) (any, error) {
 	in := tx.Instance(c.Ref)
 	if in == nil || in.State != c.State || !decide.InstanceTimedOut(in, c.Now) {
 		return nil, nil
+	}
+	if t := tx.Task(in.Task); t != nil && !t.State.Ended() {
+		return nil, nil // a running task times out by its own progress (TaskTimeout)
 	}
 	n := tx.Node(in.Node)
 	if n == nil {

@@ -806,6 +806,24 @@ func TestInstanceTimeout(t *testing.T) {
 			if v := h.must(InstanceTimeout{Ref: "web1", State: proto.InstanceRunning, Agent: "a1", Now: start.Add(10 * limit)}); v != nil || instBytes(h) != before {
 				t.Fatalf("a timeout for another state = %+v or changed the state", v)
 			}
+			if task != "" {
+				// While its task runs, the task's own progress timeout
+				// applies (a full erase takes hours, reporting progress).
+				if v := h.must(InstanceTimeout{Ref: "web1", State: st, Agent: "a1", Now: start.Add(limit + time.Second)}); v != nil || instBytes(h) != before {
+					t.Fatalf("an instance timeout while its task %s runs = %+v or changed the state, want nothing", task, v)
+				}
+				tk := h.task(task)
+				h.must(TaskTimeout{Task: task, Agent: "a1", Now: tk.ProgressAt.Add(time.Duration(tk.Timeout) + time.Second)})
+				got := h.inst("web1")
+				if got.State != proto.InstanceError || !strings.Contains(got.LastError, "no progress for") {
+					t.Fatalf("task timed out: instance %s last_error %q, want error saying no progress", got.State, got.LastError)
+				}
+				wantPoweredOffNotRamdisk(t, node1(h), "no progress for")
+				if tk := h.task(task); tk.State != proto.TaskFailed || tk.CurrentStep() == nil || tk.CurrentStep().State != proto.StepFailed {
+					t.Errorf("the instance's task %s is %s, want failed with its step failed", task, tk.State)
+				}
+				return
+			}
 			got := h.must(InstanceTimeout{Ref: "web1", State: st, Agent: "a1", Now: start.Add(limit + time.Second)}).(*proto.Instance)
 			if got.State != proto.InstanceError || !strings.Contains(got.LastError, string(st)+" for ") || !strings.Contains(got.LastError, "longer than its timeout ("+limit.String()+")") {
 				t.Fatalf("timed out: instance %s last_error %q, want error naming the state and its timeout", got.State, got.LastError)
@@ -828,11 +846,12 @@ func TestInstanceTimeout(t *testing.T) {
 		rescued(h, proto.RescueRequest{}, tc0.Add(time.Hour))
 		h.stepResult("r", "t-rescue", proto.StepNameRescue, true, "", tc0.Add(time.Hour+time.Minute))
 		h.must(InstanceDelete{Ref: "web1", Agent: "a1", Now: start.Add(time.Hour)})
-		h.must(InstanceTimeout{Ref: "web1", State: proto.InstanceDeleting, Agent: "a1", Now: start.Add(4 * time.Hour)})
+		clean := h.task(h.inst("web1").Task)
+		h.must(TaskTimeout{Task: clean.ID, Agent: "a1", Now: clean.ProgressAt.Add(time.Duration(clean.Timeout) + time.Second)})
 		if st := h.inst("web1").State; st != proto.InstanceError {
 			t.Fatalf("instance %s, want error", st)
 		}
-		wantPoweredOffNotRamdisk(t, node1(h), "longer than its timeout")
+		wantPoweredOffNotRamdisk(t, node1(h), "no progress for")
 	})
 }
 
@@ -993,5 +1012,27 @@ func TestInstanceStartCannotStart(t *testing.T) {
 	}
 	if n := node1(h); n.InstanceUUID != "" || n.ProvisionState != proto.StateAvailable {
 		t.Fatalf("node = %s holding %q, want available and free", n.ProvisionState, n.InstanceUUID)
+	}
+}
+
+// TestInstanceRescueForgedInventory: a rescue image (chosen by a user)
+// that reports an inventory with its result does not replace the node's:
+// only inspect and raid tasks re-inventory.
+func TestInstanceRescueForgedInventory(t *testing.T) {
+	h := instFleet(t)
+	deployed(h)
+	before := string(node1(h).Inventory)
+	rescued(h, proto.RescueRequest{}, tc0.Add(time.Hour))
+	at := tc0.Add(time.Hour + time.Minute)
+	h.mustReport("rs", proto.StepReport{Task: "t-rescue", Step: proto.StepNameRescue, Index: 0, Event: proto.StepEventStart, Boot: "b"}, at)
+	forged := &proto.Inventory{Version: proto.InventoryVersion, System: proto.System{Vendor: "Forged", Product: "Big"},
+		CPUs: proto.CPUs{Count: 512}, Disks: []proto.Disk{{Name: "vda", Serial: "X", SizeBytes: 1 << 50}}}
+	h.mustReport("rr", proto.StepReport{Task: "t-rescue", Step: proto.StepNameRescue, Index: 0, Event: proto.StepEventResult, Passed: true,
+		Result: json.RawMessage(`{"serial_shell":true}`), Inventory: forged}, at)
+	if got := h.inst("web1").State; got != proto.InstanceRescue {
+		t.Fatalf("instance %s, want rescue", got)
+	}
+	if string(node1(h).Inventory) != before {
+		t.Fatalf("the rescue image's inventory replaced the node's: %s", node1(h).Inventory)
 	}
 }

@@ -3,6 +3,7 @@ package fsm
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/metalfleet/metalfleet/coordinator/decide"
@@ -209,6 +210,9 @@ func applyTaskStep(tx *state.Tx, node *proto.Node, r *proto.AgentReport) error {
 	if err := json.Unmarshal(r.Data, &sr); err != nil {
 		return proto.Errorf(proto.CodeInvalid, "data: not a step report: %v", err)
 	}
+	if err := sr.Validate(); err != nil {
+		return err
+	}
 	t := tx.Task(sr.Task)
 	if t == nil {
 		return proto.Errorf(proto.CodeNotFound, "task %q not found", sr.Task)
@@ -222,7 +226,9 @@ func applyTaskStep(tx *state.Tx, node *proto.Node, r *proto.AgentReport) error {
 	}
 	n := node.Clone()
 	step := next.Steps[sr.Index]
-	if sr.Event == proto.StepEventResult && sr.Passed && sr.Inventory != nil {
+	// Only the tasks that re-inventory replace the node's inventory (a
+	// rescue image, chosen by a user, must not forge one).
+	if sr.Event == proto.StepEventResult && sr.Passed && sr.Inventory != nil && (t.Kind == proto.TaskInspect || t.Kind == proto.TaskRAID) {
 		raw, err := json.Marshal(sr.Inventory)
 		if err != nil {
 			return proto.Errorf(proto.CodeInvalid, "inventory: %v", err)
@@ -329,15 +335,15 @@ func applyTaskTimeout(tx *state.Tx, c *TaskTimeout) (any, error) {
 	next := t.Clone()
 	next.State, next.EndedAt = proto.TaskFailed, c.Now
 	next.Error = fmt.Sprintf("task %s (%s) failed at step %d (%s): no progress for %s (its timeout)", t.ID, t.Kind, min(t.Current, len(t.Steps)-1)+1, stepName(t), time.Duration(t.Timeout))
+	if s := next.CurrentStep(); s != nil {
+		s.State, s.Error, s.EndedAt = proto.StepFailed, "timed out", c.Now
+	}
 	if isInstanceTask(t.Kind) {
 		if in := tx.Instance(n.InstanceUUID); in != nil && in.Task == t.ID {
 			tx.PutTask(next)
 			instanceFailed(tx, n.Clone(), cloneInstance(in), next.Error, c.Agent, c.Now)
 			return next.Clone(), nil
 		}
-	}
-	if s := next.CurrentStep(); s != nil {
-		s.State, s.Error, s.EndedAt = proto.StepFailed, "timed out", c.Now
 	}
 	endTask(tx, n.Clone(), next, c.Agent, c.Now)
 	tx.PutTask(next)
@@ -361,6 +367,9 @@ func applyTaskConsoleLog(tx *state.Tx, c *TaskConsoleLog) (any, error) {
 	if len(next.ConsoleLog) > proto.MaxTaskConsoleLog {
 		next.ConsoleLog = next.ConsoleLog[len(next.ConsoleLog)-proto.MaxTaskConsoleLog:]
 	}
+	// Valid UTF-8 (a cut may split a character): a snapshot restore then
+	// gives every replica the same string.
+	next.ConsoleLog = strings.ToValidUTF8(next.ConsoleLog, "")
 	if next.ConsoleLog == "" {
 		next.ConsoleLog = "(the console printed nothing)"
 	}

@@ -37,6 +37,15 @@ func (a *API) createInstance(c *call) (any, error) {
 		return nil, proto.Errorf(proto.CodeInvalid, "request_id: at most 64 bytes")
 	}
 	st := a.b.Store()
+	if req.RequestID != "" {
+		// A retry of a create already recorded (its answer lost to a
+		// failover): the same instance, before the node it bound, now
+		// taken, could refuse it.
+		if old, ok := st.Instance(req.Name); ok && old.Request == req.RequestID {
+			c.status = http.StatusCreated
+			return old, nil
+		}
+	}
 	f, ok := st.Flavor(req.Flavor)
 	if !ok {
 		return nil, proto.Errorf(proto.CodeInvalid, "flavor %q does not exist", req.Flavor)

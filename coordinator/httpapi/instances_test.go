@@ -329,9 +329,16 @@ func TestAPIInstanceLife(t *testing.T) {
 	steps := e.stepReporter()
 
 	var in proto.Instance
-	e.ok(http.StatusCreated, "POST", "/v1/instances", asAdmin, proto.InstanceRequest{Name: "web1", Flavor: "small", Image: "disk", Node: "n1"}, &in)
+	e.ok(http.StatusCreated, "POST", "/v1/instances", asAdmin, proto.InstanceRequest{Name: "web1", Flavor: "small", Image: "disk", Node: "n1", RequestID: "req-1"}, &in)
 	if in.State != proto.InstanceBuilding || !in.Forced || in.Node != n.UUID || in.Task == "" {
 		t.Fatalf("forced create = %+v, want building on n1 with a deploy task", in)
+	}
+	// The same request again (its answer lost to a failover): the same
+	// instance, although its node is now taken.
+	var again proto.Instance
+	e.ok(http.StatusCreated, "POST", "/v1/instances", asAdmin, proto.InstanceRequest{Name: "web1", Flavor: "small", Image: "disk", Node: "n1", RequestID: "req-1"}, &again)
+	if again.UUID != in.UUID || again.Task != in.Task {
+		t.Fatalf("a retried create = %+v, want the first (%s)", again, in.UUID)
 	}
 	if got := agent.Answer(""); got != 2 {
 		t.Fatalf("the agent answered %d intents, want 2 (boot device pxe, reboot)", got)

@@ -98,6 +98,9 @@ func (l *Leader) instanceTimeouts(ctx context.Context, now time.Time) {
 		if !in.State.Busy() || !decide.InstanceTimedOut(in, now) {
 			continue
 		}
+		if t, ok := st.Task(in.Task); ok && !t.State.Ended() {
+			continue // a running task times out by its own progress
+		}
 		agent := ""
 		if n, ok := st.Node(in.Node); ok && l.cfg.Tasks != nil {
 			agent = l.cfg.Tasks.PickAgent(n.Rack, n.UUID)

@@ -175,7 +175,7 @@ func hintMatches(h *proto.RootDeviceHint, d proto.Disk) bool {
 	if h.WWN != "" && normWWN(h.WWN) != normWWN(d.WWN) {
 		return false
 	}
-	if h.MinSizeGB > 0 && d.SizeBytes < h.MinSizeGB<<30 {
+	if h.MinSizeGB > 0 && d.SizeBytes>>30 < h.MinSizeGB { // not MinSizeGB<<30: it overflows
 		return false
 	}
 	return true
@@ -189,7 +189,12 @@ func chooseRootDisk(inv *proto.Inventory, hint *proto.RootDeviceHint, need int64
 	members := map[string]string{}
 	for _, d := range inv.Disks {
 		for _, m := range d.Members {
+			// A member may be a partition (sda1, nvme0n1p2): its disk
+			// holds the array too.
 			members[m] = d.Name
+			if disk := partitionDisk(inv, m); disk != "" {
+				members[disk] = d.Name
+			}
 		}
 	}
 	var cands, all []string
@@ -615,4 +620,20 @@ func (w *imageWriter) verify(ctx context.Context) error {
 	}
 	sc.logf("read back %d bytes from %s in %s: %.1f MB/s, sha256 matches", n, w.disk.Name, took.Round(time.Millisecond), w.res.VerifyMBPerSec)
 	return nil
+}
+
+// partitionDisk is the disk of inv that partition name is on (sda for
+// sda1, nvme0n1 for nvme0n1p2), or "".
+func partitionDisk(inv *proto.Inventory, name string) string {
+	for _, d := range inv.Disks {
+		rest, ok := strings.CutPrefix(name, d.Name)
+		if !ok || rest == "" || d.Name == name {
+			continue
+		}
+		rest = strings.TrimPrefix(rest, "p")
+		if rest != "" && strings.Trim(rest, "0123456789") == "" {
+			return d.Name
+		}
+	}
+	return ""
 }

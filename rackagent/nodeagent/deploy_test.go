@@ -33,6 +33,7 @@ func TestChooseRootDisk(t *testing.T) {
 		need    int64
 		want    string
 		wantErr []string
+		inv     *proto.Inventory // else inv
 	}{
 		{name: "smallest that fits, ties by name", need: 10 << 30, want: "nvme0n1"},
 		{name: "smallest of the big enough", need: 300 << 30, want: "sda"},
@@ -48,9 +49,20 @@ func TestChooseRootDisk(t *testing.T) {
 			wantErr: []string{"matching the root-device hint {serial=SSD2} are smaller than the 322122547200 bytes needed", "sdb"}},
 		{name: "a hint naming an array member", hint: &proto.RootDeviceHint{Serial: "M1"}, wantErr: []string{"no disk matches", "sdd (107374182400 bytes, serial M1) [member of md127]"}},
 		{name: "a hint naming the lab device", hint: &proto.RootDeviceHint{Serial: proto.LabDeviceSerial}, wantErr: []string{"no disk matches"}},
+		{name: "min size past 2^33 GiB matches nothing (no overflow)", hint: &proto.RootDeviceHint{MinSizeGB: 1 << 40}, wantErr: []string{"no disk matches"}},
+		{name: "never a disk whose partition is an array member", need: 1, want: "nvme0n1", inv: &proto.Inventory{Disks: []proto.Disk{
+			{Name: "sdf", SizeBytes: 10 << 30, Serial: "P1"},
+			{Name: "nvme1n1", SizeBytes: 12 << 30, Serial: "P2"},
+			{Name: "nvme0n1", SizeBytes: 240 << 30, Serial: "NVM1"},
+			{Name: "md0", SizeBytes: 9 << 30, RAID: "raid1", Members: []string{"sdf1", "nvme1n1p2"}},
+		}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d, err := chooseRootDisk(inv, tc.hint, tc.need)
+			in := inv
+			if tc.inv != nil {
+				in = tc.inv
+			}
+			d, err := chooseRootDisk(in, tc.hint, tc.need)
 			if len(tc.wantErr) > 0 {
 				if err == nil {
 					t.Fatalf("chooseRootDisk = %s, want an error", d.Name)

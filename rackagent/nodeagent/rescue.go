@@ -199,9 +199,14 @@ func newRescueSSH(auth proto.RescueAuth, shell string, log *slog.Logger) (*rescu
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
-		k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(line))
+		k, _, options, _, err := ssh.ParseAuthorizedKey([]byte(line))
 		if err != nil {
 			return nil, fmt.Errorf("param ssh_key: line %d is not an authorized_keys line: %v", i+1, err)
+		}
+		if len(options) > 0 {
+			// from=, command=, restrict, no-pty ... are not enforced here:
+			// a key limited so must not get a full shell from anywhere.
+			return nil, fmt.Errorf("param ssh_key: line %d has options (%s): not supported; give the bare key", i+1, strings.Join(options, ","))
 		}
 		s.keys = append(s.keys, k)
 	}

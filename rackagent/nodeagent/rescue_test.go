@@ -223,6 +223,7 @@ func TestNewRescueSSHRefusesBadParams(t *testing.T) {
 		{proto.RescueAuth{PasswordSalt: "x"}, "password_salt and password_sha256: give both"},
 		{proto.RescueAuth{PasswordSalt: "x", PasswordSHA256: "abc"}, "password_sha256: want 64 hex digits"},
 		{proto.RescueAuth{SSHKey: "ssh-ed25519 notbase64!"}, "param ssh_key: line 1 is not an authorized_keys line"},
+		{proto.RescueAuth{SSHKey: `from="10.0.0.0/8",no-pty ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGdBvuq2NBZyaQ5PG4pBb3r2V0cT7iqJm6ZBNzSxGu8W k@x`}, "has options"},
 		{proto.RescueAuth{SSHKey: "# only a comment"}, "param ssh_key: no key in it"},
 	} {
 		if s, err := newRescueSSH(tc.auth, "", nil); err == nil || !strings.Contains(err.Error(), tc.want) {
