@@ -445,6 +445,15 @@ func agentKillDrill(t *testing.T, steps ...string) {
 	t.Logf("burn-in task %s started: steps %d, params %v", task.ID, len(task.Steps), task.Params)
 	running := r.waitStepRunning(t, task.ID, steps...)
 	step := running.CurrentStep()
+	if step.Name == proto.StepNameNetwork {
+		// Kill while a transfer runs, so the kill cuts one: past the
+		// first small transfers (they last milliseconds), when the
+		// agent says one holds a slot.
+		testkit.EventuallyEvery(t, 10*time.Second, 5*time.Millisecond, "a network burn-in transfer running on the agent", func() bool {
+			n, ok := Metric(r.agentHTTP, "metalfleet_agent_burnin_transfers")
+			return ok && n > 0 && time.Since(step.StartedAt) > 300*time.Millisecond
+		})
+	}
 	const retrying, refused = "report failed; retrying", "the agent refuses connections"
 	seenBefore := strings.Count(r.host.Serial().Log(), retrying) + strings.Count(r.host.Serial().Log(), refused)
 	killed := time.Now()
@@ -479,11 +488,24 @@ func agentKillDrill(t *testing.T, steps ...string) {
 	r.checkDone(t, done, before.Boot, killed, seenEnd, "agent killed")
 	if step.Name == proto.StepNameNetwork {
 		var net struct {
-			Errors        int `json:"errors"`
-			AgentRestarts int `json:"agent_restarts"`
+			Status        string `json:"status"`
+			Errors        int    `json:"errors"`
+			AgentRestarts int    `json:"agent_restarts"`
 		}
-		if err := json.Unmarshal(stepByName(done, step.Name).Result, &net); err != nil || net.Errors != 0 || net.AgentRestarts == 0 {
-			t.Errorf("network result %s (%v): want the transfers the kill cut counted as agent restarts, no errors", stepByName(done, step.Name).Result, err)
+		s := stepByName(done, step.Name)
+		err := json.Unmarshal(s.Result, &net)
+		switch {
+		case err != nil || net.Status != "pass" || net.Errors != 0:
+			t.Errorf("network result %s (%v): want it passed with no errors: the agent's restart is not the network's fault", s.Result, err)
+		case net.AgentRestarts > 0:
+			t.Logf("the kill cut %d transfer(s), counted as agent restarts, not errors", net.AgentRestarts)
+		case strings.Contains(s.Log, "the agent refuses connections"):
+			// The transfer the metric showed ended in the moment
+			// before the kill: the ramdisk found nothing listening
+			// and waited, which is the other right answer.
+			t.Logf("the kill landed between transfers: the ramdisk waited for the agent to listen again")
+		default:
+			t.Errorf("network result %s, log %q: the agent was down %.1fs, yet the step neither counted a cut transfer nor waited for the agent", s.Result, s.Log, down.Seconds())
 		}
 	}
 	WaitFor(t, 30*time.Second, "the restarted agent's outbox drained", func() bool {

@@ -35,6 +35,14 @@ func (a *Agent) metrics() http.Handler {
 		counter("metalfleet_agent_outbox_boot_events_dropped_total", "Boot event reports refused by the outbox: its boot events budget was full.",
 			func() float64 { return float64(a.out.Stats().BootEventsDropped) }),
 		gauge("metalfleet_agent_outbox_reports", "Reports waiting for the coordinator.", func() float64 { return float64(a.out.Len()) }),
+		gauge("metalfleet_agent_burnin_transfers", "Network burn-in transfers running on this agent.", func() float64 {
+			n, _ := a.http.BurninTransfers()
+			return float64(n)
+		}),
+		gauge("metalfleet_agent_burnin_transfers_waiting", "Network burn-in transfers waiting for a slot.", func() float64 {
+			_, n := a.http.BurninTransfers()
+			return float64(n)
+		}),
 		gauge("metalfleet_agent_leases", "Dynamic leases this agent holds.", func() float64 { return float64(len(a.pool.Leases())) }),
 		gauge("metalfleet_agent_bootstate_synced", "1 once the boot state came from a coordinator since start.", func() float64 {
 			if a.boot.Synced() {

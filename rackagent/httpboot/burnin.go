@@ -40,6 +40,12 @@ var burninChunk = func() []byte {
 	return b
 }()
 
+// BurninTransfers reports the network burn-in transfers running now and
+// those waiting for a slot.
+func (s *Server) BurninTransfers() (running, waiting int) {
+	return len(s.burnin), int(s.waiting.Load())
+}
+
 // burninSlot takes a transfer slot, waiting up to BurninQueueWait for
 // one; past it, it answers 429 and returns false.
 func (s *Server) burninSlot(w http.ResponseWriter, r *http.Request) (release func(), ok bool) {
