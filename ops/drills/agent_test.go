@@ -41,11 +41,14 @@ func TestAgentSIGKILLWithQueuedReports(t *testing.T) {
 		leases[mac.String()] = dhcptest.MustDORA(t, server, mac)
 	}
 	// Every report is in the agent's outbox before the SIGKILL: a lease
-	// report and a sighting per MAC (sightings are gathered for up to
-	// dhcp.DefaultSightingInterval before they are queued).
-	WaitFor(t, 20*time.Second, "a lease report and a sighting per MAC queued", func() bool {
+	// report and a sighting per MAC, and no sighting still gathered
+	// (sightings wait up to dhcp.DefaultSightingInterval to be queued,
+	// and a flush that fell between a MAC's DISCOVER and REQUEST holds
+	// the REQUEST's back for SeenEvery, 30 s).
+	WaitFor(t, 50*time.Second, "a lease report and a sighting per MAC queued, none gathered", func() bool {
 		n, ok := Metric(httpAddr, "metalfleet_agent_outbox_reports")
-		return ok && n >= float64(2*len(leases))
+		g, gok := Metric(httpAddr, "metalfleet_dhcp_sightings_gathered")
+		return ok && gok && n >= float64(2*len(leases)) && g == 0
 	})
 	a.Kill() // SIGKILL with reports queued
 

@@ -187,13 +187,13 @@ func TestLinearizableUnderLeaderKills(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts three coordinator processes")
 	}
-	d := linDrill{Kills: 5, Duration: 2 * time.Minute, Clients: 6}
+	d := linDrill{Kills: 5, Duration: 3 * time.Minute, Clients: 6}
 	if s := os.Getenv("METALFLEET_DRILL_KILLS"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 || n > 1000 {
 			t.Fatalf("METALFLEET_DRILL_KILLS=%q: want 1..1000", s)
 		}
-		d.Kills, d.Duration = n, time.Duration(n)*10*time.Second+30*time.Second
+		d.Kills, d.Duration = n, time.Duration(n)*20*time.Second+time.Minute
 	}
 	runLinearizable(t, d)
 }

@@ -200,6 +200,20 @@ func (r *burninRig) startBurnin(t *testing.T) *proto.Task {
 // mid-step where it must).
 func (r *burninRig) waitStepRunning(t *testing.T, id string, names ...string) *proto.Task {
 	t.Helper()
+	return r.waitStepRunningFresh(t, id, 0, names...)
+}
+
+// burninFresh: a burn-in step (burninParams' 2 s) seen running this
+// soon after its start is certainly still running when a kill lands
+// (the API shows a step running until its result is committed, which
+// may be a moment after the ramdisk sent it).
+const burninFresh = time.Second
+
+// waitStepRunningFresh is waitStepRunning for a step seen running less
+// than within after it started (0: any time): an older one may end
+// before a kill lands, so the next named step is waited for instead.
+func (r *burninRig) waitStepRunningFresh(t *testing.T, id string, within time.Duration, names ...string) *proto.Task {
+	t.Helper()
 	var got *proto.Task
 	testkit.Until(t, 90*time.Second, fmt.Sprintf("task %s running one of the steps %v", id, names), func() error {
 		task, err := r.all.Task(Ctx(t, 5*time.Second), r.node, id)
@@ -214,6 +228,9 @@ func (r *burninRig) waitStepRunning(t *testing.T, id string, names ...string) *p
 			return errors.New("no current step")
 		}
 		if s.State == proto.StepRunning && slices.Contains(names, s.Name) {
+			if age := time.Since(s.StartedAt); within > 0 && age >= within {
+				return fmt.Errorf("step %s seen running %.2fs after its start: too late to land a kill in it", s.Name, age.Seconds())
+			}
 			got = task
 			return nil
 		}
@@ -375,7 +392,7 @@ func TestLeaderKilledDuringBurnin(t *testing.T) {
 	}
 	task := r.startBurnin(t)
 	t.Logf("burn-in task %s started: steps %d, params %v", task.ID, len(task.Steps), task.Params)
-	running := r.waitStepRunning(t, task.ID, proto.StepNameMemory, proto.StepNameDisk, proto.StepNameNetwork)
+	running := r.waitStepRunningFresh(t, task.ID, burninFresh, proto.StepNameMemory, proto.StepNameDisk, proto.StepNameNetwork)
 	step := running.CurrentStep()
 	li := leaderOf(t, r.procs, r.token)
 	killed := time.Now()
@@ -443,13 +460,17 @@ func agentKillDrill(t *testing.T, steps ...string) {
 	}
 	task := r.startBurnin(t)
 	t.Logf("burn-in task %s started: steps %d, params %v", task.ID, len(task.Steps), task.Params)
-	running := r.waitStepRunning(t, task.ID, steps...)
+	running := r.waitStepRunningFresh(t, task.ID, burninFresh, steps...)
 	step := running.CurrentStep()
 	if step.Name == proto.StepNameNetwork {
 		// Kill while a transfer runs, so the kill cuts one: past the
 		// first small transfers (they last milliseconds), when the
-		// agent says one holds a slot.
+		// agent says one holds a slot, and well before the step's 2 s
+		// end (its last transfer may be followed by no other).
 		testkit.EventuallyEvery(t, 10*time.Second, 5*time.Millisecond, "a network burn-in transfer running on the agent", func() bool {
+			if age := time.Since(step.StartedAt); age > 1500*time.Millisecond {
+				t.Fatalf("no network burn-in transfer seen running on the agent from 0.3 s to 1.5 s into the step")
+			}
 			n, ok := Metric(r.agentHTTP, "metalfleet_agent_burnin_transfers")
 			return ok && n > 0 && time.Since(step.StartedAt) > 300*time.Millisecond
 		})

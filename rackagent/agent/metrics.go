@@ -30,6 +30,8 @@ func (a *Agent) metrics() http.Handler {
 		counter("metalfleet_dhcp_errors_total", "DHCP requests that failed.", func() float64 { return float64(st.Errors.Load()) }),
 		counter("metalfleet_dhcp_sightings_left_out_total", "Sightings of unknown MACs not reported: an interval already held the most new MACs it reports.",
 			func() float64 { return float64(a.dhcpH.SightingsLeftOut()) }),
+		gauge("metalfleet_dhcp_sightings_gathered", "Unknown MACs whose sightings wait for the next flush to the outbox.",
+			func() float64 { return float64(a.dhcpH.SightingsGathered()) }),
 		counter("metalfleet_agent_outbox_sightings_dropped_total", "Sighting reports refused by the outbox: its sightings budget was full.",
 			func() float64 { return float64(a.out.Stats().SightingsDropped) }),
 		counter("metalfleet_agent_outbox_boot_events_dropped_total", "Boot event reports refused by the outbox: its boot events budget was full.",

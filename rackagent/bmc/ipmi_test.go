@@ -194,7 +194,9 @@ func TestIPMIDropTimesOutWithinDeadline(t *testing.T) {
 				if bmc.KindOf(err) != proto.BMCErrTimeout {
 					t.Errorf("PowerState against a BMC that never answers = %v (kind %s), want timeout", err, bmc.KindOf(err))
 				}
-				if took > deadline+250*time.Millisecond {
+				// Slack for a loaded machine, under the driver's own 2 s
+				// wait for an answer (which must not be what ends it).
+				if took > deadline+450*time.Millisecond {
 					t.Errorf("PowerState took %v with a %v deadline", took, deadline)
 				}
 			}

@@ -97,6 +97,15 @@ func (s *sightings) flush(now time.Time) []proto.AgentReport {
 // because an interval already held MaxNewSightings MACs.
 func (h *Handler) SightingsLeftOut() uint64 { return h.sight.leftOut.Load() }
 
+// SightingsGathered is how many MACs' sightings wait for a flush
+// (gathered this interval, or held back: reported less than SeenEvery
+// ago).
+func (h *Handler) SightingsGathered() int {
+	h.sight.mu.Lock()
+	defer h.sight.mu.Unlock()
+	return len(h.sight.cur)
+}
+
 // FlushSightings reports the sightings gathered so far that are due.
 func (h *Handler) FlushSightings() {
 	now := h.cfg.Now()

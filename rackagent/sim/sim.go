@@ -158,6 +158,11 @@ type Machine struct {
 	TaskDir       string
 	TaskMemory    int64
 	TaskDiskBytes int64
+	// BeforeKernel, if set, is called once a ramdisk boot has fetched
+	// its kernel and initrd, before it runs them (and so before the
+	// ramdisk first calls the agent): a test may hold the boot there;
+	// ctx ends with the boot.
+	BeforeKernel func(ctx context.Context)
 
 	labMu    sync.Mutex
 	labPath  string // the lab device file (see TaskMachine), once made
@@ -312,6 +317,9 @@ func (m *Machine) Boot(ctx context.Context) (*Result, error) {
 		return res, fmt.Errorf("initrd: %w", err)
 	}
 	phase(PhaseImages)
+	if m.BeforeKernel != nil {
+		m.BeforeKernel(ctx)
+	}
 	m.logf("%s: kernel %d bytes, initrd %d bytes", m.MAC, res.Kernel, res.Initrd)
 	m.say("sim: booting kernel (%d bytes), initrd (%d bytes)", res.Kernel, res.Initrd)
 	cb, mac, token := cmdline[proto.CmdlineCallback], cmdline[proto.CmdlineMAC], cmdline[proto.CmdlineToken]
