@@ -143,88 +143,50 @@ func (g *gatedPower) Power(ctx context.Context, a ipmisim.Action) error {
 	return fmt.Errorf("unknown power action %q", a)
 }
 
-// imageGate serves a disk image over HTTP; hold makes requests wait
-// until open.
-type imageGate struct {
-	body []byte
-	url  string
-
-	mu   sync.Mutex
-	gate chan struct{} // nil: open
-	hits int
+// gate makes the callers of pass wait while it is held, until open (or
+// a minute: a drill that forgot to open it); arrived hears a caller that
+// found it held.
+type gate struct {
+	mu      sync.Mutex
+	ch      chan struct{} // nil: open
+	hits    int
+	arrived chan struct{}
 }
 
-func (g *imageGate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func newGate() *gate { return &gate{arrived: make(chan struct{}, 1)} }
+
+// pass waits while g is held; false if ctx ended first.
+func (g *gate) pass(ctx context.Context) bool {
 	g.mu.Lock()
-	gate := g.gate
+	ch := g.ch
 	g.hits++
 	g.mu.Unlock()
-	if gate != nil {
-		select {
-		case <-gate:
-		case <-r.Context().Done():
-			return
-		case <-time.After(time.Minute): // bound: a drill that forgot to open it
-		}
-	}
-	w.Header().Set("Content-Length", fmt.Sprint(len(g.body)))
-	w.Write(g.body)
-}
-
-// requests is how many requests the server had.
-func (g *imageGate) requests() int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.hits
-}
-
-func (g *imageGate) hold() {
-	g.mu.Lock()
-	g.gate = make(chan struct{})
-	g.mu.Unlock()
-}
-
-func (g *imageGate) open() {
-	g.mu.Lock()
-	if g.gate != nil {
-		close(g.gate)
-		g.gate = nil
-	}
-	g.mu.Unlock()
-}
-
-// bootGate holds the machine's ramdisk boots, while held, between
-// fetching the kernel and initrd and running them
-// (sim.Machine.BeforeKernel).
-type bootGate struct {
-	mu      sync.Mutex
-	gate    chan struct{} // nil: open
-	arrived chan struct{} // a boot reached the held gate
-}
-
-func newBootGate() *bootGate { return &bootGate{arrived: make(chan struct{}, 1)} }
-
-func (g *bootGate) wait(ctx context.Context) {
-	g.mu.Lock()
-	gate := g.gate
-	g.mu.Unlock()
-	if gate == nil {
-		return
+	if ch == nil {
+		return true
 	}
 	select {
 	case g.arrived <- struct{}{}:
 	default:
 	}
 	select {
-	case <-gate:
+	case <-ch:
 	case <-ctx.Done():
-	case <-time.After(time.Minute): // bound: a drill that forgot to open it
+		return false
+	case <-time.After(time.Minute):
 	}
+	return true
 }
 
-func (g *bootGate) hold() {
+// requests is how many callers passed or waited.
+func (g *gate) requests() int {
 	g.mu.Lock()
-	g.gate = make(chan struct{})
+	defer g.mu.Unlock()
+	return g.hits
+}
+
+func (g *gate) hold() {
+	g.mu.Lock()
+	g.ch = make(chan struct{})
 	g.mu.Unlock()
 	select {
 	case <-g.arrived:
@@ -232,24 +194,41 @@ func (g *bootGate) hold() {
 	}
 }
 
-func (g *bootGate) open() {
+func (g *gate) open() {
 	g.mu.Lock()
-	if g.gate != nil {
-		close(g.gate)
-		g.gate = nil
+	if g.ch != nil {
+		close(g.ch)
+		g.ch = nil
 	}
 	g.mu.Unlock()
+}
+
+// imageGate serves a disk image over HTTP, its requests behind a gate.
+type imageGate struct {
+	*gate
+	body []byte
+	url  string
+}
+
+func (g *imageGate) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !g.pass(r.Context()) {
+		return
+	}
+	w.Header().Set("Content-Length", fmt.Sprint(len(g.body)))
+	w.Write(g.body)
 }
 
 // instRig is the burn-in rig's processes with a gated BMC, a disk image
 // served by the test, a rescue image and a flavor, the node available.
 type instRig struct {
 	*burninRig
-	bin     string
-	power   *gatedPower
-	ipmi    *ipmisim.BMC
-	image   *imageGate
-	boot    *bootGate
+	bin   string
+	power *gatedPower
+	ipmi  *ipmisim.BMC
+	image *imageGate
+	// boot holds the machine's ramdisk boots between fetching the
+	// kernel and initrd and running them (sim.Machine.BeforeKernel).
+	boot    *gate
 	imgSum  string
 	taskDir string
 	inst    string
@@ -283,9 +262,9 @@ func newInstRig(t *testing.T) *instRig {
 	}
 	hw := net.HardwareAddr{0x52, 0x54, 0x00, 0x0b, 0x00, 0x11}
 	r.taskDir = t.TempDir()
-	r.boot = newBootGate()
+	r.boot = newGate()
 	r.host = sim.NewHost(&sim.Machine{MAC: hw, DHCP: server, RelayIP: net.IPv4(127, 0, 0, 1), BindLease: true,
-		Report: simReport, Firmware: drillFirmware, TaskDir: r.taskDir, BeforeKernel: r.boot.wait})
+		Report: simReport, Firmware: drillFirmware, TaskDir: r.taskDir, BeforeKernel: func(ctx context.Context) { r.boot.pass(ctx) }})
 	r.power = newGatedPower(r.host)
 	r.ipmi, err = ipmisim.New(ipmisim.Config{Username: "admin", Password: "drill-pw", Power: r.power, Console: r.host.Serial()})
 	if err != nil {
@@ -308,7 +287,7 @@ func newInstRig(t *testing.T) *instRig {
 	img := make([]byte, 4<<20)
 	rand.Read(img)
 	copy(img, "METALFLEET-DRILL-IMAGE")
-	r.image = &imageGate{body: img}
+	r.image = &imageGate{gate: newGate(), body: img}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
