@@ -384,7 +384,7 @@ func (d *ipmiDriver) Close() error {
 		d.cl = nil
 	}
 	if d.v15 != nil {
-		d.v15.close()
+		d.lanClose(d.v15)
 		d.v15 = nil
 	}
 	return nil

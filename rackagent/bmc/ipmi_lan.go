@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -27,11 +28,77 @@ type lanSession struct {
 	c *goipmi.Client
 }
 
-func (s *lanSession) close() {
-	go func() { _ = s.c.Close() }() // waits for the BMC's answer, up to 5 s
+// lanCloses are the v1.5 sessions being closed in the background, per
+// BMC and user. A BMC may allow a user one session at a time (it then
+// answers Activate Session 0x82): a new session it refuses while one of
+// ours is being closed is asked for again once that close was answered.
+var lanCloses = struct {
+	mu      sync.Mutex
+	pending map[string][]chan struct{}
+}{pending: map[string][]chan struct{}{}}
+
+// lanCloseWait bounds the wait for the closes under way (goipmi waits
+// 5 s for the BMC's answer).
+const lanCloseWait = 6 * time.Second
+
+func (d *ipmiDriver) lanKey() string { return fmt.Sprintf("%s:%d/%s", d.host, d.port, d.user) }
+
+// lanClose closes s in the background: goipmi waits for the BMC's
+// answer, up to 5 s.
+func (d *ipmiDriver) lanClose(s *lanSession) {
+	key := d.lanKey()
+	done := make(chan struct{})
+	lanCloses.mu.Lock()
+	lanCloses.pending[key] = append(lanCloses.pending[key], done)
+	lanCloses.mu.Unlock()
+	go func() {
+		_ = s.c.Close()
+		close(done)
+		lanCloses.mu.Lock()
+		defer lanCloses.mu.Unlock()
+		p := slices.DeleteFunc(lanCloses.pending[key], func(c chan struct{}) bool { return c == done })
+		if len(p) == 0 {
+			delete(lanCloses.pending, key)
+		} else {
+			lanCloses.pending[key] = p
+		}
+	}()
 }
 
+// lanClosed waits, up to lanCloseWait, for the closes under way of this
+// BMC's sessions for this user; false if there were none.
+func (d *ipmiDriver) lanClosed() bool {
+	lanCloses.mu.Lock()
+	p := slices.Clone(lanCloses.pending[d.lanKey()])
+	lanCloses.mu.Unlock()
+	if len(p) == 0 {
+		return false
+	}
+	t := time.NewTimer(lanCloseWait)
+	defer t.Stop()
+	for _, done := range p {
+		select {
+		case <-done:
+		case <-t.C:
+			return true
+		}
+	}
+	return true
+}
+
+// lanOpen opens a v1.5 session. Refused for want of a session slot
+// (Activate Session 0x81-0x83) while one of ours is being closed, it
+// asks again once that close was answered.
 func (d *ipmiDriver) lanOpen() (*lanSession, error) {
+	s, err := d.lanOpenOnce()
+	var cc goipmi.CompletionCode
+	if err != nil && errors.As(err, &cc) && cc >= 0x81 && cc <= 0x83 && d.lanClosed() {
+		s, err = d.lanOpenOnce()
+	}
+	return s, err
+}
+
+func (d *ipmiDriver) lanOpenOnce() (*lanSession, error) {
 	c, err := goipmi.NewClient(&goipmi.Connection{
 		Hostname:  d.host,
 		Port:      d.port,
@@ -108,7 +175,7 @@ func (d *ipmiDriver) lanCall(ctx context.Context, op string, once bool, fn func(
 		}
 		r.err = fn(r.s.c)
 		if r.err != nil && !fresh && !once && isNoAnswer(r.err) && ctx.Err() == nil {
-			r.s.close()
+			d.lanClose(r.s)
 			if r.s, r.err = d.lanOpen(); r.err != nil {
 				r.connecting = true
 				return
@@ -120,7 +187,7 @@ func (d *ipmiDriver) lanCall(ctx context.Context, op string, once bool, fn func(
 			r.err = fn(r.s.c)
 		}
 		if r.err != nil && isNoAnswer(r.err) {
-			r.s.close()
+			d.lanClose(r.s)
 			r.s = nil
 		}
 	}()
@@ -144,7 +211,7 @@ func (d *ipmiDriver) lanCall(ctx context.Context, op string, once bool, fn func(
 		gate.abandon()
 		go func() {
 			if r := <-done; r.s != nil {
-				r.s.close()
+				d.lanClose(r.s)
 			}
 		}()
 		return classify(op, ctx.Err(), false)
@@ -159,6 +226,11 @@ func classifyLan(op string, err error, connecting bool) error {
 		kind := proto.BMCErrRefused
 		if connecting {
 			kind = proto.BMCErrAuth
+			if cc >= 0x81 && cc <= 0x83 {
+				// The same codes mean an unknown user to Get Session
+				// Challenge and no free session slot to Activate Session.
+				return &Error{Op: op, Kind: kind, Err: fmt.Errorf("completion code %#02x: the BMC refused the user a session (an unknown user name, or no free session slot for it: another tool's session?)", uint8(cc))}
+			}
 		}
 		return &Error{Op: op, Kind: kind, Err: fmt.Errorf("completion code %#02x: %v", uint8(cc), cc)}
 	}

@@ -482,6 +482,46 @@ func TestIPMIResetAndCycleSentOnce(t *testing.T) {
 	}
 }
 
+// The reference v1.5 BMC allows a user one session at a time, as some
+// real ones do: a session asked for while the last one is still being
+// closed (its Close Session reaches the BMC late) is refused (0x82), and
+// the driver asks again once the close was answered. (Seen in CI: after
+// a reset's lost answer the old session's close lost the race with the
+// next call's new session, and the BMC call failed as "authentication
+// refused".)
+func TestIPMILanReopenAfterLateClose(t *testing.T) {
+	s := startSim(t, ipmisim.Config{Power: ipmisim.NewMemPower(true)})
+	d := openDriver(t, s, proto.IPMILan, "")
+	ctx := ctxFor(t, 20*time.Second)
+	if _, err := d.PowerState(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.DelayCloseSessions(700 * time.Millisecond)
+	closes := s.LanSessionCloses()
+	_ = d.Close() // the session is closed in the background
+	testkit.Eventually(t, 10*time.Second, "the Close Session at the BMC (held there)", func() bool { return s.LanSessionCloses() > closes })
+	d2 := openDriver(t, s, proto.IPMILan, "")
+	start := time.Now()
+	if st, err := d2.PowerState(ctx); err != nil || st != proto.PowerOn {
+		t.Fatalf("PowerState on a new session while the last one was being closed = %q, %v; want on", st, err)
+	}
+	t.Logf("a new session %.2fs after asking, behind a close held 0.7 s", time.Since(start).Seconds())
+}
+
+// A v1.5 session refused because another holds the user's only slot
+// says so, not only "authentication refused".
+func TestIPMILanNoSessionSlotSaid(t *testing.T) {
+	s := startSim(t, ipmisim.Config{Power: ipmisim.NewMemPower(true)})
+	ctx := ctxFor(t, 20*time.Second)
+	if _, err := openDriver(t, s, proto.IPMILan, "").PowerState(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, err := openDriver(t, s, proto.IPMILan, "").PowerState(ctx)
+	if bmc.KindOf(err) != proto.BMCErrAuth || !strings.Contains(fmt.Sprint(err), "no free session slot") {
+		t.Errorf("a second session for the user while the first is open = %v (kind %s): want auth, naming the session slot", err, bmc.KindOf(err))
+	}
+}
+
 // A v1.5 call whose caller gave up (its ctx ended while the session was
 // still opening) sends nothing afterwards: the reset the caller was told
 // timed out never happens.

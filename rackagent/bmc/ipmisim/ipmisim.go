@@ -18,6 +18,7 @@
 package ipmisim
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -108,6 +109,8 @@ type BMC struct {
 	closes atomic.Int64 // IPMI v1.5 Close Session requests received
 	drop   atomic.Bool
 	lose   atomic.Int64 // answers still to lose (DropAnswers)
+	// closeDelay holds v1.5 Close Session requests (DelayCloseSessions).
+	closeDelay atomic.Int64 // time.Duration
 
 	mu     sync.Mutex
 	conn   *net.UDPConn
@@ -185,7 +188,7 @@ func (b *BMC) Start() error {
 	}
 
 	g := b.newDevice()
-	b.srv = server.NewServer(g, &packetConn{conn: conn, b: b}, server.WithCipherSuites(b.suites))
+	b.srv = server.NewServer(g, &packetConn{conn: conn, b: b, held: make(chan heldPacket, 16)}, server.WithCipherSuites(b.suites))
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
 	b.done = make(chan struct{})
@@ -294,6 +297,12 @@ func (b *BMC) SetDrop(drop bool) { b.drop.Store(drop) }
 // received.
 func (b *BMC) LanSessionCloses() int { return int(b.closes.Load()) }
 
+// DelayCloseSessions makes the BMC serve each IPMI v1.5 Close Session
+// request d after it came, serving the requests after it first (0: at
+// once): a close that reaches the BMC late, after its client's next
+// session asked to be activated.
+func (b *BMC) DelayCloseSessions(d time.Duration) { b.closeDelay.Store(int64(d)) }
+
 // DropAnswers makes the BMC lose its next n answers: it executes the
 // requests as usual but does not send what it answers (an answer lost on
 // the way back).
@@ -366,18 +375,49 @@ func bootSpec(f *types.BootOptionParam_BootFlags) (proto.BootDeviceSpec, bool) {
 type packetConn struct {
 	conn *net.UDPConn
 	b    *BMC
+	// held are requests held back (DelayCloseSessions) and now due.
+	held chan heldPacket
+}
+
+type heldPacket struct {
+	data []byte
+	addr net.Addr
 }
 
 func (p *packetConn) ReadFrom(buf []byte) (int, net.Addr, error) {
-	n, addr, err := p.conn.ReadFrom(buf)
-	// RMCP, class IPMI, auth type RMCP+, payload Open Session Request.
-	if n > 6 && buf[3]&0x1f == 0x07 && buf[4] == 0x06 && buf[5]&0x3f == 0x10 {
-		p.b.opens.Add(1)
+	for {
+		select {
+		case h := <-p.held:
+			return copy(buf, h.data), h.addr, nil
+		default:
+		}
+		n, addr, err := p.conn.ReadFrom(buf)
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			// Woken to serve a held request (no other read deadline
+			// is ever set).
+			_ = p.conn.SetReadDeadline(time.Time{})
+			continue
+		}
+		// RMCP, class IPMI, auth type RMCP+, payload Open Session Request.
+		if n > 6 && buf[3]&0x1f == 0x07 && buf[4] == 0x06 && buf[5]&0x3f == 0x10 {
+			p.b.opens.Add(1)
+		}
+		if isLanCloseSession(buf[:max(n, 0)]) {
+			p.b.closes.Add(1)
+			if d := time.Duration(p.b.closeDelay.Load()); d > 0 {
+				h := heldPacket{data: bytes.Clone(buf[:n]), addr: addr}
+				time.AfterFunc(d, func() {
+					select {
+					case p.held <- h:
+						_ = p.conn.SetReadDeadline(time.Now()) // wake the reader
+					default: // too many held: lost, as a datagram may be
+					}
+				})
+				continue
+			}
+		}
+		return n, addr, err
 	}
-	if isLanCloseSession(buf[:max(n, 0)]) {
-		p.b.closes.Add(1)
-	}
-	return n, addr, err
 }
 
 // isLanCloseSession reports an IPMI v1.5 Close Session request (netfn
