@@ -94,35 +94,3 @@ func TestAgentSIGKILLWithQueuedReports(t *testing.T) {
 		return true
 	})
 }
-
-// freeGossip returns a loopback address whose port is free for both TCP
-// and UDP at the moment (memberlist binds both on one port; a port free
-// for UDP alone may be a TCP connection's).
-func freeGossip(t testing.TB) string {
-	t.Helper()
-	for i := 0; i < 50; i++ {
-		l, err := net.Listen("tcp4", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := l.Addr().String()
-		c, err := net.ListenPacket("udp4", addr)
-		l.Close()
-		if err == nil {
-			c.Close()
-			return addr
-		}
-	}
-	t.Fatal("no loopback port free for both TCP and UDP in 50 tries")
-	return ""
-}
-
-func freeUDP(t testing.TB) string {
-	t.Helper()
-	c, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().String()
-}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -36,16 +37,77 @@ func Binary(t testing.TB) string {
 	return abs
 }
 
-// FreePort returns a loopback address with a port that was free a moment
-// ago.
+// FreePort returns a loopback TCP address free at the moment (see
+// pickPort).
 func FreePort(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return pickPort(t, "TCP", func(addr string) bool {
+		l, err := net.Listen("tcp4", addr)
+		if err == nil {
+			l.Close()
+		}
+		return err == nil
+	})
+}
+
+// freeUDP returns a loopback UDP address free at the moment.
+func freeUDP(t testing.TB) string {
+	t.Helper()
+	return pickPort(t, "UDP", func(addr string) bool {
+		c, err := net.ListenPacket("udp4", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+}
+
+// freeGossip returns a loopback address whose port is free for both TCP
+// and UDP at the moment (memberlist binds both on one port).
+func freeGossip(t testing.TB) string {
+	t.Helper()
+	return pickPort(t, "TCP and UDP", func(addr string) bool {
+		l, err := net.Listen("tcp4", addr)
+		if err != nil {
+			return false
+		}
+		defer l.Close()
+		c, err := net.ListenPacket("udp4", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+}
+
+// The drills' ports: below Linux's default range of ephemeral ports
+// (32768-60999), which every outgoing connection and every bind to
+// port 0 takes from, so that a port handed to a process stays its own
+// while the process is down (drills restart processes on their ports).
+const drillPortLo, drillPortHi = 20000, 32000
+
+var givenPorts = struct {
+	mu sync.Mutex
+	m  map[int]bool
+}{m: map[int]bool{}}
+
+// pickPort returns 127.0.0.1:P for a random port P of the drills' range
+// that this process never handed out before and that free reports free.
+func pickPort(t testing.TB, what string, free func(addr string) bool) string {
+	t.Helper()
+	for range 200 {
+		p := drillPortLo + rand.IntN(drillPortHi-drillPortLo)
+		givenPorts.mu.Lock()
+		given := givenPorts.m[p]
+		givenPorts.m[p] = true
+		givenPorts.mu.Unlock()
+		addr := fmt.Sprintf("127.0.0.1:%d", p)
+		if !given && free(addr) {
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatalf("no loopback port free for %s in 200 tries", what)
+	return ""
 }
 
 // Proc is one coordinator process.
