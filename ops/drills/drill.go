@@ -41,43 +41,38 @@ func Binary(t testing.TB) string {
 // pickPort).
 func FreePort(t testing.TB) string {
 	t.Helper()
-	return pickPort(t, "TCP", func(addr string) bool {
-		l, err := net.Listen("tcp4", addr)
-		if err == nil {
-			l.Close()
-		}
-		return err == nil
-	})
+	return pickPort(t, "TCP", canBind("tcp4"))
 }
 
 // freeUDP returns a loopback UDP address free at the moment.
 func freeUDP(t testing.TB) string {
 	t.Helper()
-	return pickPort(t, "UDP", func(addr string) bool {
-		c, err := net.ListenPacket("udp4", addr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	return pickPort(t, "UDP", canBind("udp4"))
 }
 
 // freeGossip returns a loopback address whose port is free for both TCP
 // and UDP at the moment (memberlist binds both on one port).
 func freeGossip(t testing.TB) string {
 	t.Helper()
-	return pickPort(t, "TCP and UDP", func(addr string) bool {
-		l, err := net.Listen("tcp4", addr)
-		if err != nil {
-			return false
+	tcp, udp := canBind("tcp4"), canBind("udp4")
+	return pickPort(t, "TCP and UDP", func(addr string) bool { return tcp(addr) && udp(addr) })
+}
+
+// canBind says whether an address can be bound on network now.
+func canBind(network string) func(addr string) bool {
+	return func(addr string) bool {
+		var c io.Closer
+		var err error
+		if strings.HasPrefix(network, "udp") {
+			c, err = net.ListenPacket(network, addr)
+		} else {
+			c, err = net.Listen(network, addr)
 		}
-		defer l.Close()
-		c, err := net.ListenPacket("udp4", addr)
 		if err == nil {
 			c.Close()
 		}
 		return err == nil
-	})
+	}
 }
 
 // The drills' ports: below Linux's default range of ephemeral ports
