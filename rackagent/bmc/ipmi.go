@@ -48,6 +48,8 @@ type ipmiDriver struct {
 	// lanplus: the open RMCP+ session and its cipher suite.
 	cl    *client.Client
 	suite types.CipherSuiteID
+	// connected is when cl connected (its keepalive's clock).
+	connected time.Time
 
 	// lan: the open v1.5 session.
 	v15 *lanSession
@@ -124,7 +126,7 @@ func (d *ipmiDriver) connect(ctx context.Context) error {
 			}
 			continue
 		}
-		d.cl, d.suite = c, id
+		d.cl, d.suite, d.connected = c, id, time.Now()
 		return nil
 	}
 	return errors.Join(errs...)
@@ -150,13 +152,64 @@ func closeClient(c *client.Client, session bool) {
 	_ = c.Close(ctx)
 }
 
+// go-ipmi keeps each session alive from a goroutine of its own: every
+// keepaliveEvery after Connect it sends a request (with a context
+// nothing cancels), waiting up to ipmiAttemptTimeout for each of
+// ipmiRetries+1 sends. Closing the client while that goroutine sends
+// crashes the process: go-ipmi v0.9.1's UDP client then writes to the
+// socket Close has set to nil. (Seen in CI: the rack agent died closing
+// the session of a BMC that had stopped answering.) The interval is a
+// constant of go-ipmi, so the window is known, and closeWhenSafe waits
+// it out.
+const (
+	keepaliveEvery = time.Duration(client.DefaultKeepAliveIntervalSec) * time.Second
+	// keepaliveBusy: how long after a tick the keepalive may still send.
+	keepaliveBusy = (ipmiRetries+1)*ipmiAttemptTimeout + 500*time.Millisecond
+	// closeMargin: a close started this long before a tick may still
+	// be under way at it.
+	closeMargin = ipmiCloseTimeout + 500*time.Millisecond
+)
+
+// keepaliveWait is how long to wait, at now, before closing a client
+// connected at connected: none unless its keepalive may be sending, or
+// may start to while the close runs.
+func keepaliveWait(connected, now time.Time) time.Duration {
+	elapsed := now.Sub(connected)
+	if elapsed < keepaliveEvery-closeMargin {
+		return 0 // before the first tick
+	}
+	phase := elapsed % keepaliveEvery
+	switch {
+	case elapsed >= keepaliveEvery && phase < keepaliveBusy:
+		return keepaliveBusy - phase
+	case phase > keepaliveEvery-closeMargin:
+		return keepaliveEvery - phase + keepaliveBusy
+	}
+	return 0
+}
+
+// closeWhenSafe closes a client connected at connected (see
+// closeClient): now, or in the background once its keepalive cannot be
+// sending (keepaliveWait).
+func closeWhenSafe(c *client.Client, connected time.Time, session bool) {
+	wait := keepaliveWait(connected, time.Now())
+	if wait == 0 {
+		closeClient(c, session)
+		return
+	}
+	go func() {
+		time.Sleep(wait)
+		closeClient(c, session)
+	}()
+}
+
 // dropSession forgets the RMCP+ session (the BMC dropped it or stopped
 // answering).
 func (d *ipmiDriver) dropSession() {
 	if d.cl != nil {
-		c := d.cl
+		c, connected := d.cl, d.connected
 		d.cl = nil
-		go closeClient(c, false)
+		go closeWhenSafe(c, connected, false)
 	}
 }
 
@@ -380,7 +433,7 @@ func (d *ipmiDriver) Console(ctx context.Context) (io.ReadWriteCloser, error) {
 
 func (d *ipmiDriver) Close() error {
 	if d.cl != nil {
-		closeClient(d.cl, true)
+		closeWhenSafe(d.cl, d.connected, true)
 		d.cl = nil
 	}
 	if d.v15 != nil {

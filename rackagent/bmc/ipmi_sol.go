@@ -24,11 +24,12 @@ const solPollInterval = 50 * time.Millisecond
 // solConsole is an active SOL payload: Read is the console's output,
 // Write its keyboard; Close deactivates the payload and ends the session.
 type solConsole struct {
-	c      *client.Client
-	cancel context.CancelFunc
-	done   chan struct{}
-	outR   *io.PipeReader
-	inW    *io.PipeWriter
+	c         *client.Client
+	connected time.Time // when c connected (its keepalive's clock)
+	cancel    context.CancelFunc
+	done      chan struct{}
+	outR      *io.PipeReader
+	inW       *io.PipeWriter
 
 	closeOnce sync.Once
 	err       error // the stream's end, once done is closed
@@ -45,20 +46,21 @@ func (d *ipmiDriver) openSOL(ctx context.Context) (io.ReadWriteCloser, error) {
 	}
 	c.WithCipherSuiteID(d.suite)
 	if err := c.Connect(ctx); err != nil {
-		closeClient(c, false)
+		closeClient(c, false) // no keepalive yet: it starts once connected
 		return nil, classify("connect", err, true)
 	}
+	connected := time.Now()
 	if _, err := c.ActivatePayload(ctx, &transport.ActivatePayloadRequest{
 		PayloadType:     types.PayloadTypeSOL,
 		PayloadInstance: 1,
 	}); err != nil {
-		closeClient(c, true)
+		closeWhenSafe(c, connected, true)
 		return nil, classify("console", err, false)
 	}
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
 	runCtx, cancel := context.WithCancel(context.Background())
-	s := &solConsole{c: c, cancel: cancel, done: make(chan struct{}), outR: outR, inW: inW}
+	s := &solConsole{c: c, connected: connected, cancel: cancel, done: make(chan struct{}), outR: outR, inW: inW}
 	go func() {
 		defer close(s.done)
 		s.err = c.SOLStream(runCtx, inR, outW, &client.SOLStreamOptions{PollInterval: solPollInterval})
@@ -96,7 +98,7 @@ func (s *solConsole) Close() error {
 			PayloadType:     types.PayloadTypeSOL,
 			PayloadInstance: 1,
 		})
-		closeClient(s.c, true)
+		closeWhenSafe(s.c, s.connected, true)
 	})
 	return nil
 }
