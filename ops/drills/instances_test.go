@@ -52,7 +52,7 @@ const gateMax = 1200 * time.Millisecond
 // gatedPower is a sim.Host's power behind an ipmisim BMC, able to hold
 // the next power action or read until released.
 type gatedPower struct {
-	h       *sim.Host
+	chassis ipmisim.PowerBackend // the host's (sim.IPMIPower)
 	arrived chan string
 
 	mu       sync.Mutex
@@ -65,7 +65,7 @@ type gatedPower struct {
 }
 
 func newGatedPower(h *sim.Host) *gatedPower {
-	return &gatedPower{h: h, arrived: make(chan string, 16), release: make(chan struct{})}
+	return &gatedPower{chassis: sim.IPMIPower(h), arrived: make(chan string, 16), release: make(chan struct{})}
 }
 
 // hold makes the next power action (read false) or power read (read
@@ -123,24 +123,12 @@ func (g *gatedPower) wait(ctx context.Context, read bool, what string) {
 
 func (g *gatedPower) PowerState(ctx context.Context) (bool, error) {
 	g.wait(ctx, true, "read")
-	return g.h.On(), nil
+	return g.chassis.PowerState(ctx)
 }
 
 func (g *gatedPower) Power(ctx context.Context, a ipmisim.Action) error {
 	g.wait(ctx, false, string(a))
-	switch a {
-	case ipmisim.ActionOn:
-		return g.h.Power(bmc.PowerOn)
-	case ipmisim.ActionOff:
-		return g.h.Power(bmc.PowerOff)
-	case ipmisim.ActionSoftOff:
-		return g.h.Power(bmc.PowerSoftOff)
-	case ipmisim.ActionReset:
-		return g.h.Power(bmc.PowerReset)
-	case ipmisim.ActionCycle:
-		return g.h.Power(bmc.PowerCycle)
-	}
-	return fmt.Errorf("unknown power action %q", a)
+	return g.chassis.Power(ctx, a)
 }
 
 // gate makes the callers of pass wait while it is held, until open (or
@@ -243,29 +231,15 @@ const (
 func newInstRig(t *testing.T) *instRig {
 	t.Helper()
 	bin := Binary(t)
-	r := &instRig{burninRig: &burninRig{}, bin: bin, inst: "drill-inst"}
-	r.procs, r.token = cluster3(t, bin)
-	r.all = apiclient.New(Addrs(r.procs), r.token)
-	agentToken := RackForCluster(t, r.all, "r1")
-	taskImages(t, r.all)
-
-	dhcpAddr := freeUDP(t)
-	r.agentHTTP = FreePort(t)
-	r.agent = NewAgentProc(t, bin, "a1", "--rack", "r1", "--coordinator", Addrs(r.procs), "--token-file", agentToken,
-		"--dhcp-addr", dhcpAddr, "--tftp-addr", "", "--http-addr", r.agentHTTP, "--mgmt-addr", FreePort(t),
-		"--advertise-ip", "127.0.0.1", "--power-sync-interval", "0")
-	r.agent.Start(t)
-
-	server, err := net.ResolveUDPAddr("udp4", dhcpAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rack, server := startRack(t, bin)
+	r := &instRig{burninRig: rack, bin: bin, inst: "drill-inst"}
 	hw := net.HardwareAddr{0x52, 0x54, 0x00, 0x0b, 0x00, 0x11}
 	r.taskDir = t.TempDir()
 	r.boot = newGate()
 	r.host = sim.NewHost(&sim.Machine{MAC: hw, DHCP: server, RelayIP: net.IPv4(127, 0, 0, 1), BindLease: true,
 		Report: simReport, Firmware: drillFirmware, TaskDir: r.taskDir, BeforeKernel: func(ctx context.Context) { r.boot.pass(ctx) }})
 	r.power = newGatedPower(r.host)
+	var err error
 	r.ipmi, err = ipmisim.New(ipmisim.Config{Username: "admin", Password: "drill-pw", Power: r.power, Console: r.host.Serial()})
 	if err != nil {
 		t.Fatal(err)
@@ -320,23 +294,8 @@ func newInstRig(t *testing.T) *instRig {
 		t.Fatalf("flavor: %v", err)
 	}
 
-	n, err := r.all.CreateNode(ctx, proto.NodeCreate{Name: "i1", MACs: []string{hw.String()}, Rack: "r1",
+	r.manage(t, proto.NodeCreate{Name: "i1", MACs: []string{hw.String()}, Rack: "r1",
 		BMC: proto.BMC{Driver: proto.DriverIPMI, Address: r.ipmi.Host(), Port: r.ipmi.Port(), Interface: proto.IPMILanplus, Username: "admin", Password: "drill-pw"}})
-	if err != nil {
-		t.Fatalf("create node: %v", err)
-	}
-	r.node = n.UUID
-	testkit.Until(t, 30*time.Second, "provision manage accepted", func() error {
-		_, err := r.all.ProvisionWait(Ctx(t, 20*time.Second), r.node, "manage", 0)
-		var ae *apiclient.Error
-		if err != nil && (!errors.As(err, &ae) || ae.Status != http.StatusServiceUnavailable) {
-			t.Fatalf("provision manage: %v", err)
-		}
-		return err
-	})
-	r.waitNode(t, 30*time.Second, "the node manageable (BMC verified)", func(n *proto.Node) bool {
-		return n.ProvisionState == proto.StateManageable
-	})
 	if _, err := r.all.Provision(Ctx(t, 20*time.Second), r.node, "provide"); err != nil {
 		t.Fatalf("provision provide: %v", err)
 	}
@@ -460,14 +419,7 @@ func localDisk(b *proto.BootConfig) bool {
 // (no saved config, no task), the machine on, the image on the disk.
 func (r *instRig) checkRunning(t *testing.T, what, disk string) {
 	t.Helper()
-	in, err := r.instance(t)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := r.readNode(t)
-	if err != nil {
-		t.Fatal(err)
-	}
+	in, n := r.readBoth(t)
 	if in.State != proto.InstanceRunning || in.LastError != "" || in.Node != r.node {
 		t.Errorf("%s: instance %s (last_error %q, node %s), want running on %s", what, in.State, in.LastError, in.Node, r.node)
 	}
@@ -487,14 +439,7 @@ func (r *instRig) checkRunning(t *testing.T, what, disk string) {
 // machine on, the disk untouched.
 func (r *instRig) checkRescue(t *testing.T, what, disk string) {
 	t.Helper()
-	in, err := r.instance(t)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := r.readNode(t)
-	if err != nil {
-		t.Fatal(err)
-	}
+	in, n := r.readBoth(t)
 	if in.State != proto.InstanceRescue || in.LastError != "" {
 		t.Errorf("%s: instance %s (last_error %q), want rescue", what, in.State, in.LastError)
 	}
@@ -508,6 +453,20 @@ func (r *instRig) checkRescue(t *testing.T, what, disk string) {
 	if got := diskSum(t, r.diskFile(t, disk), len(r.image.body)); got != r.imgSum {
 		t.Errorf("%s: the disk's first %d bytes have sha256 %s in rescue, want the image's %s (unchanged)", what, len(r.image.body), got, r.imgSum)
 	}
+}
+
+// readBoth reads the instance and its node.
+func (r *instRig) readBoth(t *testing.T) (*proto.Instance, *proto.Node) {
+	t.Helper()
+	in, err := r.instance(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := r.readNode(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in, n
 }
 
 // checkRescueBoot: the node boots the rescue image, its disk config saved.
@@ -656,35 +615,49 @@ func TestInstanceLifeFaults(t *testing.T) {
 	r.deleteLeaderKill(t, dep.Disk)
 }
 
-func (r *instRig) rescueLeaderKill(t *testing.T, disk string) {
+// killLeaderBeforeReboot holds the agent's next power action at the
+// BMC, makes the request post (a rescue or an unrescue) and SIGKILLs the
+// leader as soon as it is answered: after the Raft command that switched
+// the boot config, before the reboot it asked for. It returns the killed
+// server, and when the POST started and the kill came.
+func (r *instRig) killLeaderBeforeReboot(t *testing.T, phase string, post func() error) (li int, start, killed time.Time) {
 	t.Helper()
-	li := leaderOf(t, r.procs, r.token)
+	li = leaderOf(t, r.procs, r.token)
 	boots := r.host.Boots()
 	r.power.drainArrived()
 	r.power.hold(false)
 	expired := r.power.expired.Load()
-	start := time.Now()
-	if _, err := r.all.RescueInstance(Ctx(t, 20*time.Second), r.inst, proto.RescueRequest{}); err != nil {
+	start = time.Now()
+	if err := post(); err != nil {
 		r.power.free()
-		t.Fatalf("POST rescue: %v", err)
+		t.Fatalf("%s: POST: %v", phase, err)
 	}
 	posted := time.Now()
 	r.procs[li].Kill()
-	killed := time.Now()
+	killed = time.Now()
 	rebooted := r.host.Boots() != boots
 	held := r.power.heldNow()
 	r.power.free()
-	t.Logf("phase 2 rescue: leader %s SIGKILLed %.1fms after the rescue POST returned (%.1fms for the POST); the machine rebooted before the kill: %v; the agent's power action held at the BMC then: %q (\"\": not sent yet)",
-		r.procs[li].ID, float64(killed.Sub(posted).Microseconds())/1000, float64(posted.Sub(start).Microseconds())/1000, rebooted, held)
+	t.Logf("%s: leader %s SIGKILLed %.1fms after the POST returned (%.1fms for the POST); the machine rebooted before the kill: %v; the agent's power action held at the BMC then: %q (\"\": not sent yet)",
+		phase, r.procs[li].ID, float64(killed.Sub(posted).Microseconds())/1000, float64(posted.Sub(start).Microseconds())/1000, rebooted, held)
 	switch {
 	case rebooted && r.power.expired.Load() > expired:
 		// The reset was held gateMax (1.2 s) and let go before the
 		// kill: this machine was too slow for the window, the fault
-		// missed it; the end states below are still checked.
-		t.Logf("the reset was let go by the gate's timeout before the kill: the kill landed after the reboot, not between the switch and it")
+		// missed it; the end states are still checked.
+		t.Logf("%s: the reset was let go by the gate's timeout before the kill: the kill landed after the reboot, not between the switch and it", phase)
 	case rebooted:
-		t.Errorf("the machine rebooted before the kill: the kill was not between the switch and the reboot")
+		t.Errorf("%s: the machine rebooted before the kill: the kill was not between the switch and the reboot", phase)
 	}
+	return li, start, killed
+}
+
+func (r *instRig) rescueLeaderKill(t *testing.T, disk string) {
+	t.Helper()
+	li, start, killed := r.killLeaderBeforeReboot(t, "phase 2 rescue", func() error {
+		_, err := r.all.RescueInstance(Ctx(t, 20*time.Second), r.inst, proto.RescueRequest{})
+		return err
+	})
 	n := r.waitNode(t, 30*time.Second, "the rescue's switch read through a survivor", func(n *proto.Node) bool { return n.Task != "" })
 	if n.ProvisionState != proto.StateRescuing && n.ProvisionState != proto.StateRescue {
 		t.Errorf("after the kill: node %s, want rescuing (or rescue)", n.ProvisionState)
@@ -699,33 +672,10 @@ func (r *instRig) rescueLeaderKill(t *testing.T, disk string) {
 
 func (r *instRig) unrescueLeaderKill(t *testing.T, disk string) {
 	t.Helper()
-	li := leaderOf(t, r.procs, r.token)
-	boots := r.host.Boots()
-	r.power.drainArrived()
-	r.power.hold(false)
-	expired := r.power.expired.Load()
-	start := time.Now()
-	if _, err := r.all.UnrescueInstance(Ctx(t, 20*time.Second), r.inst); err != nil {
-		r.power.free()
-		t.Fatalf("POST unrescue: %v", err)
-	}
-	posted := time.Now()
-	r.procs[li].Kill()
-	killed := time.Now()
-	rebooted := r.host.Boots() != boots
-	held := r.power.heldNow()
-	r.power.free()
-	t.Logf("phase 3 unrescue: leader %s SIGKILLed %.1fms after the unrescue POST returned; the machine rebooted before the kill: %v; the agent's power action held at the BMC then: %q (\"\": not sent yet)",
-		r.procs[li].ID, float64(killed.Sub(posted).Microseconds())/1000, rebooted, held)
-	switch {
-	case rebooted && r.power.expired.Load() > expired:
-		// The reset was held gateMax (1.2 s) and let go before the
-		// kill: this machine was too slow for the window, the fault
-		// missed it; the end states below are still checked.
-		t.Logf("the reset was let go by the gate's timeout before the kill: the kill landed after the reboot, not between the switch and it")
-	case rebooted:
-		t.Errorf("the machine rebooted before the kill: the kill was not between the switch and the reboot")
-	}
+	li, start, killed := r.killLeaderBeforeReboot(t, "phase 3 unrescue", func() error {
+		_, err := r.all.UnrescueInstance(Ctx(t, 20*time.Second), r.inst)
+		return err
+	})
 	n := r.waitNode(t, 30*time.Second, "the unrescue's switch read through a survivor", func(n *proto.Node) bool {
 		return n.ProvisionState == proto.StateUnrescuing || n.ProvisionState == proto.StateActive
 	})

@@ -64,9 +64,11 @@ type burninRig struct {
 	node      string
 }
 
-func newBurninRig(t *testing.T) *burninRig {
+// startRack starts three coordinators, rack r1 with the task images,
+// and its rack agent a1 (no power sync); it returns the rig without a
+// machine, and the agent's DHCP address.
+func startRack(t *testing.T, bin string) (*burninRig, *net.UDPAddr) {
 	t.Helper()
-	bin := Binary(t)
 	r := &burninRig{}
 	r.procs, r.token = cluster3(t, bin)
 	r.all = apiclient.New(Addrs(r.procs), r.token)
@@ -79,11 +81,16 @@ func newBurninRig(t *testing.T) *burninRig {
 		"--dhcp-addr", dhcpAddr, "--tftp-addr", "", "--http-addr", r.agentHTTP, "--mgmt-addr", FreePort(t),
 		"--advertise-ip", "127.0.0.1", "--power-sync-interval", "0")
 	r.agent.Start(t)
-
 	server, err := net.ResolveUDPAddr("udp4", dhcpAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return r, server
+}
+
+func newBurninRig(t *testing.T) *burninRig {
+	t.Helper()
+	r, server := startRack(t, Binary(t))
 	hw := net.HardwareAddr{0x52, 0x54, 0x00, 0x0b, 0x00, 0x01}
 	r.host = sim.NewHost(&sim.Machine{MAC: hw, DHCP: server, RelayIP: net.IPv4(127, 0, 0, 1), BindLease: true,
 		Report: simReport, Firmware: drillFirmware, TaskDir: t.TempDir()})
@@ -97,7 +104,14 @@ func newBurninRig(t *testing.T) *burninRig {
 		}
 	})
 
-	n, err := r.all.CreateNode(Ctx(t, 10*time.Second), proto.NodeCreate{Name: "b1", MACs: []string{hw.String()}, Rack: "r1", BMC: r.host.Credentials()})
+	r.manage(t, proto.NodeCreate{Name: "b1", MACs: []string{hw.String()}, Rack: "r1", BMC: r.host.Credentials()})
+	return r
+}
+
+// manage creates the node nc (r.node) and makes it manageable.
+func (r *burninRig) manage(t *testing.T, nc proto.NodeCreate) {
+	t.Helper()
+	n, err := r.all.CreateNode(Ctx(t, 10*time.Second), nc)
 	if err != nil {
 		t.Fatalf("create node with the machine's BMC: %v", err)
 	}
@@ -115,7 +129,6 @@ func newBurninRig(t *testing.T) *burninRig {
 	r.waitNode(t, 30*time.Second, "the node manageable (BMC verified)", func(n *proto.Node) bool {
 		return n.ProvisionState == proto.StateManageable
 	})
-	return r
 }
 
 // taskImages registers a kernel and a ramdisk (small files: the

@@ -163,6 +163,9 @@ func (b *hostBMC) close() error {
 // ipmiPower is the host as an IPMI BMC's chassis.
 type ipmiPower struct{ h *Host }
 
+// IPMIPower is h as the chassis of an ipmisim BMC (its power backend).
+func IPMIPower(h *Host) ipmisim.PowerBackend { return ipmiPower{h} }
+
 func (p ipmiPower) PowerState(context.Context) (bool, error) { return p.h.On(), nil }
 
 func (p ipmiPower) Power(_ context.Context, a ipmisim.Action) error {
